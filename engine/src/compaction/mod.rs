@@ -1,0 +1,222 @@
+//! Leveled compaction in a low-share background task queue with a write
+//! rate limit, so foreground latency holds while it runs.
+//!
+//! Shape: level 0 holds flushed tables (overlapping, newest first); once it
+//! has `l0_compaction_trigger` tables they all merge into level 1. Level n
+//! ≥ 1 targets `level_base_bytes × 10^(n-1)`; over target, one table
+//! (round-robin by key) merges with its overlap in level n+1, or moves down
+//! when nothing overlaps.
+//!
+//! Versions: for each key, every version newer than the retention watermark
+//! is kept, plus the newest version at or below it (a read at the watermark
+//! needs it), unless that one is a tombstone and no deeper level can hold
+//! the key. Older versions are dropped.
+
+mod limiter;
+
+use crate::engine::Inner;
+use crate::error::Result;
+use crate::io::Disk;
+use crate::iter::{MergeIter, Source};
+use crate::key::Kind;
+use crate::manifest::{Edit, LEVELS};
+use crate::sst::{Table, TableBuilder};
+use crate::write::wait_until;
+use bytes::Bytes;
+use limiter::RateLimiter;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// One unit of compaction work.
+struct Job<F: crate::io::DiskFile> {
+    level: usize,
+    inputs: Vec<Rc<Table<F>>>,
+    next: Vec<Rc<Table<F>>>,
+    bottommost: bool,
+}
+
+fn level_target_bytes(base: u64, level: usize) -> u64 {
+    base.saturating_mul(10u64.saturating_pow(level.saturating_sub(1) as u32))
+}
+
+fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
+    let version = inner.version.borrow().clone();
+    let overlapping = |level: usize, lo: &[u8], hi: &[u8]| -> Vec<Rc<Table<D::File>>> {
+        version.levels[level]
+            .iter()
+            .filter(|t| t.meta.overlaps(lo, hi))
+            .cloned()
+            .collect()
+    };
+    let deeper_overlap = |below: usize, lo: &[u8], hi: &[u8]| {
+        (below + 1..LEVELS).any(|l| version.levels[l].iter().any(|t| t.meta.overlaps(lo, hi)))
+    };
+    let range = |tables: &[Rc<Table<D::File>>]| -> (Bytes, Bytes) {
+        let lo = tables.iter().map(|t| t.meta.smallest.user.clone()).min().expect("non-empty");
+        let hi = tables.iter().map(|t| t.meta.largest.user.clone()).max().expect("non-empty");
+        (lo, hi)
+    };
+    if version.levels[0].len() >= inner.opts.l0_compaction_trigger {
+        let inputs = version.levels[0].clone();
+        let (lo, hi) = range(&inputs);
+        return Some(Job {
+            level: 0,
+            next: overlapping(1, &lo, &hi),
+            bottommost: !deeper_overlap(1, &lo, &hi),
+            inputs,
+        });
+    }
+    for level in 1..LEVELS - 1 {
+        if version.level_bytes(level) <= level_target_bytes(inner.opts.level_base_bytes, level) {
+            continue;
+        }
+        let tables = &version.levels[level];
+        let pointer = inner.compaction_pointer.borrow()[level].clone();
+        let chosen = pointer
+            .and_then(|p| tables.iter().find(|t| t.meta.smallest.user > p))
+            .unwrap_or(&tables[0])
+            .clone();
+        inner.compaction_pointer.borrow_mut()[level] = Some(chosen.meta.largest.user.clone());
+        let (lo, hi) = (chosen.meta.smallest.user.clone(), chosen.meta.largest.user.clone());
+        return Some(Job {
+            level,
+            next: overlapping(level + 1, &lo, &hi),
+            bottommost: !deeper_overlap(level + 1, &lo, &hi),
+            inputs: vec![chosen],
+        });
+    }
+    None
+}
+
+/// The compaction task: waits for level changes and compacts until no level
+/// needs it; failures back off and retry.
+pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if inner.closed.get() {
+            return;
+        }
+        match compact_once(&inner).await {
+            Ok(true) => backoff = Duration::from_millis(100),
+            Ok(false) => {
+                let seen = inner.stats.flushes.get();
+                wait_until(&inner.events.compact, || {
+                    inner.closed.get() || inner.stats.flushes.get() != seen || pick_needed(&inner)
+                })
+                .await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "compaction failed; retrying");
+                inner.stats.compaction_errors.set(inner.stats.compaction_errors.get() + 1);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn pick_needed<D: Disk>(inner: &Inner<D>) -> bool {
+    let version = inner.version.borrow();
+    version.levels[0].len() >= inner.opts.l0_compaction_trigger
+        || (1..LEVELS - 1)
+            .any(|l| version.level_bytes(l) > level_target_bytes(inner.opts.level_base_bytes, l))
+}
+
+/// Runs one compaction if one is needed; returns whether it did.
+pub(crate) async fn compact_once<D: Disk>(inner: &Rc<Inner<D>>) -> Result<bool> {
+    let _permit = inner
+        .compaction_lock
+        .acquire_permit(1)
+        .await
+        .map_err(|_| crate::error::Error::Closed)?;
+    let Some(job) = pick(inner) else {
+        return Ok(false);
+    };
+    run(inner, job).await?;
+    inner.stats.compactions.set(inner.stats.compactions.get() + 1);
+    Ok(true)
+}
+
+async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
+    let out_level = job.level + 1;
+    let mut edit = Edit::default();
+    for t in &job.inputs {
+        edit.removed.push((job.level, t.id()));
+    }
+    if job.level > 0 && job.next.is_empty() {
+        // Nothing below overlaps: move the table down without rewriting it.
+        let t = &job.inputs[0];
+        edit.added.push((out_level, t.meta.clone()));
+        tracing::debug!(table = t.id(), from = job.level, "compaction moved table");
+        return inner.install(edit, &[]).await;
+    }
+    for t in &job.next {
+        edit.removed.push((out_level, t.id()));
+    }
+    let mut sources: Vec<Source<D::File>> = if job.level == 0 {
+        job.inputs.iter().map(|t| Source::run(vec![t.clone()])).collect()
+    } else {
+        vec![Source::run(job.inputs.clone())]
+    };
+    if !job.next.is_empty() {
+        sources.push(Source::run(job.next.clone()));
+    }
+    let mut iter = MergeIter::new(sources, inner.cache.clone());
+    let watermark = inner.watermark();
+    let mut limiter = RateLimiter::new(inner.opts.compaction_bytes_per_sec);
+    let mut outputs = Vec::new();
+    let mut builder: Option<TableBuilder<D::File>> = None;
+    let mut current: Option<Bytes> = None;
+    let mut settled = false;
+    let mut written = 0u64;
+    while let Some(e) = iter.next().await? {
+        if current.as_ref() != Some(&e.key) {
+            current = Some(e.key.clone());
+            settled = false;
+            if builder.as_ref().is_some_and(|b| b.estimated_bytes() >= inner.opts.table_target_bytes) {
+                let (meta, file) = builder.take().expect("checked").finish().await?;
+                written += meta.file_bytes;
+                outputs.push((meta, file));
+            }
+        }
+        if settled {
+            continue;
+        }
+        if e.ts <= watermark {
+            settled = true;
+            if e.kind == Kind::Delete && job.bottommost {
+                continue;
+            }
+        }
+        if builder.is_none() {
+            builder = Some(inner.create_table(inner.allocate_table_id()).await?);
+        }
+        let b = builder.as_mut().expect("just created");
+        let flushed = b.add(&e).await?;
+        limiter.consume(flushed as u64).await;
+    }
+    if let Some(b) = builder {
+        if !b.is_empty() {
+            let (meta, file) = b.finish().await?;
+            written += meta.file_bytes;
+            outputs.push((meta, file));
+        }
+    }
+    inner.disk.sync_dir(&inner.sst_dir).await?;
+    let mut fresh = Vec::new();
+    for (meta, file) in outputs {
+        edit.added.push((out_level, meta.clone()));
+        fresh.push(Rc::new(Table::open(file, meta).await?));
+    }
+    edit.next_table_id = Some(inner.next_table_id.get());
+    inner.install(edit, &fresh).await?;
+    inner
+        .stats
+        .compaction_bytes_written
+        .set(inner.stats.compaction_bytes_written.get() + written);
+    for t in job.inputs.iter().chain(&job.next) {
+        inner.remove_table_file(t.id()).await;
+    }
+    tracing::debug!(level = job.level, inputs = job.inputs.len() + job.next.len(), outputs = fresh.len(), "compaction done");
+    Ok(())
+}

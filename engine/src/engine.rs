@@ -1,0 +1,706 @@
+//! The engine of one shard: open/recover, the public read and write API,
+//! and the background flush task. See `write.rs` for group commit and
+//! `compaction/` for leveled compaction.
+//!
+//! Read path: active memtable → immutable memtables (newest first) → level-0
+//! tables (newest first) → one table per deeper level; the newest version at
+//! or below the read timestamp wins, sources whose newest version is older
+//! than the best found so far are skipped.
+
+use crate::cache::BlockCache;
+use crate::clock::{ms_of_ts, ts_from_ms, wall_ms, HybridClock};
+use crate::compaction;
+use crate::error::{Error, Result};
+use crate::io::{Disk, DmaDisk};
+use crate::iter::{MergeIter, Source};
+use crate::key::{Entry, Kind};
+use crate::manifest::{Edit, LevelsState, Manifest, LEVELS};
+use crate::memtable::Memtable;
+use crate::options::{Options, SyncMode};
+use crate::sst::{parse_table_name, table_name, Table, TableBuilder};
+use crate::version::Version;
+use crate::wal::{self, ReplayReport, Spares, Wal};
+use crate::write::{self, wait_until, Group, Queue};
+use bytes::Bytes;
+use event_listener::Event;
+use glommio::{Latency, Shares};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// One write of a batch: all entries commit atomically at one timestamp.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<(Kind, Bytes, Bytes)>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> &mut Self {
+        self.ops.push((Kind::Put, key.into(), value.into()));
+        self
+    }
+
+    pub fn delete(&mut self, key: impl Into<Bytes>) -> &mut Self {
+        self.ops.push((Kind::Delete, key.into(), Bytes::new()));
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Event sources the tasks wait on.
+#[derive(Default)]
+pub(crate) struct Events {
+    /// Queue gained batches, a swap was requested, or the engine closed.
+    pub work: Event,
+    /// The queue has room again.
+    pub space: Event,
+    /// A memtable awaits flushing.
+    pub flush: Event,
+    /// A flush finished (or failed); stalled writers re-check.
+    pub flushed: Event,
+    /// The level shape changed; compaction re-checks.
+    pub compact: Event,
+}
+
+/// Monotonic counters, read by [`Engine::stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub wal_syncs: Cell<u64>,
+    pub wal_bytes: Cell<u64>,
+    pub wal_groups: Cell<u64>,
+    pub wal_batches: Cell<u64>,
+    pub wal_errors: Cell<u64>,
+    pub write_stalls: Cell<u64>,
+    pub flushes: Cell<u64>,
+    pub flush_errors: Cell<u64>,
+    pub compactions: Cell<u64>,
+    pub compaction_errors: Cell<u64>,
+    pub compaction_bytes_written: Cell<u64>,
+}
+
+pub(crate) struct Inner<D: Disk> {
+    pub opts: Options,
+    pub disk: D,
+    pub wal_dir: PathBuf,
+    pub sst_dir: PathBuf,
+    pub clock: HybridClock,
+    pub mem: RefCell<Rc<Memtable>>,
+    /// Full memtables, oldest first, each with the first WAL segment id that
+    /// holds none of its records.
+    pub imms: RefCell<VecDeque<(Rc<Memtable>, u64)>>,
+    pub version: RefCell<Rc<Version<D::File>>>,
+    pub levels: RefCell<LevelsState>,
+    pub next_table_id: Cell<u64>,
+    pub cache: Rc<BlockCache>,
+    pub manifest: glommio::sync::RwLock<Manifest<D>>,
+    pub spares: Rc<Spares<D>>,
+    pub queue: RefCell<Queue>,
+    pub events: Events,
+    pub bg_error: RefCell<Option<String>>,
+    pub closed: Cell<bool>,
+    pub writer_done: Cell<bool>,
+    pub swap_requested: Cell<bool>,
+    pub stats: Counters,
+    pub watermark_pin: Cell<Option<u64>>,
+    pub compaction_lock: glommio::sync::Semaphore,
+    pub compaction_pointer: RefCell<Vec<Option<Bytes>>>,
+    pub replay: ReplayReport,
+}
+
+/// A point-in-time view of the engine's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub memtable_bytes: usize,
+    pub immutable_memtables: usize,
+    pub cache_bytes: usize,
+    pub cache_capacity_bytes: usize,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub table_resident_bytes: usize,
+    pub level_tables: Vec<usize>,
+    pub level_bytes: Vec<u64>,
+    pub wal_syncs: u64,
+    pub wal_bytes: u64,
+    pub wal_groups: u64,
+    pub wal_batches: u64,
+    pub wal_errors: u64,
+    pub write_stalls: u64,
+    pub flushes: u64,
+    pub flush_errors: u64,
+    pub compactions: u64,
+    pub compaction_errors: u64,
+    pub compaction_bytes_written: u64,
+    pub retention_watermark_ts: u64,
+    pub last_ts: u64,
+    pub background_error: Option<String>,
+}
+
+/// A shard's storage engine. Cheap to clone (a handle); all clones must
+/// stay on the glommio executor that opened it.
+pub struct Engine<D: Disk = DmaDisk> {
+    inner: Rc<Inner<D>>,
+}
+
+impl<D: Disk> Clone for Engine<D> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Engine<DmaDisk> {
+    /// Opens (creating if needed) the engine in `dir` on the real disk.
+    pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Self> {
+        Engine::open_on(DmaDisk, dir, opts).await
+    }
+}
+
+impl<D: Disk> Engine<D> {
+    /// Opens (creating if needed) the engine in `dir` on `disk`: manifest,
+    /// then tables, then WAL replay; then starts the writer, flush and
+    /// compaction tasks. Must run inside a glommio executor.
+    pub async fn open_on(disk: D, dir: impl AsRef<Path>, opts: Options) -> Result<Self> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let wal_dir = dir.join("wal");
+        let sst_dir = dir.join("sst");
+        for d in [&dir, &wal_dir, &sst_dir] {
+            disk.create_dir_all(d).await?;
+        }
+        let (manifest, levels) = Manifest::open(&disk, &dir, opts.manifest_roll_bytes).await?;
+        let live: std::collections::HashSet<u64> = levels.levels.iter().flatten().map(|t| t.id).collect();
+        for name in disk.list(&sst_dir).await? {
+            match parse_table_name(&name) {
+                Some(id) if live.contains(&id) => {}
+                _ => disk.remove(&sst_dir.join(&name)).await?,
+            }
+        }
+        let mut opened = Vec::new();
+        let mut max_ts = 0;
+        for meta in levels.levels.iter().flatten() {
+            let file = disk.open(&sst_dir.join(table_name(meta.id))).await?;
+            max_ts = max_ts.max(meta.props.max_ts);
+            opened.push(Rc::new(Table::open(file, meta.clone()).await?));
+        }
+        let version = Version::empty().rebuild(&levels, &opened);
+        let mem = Rc::new(Memtable::new());
+        let (wal, replay) = Wal::open(
+            &disk,
+            &wal_dir,
+            opts.wal_segment_bytes,
+            levels.log_number,
+            |_, entries| {
+                for e in entries {
+                    mem.insert(e);
+                }
+            },
+        )
+        .await?;
+        let clock = HybridClock::new(opts.clock_node);
+        clock.observe(max_ts.max(replay.max_ts));
+        tracing::info!(
+            dir = %dir.display(),
+            tables = version.table_count(),
+            wal_segments = replay.segments,
+            wal_batches = replay.batches,
+            torn_tail = ?replay.torn_tail_at,
+            "engine opened"
+        );
+        let inner = Rc::new(Inner {
+            cache: Rc::new(BlockCache::new(opts.block_cache_bytes)),
+            next_table_id: Cell::new(levels.next_table_id),
+            spares: wal.spares(),
+            opts,
+            disk,
+            wal_dir,
+            sst_dir,
+            clock,
+            mem: RefCell::new(mem),
+            imms: RefCell::default(),
+            version: RefCell::new(Rc::new(version)),
+            levels: RefCell::new(levels),
+            manifest: glommio::sync::RwLock::new(manifest),
+            queue: RefCell::default(),
+            events: Events::default(),
+            bg_error: RefCell::default(),
+            closed: Cell::new(false),
+            writer_done: Cell::new(false),
+            swap_requested: Cell::new(false),
+            stats: Counters::default(),
+            watermark_pin: Cell::new(None),
+            compaction_lock: glommio::sync::Semaphore::new(1),
+            compaction_pointer: RefCell::new(vec![None; LEVELS]),
+            replay,
+        });
+        let executor = glommio::executor();
+        let flush_queue = executor.create_task_queue(
+            Shares::Static(inner.opts.background_shares * 4),
+            Latency::NotImportant,
+            "tessera-flush",
+        );
+        let compaction_queue = executor.create_task_queue(
+            Shares::Static(inner.opts.background_shares),
+            Latency::NotImportant,
+            "tessera-compaction",
+        );
+        glommio::spawn_local(write::writer_loop(inner.clone(), wal)).detach();
+        glommio::spawn_local_into(flush_loop(inner.clone()), flush_queue)
+            .map_err(|e| Error::InvalidOption(format!("cannot spawn flush task: {e}")))?
+            .detach();
+        glommio::spawn_local_into(compaction::compaction_loop(inner.clone()), compaction_queue)
+            .map_err(|e| Error::InvalidOption(format!("cannot spawn compaction task: {e}")))?
+            .detach();
+        Ok(Engine { inner })
+    }
+
+    /// What recovery replayed from the WAL when this engine opened.
+    pub fn replay_report(&self) -> &ReplayReport {
+        &self.inner.replay
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// The engine's clock (the transaction layer reads and advances it).
+    pub fn clock(&self) -> &HybridClock {
+        &self.inner.clock
+    }
+
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value);
+        self.write(batch).await
+    }
+
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<u64> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write(batch).await
+    }
+
+    /// Commits a batch atomically at a fresh timestamp, returned once the
+    /// batch is as durable as the sync mode promises.
+    pub async fn write(&self, batch: WriteBatch) -> Result<u64> {
+        let inner = &self.inner;
+        if inner.closed.get() {
+            return Err(Error::Closed);
+        }
+        let mut bytes = 12;
+        for (_, key, value) in &batch.ops {
+            if key.is_empty() || key.len() > inner.opts.key_bytes_max {
+                return Err(Error::TooLarge {
+                    what: "key",
+                    len: key.len(),
+                    limit: inner.opts.key_bytes_max,
+                });
+            }
+            if value.len() > inner.opts.value_bytes_max {
+                return Err(Error::TooLarge {
+                    what: "value",
+                    len: value.len(),
+                    limit: inner.opts.value_bytes_max,
+                });
+            }
+            bytes += 9 + key.len() + value.len();
+        }
+        let limit = inner.opts.wal_group_bytes_max;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what: "batch",
+                len: bytes,
+                limit,
+            });
+        }
+        if batch.is_empty() {
+            return Ok(inner.clock.now());
+        }
+        wait_until(&inner.events.space, || {
+            let q = inner.queue.borrow();
+            q.batches.is_empty() || q.bytes + bytes <= limit || inner.closed.get()
+        })
+        .await;
+        if inner.closed.get() {
+            return Err(Error::Closed);
+        }
+        // No await between taking the timestamp and queueing: queue order is
+        // timestamp order.
+        let ts = inner.clock.now();
+        let entries: Vec<Entry> = batch
+            .ops
+            .into_iter()
+            .map(|(kind, key, value)| Entry { key, ts, kind, value })
+            .collect();
+        let group: Rc<Group> = {
+            let mut q = inner.queue.borrow_mut();
+            if inner.opts.wal_sync == SyncMode::None {
+                let mem = inner.mem.borrow();
+                for e in &entries {
+                    mem.insert(e.clone());
+                }
+            }
+            q.bytes += bytes;
+            q.batches.push((ts, entries));
+            q.group.clone()
+        };
+        inner.events.work.notify(1);
+        if inner.opts.wal_sync == SyncMode::None {
+            return Ok(ts);
+        }
+        group.wait().await?;
+        Ok(ts)
+    }
+
+    /// The oldest timestamp reads can still ask for.
+    pub fn retention_watermark(&self) -> u64 {
+        self.inner.watermark()
+    }
+
+    /// Holds the watermark at or below `ts` (an open transaction's snapshot)
+    /// until cleared with `None`.
+    pub fn pin_watermark(&self, ts: Option<u64>) {
+        self.inner.watermark_pin.set(ts);
+    }
+
+    /// The newest value of `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.inner.get_at(key, u64::MAX).await
+    }
+
+    /// The value of `key` as of `ts`.
+    pub async fn read_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
+        self.inner.check_retained(ts)?;
+        self.inner.get_at(key, ts).await
+    }
+
+    /// Up to `limit` live (key, value) pairs with `start <= key < end` (no
+    /// end bound if `end` is `None`), in key order, as of `ts` (`None`:
+    /// newest).
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        ts: Option<u64>,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let ts = match ts {
+            Some(ts) => {
+                self.inner.check_retained(ts)?;
+                ts
+            }
+            None => u64::MAX,
+        };
+        let mut iter = MergeIter::new(self.inner.sources(), self.inner.cache.clone());
+        iter.seek(start, u64::MAX).await?;
+        let mut out = Vec::new();
+        let mut decided: Option<Bytes> = None;
+        while out.len() < limit {
+            let Some(e) = iter.next().await? else { break };
+            if end.is_some_and(|end| e.key.as_ref() >= end) {
+                break;
+            }
+            if e.ts > ts || decided.as_ref() == Some(&e.key) {
+                continue;
+            }
+            decided = Some(e.key.clone());
+            if e.kind == Kind::Put {
+                out.push((e.key, e.value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes every memtable to level 0 and waits for it.
+    pub async fn flush(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.mem.borrow().is_empty() && inner.imms.borrow().is_empty() {
+            return Ok(());
+        }
+        inner.swap_requested.set(true);
+        inner.events.work.notify(usize::MAX);
+        let flushes_before = inner.stats.flushes.get();
+        let errors_before = inner.stats.flush_errors.get();
+        wait_until(&inner.events.flushed, || {
+            let drained = !inner.swap_requested.get() && inner.imms.borrow().is_empty();
+            drained || inner.stats.flush_errors.get() > errors_before || inner.closed.get()
+        })
+        .await;
+        if inner.stats.flush_errors.get() > errors_before {
+            let bg = inner.bg_error.borrow().clone().unwrap_or_default();
+            return Err(Error::Stalled(bg));
+        }
+        debug_assert!(inner.stats.flushes.get() >= flushes_before);
+        Ok(())
+    }
+
+    /// Runs compactions until no level needs one.
+    pub async fn compact(&self) -> Result<()> {
+        while compaction::compact_once(&self.inner).await? {}
+        Ok(())
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let inner = &self.inner;
+        let version = inner.version.borrow().clone();
+        let s = &inner.stats;
+        EngineStats {
+            memtable_bytes: inner.mem.borrow().bytes(),
+            immutable_memtables: inner.imms.borrow().len(),
+            cache_bytes: inner.cache.used_bytes(),
+            cache_capacity_bytes: inner.cache.capacity_bytes(),
+            cache_hits: inner.cache.hits(),
+            cache_misses: inner.cache.misses(),
+            table_resident_bytes: version.levels.iter().flatten().map(|t| t.resident_bytes()).sum(),
+            level_tables: version.levels.iter().map(Vec::len).collect(),
+            level_bytes: (0..LEVELS).map(|l| version.level_bytes(l)).collect(),
+            wal_syncs: s.wal_syncs.get(),
+            wal_bytes: s.wal_bytes.get(),
+            wal_groups: s.wal_groups.get(),
+            wal_batches: s.wal_batches.get(),
+            wal_errors: s.wal_errors.get(),
+            write_stalls: s.write_stalls.get(),
+            flushes: s.flushes.get(),
+            flush_errors: s.flush_errors.get(),
+            compactions: s.compactions.get(),
+            compaction_errors: s.compaction_errors.get(),
+            compaction_bytes_written: s.compaction_bytes_written.get(),
+            retention_watermark_ts: inner.watermark(),
+            last_ts: inner.clock.last(),
+            background_error: inner.bg_error.borrow().clone(),
+        }
+    }
+
+    /// Stops accepting writes, writes and syncs what is queued, and stops
+    /// the background tasks. Unflushed memtables stay in the WAL.
+    pub async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.closed.set(true);
+        inner.events.work.notify(usize::MAX);
+        inner.events.space.notify(usize::MAX);
+        inner.events.flush.notify(usize::MAX);
+        inner.events.compact.notify(usize::MAX);
+        wait_until(&inner.events.flushed, || inner.writer_done.get()).await;
+        Ok(())
+    }
+}
+
+impl<D: Disk> Inner<D> {
+    pub(crate) fn watermark(&self) -> u64 {
+        let window = ts_from_ms(wall_ms().saturating_sub(self.opts.retention_ms));
+        match self.watermark_pin.get() {
+            Some(pin) => window.min(pin),
+            None => window,
+        }
+    }
+
+    fn check_retained(&self, ts: u64) -> Result<()> {
+        let watermark = self.watermark();
+        if ts < watermark {
+            return Err(Error::TimestampTooOld {
+                requested: ts,
+                watermark,
+            });
+        }
+        debug_assert!(ms_of_ts(ts) + self.opts.retention_ms >= ms_of_ts(watermark));
+        Ok(())
+    }
+
+    /// Every source of versions, newest first.
+    pub(crate) fn sources(&self) -> Vec<Source<D::File>> {
+        let mut sources = vec![Source::mem(self.mem.borrow().clone())];
+        for (imm, _) in self.imms.borrow().iter().rev() {
+            sources.push(Source::mem(imm.clone()));
+        }
+        let version = self.version.borrow().clone();
+        for t in &version.levels[0] {
+            sources.push(Source::run(vec![t.clone()]));
+        }
+        for level in &version.levels[1..] {
+            if !level.is_empty() {
+                sources.push(Source::run(level.clone()));
+            }
+        }
+        sources
+    }
+
+    pub(crate) async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
+        let mut best: Option<Entry> = None;
+        let newer = |best: &Option<Entry>, max_ts: u64| best.as_ref().is_none_or(|b| max_ts > b.ts);
+        let take = |best: &mut Option<Entry>, found: Option<Entry>| {
+            if let Some(e) = found {
+                if best.as_ref().is_none_or(|b| e.ts > b.ts) {
+                    *best = Some(e);
+                }
+            }
+        };
+        take(&mut best, self.mem.borrow().get(key, ts));
+        let imms: Vec<Rc<Memtable>> = self.imms.borrow().iter().rev().map(|(m, _)| m.clone()).collect();
+        for imm in imms {
+            if newer(&best, imm.max_ts()) {
+                take(&mut best, imm.get(key, ts));
+            }
+        }
+        let version = self.version.borrow().clone();
+        for (level, tables) in version.levels.iter().enumerate() {
+            if level == 0 {
+                for t in tables {
+                    let m = &t.meta;
+                    if newer(&best, m.props.max_ts) && m.overlaps(key, key) {
+                        take(&mut best, t.get(key, ts, &self.cache).await?);
+                    }
+                }
+            } else {
+                let i = tables.partition_point(|t| t.meta.largest.user.as_ref() < key);
+                if let Some(t) = tables.get(i) {
+                    if newer(&best, t.meta.props.max_ts) && t.meta.smallest.user.as_ref() <= key {
+                        take(&mut best, t.get(key, ts, &self.cache).await?);
+                    }
+                }
+            }
+        }
+        Ok(best.filter(|e| e.kind == Kind::Put).map(|e| e.value))
+    }
+
+    /// Applies an edit to the manifest and, once durable, to the in-memory
+    /// level state and version. `fresh` are the newly opened tables.
+    pub(crate) async fn install(&self, edit: Edit, fresh: &[Rc<Table<D::File>>]) -> Result<()> {
+        let mut manifest = self
+            .manifest
+            .write()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let mut next = self.levels.borrow().clone();
+        next.apply(&edit);
+        manifest.append(&edit, &next).await?;
+        let version = self.version.borrow().rebuild(&next, fresh);
+        *self.version.borrow_mut() = Rc::new(version);
+        *self.levels.borrow_mut() = next;
+        Ok(())
+    }
+
+    pub(crate) fn allocate_table_id(&self) -> u64 {
+        let id = self.next_table_id.get();
+        self.next_table_id.set(id + 1);
+        id
+    }
+
+    /// Creates the file for table `id`.
+    pub(crate) async fn create_table(&self, id: u64) -> Result<TableBuilder<D::File>> {
+        let file = self.disk.create(&self.sst_dir.join(table_name(id))).await?;
+        Ok(TableBuilder::new(file, id, self.opts.block_bytes))
+    }
+
+    pub(crate) async fn remove_table_file(&self, id: u64) {
+        if let Err(e) = self.disk.remove(&self.sst_dir.join(table_name(id))).await {
+            tracing::warn!(table = id, error = %e, "could not remove obsolete table");
+        }
+    }
+}
+
+/// The flush task: writes the oldest full memtable to a level-0 table,
+/// installs it, then recycles the WAL segments it made obsolete.
+async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
+    let mut backoff = Duration::from_millis(50);
+    let spare_target = inner.opts.wal_spare_segments;
+    loop {
+        if inner.closed.get() {
+            return;
+        }
+        let next = inner.imms.borrow().front().cloned();
+        let Some((mem, boundary)) = next else {
+            if inner.spares.count() < spare_target {
+                let log_number = inner.levels.borrow().log_number;
+                if let Err(e) = wal::recycle_below(
+                    &inner.disk,
+                    &inner.wal_dir,
+                    inner.opts.wal_segment_bytes,
+                    &inner.spares,
+                    log_number,
+                    spare_target,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "could not prepare spare WAL segments");
+                }
+            }
+            wait_until(&inner.events.flush, || {
+                !inner.imms.borrow().is_empty() || inner.closed.get()
+            })
+            .await;
+            continue;
+        };
+        match flush_one(&inner, &mem, boundary).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(50);
+                *inner.bg_error.borrow_mut() = None;
+                inner.stats.flushes.set(inner.stats.flushes.get() + 1);
+                inner.events.compact.notify(usize::MAX);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "memtable flush failed; retrying");
+                *inner.bg_error.borrow_mut() = Some(e.to_string());
+                inner.stats.flush_errors.set(inner.stats.flush_errors.get() + 1);
+                inner.events.flushed.notify(usize::MAX);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        }
+        inner.events.flushed.notify(usize::MAX);
+    }
+}
+
+async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: u64) -> Result<()> {
+    let mut fresh = Vec::new();
+    let mut edit = Edit {
+        log_number: Some(boundary),
+        ..Edit::default()
+    };
+    if !mem.is_empty() {
+        let id = inner.allocate_table_id();
+        let mut builder = inner.create_table(id).await?;
+        for e in mem.entries() {
+            builder.add(&e).await?;
+        }
+        let (meta, file) = builder.finish().await?;
+        inner.disk.sync_dir(&inner.sst_dir).await?;
+        fresh.push(Rc::new(Table::open(file, meta.clone()).await?));
+        edit.added.push((0, meta));
+    }
+    edit.next_table_id = Some(inner.next_table_id.get());
+    inner.install(edit, &fresh).await?;
+    {
+        let mut imms = inner.imms.borrow_mut();
+        let (front, _) = imms.pop_front().expect("flushed memtable is queued");
+        assert!(Rc::ptr_eq(&front, mem), "memtables flush in order");
+    }
+    // The flush is installed; failing to recycle only costs disk space and
+    // is retried after the next flush.
+    if let Err(e) = wal::recycle_below(
+        &inner.disk,
+        &inner.wal_dir,
+        inner.opts.wal_segment_bytes,
+        &inner.spares,
+        boundary,
+        inner.opts.wal_spare_segments,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "could not recycle WAL segments");
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The engine's error type. Operating errors (disk, corruption, limits) are
+//! values of [`Error`]; programmer errors are assertions.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong inside the engine that is not a bug.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed. `op` names the call, `path` the file.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bytes on disk failed their checksum or do not parse. Never served.
+    #[error("corruption in {path} at offset {offset}: {detail}")]
+    Corruption {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    /// A key or value is larger than the configured limit.
+    #[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    /// A read asked for a timestamp that compaction may already have collapsed.
+    #[error("timestamp {requested} is older than the retention watermark {watermark}")]
+    TimestampTooOld { requested: u64, watermark: u64 },
+    /// A write could not proceed because background flushing keeps failing.
+    #[error("writes stalled: background flush failed: {0}")]
+    Stalled(String),
+    /// The engine was closed.
+    #[error("engine is closed")]
+    Closed,
+    /// Options were invalid.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, detail: impl Into<String>) -> Self {
+        Error::Corruption {
+            path: path.into(),
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    /// True when the error is a checksum or format failure.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Corruption { .. })
+    }
+
+    /// The OS error number behind an I/O error, if any.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// A copy good enough to hand to every writer of a failed group.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Error::Corruption { path, offset, detail } => Error::Corruption {
+                path: path.clone(),
+                offset: *offset,
+                detail: detail.clone(),
+            },
+            Error::TooLarge { what, len, limit } => Error::TooLarge {
+                what,
+                len: *len,
+                limit: *limit,
+            },
+            Error::TimestampTooOld { requested, watermark } => Error::TimestampTooOld {
+                requested: *requested,
+                watermark: *watermark,
+            },
+            Error::Stalled(s) => Error::Stalled(s.clone()),
+            Error::Closed => Error::Closed,
+            Error::InvalidOption(s) => Error::InvalidOption(s.clone()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,216 @@
+//! Ordered iteration over versions from several sources (memtables, runs of
+//! tables) merged into one (key asc, ts desc) stream. Used by scans and by
+//! compaction. Sources are few (memtables + L0 tables + one run per level),
+//! so the merge picks the smallest head by a linear pass instead of a heap.
+
+use crate::cache::BlockCache;
+use crate::error::Result;
+use crate::key::{compare, Entry, InternalKey};
+use crate::memtable::Memtable;
+use crate::sst::Table;
+use crate::io::DiskFile;
+use bytes::Bytes;
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// Versions fetched from a memtable per re-seek.
+const MEM_BATCH: usize = 128;
+
+/// One ordered stream of versions.
+pub enum Source<F: DiskFile> {
+    /// A memtable, read by re-seeking after the last version returned, so no
+    /// borrow is held across an await.
+    Mem {
+        table: Rc<Memtable>,
+        buf: VecDeque<Entry>,
+        cursor: InternalKey,
+        inclusive: bool,
+        exhausted: bool,
+    },
+    /// Tables with disjoint key ranges in key order (one level), or a single
+    /// level-0 table.
+    Run {
+        tables: Vec<Rc<Table<F>>>,
+        table: usize,
+        block: usize,
+        buf: VecDeque<Entry>,
+    },
+}
+
+impl<F: DiskFile> Source<F> {
+    pub fn mem(table: Rc<Memtable>) -> Self {
+        Source::Mem {
+            table,
+            buf: VecDeque::new(),
+            cursor: InternalKey::new(Bytes::new(), u64::MAX),
+            inclusive: true,
+            exhausted: false,
+        }
+    }
+
+    pub fn run(tables: Vec<Rc<Table<F>>>) -> Self {
+        Source::Run {
+            tables,
+            table: 0,
+            block: 0,
+            buf: VecDeque::new(),
+        }
+    }
+
+    /// Positions the source at the first version ≥ (key, ts).
+    pub async fn seek(&mut self, key: &[u8], ts: u64, cache: &BlockCache) -> Result<()> {
+        match self {
+            Source::Mem {
+                buf,
+                cursor,
+                inclusive,
+                exhausted,
+                ..
+            } => {
+                buf.clear();
+                *cursor = InternalKey::new(Bytes::copy_from_slice(key), ts);
+                *inclusive = true;
+                *exhausted = false;
+            }
+            Source::Run {
+                tables,
+                table,
+                block,
+                buf,
+            } => {
+                buf.clear();
+                *table = tables.partition_point(|t| {
+                    compare(&t.meta.largest.user, t.meta.largest.ts, key, ts) == Ordering::Less
+                });
+                *block = 0;
+                if let Some(t) = tables.get(*table) {
+                    *block = t.find_block(key, ts);
+                    if *block < t.block_count() {
+                        buf.extend(t.block_entries(*block, cache).await?);
+                        *block += 1;
+                        while buf
+                            .front()
+                            .is_some_and(|e| compare(&e.key, e.ts, key, ts) == Ordering::Less)
+                        {
+                            buf.pop_front();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the head is loaded if the source has more versions.
+    async fn fill(&mut self, cache: &BlockCache) -> Result<()> {
+        match self {
+            Source::Mem {
+                table,
+                buf,
+                cursor,
+                inclusive,
+                exhausted,
+            } => {
+                if buf.is_empty() && !*exhausted {
+                    let mut fetched = Vec::with_capacity(MEM_BATCH);
+                    table.range_from(cursor, *inclusive, MEM_BATCH, &mut fetched);
+                    match fetched.last() {
+                        Some(last) => {
+                            *cursor = InternalKey::new(last.key.clone(), last.ts);
+                            *inclusive = false;
+                        }
+                        None => *exhausted = true,
+                    }
+                    buf.extend(fetched);
+                }
+            }
+            Source::Run {
+                tables,
+                table,
+                block,
+                buf,
+            } => {
+                while buf.is_empty() && *table < tables.len() {
+                    let t = &tables[*table];
+                    if *block >= t.block_count() {
+                        *table += 1;
+                        *block = 0;
+                        continue;
+                    }
+                    buf.extend(t.block_entries(*block, cache).await?);
+                    *block += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn head(&self) -> Option<&Entry> {
+        match self {
+            Source::Mem { buf, .. } | Source::Run { buf, .. } => buf.front(),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        match self {
+            Source::Mem { buf, .. } | Source::Run { buf, .. } => buf.pop_front(),
+        }
+    }
+}
+
+/// The merged stream. Exact duplicates (same key and ts, e.g. a version
+/// both replayed from the WAL and already flushed) come out once.
+pub struct MergeIter<F: DiskFile> {
+    sources: Vec<Source<F>>,
+    cache: Rc<BlockCache>,
+    last: Option<(Bytes, u64)>,
+}
+
+impl<F: DiskFile> MergeIter<F> {
+    pub fn new(sources: Vec<Source<F>>, cache: Rc<BlockCache>) -> Self {
+        MergeIter {
+            sources,
+            cache,
+            last: None,
+        }
+    }
+
+    pub async fn seek(&mut self, key: &[u8], ts: u64) -> Result<()> {
+        self.last = None;
+        for s in &mut self.sources {
+            s.seek(key, ts, &self.cache).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Entry>> {
+        loop {
+            for s in &mut self.sources {
+                s.fill(&self.cache).await?;
+            }
+            let mut best: Option<usize> = None;
+            for (i, s) in self.sources.iter().enumerate() {
+                let Some(e) = s.head() else { continue };
+                let better = match best.and_then(|b| self.sources[b].head()) {
+                    None => true,
+                    Some(b) => compare(&e.key, e.ts, &b.key, b.ts) == Ordering::Less,
+                };
+                if better {
+                    best = Some(i);
+                }
+            }
+            let Some(i) = best else { return Ok(None) };
+            let e = self.sources[i].pop().expect("head exists");
+            if let Some((k, ts)) = &self.last {
+                match compare(k, *ts, &e.key, e.ts) {
+                    Ordering::Equal => continue,
+                    Ordering::Greater => panic!("merge produced versions out of order"),
+                    Ordering::Less => {}
+                }
+            }
+            self.last = Some((e.key.clone(), e.ts));
+            return Ok(Some(e));
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Engine tunables, each with a unit in its name and a documented default.
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// When a write is acknowledged relative to the WAL reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Acknowledge after the group's write and fdatasync complete. Loses
+    /// nothing acknowledged, on process crash or power loss. The default.
+    Always,
+    /// Acknowledge after the group's direct write completes; fdatasync at
+    /// most every this many ms. A process crash loses nothing acknowledged
+    /// (the data is in the device); power loss can lose the last interval.
+    Interval(Duration),
+    /// Acknowledge as soon as the write is in the memtable; the WAL is
+    /// written in the background without fdatasync. A process crash can
+    /// lose the writes of the last group (about one write latency); power
+    /// loss can lose everything since the last memtable flush.
+    None,
+}
+
+impl FromStr for SyncMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "always" => Ok(SyncMode::Always),
+            "none" => Ok(SyncMode::None),
+            _ => {
+                let ms = s
+                    .strip_prefix("interval:")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .filter(|&ms| ms > 0)
+                    .ok_or_else(|| {
+                        Error::InvalidOption(format!(
+                            "wal sync mode {s:?}: expected always, none or interval:<ms>"
+                        ))
+                    })?;
+                Ok(SyncMode::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncMode::Always => write!(f, "always"),
+            SyncMode::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+            SyncMode::None => write!(f, "none"),
+        }
+    }
+}
+
+/// Everything an engine (one shard) can be tuned with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Memtable size that triggers a flush. Default 64 MiB.
+    pub memtable_bytes_max: usize,
+    /// Full memtables waiting for flush before writes stall. Default 2.
+    pub immutable_memtables_max: usize,
+    /// Block cache budget. Default 256 MiB.
+    pub block_cache_bytes: usize,
+    /// Target data block size before padding to 4 KiB. Default 4096.
+    pub block_bytes: usize,
+    pub wal_sync: SyncMode,
+    /// Size of each preallocated WAL segment. Default 64 MiB.
+    pub wal_segment_bytes: u64,
+    /// Recycled, zero-filled segments kept ready. Default 2.
+    pub wal_spare_segments: usize,
+    /// Most bytes one group commit writes. Default 1 MiB.
+    pub wal_group_bytes_max: usize,
+    /// Level-0 tables that trigger a compaction into level 1. Default 4.
+    pub l0_compaction_trigger: usize,
+    /// Target size of level 1; each deeper level is 10× larger. Default 256 MiB.
+    pub level_base_bytes: u64,
+    /// Size at which compaction output tables are cut. Default 64 MiB.
+    pub table_target_bytes: u64,
+    /// Compaction write rate limit. Default 200 MiB/s.
+    pub compaction_bytes_per_sec: u64,
+    /// Shares of the background flush/compaction task queue (foreground
+    /// has 1000). Default 100.
+    pub background_shares: usize,
+    /// How far back `read_at` can go. Compaction keeps every version newer
+    /// than this window. Default 60 s.
+    pub retention_ms: u64,
+    /// Largest key. Default 1 KiB (hard cap 64 KiB - 1).
+    pub key_bytes_max: usize,
+    /// Largest value. Default 1 MiB.
+    pub value_bytes_max: usize,
+    /// Manifest size that triggers a roll to a fresh snapshot. Default 1 MiB.
+    pub manifest_roll_bytes: usize,
+    /// Low bits of every timestamp this engine issues (the shard id).
+    pub clock_node: u8,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            memtable_bytes_max: 64 << 20,
+            immutable_memtables_max: 2,
+            block_cache_bytes: 256 << 20,
+            block_bytes: 4096,
+            wal_sync: SyncMode::Always,
+            wal_segment_bytes: 64 << 20,
+            wal_spare_segments: 2,
+            wal_group_bytes_max: 1 << 20,
+            l0_compaction_trigger: 4,
+            level_base_bytes: 256 << 20,
+            table_target_bytes: 64 << 20,
+            compaction_bytes_per_sec: 200 << 20,
+            background_shares: 100,
+            retention_ms: 60_000,
+            key_bytes_max: 1024,
+            value_bytes_max: 1 << 20,
+            manifest_roll_bytes: 1 << 20,
+            clock_node: 0,
+        }
+    }
+}
+
+impl Options {
+    /// Small sizes that exercise flushes, rolls and compactions quickly.
+    pub fn for_tests() -> Self {
+        Options {
+            memtable_bytes_max: 64 << 10,
+            block_cache_bytes: 256 << 10,
+            wal_segment_bytes: 128 << 10,
+            wal_group_bytes_max: 32 << 10,
+            l0_compaction_trigger: 3,
+            level_base_bytes: 256 << 10,
+            table_target_bytes: 64 << 10,
+            compaction_bytes_per_sec: 1 << 30,
+            manifest_roll_bytes: 16 << 10,
+            ..Options::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidOption(m.to_string()));
+        if self.key_bytes_max == 0 || self.key_bytes_max > u16::MAX as usize {
+            return bad("key_bytes_max must be 1..=65535");
+        }
+        if self.wal_segment_bytes % 4096 != 0 || self.wal_segment_bytes < 64 << 10 {
+            return bad("wal_segment_bytes must be a multiple of 4096 and at least 64 KiB");
+        }
+        let largest_record = self.key_bytes_max + self.value_bytes_max + 64;
+        if largest_record as u64 > self.wal_segment_bytes / 2 {
+            return bad("wal_segment_bytes must be at least twice key_bytes_max + value_bytes_max");
+        }
+        if self.wal_group_bytes_max < largest_record {
+            return bad("wal_group_bytes_max must hold the largest key + value");
+        }
+        if self.memtable_bytes_max < 4096 || self.immutable_memtables_max == 0 {
+            return bad("memtable_bytes_max must be at least 4 KiB and immutable_memtables_max at least 1");
+        }
+        if self.compaction_bytes_per_sec == 0 || self.background_shares == 0 {
+            return bad("compaction_bytes_per_sec and background_shares must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_modes_parse_and_print() {
+        for s in ["always", "none", "interval:5"] {
+            assert_eq!(s.parse::<SyncMode>().unwrap().to_string(), s);
+        }
+        assert!("interval:0".parse::<SyncMode>().is_err());
+        assert!("sometimes".parse::<SyncMode>().is_err());
+    }
+}

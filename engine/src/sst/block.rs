@@ -1,0 +1,239 @@
+//! Data blocks: prefix-compressed versions with restart points and a crc32c.
+//!
+//! ```text
+//! block   := entry* | restart:u32 * n | n:u32 | crc32c:u32 | zero pad to 4 KiB
+//! entry   := shared:u16 | unshared:u16 | value_len:u32 | ts:u64 | kind:u8
+//!            | key[shared..] | value
+//! ```
+//! Every `RESTART_INTERVAL`-th entry stores its whole key (shared = 0) and its
+//! offset in the restart array, so a seek binary-searches restarts and then
+//! scans at most one interval. The crc covers everything before it; the
+//! block's length in the index includes the crc but not the padding.
+
+use crate::key::{compare, Entry, Kind};
+use bytes::{Buf, BufMut, Bytes};
+use std::cmp::Ordering;
+
+pub const RESTART_INTERVAL: usize = 16;
+const ENTRY_HEADER_BYTES: usize = 17;
+
+/// Accumulates one block.
+#[derive(Default)]
+pub struct BlockBuilder {
+    buf: Vec<u8>,
+    restarts: Vec<u32>,
+    count: usize,
+    last_key: Vec<u8>,
+}
+
+impl BlockBuilder {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Size of the finished block if finished now.
+    pub fn estimated_len(&self) -> usize {
+        self.buf.len() + 4 * self.restarts.len() + 8
+    }
+
+    pub fn add(&mut self, key: &[u8], ts: u64, kind: Kind, value: &[u8]) {
+        let shared = if self.count % RESTART_INTERVAL == 0 {
+            self.restarts.push(self.buf.len() as u32);
+            0
+        } else {
+            self.last_key.iter().zip(key).take_while(|(a, b)| a == b).count()
+        };
+        self.buf.put_u16_le(shared as u16);
+        self.buf.put_u16_le((key.len() - shared) as u16);
+        self.buf.put_u32_le(value.len() as u32);
+        self.buf.put_u64_le(ts);
+        self.buf.put_u8(kind as u8);
+        self.buf.extend_from_slice(&key[shared..]);
+        self.buf.extend_from_slice(value);
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
+        self.count += 1;
+    }
+
+    /// Appends the finished block (with crc, without padding) to `out`;
+    /// returns its length and resets the builder.
+    pub fn finish_into(&mut self, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.extend_from_slice(&self.buf);
+        for r in &self.restarts {
+            out.put_u32_le(*r);
+        }
+        out.put_u32_le(self.restarts.len() as u32);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.put_u32_le(crc);
+        self.buf.clear();
+        self.restarts.clear();
+        self.count = 0;
+        self.last_key.clear();
+        out.len() - start
+    }
+}
+
+/// Why a block failed to parse.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlockError {
+    Checksum,
+    Malformed,
+}
+
+/// A verified block. Holding one means its crc passed.
+#[derive(Clone)]
+pub struct Block {
+    data: Bytes,
+    restarts_at: usize,
+    restart_count: usize,
+}
+
+impl Block {
+    /// Verifies the crc and the restart array of `raw` (length from the index).
+    pub fn parse(raw: Bytes) -> Result<Block, BlockError> {
+        if raw.len() < 8 {
+            return Err(BlockError::Malformed);
+        }
+        let body = raw.len() - 4;
+        let crc = u32::from_le_bytes(raw[body..].try_into().unwrap());
+        if crc32c::crc32c(&raw[..body]) != crc {
+            return Err(BlockError::Checksum);
+        }
+        let restart_count = u32::from_le_bytes(raw[body - 4..body].try_into().unwrap()) as usize;
+        let restarts_at = (body - 4)
+            .checked_sub(restart_count * 4)
+            .ok_or(BlockError::Malformed)?;
+        let block = Block {
+            data: raw.slice(..body - 4),
+            restarts_at,
+            restart_count,
+        };
+        for i in 0..restart_count {
+            if block.restart(i) >= restarts_at {
+                return Err(BlockError::Malformed);
+            }
+        }
+        Ok(block)
+    }
+
+    fn restart(&self, i: usize) -> usize {
+        let at = self.restarts_at + 4 * i;
+        u32::from_le_bytes(self.data[at..at + 4].try_into().unwrap()) as usize
+    }
+
+    /// Decodes the entry at `pos` given the previous key; returns the next
+    /// position.
+    fn decode(&self, pos: usize, key: &mut Vec<u8>) -> Result<(usize, u64, Kind, usize, usize), BlockError> {
+        if pos + ENTRY_HEADER_BYTES > self.restarts_at {
+            return Err(BlockError::Malformed);
+        }
+        let mut h = &self.data[pos..pos + ENTRY_HEADER_BYTES];
+        let shared = h.get_u16_le() as usize;
+        let unshared = h.get_u16_le() as usize;
+        let value_len = h.get_u32_le() as usize;
+        let ts = h.get_u64_le();
+        let kind = Kind::from_u8(h.get_u8()).ok_or(BlockError::Malformed)?;
+        let key_at = pos + ENTRY_HEADER_BYTES;
+        let value_at = key_at + unshared;
+        let next = value_at + value_len;
+        if shared > key.len() || next > self.restarts_at {
+            return Err(BlockError::Malformed);
+        }
+        key.truncate(shared);
+        key.extend_from_slice(&self.data[key_at..value_at]);
+        Ok((next, ts, kind, value_at, value_len))
+    }
+
+    /// The first entry ≥ (key, ts), if any in this block.
+    pub fn seek(&self, user: &[u8], ts: u64) -> Result<Option<Entry>, BlockError> {
+        // Last restart whose key is < target; scan from there.
+        let (mut lo, mut hi) = (0, self.restart_count);
+        let mut scratch = Vec::new();
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            scratch.clear();
+            let (_, k_ts, ..) = self.decode(self.restart(mid), &mut scratch)?;
+            if compare(&scratch, k_ts, user, ts) == Ordering::Less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let start = if lo == 0 { 0 } else { self.restart(lo - 1) };
+        let mut pos = if self.restart_count == 0 { self.restarts_at } else { start };
+        let mut key = Vec::new();
+        while pos < self.restarts_at {
+            let (next, k_ts, kind, value_at, value_len) = self.decode(pos, &mut key)?;
+            if compare(&key, k_ts, user, ts) != Ordering::Less {
+                return Ok(Some(Entry {
+                    key: Bytes::copy_from_slice(&key),
+                    ts: k_ts,
+                    kind,
+                    value: self.data.slice(value_at..value_at + value_len),
+                }));
+            }
+            pos = next;
+        }
+        Ok(None)
+    }
+
+    /// Every entry, in order. Values are slices of the block (no copy).
+    pub fn entries(&self) -> Result<Vec<Entry>, BlockError> {
+        let mut out = Vec::new();
+        let mut key = Vec::new();
+        let mut pos = 0;
+        while pos < self.restarts_at {
+            let (next, ts, kind, value_at, value_len) = self.decode(pos, &mut key)?;
+            out.push(Entry {
+                key: Bytes::copy_from_slice(&key),
+                ts,
+                kind,
+                value: self.data.slice(value_at..value_at + value_len),
+            });
+            pos = next;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(n: usize) -> Block {
+        let mut b = BlockBuilder::default();
+        for i in 0..n {
+            let key = format!("key{:05}", i / 2);
+            b.add(key.as_bytes(), 100 - (i % 2) as u64, Kind::Put, format!("v{i}").as_bytes());
+        }
+        let mut out = Vec::new();
+        b.finish_into(&mut out);
+        Block::parse(Bytes::from(out)).unwrap()
+    }
+
+    #[test]
+    fn entries_round_trip_and_seek_finds_first_at_or_after() {
+        let block = build(100);
+        let all = block.entries().unwrap();
+        assert_eq!(all.len(), 100);
+        assert_eq!(all[7].key, "key00003");
+        assert_eq!(all[7].ts, 99);
+        assert_eq!(all[7].value, "v7");
+        let hit = block.seek(b"key00010", 99).unwrap().unwrap();
+        assert_eq!((hit.key.as_ref(), hit.ts), (b"key00010".as_ref(), 99));
+        let next = block.seek(b"key00010", 98).unwrap().unwrap();
+        assert_eq!((next.key.as_ref(), next.ts), (b"key00011".as_ref(), 100));
+        assert!(block.seek(b"zzz", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let mut b = BlockBuilder::default();
+        b.add(b"a", 1, Kind::Put, b"x");
+        let mut out = Vec::new();
+        b.finish_into(&mut out);
+        out[3] ^= 4;
+        assert_eq!(Block::parse(Bytes::from(out)).err(), Some(BlockError::Checksum));
+    }
+}

@@ -1,0 +1,165 @@
+//! WAL record format, the only place that reads or writes it.
+//!
+//! A segment is a preallocated file written in chunks; each chunk is one
+//! group-commit write and starts at a 4 KiB boundary. A chunk is a run of
+//! records, then zero padding to the next boundary:
+//!
+//! ```text
+//! record  := crc32c:u32 | len:u32 | type:u8 | 0:u8 x3 | segment_id:u64 | payload[len]
+//!            (crc32c covers everything after itself, payload included)
+//! batch   := ts:u64 | count:u32 | entry*count        (type 1)
+//! entry   := kind:u8 | key_len:u32 | value_len:u32 | key | value
+//! seal    := (empty payload)                         (type 2: segment complete)
+//! ```
+//! All integers little-endian. `segment_id` tells a record of this use of a
+//! recycled file from leftovers of an earlier use; ids are never reused.
+
+use crate::key::{Entry, Kind};
+use bytes::{Buf, BufMut, Bytes};
+
+pub const HEADER_BYTES: usize = 20;
+pub const TYPE_BATCH: u8 = 1;
+pub const TYPE_SEAL: u8 = 2;
+
+/// Appends one record to `out`.
+pub fn encode(out: &mut Vec<u8>, segment_id: u64, record_type: u8, payload: &[u8]) {
+    let start = out.len();
+    out.put_u32_le(0);
+    out.put_u32_le(payload.len() as u32);
+    out.put_u8(record_type);
+    out.put_bytes(0, 3);
+    out.put_u64_le(segment_id);
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The outcome of parsing bytes at one position.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// A valid record of the expected segment.
+    Record { record_type: u8, payload: &'a [u8], len: usize },
+    /// An all-zero header: padding until the next block.
+    Zero,
+    /// Anything else: bad checksum, truncated, or another segment's record.
+    Invalid,
+}
+
+/// Parses the record at the start of `buf`.
+pub fn parse(buf: &[u8], segment_id: u64) -> Parsed<'_> {
+    if buf.len() < HEADER_BYTES {
+        return if buf.iter().all(|&b| b == 0) { Parsed::Zero } else { Parsed::Invalid };
+    }
+    if buf[..HEADER_BYTES].iter().all(|&b| b == 0) {
+        return Parsed::Zero;
+    }
+    let mut header = &buf[..HEADER_BYTES];
+    let crc = header.get_u32_le();
+    let len = header.get_u32_le() as usize;
+    let record_type = header.get_u8();
+    header.advance(3);
+    let id = header.get_u64_le();
+    if id != segment_id || buf.len() < HEADER_BYTES + len {
+        return Parsed::Invalid;
+    }
+    if crc32c::crc32c(&buf[4..HEADER_BYTES + len]) != crc {
+        return Parsed::Invalid;
+    }
+    Parsed::Record {
+        record_type,
+        payload: &buf[HEADER_BYTES..HEADER_BYTES + len],
+        len: HEADER_BYTES + len,
+    }
+}
+
+/// Bytes a batch payload will take.
+pub fn batch_payload_len(entries: &[Entry]) -> usize {
+    12 + entries.iter().map(|e| 9 + e.key.len() + e.value.len()).sum::<usize>()
+}
+
+/// Encodes a batch payload: all entries share `ts`.
+pub fn encode_batch(out: &mut Vec<u8>, ts: u64, entries: &[Entry]) {
+    out.put_u64_le(ts);
+    out.put_u32_le(entries.len() as u32);
+    for e in entries {
+        debug_assert_eq!(e.ts, ts);
+        out.put_u8(e.kind as u8);
+        out.put_u32_le(e.key.len() as u32);
+        out.put_u32_le(e.value.len() as u32);
+        out.extend_from_slice(&e.key);
+        out.extend_from_slice(&e.value);
+    }
+}
+
+/// Decodes a batch payload whose checksum already passed. `None` means the
+/// payload is malformed (a bug in the writer, or a crc collision).
+pub fn decode_batch(payload: &[u8]) -> Option<(u64, Vec<Entry>)> {
+    let owned = Bytes::copy_from_slice(payload);
+    let mut buf = owned.clone();
+    if buf.remaining() < 12 {
+        return None;
+    }
+    let ts = buf.get_u64_le();
+    let count = buf.get_u32_le() as usize;
+    let mut entries = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        if buf.remaining() < 9 {
+            return None;
+        }
+        let kind = Kind::from_u8(buf.get_u8())?;
+        let key_len = buf.get_u32_le() as usize;
+        let value_len = buf.get_u32_le() as usize;
+        if buf.remaining() < key_len + value_len {
+            return None;
+        }
+        let key = buf.split_to(key_len);
+        let value = buf.split_to(value_len);
+        entries.push(Entry { key, ts, kind, value });
+    }
+    if buf.has_remaining() {
+        return None;
+    }
+    Some((ts, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(k: &str, v: &str, ts: u64) -> Entry {
+        Entry {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            ts,
+            kind: Kind::Put,
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn batch_round_trips() {
+        let entries = vec![entry("a", "1", 9), entry("bb", "", 9)];
+        let mut payload = Vec::new();
+        encode_batch(&mut payload, 9, &entries);
+        assert_eq!(payload.len(), batch_payload_len(&entries));
+        let mut rec = Vec::new();
+        encode(&mut rec, 7, TYPE_BATCH, &payload);
+        match parse(&rec, 7) {
+            Parsed::Record { record_type, payload, len } => {
+                assert_eq!(record_type, TYPE_BATCH);
+                assert_eq!(len, rec.len());
+                assert_eq!(decode_batch(payload), Some((9, entries)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_or_other_segment_is_invalid() {
+        let mut rec = Vec::new();
+        encode(&mut rec, 7, TYPE_SEAL, b"");
+        assert_eq!(parse(&rec, 8), Parsed::Invalid);
+        rec[HEADER_BYTES - 1] ^= 0x10;
+        assert_eq!(parse(&rec, 7), Parsed::Invalid);
+        assert_eq!(parse(&[0u8; 64], 7), Parsed::Zero);
+    }
+}
