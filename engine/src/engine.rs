@@ -112,6 +112,8 @@ pub(crate) struct Inner<D: Disk> {
     pub bg_error: RefCell<Option<String>>,
     pub closed: Cell<bool>,
     pub writer_done: Cell<bool>,
+    /// Flush and compaction tasks still running (close waits for zero).
+    pub tasks_running: Cell<usize>,
     pub swap_requested: Cell<bool>,
     pub stats: Counters,
     pub watermark_pin: Cell<Option<u64>>,
@@ -239,6 +241,7 @@ impl<D: Disk> Engine<D> {
             bg_error: RefCell::default(),
             closed: Cell::new(false),
             writer_done: Cell::new(false),
+            tasks_running: Cell::new(2),
             swap_requested: Cell::new(false),
             stats: Counters::default(),
             watermark_pin: Cell::new(None),
@@ -493,7 +496,10 @@ impl<D: Disk> Engine<D> {
         inner.events.space.notify(usize::MAX);
         inner.events.flush.notify(usize::MAX);
         inner.events.compact.notify(usize::MAX);
-        wait_until(&inner.events.flushed, || inner.writer_done.get()).await;
+        wait_until(&inner.events.flushed, || {
+            inner.writer_done.get() && inner.tasks_running.get() == 0
+        })
+        .await;
         Ok(())
     }
 }
@@ -592,6 +598,12 @@ impl<D: Disk> Inner<D> {
         Ok(())
     }
 
+    /// Marks a background task as exited.
+    pub(crate) fn task_exited(&self) {
+        self.tasks_running.set(self.tasks_running.get() - 1);
+        self.events.flushed.notify(usize::MAX);
+    }
+
     pub(crate) fn allocate_table_id(&self) -> u64 {
         let id = self.next_table_id.get();
         self.next_table_id.set(id + 1);
@@ -618,6 +630,7 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
     let spare_target = inner.opts.wal_spare_segments;
     loop {
         if inner.closed.get() {
+            inner.task_exited();
             return;
         }
         let next = inner.imms.borrow().front().cloned();

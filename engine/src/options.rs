@@ -135,6 +135,7 @@ impl Options {
             table_target_bytes: 64 << 10,
             compaction_bytes_per_sec: 1 << 30,
             manifest_roll_bytes: 16 << 10,
+            value_bytes_max: 16 << 10,
             ..Options::default()
         }
     }

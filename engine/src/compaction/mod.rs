@@ -15,7 +15,7 @@
 mod limiter;
 
 use crate::engine::Inner;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::Disk;
 use crate::iter::{MergeIter, Source};
 use crate::key::Kind;
@@ -94,6 +94,7 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if inner.closed.get() {
+            inner.task_exited();
             return;
         }
         match compact_once(&inner).await {
@@ -105,6 +106,7 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
                 })
                 .await;
             }
+            Err(Error::Closed) => {}
             Err(e) => {
                 tracing::error!(error = %e, "compaction failed; retrying");
                 inner.stats.compaction_errors.set(inner.stats.compaction_errors.get() + 1);
@@ -128,7 +130,7 @@ pub(crate) async fn compact_once<D: Disk>(inner: &Rc<Inner<D>>) -> Result<bool> 
         .compaction_lock
         .acquire_permit(1)
         .await
-        .map_err(|_| crate::error::Error::Closed)?;
+        .map_err(|_| Error::Closed)?;
     let Some(job) = pick(inner) else {
         return Ok(false);
     };
@@ -170,6 +172,10 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
     let mut settled = false;
     let mut written = 0u64;
     while let Some(e) = iter.next().await? {
+        if inner.closed.get() {
+            // Outputs so far are orphans; the next open removes them.
+            return Err(Error::Closed);
+        }
         if current.as_ref() != Some(&e.key) {
             current = Some(e.key.clone());
             settled = false;

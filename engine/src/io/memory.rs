@@ -120,18 +120,19 @@ impl MemDisk {
         self.state.borrow().syncs
     }
 
-    /// Simulates power loss: every file reverts to its last synced contents
-    /// and the namespace to its last synced directories. Handles opened
-    /// before the crash keep pointing at detached copies.
-    pub fn crash(&self) {
-        self.crash_with(|_, _| None);
+    /// Simulates power loss: returns the disk as a restarted machine sees
+    /// it, every file at its last synced contents and every directory at its
+    /// last synced entries. `self` (and everything still holding it, such as
+    /// the engine that "crashed") goes on with a detached copy, so nothing it
+    /// does afterwards reaches the returned disk.
+    pub fn crash(&self) -> MemDisk {
+        self.crash_with(|_, _| None)
     }
 
-    /// Like [`crash`](Self::crash), but for each file a prefix of its
-    /// unsynced writes survives, the last one torn at a 512-byte sector:
-    /// `choose(file index, pending count)` returns `(writes kept, sectors of
-    /// the next write kept)`.
-    pub fn crash_torn(&self, seed: u64) {
+    /// Like [`crash`](Self::crash), but for each file a random prefix of its
+    /// unsynced writes survives, the next one torn at a 512-byte sector
+    /// (deterministic for a seed).
+    pub fn crash_torn(&self, seed: u64) -> MemDisk {
         let mut x = seed | 1;
         let mut next = move |bound: usize| {
             x ^= x << 13;
@@ -142,11 +143,11 @@ impl MemDisk {
         self.crash_with(|_, pending| {
             let kept = next(pending);
             Some((kept, next(16)))
-        });
+        })
     }
 
-    fn crash_with(&self, mut choose: impl FnMut(usize, usize) -> Option<(usize, usize)>) {
-        let mut state = self.state.borrow_mut();
+    fn crash_with(&self, mut choose: impl FnMut(usize, usize) -> Option<(usize, usize)>) -> MemDisk {
+        let state = self.state.borrow();
         let mut fresh = BTreeMap::new();
         for (i, (path, file)) in state.durable_names.iter().enumerate() {
             let old = file.borrow();
@@ -168,8 +169,16 @@ impl MemDisk {
                 })),
             );
         }
-        state.names = fresh.clone();
-        state.durable_names = fresh;
+        MemDisk {
+            state: Rc::new(RefCell::new(State {
+                names: fresh.clone(),
+                durable_names: fresh,
+                dirs: state.dirs.clone(),
+                capacity_bytes: state.capacity_bytes,
+                faults: Vec::new(),
+                syncs: 0,
+            })),
+        }
     }
 
     /// Flips one bit of a file, durably (models media corruption).

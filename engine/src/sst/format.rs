@@ -8,7 +8,7 @@
 //! bloom   := filter (see bloom.rs) | crc32c:u32
 //! props   := entries:u64 | min_ts:u64 | max_ts:u64 | crc32c:u32
 //! footer  := index_off:u64 | index_len:u32 | bloom_off:u64 | bloom_len:u32
-//!            | props_off:u64 | props_len:u32 | 0:u32 * 4 | version:u32
+//!            | props_off:u64 | props_len:u32 | 0:u32 * 3 | version:u32
 //!            | magic:u64 | crc32c:u32        (64 bytes, crc over the first 60)
 //! ```
 
@@ -37,7 +37,7 @@ impl Footer {
         out.put_u32_le(self.bloom_len);
         out.put_u64_le(self.props_off);
         out.put_u32_le(self.props_len);
-        out.put_bytes(0, 16);
+        out.put_bytes(0, 12);
         out.put_u32_le(FORMAT_VERSION);
         out.put_u64_le(MAGIC);
         let crc = crc32c::crc32c(&out);
@@ -61,7 +61,7 @@ impl Footer {
             props_off: b.get_u64_le(),
             props_len: b.get_u32_le(),
         };
-        b.advance(16);
+        b.advance(12);
         if b.get_u32_le() != FORMAT_VERSION {
             return Err("unsupported format version");
         }
