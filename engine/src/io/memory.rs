@@ -308,9 +308,8 @@ impl DiskFile for MemFile {
         }) {
             return Err(Error::io("write", &self.path, err));
         }
-        let mut file = self.data.borrow_mut();
         let end = offset as usize + data.len();
-        let growth = end.saturating_sub(file.current.len()) as u64;
+        let growth = end.saturating_sub(self.data.borrow().current.len()) as u64;
         if let Some(capacity) = state.capacity_bytes {
             if growth > 0 && state.used_bytes() + growth > capacity {
                 return Err(Error::io(
@@ -324,6 +323,7 @@ impl DiskFile for MemFile {
             offset,
             data: data.to_vec(),
         };
+        let mut file = self.data.borrow_mut();
         FileData::apply(&mut file.current, &op, None);
         file.pending.push(op);
         Ok(())
