@@ -242,7 +242,9 @@ impl<D: Disk> Engine<D> {
             closed: Cell::new(false),
             writer_done: Cell::new(false),
             tasks_running: Cell::new(2),
-            swap_requested: Cell::new(false),
+            // Flush what the WAL replay rebuilt, so the replayed segments
+            // are recycled instead of read again at every open.
+            swap_requested: Cell::new(replay.batches > 0),
             stats: Counters::default(),
             watermark_pin: Cell::new(None),
             compaction_lock: glommio::sync::Semaphore::new(1),
@@ -487,10 +489,16 @@ impl<D: Disk> Engine<D> {
         }
     }
 
-    /// Stops accepting writes, writes and syncs what is queued, and stops
-    /// the background tasks. Unflushed memtables stay in the WAL.
+    /// Flushes the memtables (so the next open replays nothing), stops
+    /// accepting writes, writes and syncs what is queued, and stops the
+    /// background tasks. If the flush fails the data stays in the WAL and
+    /// the error is returned after the shutdown.
     pub async fn close(&self) -> Result<()> {
         let inner = &self.inner;
+        if inner.closed.get() {
+            return Ok(());
+        }
+        let flushed = self.flush().await;
         inner.closed.set(true);
         inner.events.work.notify(usize::MAX);
         inner.events.space.notify(usize::MAX);
@@ -500,7 +508,7 @@ impl<D: Disk> Engine<D> {
             inner.writer_done.get() && inner.tasks_running.get() == 0
         })
         .await;
-        Ok(())
+        flushed
     }
 }
 

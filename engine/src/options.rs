@@ -71,7 +71,7 @@ pub struct Options {
     pub wal_segment_bytes: u64,
     /// Recycled, zero-filled segments kept ready. Default 2.
     pub wal_spare_segments: usize,
-    /// Most bytes one group commit writes. Default 1 MiB.
+    /// Most bytes one group commit writes (and the largest batch). Default 2 MiB.
     pub wal_group_bytes_max: usize,
     /// Level-0 tables that trigger a compaction into level 1. Default 4.
     pub l0_compaction_trigger: usize,
@@ -107,7 +107,7 @@ impl Default for Options {
             wal_sync: SyncMode::Always,
             wal_segment_bytes: 64 << 20,
             wal_spare_segments: 2,
-            wal_group_bytes_max: 1 << 20,
+            wal_group_bytes_max: 2 << 20,
             l0_compaction_trigger: 4,
             level_base_bytes: 256 << 20,
             table_target_bytes: 64 << 20,
@@ -168,6 +168,12 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_and_test_options_are_valid() {
+        Options::default().validate().unwrap();
+        Options::for_tests().validate().unwrap();
+    }
 
     #[test]
     fn sync_modes_parse_and_print() {
