@@ -23,7 +23,6 @@ use crate::wal::{self, ReplayReport, Spares, Wal};
 use crate::write::{self, wait_until, Group, Queue};
 use bytes::Bytes;
 use event_listener::Event;
-use glommio::{Latency, Shares};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -251,24 +250,15 @@ impl<D: Disk> Engine<D> {
             compaction_pointer: RefCell::new(vec![None; LEVELS]),
             replay,
         });
-        let executor = glommio::executor();
-        let flush_queue = executor.create_task_queue(
-            Shares::Static(inner.opts.background_shares * 4),
-            Latency::NotImportant,
-            "tessera-flush",
-        );
-        let compaction_queue = executor.create_task_queue(
-            Shares::Static(inner.opts.background_shares),
-            Latency::NotImportant,
-            "tessera-compaction",
-        );
+        // Flush and compaction run in the shard's own task queue, at its
+        // yield points. Measured with glommio-ng 0.12: tasks in separate
+        // low-share queues were not scheduled at all while a foreground that
+        // never blocks (memtable reads, `none` writes) kept running, even
+        // with `yield_task_queue_now`, so flushes waited until the run ended.
+        // Compaction is bounded by its I/O rate limiter instead of shares.
         glommio::spawn_local(write::writer_loop(inner.clone(), wal)).detach();
-        glommio::spawn_local_into(flush_loop(inner.clone()), flush_queue)
-            .map_err(|e| Error::InvalidOption(format!("cannot spawn flush task: {e}")))?
-            .detach();
-        glommio::spawn_local_into(compaction::compaction_loop(inner.clone()), compaction_queue)
-            .map_err(|e| Error::InvalidOption(format!("cannot spawn compaction task: {e}")))?
-            .detach();
+        glommio::spawn_local(flush_loop(inner.clone())).detach();
+        glommio::spawn_local(compaction::compaction_loop(inner.clone())).detach();
         Ok(Engine { inner })
     }
 
@@ -334,6 +324,17 @@ impl<D: Disk> Engine<D> {
         if batch.is_empty() {
             return Ok(inner.clock.now());
         }
+        if inner.opts.wal_sync == SyncMode::None {
+            // Acknowledged writes go straight to the memtable here, so this
+            // is where memory is bounded: wait while every memtable slot is
+            // full (the writer task stalls the other modes).
+            let mem_max = inner.opts.memtable_bytes_max;
+            let imms_max = inner.opts.immutable_memtables_max;
+            wait_until(&inner.events.flushed, || {
+                inner.mem.borrow().bytes() < mem_max || inner.imms.borrow().len() < imms_max || inner.closed.get()
+            })
+            .await;
+        }
         wait_until(&inner.events.space, || {
             let q = inner.queue.borrow();
             q.batches.is_empty() || q.bytes + bytes <= limit || inner.closed.get()
@@ -364,6 +365,10 @@ impl<D: Disk> Engine<D> {
         };
         inner.events.work.notify(1);
         if inner.opts.wal_sync == SyncMode::None {
+            // Nothing above awaited: let the writer, flush and compaction
+            // tasks (same queue) run, or a writer that never blocks would
+            // starve them.
+            glommio::yield_if_needed().await;
             return Ok(ts);
         }
         group.wait().await?;
@@ -552,6 +557,8 @@ impl<D: Disk> Inner<D> {
     }
 
     pub(crate) async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
+        // Reads served from memory never block: keep background tasks fed.
+        glommio::yield_if_needed().await;
         let mut best: Option<Entry> = None;
         let newer = |best: &Option<Entry>, max_ts: u64| best.as_ref().is_none_or(|b| max_ts > b.ts);
         let take = |best: &mut Option<Entry>, found: Option<Entry>| {

@@ -81,9 +81,6 @@ pub struct Options {
     pub table_target_bytes: u64,
     /// Compaction write rate limit. Default 200 MiB/s.
     pub compaction_bytes_per_sec: u64,
-    /// Shares of the background flush/compaction task queue (foreground
-    /// has 1000). Default 100.
-    pub background_shares: usize,
     /// How far back `read_at` can go. Compaction keeps every version newer
     /// than this window. Default 60 s.
     pub retention_ms: u64,
@@ -112,7 +109,6 @@ impl Default for Options {
             level_base_bytes: 256 << 20,
             table_target_bytes: 64 << 20,
             compaction_bytes_per_sec: 200 << 20,
-            background_shares: 100,
             retention_ms: 60_000,
             key_bytes_max: 1024,
             value_bytes_max: 1 << 20,
@@ -158,8 +154,8 @@ impl Options {
         if self.memtable_bytes_max < 4096 || self.immutable_memtables_max == 0 {
             return bad("memtable_bytes_max must be at least 4 KiB and immutable_memtables_max at least 1");
         }
-        if self.compaction_bytes_per_sec == 0 || self.background_shares == 0 {
-            return bad("compaction_bytes_per_sec and background_shares must be positive");
+        if self.compaction_bytes_per_sec == 0 {
+            return bad("compaction_bytes_per_sec must be positive");
         }
         Ok(())
     }

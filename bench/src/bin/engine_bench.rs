@@ -1,0 +1,236 @@
+//! Engine benchmark with db_bench's vocabulary: `--benchmarks
+//! fillrandom,readrandom,seekrandom,overwrite,fillsync --num N --key_size K
+//! --value_size V`. Prints one db_bench-style line per benchmark plus
+//! latency percentiles.
+//!
+//! `fillrandom`, `overwrite`: one writer, `--wal_sync` (default `none`,
+//! the closest to db_bench's default sync=0). `fillsync`: `--writers`
+//! concurrent writers in `always` mode (acknowledged only after fdatasync).
+//! `readrandom`: random point reads. `seekrandom`: seek to a random key and
+//! read the next `--seek_nexts` entries.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+use tessera_engine::{run_local, Engine, Options, SyncMode};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Tessera engine benchmark (db_bench vocabulary)")]
+struct Args {
+    /// Comma-separated: fillrandom, readrandom, seekrandom, overwrite, fillsync.
+    #[arg(long, default_value = "fillrandom,readrandom,seekrandom,overwrite")]
+    benchmarks: String,
+    /// Number of keys (and of operations per benchmark).
+    #[arg(long, default_value_t = 1_000_000)]
+    num: u64,
+    #[arg(long = "key_size", default_value_t = 16)]
+    key_size: usize,
+    #[arg(long = "value_size", default_value_t = 100)]
+    value_size: usize,
+    /// Entries read after each seek in seekrandom.
+    #[arg(long = "seek_nexts", default_value_t = 10)]
+    seek_nexts: usize,
+    /// Sync mode for fillrandom / overwrite.
+    #[arg(long = "wal_sync", default_value = "none")]
+    wal_sync: String,
+    /// Concurrent writers for fillsync.
+    #[arg(long, default_value_t = 256)]
+    writers: usize,
+    /// Operations for fillsync (default: --num).
+    #[arg(long = "sync_num")]
+    sync_num: Option<u64>,
+    /// Block cache bytes.
+    #[arg(long = "cache_size", default_value_t = 256 << 20)]
+    cache_size: usize,
+    /// Database directory (default: a fresh temporary directory).
+    #[arg(long)]
+    db: Option<PathBuf>,
+}
+
+fn key(k: u64, size: usize) -> Bytes {
+    let mut s = format!("{k:0size$}");
+    s.truncate(size);
+    Bytes::from(s)
+}
+
+struct Report {
+    name: String,
+    ops: u64,
+    seconds: f64,
+    hist: Histogram<u64>,
+}
+
+impl Report {
+    fn print(&self) {
+        let h = &self.hist;
+        println!(
+            "{:<12} : {:>9.3} micros/op {:>9.0} ops/sec; p50 {} us p99 {} us p99.9 {} us max {} us",
+            self.name,
+            self.seconds * 1e6 / self.ops as f64,
+            self.ops as f64 / self.seconds,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+async fn fill(engine: &Engine, a: &Args, name: &str, seed: u64) -> anyhow::Result<Report> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let value = Bytes::from(vec![b'v'; a.value_size]);
+    let mut h = hist();
+    let start = Instant::now();
+    for _ in 0..a.num {
+        let k = key(rng.gen_range(0..a.num), a.key_size);
+        let t = Instant::now();
+        engine.put(k, value.clone()).await?;
+        h.record(t.elapsed().as_micros() as u64)?;
+    }
+    Ok(Report {
+        name: name.into(),
+        ops: a.num,
+        seconds: start.elapsed().as_secs_f64(),
+        hist: h,
+    })
+}
+
+async fn fill_sync(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
+    let total = a.sync_num.unwrap_or(a.num);
+    let per_writer = total / a.writers as u64;
+    let value = Bytes::from(vec![b's'; a.value_size]);
+    let h = Rc::new(RefCell::new(hist()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..a.writers {
+        let (engine, value, h, num, key_size) = (engine.clone(), value.clone(), h.clone(), a.num, a.key_size);
+        tasks.push(glommio::spawn_local(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + w as u64);
+            for _ in 0..per_writer {
+                let k = key(rng.gen_range(0..num), key_size);
+                let t = Instant::now();
+                engine.put(k, value.clone()).await?;
+                let _ = h.borrow_mut().record(t.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let hist = h.borrow().clone();
+    Ok(Report {
+        name: format!("fillsync/{}", a.writers),
+        ops: per_writer * a.writers as u64,
+        seconds,
+        hist,
+    })
+}
+
+async fn read_random(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut h = hist();
+    let mut found = 0u64;
+    let start = Instant::now();
+    for _ in 0..a.num {
+        let k = key(rng.gen_range(0..a.num), a.key_size);
+        let t = Instant::now();
+        found += u64::from(engine.get(&k).await?.is_some());
+        h.record(t.elapsed().as_micros() as u64)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!("readrandom: {found} of {} found", a.num);
+    Ok(Report {
+        name: "readrandom".into(),
+        ops: a.num,
+        seconds,
+        hist: h,
+    })
+}
+
+async fn seek_random(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut h = hist();
+    let ops = a.num / 10;
+    let start = Instant::now();
+    for _ in 0..ops {
+        let k = key(rng.gen_range(0..a.num), a.key_size);
+        let t = Instant::now();
+        let rows = engine.scan(&k, None, a.seek_nexts + 1, None).await?;
+        std::hint::black_box(rows);
+        h.record(t.elapsed().as_micros() as u64)?;
+    }
+    Ok(Report {
+        name: "seekrandom".into(),
+        ops,
+        seconds: start.elapsed().as_secs_f64(),
+        hist: h,
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let wal_sync: SyncMode = args.wal_sync.parse().context("--wal_sync")?;
+    for b in args.benchmarks.split(',') {
+        if !["fillrandom", "readrandom", "seekrandom", "overwrite", "fillsync"].contains(&b) {
+            bail!("unknown benchmark {b:?}");
+        }
+    }
+    let tmp = tempfile::tempdir_in(".").context("creating a temporary database directory")?;
+    let dir = args.db.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    println!(
+        "tessera-engine-bench: keys {} bytes, values {} bytes, {} entries, wal_sync {wal_sync}, db {}",
+        args.key_size,
+        args.value_size,
+        args.num,
+        dir.display()
+    );
+    run_local(move || async move {
+        let opts = Options {
+            wal_sync,
+            block_cache_bytes: args.cache_size,
+            ..Options::default()
+        };
+        let engine = Engine::open(&dir, opts.clone()).await?;
+        let sync_engine = Engine::open(dir.join("sync"), Options { wal_sync: SyncMode::Always, ..opts }).await?;
+        for b in args.benchmarks.split(',') {
+            let report = match b {
+                "fillrandom" => fill(&engine, &args, "fillrandom", 1).await?,
+                "overwrite" => fill(&engine, &args, "overwrite", 2).await?,
+                "readrandom" => read_random(&engine, &args).await?,
+                "seekrandom" => seek_random(&engine, &args).await?,
+                "fillsync" => fill_sync(&sync_engine, &args).await?,
+                _ => unreachable!("validated above"),
+            };
+            report.print();
+            let s = engine.stats();
+            eprintln!("  after {b}: level tables {:?}, memtable {} imm {} groups {} flushes {} flush errors {} stalls {} bg {:?}", s.level_tables, s.memtable_bytes, s.immutable_memtables, s.wal_groups, s.flushes, s.flush_errors, s.write_stalls, s.background_error);
+        }
+        let s = engine.stats();
+        eprintln!(
+            "stats: levels {:?} tables, {:?} bytes; cache {} / {} bytes, hits {} misses {}; compactions {} errors {} bg {:?}",
+            s.level_tables, s.level_bytes, s.cache_bytes, s.cache_capacity_bytes, s.cache_hits, s.cache_misses, s.compactions, s.compaction_errors, s.background_error
+        );
+        engine.close().await?;
+        sync_engine.close().await?;
+        anyhow::Ok(())
+    })
+}
