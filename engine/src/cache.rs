@@ -27,7 +27,11 @@ impl BlockCache {
     }
 
     pub fn get(&self, table: u64, offset: u64) -> Option<Block> {
-        let found = self.map.borrow_mut().get(&(table, offset)).map(|(b, _)| b.clone());
+        let found = self
+            .map
+            .borrow_mut()
+            .get(&(table, offset))
+            .map(|(b, _)| b.clone());
         match found {
             Some(_) => self.hits.set(self.hits.get() + 1),
             None => self.misses.set(self.misses.get() + 1),

@@ -183,7 +183,8 @@ impl<D: Disk> Engine<D> {
             disk.create_dir_all(d).await?;
         }
         let (manifest, levels) = Manifest::open(&disk, &dir, opts.manifest_roll_bytes).await?;
-        let live: std::collections::HashSet<u64> = levels.levels.iter().flatten().map(|t| t.id).collect();
+        let live: std::collections::HashSet<u64> =
+            levels.levels.iter().flatten().map(|t| t.id).collect();
         for name in disk.list(&sst_dir).await? {
             match parse_table_name(&name) {
                 Some(id) if live.contains(&id) => {}
@@ -331,7 +332,9 @@ impl<D: Disk> Engine<D> {
             let mem_max = inner.opts.memtable_bytes_max;
             let imms_max = inner.opts.immutable_memtables_max;
             wait_until(&inner.events.flushed, || {
-                inner.mem.borrow().bytes() < mem_max || inner.imms.borrow().len() < imms_max || inner.closed.get()
+                inner.mem.borrow().bytes() < mem_max
+                    || inner.imms.borrow().len() < imms_max
+                    || inner.closed.get()
             })
             .await;
         }
@@ -349,7 +352,12 @@ impl<D: Disk> Engine<D> {
         let entries: Vec<Entry> = batch
             .ops
             .into_iter()
-            .map(|(kind, key, value)| Entry { key, ts, kind, value })
+            .map(|(kind, key, value)| Entry {
+                key,
+                ts,
+                kind,
+                value,
+            })
             .collect();
         let group: Rc<Group> = {
             let mut q = inner.queue.borrow_mut();
@@ -474,7 +482,12 @@ impl<D: Disk> Engine<D> {
             cache_capacity_bytes: inner.cache.capacity_bytes(),
             cache_hits: inner.cache.hits(),
             cache_misses: inner.cache.misses(),
-            table_resident_bytes: version.levels.iter().flatten().map(|t| t.resident_bytes()).sum(),
+            table_resident_bytes: version
+                .levels
+                .iter()
+                .flatten()
+                .map(|t| t.resident_bytes())
+                .sum(),
             level_tables: version.levels.iter().map(Vec::len).collect(),
             level_bytes: (0..LEVELS).map(|l| version.level_bytes(l)).collect(),
             wal_syncs: s.wal_syncs.get(),
@@ -569,7 +582,13 @@ impl<D: Disk> Inner<D> {
             }
         };
         take(&mut best, self.mem.borrow().get(key, ts));
-        let imms: Vec<Rc<Memtable>> = self.imms.borrow().iter().rev().map(|(m, _)| m.clone()).collect();
+        let imms: Vec<Rc<Memtable>> = self
+            .imms
+            .borrow()
+            .iter()
+            .rev()
+            .map(|(m, _)| m.clone())
+            .collect();
         for imm in imms {
             if newer(&best, imm.max_ts()) {
                 take(&mut best, imm.get(key, ts));
@@ -599,11 +618,7 @@ impl<D: Disk> Inner<D> {
     /// Applies an edit to the manifest and, once durable, to the in-memory
     /// level state and version. `fresh` are the newly opened tables.
     pub(crate) async fn install(&self, edit: Edit, fresh: &[Rc<Table<D::File>>]) -> Result<()> {
-        let mut manifest = self
-            .manifest
-            .write()
-            .await
-            .map_err(|_| Error::Closed)?;
+        let mut manifest = self.manifest.write().await.map_err(|_| Error::Closed)?;
         let mut next = self.levels.borrow().clone();
         next.apply(&edit);
         manifest.append(&edit, &next).await?;
@@ -681,7 +696,10 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
             Err(e) => {
                 tracing::error!(error = %e, "memtable flush failed; retrying");
                 *inner.bg_error.borrow_mut() = Some(e.to_string());
-                inner.stats.flush_errors.set(inner.stats.flush_errors.get() + 1);
+                inner
+                    .stats
+                    .flush_errors
+                    .set(inner.stats.flush_errors.get() + 1);
                 inner.events.flushed.notify(usize::MAX);
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -51,7 +51,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, detail: impl Into<String>) -> Self {
+    pub(crate) fn corruption(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Self {
         Error::Corruption {
             path: path.into(),
             offset,
@@ -83,7 +87,11 @@ impl Error {
                     None => std::io::Error::new(source.kind(), source.to_string()),
                 },
             },
-            Error::Corruption { path, offset, detail } => Error::Corruption {
+            Error::Corruption {
+                path,
+                offset,
+                detail,
+            } => Error::Corruption {
                 path: path.clone(),
                 offset: *offset,
                 detail: detail.clone(),
@@ -93,7 +101,10 @@ impl Error {
                 len: *len,
                 limit: *limit,
             },
-            Error::TimestampTooOld { requested, watermark } => Error::TimestampTooOld {
+            Error::TimestampTooOld {
+                requested,
+                watermark,
+            } => Error::TimestampTooOld {
                 requested: *requested,
                 watermark: *watermark,
             },

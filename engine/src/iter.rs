@@ -5,10 +5,10 @@
 
 use crate::cache::BlockCache;
 use crate::error::Result;
+use crate::io::DiskFile;
 use crate::key::{compare, Entry, InternalKey};
 use crate::memtable::Memtable;
 use crate::sst::Table;
-use crate::io::DiskFile;
 use bytes::Bytes;
 use std::cmp::Ordering;
 use std::collections::VecDeque;

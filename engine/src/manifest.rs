@@ -71,7 +71,7 @@ impl LevelsState {
         }
         for (level, tables) in self.levels.iter_mut().enumerate() {
             if level == 0 {
-                tables.sort_by(|a, b| b.id.cmp(&a.id));
+                tables.sort_by_key(|t| std::cmp::Reverse(t.id));
             } else {
                 tables.sort_by(|a, b| a.smallest.cmp(&b.smallest));
             }
@@ -209,7 +209,11 @@ fn manifest_name(n: u64) -> String {
 impl<D: Disk> Manifest<D> {
     /// Reads the current manifest (or starts an empty one) and rolls to a
     /// fresh file holding one snapshot.
-    pub async fn open(disk: &D, dir: &Path, roll_bytes: usize) -> Result<(Manifest<D>, LevelsState)> {
+    pub async fn open(
+        disk: &D,
+        dir: &Path,
+        roll_bytes: usize,
+    ) -> Result<(Manifest<D>, LevelsState)> {
         let current = dir.join("CURRENT");
         let mut state = LevelsState::new();
         let mut number = 0;
@@ -221,7 +225,9 @@ impl<D: Disk> Manifest<D> {
                 .map(|s| s.trim_end_matches('\0'))
                 .and_then(|s| s.strip_suffix('\n'))
                 .filter(|s| s.starts_with("MANIFEST-"))
-                .ok_or_else(|| Error::corruption(&current, 0, "CURRENT does not name a manifest"))?;
+                .ok_or_else(|| {
+                    Error::corruption(&current, 0, "CURRENT does not name a manifest")
+                })?;
             number = text["MANIFEST-".len()..]
                 .parse()
                 .map_err(|_| Error::corruption(&current, 0, "CURRENT does not name a manifest"))?;

@@ -35,10 +35,10 @@ impl Memtable {
 
     pub fn insert(&self, entry: Entry) {
         let add = entry_bytes(&entry.key, &entry.value);
-        let old = self
-            .map
-            .borrow_mut()
-            .insert(InternalKey::new(entry.key, entry.ts), (entry.kind, entry.value));
+        let old = self.map.borrow_mut().insert(
+            InternalKey::new(entry.key, entry.ts),
+            (entry.kind, entry.value),
+        );
         match old {
             // Replaying a WAL record twice stores the same version twice.
             Some(_) => {}
@@ -82,7 +82,13 @@ impl Memtable {
     /// Up to `max` versions at or after `from` (inclusive) or strictly after
     /// it (`inclusive == false`), in order. Used by cursors that re-seek, so
     /// no borrow outlives the call.
-    pub fn range_from(&self, from: &InternalKey, inclusive: bool, max: usize, out: &mut Vec<Entry>) {
+    pub fn range_from(
+        &self,
+        from: &InternalKey,
+        inclusive: bool,
+        max: usize,
+        out: &mut Vec<Entry>,
+    ) {
         let lower = if inclusive {
             Bound::Included(from)
         } else {

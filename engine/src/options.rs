@@ -141,7 +141,7 @@ impl Options {
         if self.key_bytes_max == 0 || self.key_bytes_max > u16::MAX as usize {
             return bad("key_bytes_max must be 1..=65535");
         }
-        if self.wal_segment_bytes % 4096 != 0 || self.wal_segment_bytes < 64 << 10 {
+        if !self.wal_segment_bytes.is_multiple_of(4096) || self.wal_segment_bytes < 64 << 10 {
             return bad("wal_segment_bytes must be a multiple of 4096 and at least 64 KiB");
         }
         let largest_record = self.key_bytes_max + self.value_bytes_max + 64;
@@ -152,7 +152,9 @@ impl Options {
             return bad("wal_group_bytes_max must hold the largest key + value");
         }
         if self.memtable_bytes_max < 4096 || self.immutable_memtables_max == 0 {
-            return bad("memtable_bytes_max must be at least 4 KiB and immutable_memtables_max at least 1");
+            return bad(
+                "memtable_bytes_max must be at least 4 KiB and immutable_memtables_max at least 1",
+            );
         }
         if self.compaction_bytes_per_sec == 0 {
             return bad("compaction_bytes_per_sec must be positive");

@@ -33,7 +33,11 @@ impl<F: DiskFile> Version<F> {
             .map(|metas| {
                 metas
                     .iter()
-                    .map(|m| open.get(&m.id).cloned().expect("table of the new version is open"))
+                    .map(|m| {
+                        open.get(&m.id)
+                            .cloned()
+                            .expect("table of the new version is open")
+                    })
                     .collect()
             })
             .collect();

@@ -83,27 +83,24 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         }
+        if inner.queue.borrow().batches.is_empty() {
+            if inner.closed.get() {
+                if unsynced {
+                    let _ = wal.sync().await;
+                }
+                inner.writer_done.set(true);
+                inner.events.flushed.notify(usize::MAX);
+                return;
+            }
+            idle(&inner, unsynced, last_sync).await;
+            if unsynced && due(&inner, last_sync) && wal.sync().await.is_ok() {
+                unsynced = false;
+                last_sync = Instant::now();
+            }
+            continue;
+        }
         let (batches, group) = {
             let mut q = inner.queue.borrow_mut();
-            if q.batches.is_empty() {
-                drop(q);
-                if inner.closed.get() {
-                    if unsynced {
-                        let _ = wal.sync().await;
-                    }
-                    inner.writer_done.set(true);
-                    inner.events.flushed.notify(usize::MAX);
-                    return;
-                }
-                idle(&inner, unsynced, last_sync).await;
-                if unsynced && due(&inner, last_sync) {
-                    if wal.sync().await.is_ok() {
-                        unsynced = false;
-                        last_sync = Instant::now();
-                    }
-                }
-                continue;
-            }
             q.bytes = 0;
             (std::mem::take(&mut q.batches), std::mem::take(&mut q.group))
         };
@@ -151,7 +148,9 @@ fn due<D: Disk>(inner: &Inner<D>, last_sync: Instant) -> bool {
 
 /// Waits for work, or for the next interval sync when data is unsynced.
 async fn idle<D: Disk>(inner: &Inner<D>, unsynced: bool, last_sync: Instant) {
-    let has_work = || !inner.queue.borrow().batches.is_empty() || inner.closed.get() || inner.swap_requested.get();
+    let has_work = || {
+        !inner.queue.borrow().batches.is_empty() || inner.closed.get() || inner.swap_requested.get()
+    };
     match inner.opts.wal_sync {
         SyncMode::Interval(every) if unsynced => {
             let left = every.saturating_sub(last_sync.elapsed());
@@ -185,7 +184,10 @@ async fn write_group<D: Disk>(
         record::encode_batch(payload, *ts, entries);
         record::encode(chunk, wal.segment_id(), record::TYPE_BATCH, payload);
     }
-    inner.stats.wal_bytes.set(inner.stats.wal_bytes.get() + chunk.len() as u64);
+    inner
+        .stats
+        .wal_bytes
+        .set(inner.stats.wal_bytes.get() + chunk.len() as u64);
     inner.stats.wal_groups.set(inner.stats.wal_groups.get() + 1);
     inner
         .stats
@@ -225,13 +227,18 @@ async fn maybe_swap_memtable<D: Disk>(inner: &Rc<Inner<D>>, wal: &mut Wal<D>) ->
         if inner.imms.borrow().len() < inner.opts.immutable_memtables_max {
             break;
         }
-        inner.stats.write_stalls.set(inner.stats.write_stalls.get() + 1);
+        inner
+            .stats
+            .write_stalls
+            .set(inner.stats.write_stalls.get() + 1);
         if let Some(bg) = inner.bg_error.borrow().clone() {
             fail_queue(inner, Error::Stalled(bg));
         }
         let imms_max = inner.opts.immutable_memtables_max;
         futures_lite::future::or(
-            wait_until(&inner.events.flushed, || inner.imms.borrow().len() < imms_max),
+            wait_until(&inner.events.flushed, || {
+                inner.imms.borrow().len() < imms_max
+            }),
             async {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             },

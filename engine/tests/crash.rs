@@ -82,5 +82,8 @@ fn every_acknowledged_write_survives_sigkill() {
             &missing[..missing.len().min(5)]
         );
     }
-    eprintln!("{cycles} crash cycles, {} acknowledged writes all present", acknowledged.len());
+    eprintln!(
+        "{cycles} crash cycles, {} acknowledged writes all present",
+        acknowledged.len()
+    );
 }

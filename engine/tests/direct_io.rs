@@ -45,7 +45,10 @@ fn engine_on_the_real_disk_survives_close_and_reopen() {
         assert_eq!(engine.get(b"key01234").await.unwrap().unwrap(), "value1234");
         assert_eq!(engine.get(b"after-flush").await.unwrap().unwrap(), "x");
         assert_eq!(engine.get(b"missing").await.unwrap(), None);
-        let scanned = engine.scan(b"key00010", Some(b"key00013"), 100, None).await.unwrap();
+        let scanned = engine
+            .scan(b"key00010", Some(b"key00013"), 100, None)
+            .await
+            .unwrap();
         let keys: Vec<_> = scanned.iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(keys, vec!["key00010", "key00011", "key00012"]);
         engine.close().await.unwrap();

@@ -34,7 +34,9 @@ fn torn_wal_tail_recovers_to_a_prefix_of_the_writes() {
                 wal_sync: SyncMode::Interval(Duration::from_secs(3600)),
                 ..Options::for_tests()
             };
-            let engine = Engine::open_on(disk.clone(), "/db", opts.clone()).await.unwrap();
+            let engine = Engine::open_on(disk.clone(), "/db", opts.clone())
+                .await
+                .unwrap();
             let writes = 40 + (seed as usize * 7) % 60;
             // Records of up to ~3 KiB span several 512-byte sectors, so a
             // torn chunk can cut one in the middle.
@@ -51,9 +53,16 @@ fn torn_wal_tail_recovers_to_a_prefix_of_the_writes() {
             let survived = present.iter().take_while(|v| v.is_some()).count();
             for (i, v) in present.iter().enumerate() {
                 if i < survived {
-                    assert_eq!(v.as_ref(), Some(&big(i)), "seed {seed}: wrong value for {i}");
+                    assert_eq!(
+                        v.as_ref(),
+                        Some(&big(i)),
+                        "seed {seed}: wrong value for {i}"
+                    );
                 } else {
-                    assert!(v.is_none(), "seed {seed}: write {i} survived after a lost write {survived}");
+                    assert!(
+                        v.is_none(),
+                        "seed {seed}: write {i} survived after a lost write {survived}"
+                    );
                 }
             }
             partial += usize::from(survived > 0 && survived < writes);
@@ -61,7 +70,10 @@ fn torn_wal_tail_recovers_to_a_prefix_of_the_writes() {
             engine.close().await.unwrap();
         }
         // The seeds must actually exercise lost and torn tails.
-        assert!(partial >= 10 && torn >= 10, "partial {partial}, torn {torn}");
+        assert!(
+            partial >= 10 && torn >= 10,
+            "partial {partial}, torn {torn}"
+        );
     });
 }
 
@@ -69,7 +81,9 @@ fn torn_wal_tail_recovers_to_a_prefix_of_the_writes() {
 fn a_bit_flip_in_a_table_block_is_a_corruption_error_never_wrong_data() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+            .await
+            .unwrap();
         for i in 0..200 {
             engine.put(key(i), value(i)).await.unwrap();
         }
@@ -79,7 +93,9 @@ fn a_bit_flip_in_a_table_block_is_a_corruption_error_never_wrong_data() {
         assert_eq!(tables.len(), 1);
         // Offset 200 is inside the first data block (the first keys).
         disk.flip_bit(&tables[0], 200, 3);
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+            .await
+            .unwrap();
         let err = engine.get(&key(0)).await.unwrap_err();
         assert!(err.is_corruption(), "expected corruption, got {err}");
         let err = engine.scan(b"", None, 10, None).await.unwrap_err();
@@ -94,7 +110,9 @@ fn a_bit_flip_in_a_table_block_is_a_corruption_error_never_wrong_data() {
 fn a_bit_flip_before_the_wal_tail_fails_the_open() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+            .await
+            .unwrap();
         for i in 0..20 {
             engine.put(key(i), value(i)).await.unwrap();
         }
@@ -117,7 +135,9 @@ fn a_bit_flip_before_the_wal_tail_fails_the_open() {
 fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+            .await
+            .unwrap();
         for i in 0..50 {
             engine.put(key(i), value(i)).await.unwrap();
         }
@@ -131,9 +151,15 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
         }
         assert_eq!(engine.get(&key(50)).await.unwrap(), None);
         let disk = disk.crash();
-        let engine = Engine::open_on(disk, "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk, "/db", Options::for_tests())
+            .await
+            .unwrap();
         for i in (0..50).chain([51]) {
-            assert_eq!(engine.get(&key(i)).await.unwrap(), Some(value(i)), "key {i}");
+            assert_eq!(
+                engine.get(&key(i)).await.unwrap(),
+                Some(value(i)),
+                "key {i}"
+            );
         }
         engine.close().await.unwrap();
     });
@@ -143,7 +169,9 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
 fn eio_on_fdatasync_is_not_acknowledged() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+            .await
+            .unwrap();
         engine.put(key(1), value(1)).await.unwrap();
         disk.inject(Fault::Syncs(libc::EIO));
         let err = engine.put(key(2), value(2)).await.unwrap_err();
@@ -151,7 +179,9 @@ fn eio_on_fdatasync_is_not_acknowledged() {
         disk.clear_faults();
         engine.put(key(3), value(3)).await.unwrap();
         let disk = disk.crash();
-        let engine = Engine::open_on(disk, "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk, "/db", Options::for_tests())
+            .await
+            .unwrap();
         assert_eq!(engine.get(&key(1)).await.unwrap(), Some(value(1)));
         assert_eq!(engine.get(&key(3)).await.unwrap(), Some(value(3)));
         engine.close().await.unwrap();
@@ -162,7 +192,9 @@ fn eio_on_fdatasync_is_not_acknowledged() {
 fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+            .await
+            .unwrap();
         for i in 0..100 {
             engine.put(key(i), value(i)).await.unwrap();
         }
@@ -179,9 +211,15 @@ fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
         assert_eq!(engine.stats().background_error, None);
         assert!(!paths_with(&disk, ".sst").is_empty());
         let disk = disk.crash();
-        let engine = Engine::open_on(disk, "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(disk, "/db", Options::for_tests())
+            .await
+            .unwrap();
         for i in 0..150 {
-            assert_eq!(engine.get(&key(i)).await.unwrap(), Some(value(i)), "key {i}");
+            assert_eq!(
+                engine.get(&key(i)).await.unwrap(),
+                Some(value(i)),
+                "key {i}"
+            );
         }
         engine.close().await.unwrap();
     });
@@ -195,7 +233,9 @@ fn enospc_during_compaction_keeps_the_old_tables_and_recovers() {
             l0_compaction_trigger: 100,
             ..Options::for_tests()
         };
-        let engine = Engine::open_on(disk.clone(), "/db", opts.clone()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", opts.clone())
+            .await
+            .unwrap();
         for round in 0..3 {
             for i in 0..100 {
                 engine.put(key(i), value(i + round)).await.unwrap();
@@ -211,7 +251,9 @@ fn enospc_during_compaction_keeps_the_old_tables_and_recovers() {
             l0_compaction_trigger: 2,
             ..Options::for_tests()
         };
-        let engine = Engine::open_on(disk.clone(), "/db", low.clone()).await.unwrap();
+        let engine = Engine::open_on(disk.clone(), "/db", low.clone())
+            .await
+            .unwrap();
         let err = engine.compact().await.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
         for i in 0..100 {
@@ -235,13 +277,38 @@ fn enospc_during_compaction_keeps_the_old_tables_and_recovers() {
 #[test]
 fn oversized_keys_and_values_are_rejected_with_the_limit() {
     run_local(|| async {
-        let engine = Engine::open_on(MemDisk::new(), "/db", Options::for_tests()).await.unwrap();
+        let engine = Engine::open_on(MemDisk::new(), "/db", Options::for_tests())
+            .await
+            .unwrap();
         let err = engine.put(vec![b'k'; 2000], "v").await.unwrap_err();
-        assert!(matches!(err, Error::TooLarge { what: "key", len: 2000, limit: 1024 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    what: "key",
+                    len: 2000,
+                    limit: 1024
+                }
+            ),
+            "{err}"
+        );
         let err = engine.put("k", vec![0u8; 20_000]).await.unwrap_err();
-        assert!(matches!(err, Error::TooLarge { what: "value", .. }), "{err}");
+        assert!(
+            matches!(err, Error::TooLarge { what: "value", .. }),
+            "{err}"
+        );
         let err = engine.put("", "v").await.unwrap_err();
-        assert!(matches!(err, Error::TooLarge { what: "key", len: 0, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    what: "key",
+                    len: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         engine.close().await.unwrap();
     });
 }

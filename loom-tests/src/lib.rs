@@ -1,1 +1,1 @@
-
+//! Loom models of every primitive that crosses threads. The engine is single-threaded per shard (one glommio executor, `Rc`/`RefCell`, no atomics of its own), so there is nothing to model yet; the cross-shard mesh and transaction path (#3, #5) bring the first models.

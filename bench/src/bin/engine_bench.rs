@@ -113,7 +113,8 @@ async fn fill_sync(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..a.writers {
-        let (engine, value, h, num, key_size) = (engine.clone(), value.clone(), h.clone(), a.num, a.key_size);
+        let (engine, value, h, num, key_size) =
+            (engine.clone(), value.clone(), h.clone(), a.num, a.key_size);
         tasks.push(glommio::spawn_local(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + w as u64);
             for _ in 0..per_writer {
@@ -190,7 +191,15 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let wal_sync: SyncMode = args.wal_sync.parse().context("--wal_sync")?;
     for b in args.benchmarks.split(',') {
-        if !["fillrandom", "readrandom", "seekrandom", "overwrite", "fillsync"].contains(&b) {
+        if ![
+            "fillrandom",
+            "readrandom",
+            "seekrandom",
+            "overwrite",
+            "fillsync",
+        ]
+        .contains(&b)
+        {
             bail!("unknown benchmark {b:?}");
         }
     }
@@ -210,7 +219,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             ..Options::default()
         };
         let engine = Engine::open(&dir, opts.clone()).await?;
-        let sync_engine = Engine::open(dir.join("sync"), Options { wal_sync: SyncMode::Always, ..opts }).await?;
+        let sync_engine = Engine::open(
+            dir.join("sync"),
+            Options {
+                wal_sync: SyncMode::Always,
+                ..opts
+            },
+        )
+        .await?;
         for b in args.benchmarks.split(',') {
             let report = match b {
                 "fillrandom" => fill(&engine, &args, "fillrandom", 1).await?,

@@ -52,8 +52,16 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
         (below + 1..LEVELS).any(|l| version.levels[l].iter().any(|t| t.meta.overlaps(lo, hi)))
     };
     let range = |tables: &[Rc<Table<D::File>>]| -> (Bytes, Bytes) {
-        let lo = tables.iter().map(|t| t.meta.smallest.user.clone()).min().expect("non-empty");
-        let hi = tables.iter().map(|t| t.meta.largest.user.clone()).max().expect("non-empty");
+        let lo = tables
+            .iter()
+            .map(|t| t.meta.smallest.user.clone())
+            .min()
+            .expect("non-empty");
+        let hi = tables
+            .iter()
+            .map(|t| t.meta.largest.user.clone())
+            .max()
+            .expect("non-empty");
         (lo, hi)
     };
     if version.levels[0].len() >= inner.opts.l0_compaction_trigger {
@@ -77,7 +85,10 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
             .unwrap_or(&tables[0])
             .clone();
         inner.compaction_pointer.borrow_mut()[level] = Some(chosen.meta.largest.user.clone());
-        let (lo, hi) = (chosen.meta.smallest.user.clone(), chosen.meta.largest.user.clone());
+        let (lo, hi) = (
+            chosen.meta.smallest.user.clone(),
+            chosen.meta.largest.user.clone(),
+        );
         return Some(Job {
             level,
             next: overlapping(level + 1, &lo, &hi),
@@ -109,7 +120,10 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
             Err(Error::Closed) => {}
             Err(e) => {
                 tracing::error!(error = %e, "compaction failed; retrying");
-                inner.stats.compaction_errors.set(inner.stats.compaction_errors.get() + 1);
+                inner
+                    .stats
+                    .compaction_errors
+                    .set(inner.stats.compaction_errors.get() + 1);
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -135,7 +149,10 @@ pub(crate) async fn compact_once<D: Disk>(inner: &Rc<Inner<D>>) -> Result<bool> 
         return Ok(false);
     };
     run(inner, job).await?;
-    inner.stats.compactions.set(inner.stats.compactions.get() + 1);
+    inner
+        .stats
+        .compactions
+        .set(inner.stats.compactions.get() + 1);
     Ok(true)
 }
 
@@ -156,7 +173,10 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
         edit.removed.push((out_level, t.id()));
     }
     let mut sources: Vec<Source<D::File>> = if job.level == 0 {
-        job.inputs.iter().map(|t| Source::run(vec![t.clone()])).collect()
+        job.inputs
+            .iter()
+            .map(|t| Source::run(vec![t.clone()]))
+            .collect()
     } else {
         vec![Source::run(job.inputs.clone())]
     };
@@ -179,7 +199,10 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
         if current.as_ref() != Some(&e.key) {
             current = Some(e.key.clone());
             settled = false;
-            if builder.as_ref().is_some_and(|b| b.estimated_bytes() >= inner.opts.table_target_bytes) {
+            if builder
+                .as_ref()
+                .is_some_and(|b| b.estimated_bytes() >= inner.opts.table_target_bytes)
+            {
                 let (meta, file) = builder.take().expect("checked").finish().await?;
                 written += meta.file_bytes;
                 outputs.push((meta, file));
@@ -223,6 +246,11 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
     for t in job.inputs.iter().chain(&job.next) {
         inner.remove_table_file(t.id()).await;
     }
-    tracing::debug!(level = job.level, inputs = job.inputs.len() + job.next.len(), outputs = fresh.len(), "compaction done");
+    tracing::debug!(
+        level = job.level,
+        inputs = job.inputs.len() + job.next.len(),
+        outputs = fresh.len(),
+        "compaction done"
+    );
     Ok(())
 }

@@ -111,7 +111,7 @@ impl DiskFile for DmaDiskFile {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes> {
-        let result = if offset % ALIGN as u64 == 0 && len % ALIGN == 0 {
+        let result = if offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN) {
             self.file.read_at_aligned(offset, len).await
         } else {
             self.file.read_at(offset, len).await

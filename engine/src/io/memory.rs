@@ -65,7 +65,10 @@ struct State {
 
 impl State {
     fn used_bytes(&self) -> u64 {
-        self.names.values().map(|f| f.borrow().current.len() as u64).sum()
+        self.names
+            .values()
+            .map(|f| f.borrow().current.len() as u64)
+            .sum()
     }
 
     fn fault(&self, pick: impl Fn(&Fault) -> Option<i32>) -> Option<std::io::Error> {
@@ -146,7 +149,10 @@ impl MemDisk {
         })
     }
 
-    fn crash_with(&self, mut choose: impl FnMut(usize, usize) -> Option<(usize, usize)>) -> MemDisk {
+    fn crash_with(
+        &self,
+        mut choose: impl FnMut(usize, usize) -> Option<(usize, usize)>,
+    ) -> MemDisk {
         let state = self.state.borrow();
         let mut fresh = BTreeMap::new();
         for (i, (path, file)) in state.durable_names.iter().enumerate() {
@@ -195,7 +201,10 @@ impl MemDisk {
     /// Current length of a file, if it exists.
     pub fn file_len(&self, path: &Path) -> Option<u64> {
         let state = self.state.borrow();
-        state.names.get(path).map(|f| f.borrow().current.len() as u64)
+        state
+            .names
+            .get(path)
+            .map(|f| f.borrow().current.len() as u64)
     }
 
     /// Every file path, sorted.
@@ -230,7 +239,10 @@ impl Disk for MemDisk {
 
     async fn open(&self, path: &Path) -> Result<MemFile> {
         let state = self.state.borrow();
-        let data = state.names.get(path).ok_or_else(|| not_found("open", path))?;
+        let data = state
+            .names
+            .get(path)
+            .ok_or_else(|| not_found("open", path))?;
         Ok(MemFile {
             data: data.clone(),
             path: path.to_path_buf(),
@@ -249,7 +261,10 @@ impl Disk for MemDisk {
 
     async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         let mut state = self.state.borrow_mut();
-        let data = state.names.remove(from).ok_or_else(|| not_found("rename", from))?;
+        let data = state
+            .names
+            .remove(from)
+            .ok_or_else(|| not_found("rename", from))?;
         state.names.insert(to.to_path_buf(), data);
         Ok(())
     }

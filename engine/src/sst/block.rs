@@ -37,11 +37,15 @@ impl BlockBuilder {
     }
 
     pub fn add(&mut self, key: &[u8], ts: u64, kind: Kind, value: &[u8]) {
-        let shared = if self.count % RESTART_INTERVAL == 0 {
+        let shared = if self.count.is_multiple_of(RESTART_INTERVAL) {
             self.restarts.push(self.buf.len() as u32);
             0
         } else {
-            self.last_key.iter().zip(key).take_while(|(a, b)| a == b).count()
+            self.last_key
+                .iter()
+                .zip(key)
+                .take_while(|(a, b)| a == b)
+                .count()
         };
         self.buf.put_u16_le(shared as u16);
         self.buf.put_u16_le((key.len() - shared) as u16);
@@ -124,7 +128,11 @@ impl Block {
 
     /// Decodes the entry at `pos` given the previous key; returns the next
     /// position.
-    fn decode(&self, pos: usize, key: &mut Vec<u8>) -> Result<(usize, u64, Kind, usize, usize), BlockError> {
+    fn decode(
+        &self,
+        pos: usize,
+        key: &mut Vec<u8>,
+    ) -> Result<(usize, u64, Kind, usize, usize), BlockError> {
         if pos + ENTRY_HEADER_BYTES > self.restarts_at {
             return Err(BlockError::Malformed);
         }
@@ -161,7 +169,11 @@ impl Block {
             }
         }
         let start = if lo == 0 { 0 } else { self.restart(lo - 1) };
-        let mut pos = if self.restart_count == 0 { self.restarts_at } else { start };
+        let mut pos = if self.restart_count == 0 {
+            self.restarts_at
+        } else {
+            start
+        };
         let mut key = Vec::new();
         while pos < self.restarts_at {
             let (next, k_ts, kind, value_at, value_len) = self.decode(pos, &mut key)?;
@@ -205,7 +217,12 @@ mod tests {
         let mut b = BlockBuilder::default();
         for i in 0..n {
             let key = format!("key{:05}", i / 2);
-            b.add(key.as_bytes(), 100 - (i % 2) as u64, Kind::Put, format!("v{i}").as_bytes());
+            b.add(
+                key.as_bytes(),
+                100 - (i % 2) as u64,
+                Kind::Put,
+                format!("v{i}").as_bytes(),
+            );
         }
         let mut out = Vec::new();
         b.finish_into(&mut out);
@@ -234,6 +251,9 @@ mod tests {
         let mut out = Vec::new();
         b.finish_into(&mut out);
         out[3] ^= 4;
-        assert_eq!(Block::parse(Bytes::from(out)).err(), Some(BlockError::Checksum));
+        assert_eq!(
+            Block::parse(Bytes::from(out)).err(),
+            Some(BlockError::Checksum)
+        );
     }
 }

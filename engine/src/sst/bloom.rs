@@ -57,6 +57,9 @@ mod tests {
         let false_positives = (10_000..110_000u32)
             .filter(|i| may_contain(&filter, hash(&i.to_le_bytes())))
             .count();
-        assert!(false_positives < 2_000, "{false_positives} false positives in 100k");
+        assert!(
+            false_positives < 2_000,
+            "{false_positives} false positives in 100k"
+        );
     }
 }

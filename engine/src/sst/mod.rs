@@ -215,27 +215,48 @@ impl<F: DiskFile> Table<F> {
                 format!("table is {size} bytes, manifest says {}", meta.file_bytes),
             ));
         }
-        let tail = file.read_at(size - FOOTER_BYTES as u64, FOOTER_BYTES).await?;
+        let tail = file
+            .read_at(size - FOOTER_BYTES as u64, FOOTER_BYTES)
+            .await?;
         let footer = Footer::decode(&tail).map_err(|d| Error::corruption(&path, size - 64, d))?;
         let meta_end = footer.props_off + footer.props_len as u64;
-        if footer.index_off > footer.bloom_off || footer.bloom_off > footer.props_off || meta_end > size {
-            return Err(Error::corruption(&path, size - 64, "footer offsets out of range"));
+        if footer.index_off > footer.bloom_off
+            || footer.bloom_off > footer.props_off
+            || meta_end > size
+        {
+            return Err(Error::corruption(
+                &path,
+                size - 64,
+                "footer offsets out of range",
+            ));
         }
         let raw = file
             .read_at(footer.index_off, (meta_end - footer.index_off) as usize)
             .await?;
-        let bad = |what: &str| Error::corruption(&path, footer.index_off, format!("{what} failed its checksum"));
+        let bad = |what: &str| {
+            Error::corruption(
+                &path,
+                footer.index_off,
+                format!("{what} failed its checksum"),
+            )
+        };
         let at = |off: u64, len: u32| {
             let s = (off - footer.index_off) as usize;
             &raw[s..s + len as usize]
         };
-        let index = format::decode_index(at(footer.index_off, footer.index_len)).ok_or_else(|| bad("index"))?;
+        let index = format::decode_index(at(footer.index_off, footer.index_len))
+            .ok_or_else(|| bad("index"))?;
         let bloom = format::unseal(at(footer.bloom_off, footer.bloom_len))
             .ok_or_else(|| bad("bloom filter"))?
             .to_vec();
-        let props = format::decode_props(at(footer.props_off, footer.props_len)).ok_or_else(|| bad("props"))?;
+        let props = format::decode_props(at(footer.props_off, footer.props_len))
+            .ok_or_else(|| bad("props"))?;
         if props != meta.props {
-            return Err(Error::corruption(&path, footer.props_off, "props differ from manifest"));
+            return Err(Error::corruption(
+                &path,
+                footer.props_off,
+                "props differ from manifest",
+            ));
         }
         Ok(Table {
             meta,
@@ -255,7 +276,12 @@ impl<F: DiskFile> Table<F> {
 
     /// Memory held outside the block cache (index and filter).
     pub fn resident_bytes(&self) -> usize {
-        self.bloom.len() + self.index.iter().map(|e| e.last_key.len() + 48).sum::<usize>()
+        self.bloom.len()
+            + self
+                .index
+                .iter()
+                .map(|e| e.last_key.len() + 48)
+                .sum::<usize>()
     }
 
     /// Index of the first block whose last version is ≥ (key, ts).
@@ -270,9 +296,16 @@ impl<F: DiskFile> Table<F> {
         if let Some(b) = cache.get(self.meta.id, e.offset) {
             return Ok(b);
         }
-        let raw = self.file.read_at(e.offset, align_up(e.len as usize)).await?;
+        let raw = self
+            .file
+            .read_at(e.offset, align_up(e.len as usize))
+            .await?;
         if raw.len() < e.len as usize {
-            return Err(Error::corruption(self.file.path(), e.offset, "block past end of file"));
+            return Err(Error::corruption(
+                self.file.path(),
+                e.offset,
+                "block past end of file",
+            ));
         }
         let block = Block::parse(raw.slice(..e.len as usize)).map_err(|err| {
             let detail = match err {
@@ -286,7 +319,11 @@ impl<F: DiskFile> Table<F> {
     }
 
     fn block_error(&self, i: usize) -> Error {
-        Error::corruption(self.file.path(), self.index[i].offset, "data block is malformed")
+        Error::corruption(
+            self.file.path(),
+            self.index[i].offset,
+            "data block is malformed",
+        )
     }
 
     /// The first version ≥ (key, ts) if it belongs to `key`.

@@ -78,7 +78,7 @@ impl<D: Disk> Wal<D> {
         log_number: u64,
         mut apply: impl FnMut(u64, Vec<Entry>),
     ) -> Result<(Wal<D>, ReplayReport)> {
-        assert!(segment_bytes as usize >= 4 * ALIGN && segment_bytes % ALIGN as u64 == 0);
+        assert!(segment_bytes as usize >= 4 * ALIGN && segment_bytes.is_multiple_of(ALIGN as u64));
         disk.create_dir_all(dir).await?;
         let mut ids = Vec::new();
         let mut spare_files = Vec::new();
@@ -184,7 +184,14 @@ impl<D: Disk> Wal<D> {
         seal_at(&self.active, self.active_id, self.offset).await?;
         self.active.sync().await?;
         let next_id = self.active_id + 1;
-        let file = take_segment(&self.disk, &self.dir, self.segment_bytes, &self.spares, next_id).await?;
+        let file = take_segment(
+            &self.disk,
+            &self.dir,
+            self.segment_bytes,
+            &self.spares,
+            next_id,
+        )
+        .await?;
         self.active = file;
         self.active_id = next_id;
         self.offset = 0;
@@ -207,8 +214,15 @@ fn replay_segment(
             return Ok(Some(pos as u64));
         }
         match record::parse(&data[pos..], id) {
-            Parsed::Record { record_type: record::TYPE_SEAL, .. } => return Ok(None),
-            Parsed::Record { record_type: record::TYPE_BATCH, payload, len } => {
+            Parsed::Record {
+                record_type: record::TYPE_SEAL,
+                ..
+            } => return Ok(None),
+            Parsed::Record {
+                record_type: record::TYPE_BATCH,
+                payload,
+                len,
+            } => {
                 let (ts, entries) = record::decode_batch(payload).ok_or_else(|| {
                     Error::corruption(path, pos as u64, "batch record does not parse")
                 })?;
@@ -224,7 +238,7 @@ fn replay_segment(
                     format!("unknown record type {record_type}"),
                 ));
             }
-            Parsed::Zero if pos % ALIGN != 0 => pos = align_up(pos),
+            Parsed::Zero if !pos.is_multiple_of(ALIGN) => pos = align_up(pos),
             parsed => {
                 // End of the written data, or damage. Damage is anything valid later.
                 let next_block = align_up(pos + 1);
@@ -259,7 +273,10 @@ fn replay_segment(
 /// Writes a seal record at `offset`, keeping the bytes before it in its block.
 async fn seal_at<F: DiskFile>(file: &F, id: u64, offset: u64) -> Result<()> {
     let mut block_start = align_down(offset);
-    let mut block = file.read_at(block_start, (offset - block_start) as usize).await?.to_vec();
+    let mut block = file
+        .read_at(block_start, (offset - block_start) as usize)
+        .await?
+        .to_vec();
     if ALIGN - block.len() < record::HEADER_BYTES {
         block_start += ALIGN as u64;
         block.clear();
@@ -323,7 +340,9 @@ pub async fn recycle_below<D: Disk>(
     target: usize,
 ) -> Result<()> {
     for name in disk.list(dir).await? {
-        let Some(id) = parse_segment_name(&name) else { continue };
+        let Some(id) = parse_segment_name(&name) else {
+            continue;
+        };
         if id >= log_number {
             continue;
         }

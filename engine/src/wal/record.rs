@@ -38,7 +38,11 @@ pub fn encode(out: &mut Vec<u8>, segment_id: u64, record_type: u8, payload: &[u8
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
     /// A valid record of the expected segment.
-    Record { record_type: u8, payload: &'a [u8], len: usize },
+    Record {
+        record_type: u8,
+        payload: &'a [u8],
+        len: usize,
+    },
     /// An all-zero header: padding until the next block.
     Zero,
     /// Anything else: bad checksum, truncated, or another segment's record.
@@ -48,7 +52,11 @@ pub enum Parsed<'a> {
 /// Parses the record at the start of `buf`.
 pub fn parse(buf: &[u8], segment_id: u64) -> Parsed<'_> {
     if buf.len() < HEADER_BYTES {
-        return if buf.iter().all(|&b| b == 0) { Parsed::Zero } else { Parsed::Invalid };
+        return if buf.iter().all(|&b| b == 0) {
+            Parsed::Zero
+        } else {
+            Parsed::Invalid
+        };
     }
     if buf[..HEADER_BYTES].iter().all(|&b| b == 0) {
         return Parsed::Zero;
@@ -74,7 +82,10 @@ pub fn parse(buf: &[u8], segment_id: u64) -> Parsed<'_> {
 
 /// Bytes a batch payload will take.
 pub fn batch_payload_len(entries: &[Entry]) -> usize {
-    12 + entries.iter().map(|e| 9 + e.key.len() + e.value.len()).sum::<usize>()
+    12 + entries
+        .iter()
+        .map(|e| 9 + e.key.len() + e.value.len())
+        .sum::<usize>()
 }
 
 /// Encodes a batch payload: all entries share `ts`.
@@ -114,7 +125,12 @@ pub fn decode_batch(payload: &[u8]) -> Option<(u64, Vec<Entry>)> {
         }
         let key = buf.split_to(key_len);
         let value = buf.split_to(value_len);
-        entries.push(Entry { key, ts, kind, value });
+        entries.push(Entry {
+            key,
+            ts,
+            kind,
+            value,
+        });
     }
     if buf.has_remaining() {
         return None;
@@ -144,7 +160,11 @@ mod tests {
         let mut rec = Vec::new();
         encode(&mut rec, 7, TYPE_BATCH, &payload);
         match parse(&rec, 7) {
-            Parsed::Record { record_type, payload, len } => {
+            Parsed::Record {
+                record_type,
+                payload,
+                len,
+            } => {
                 assert_eq!(record_type, TYPE_BATCH);
                 assert_eq!(len, rec.len());
                 assert_eq!(decode_batch(payload), Some((9, entries)));
