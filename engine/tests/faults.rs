@@ -15,6 +15,28 @@ fn value(i: usize) -> Bytes {
     Bytes::from(format!("value-{i}-{}", "x".repeat(100)))
 }
 
+async fn open(disk: &MemDisk) -> Engine<MemDisk> {
+    Engine::open_on(disk.clone(), "/db", Options::for_tests())
+        .await
+        .unwrap()
+}
+
+async fn put_all(engine: &Engine<MemDisk>, keys: impl IntoIterator<Item = usize>) {
+    for i in keys {
+        engine.put(key(i), value(i)).await.unwrap();
+    }
+}
+
+async fn assert_all_present(engine: &Engine<MemDisk>, keys: impl IntoIterator<Item = usize>) {
+    for i in keys {
+        assert_eq!(
+            engine.get(&key(i)).await.unwrap(),
+            Some(value(i)),
+            "key {i}"
+        );
+    }
+}
+
 fn paths_with(disk: &MemDisk, suffix: &str) -> Vec<PathBuf> {
     disk.paths()
         .into_iter()
@@ -81,21 +103,15 @@ fn torn_wal_tail_recovers_to_a_prefix_of_the_writes() {
 fn a_bit_flip_in_a_table_block_is_a_corruption_error_never_wrong_data() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
-            .await
-            .unwrap();
-        for i in 0..200 {
-            engine.put(key(i), value(i)).await.unwrap();
-        }
+        let engine = open(&disk).await;
+        put_all(&engine, 0..200).await;
         engine.flush().await.unwrap();
         engine.close().await.unwrap();
         let tables = paths_with(&disk, ".sst");
         assert_eq!(tables.len(), 1);
         // Offset 200 is inside the first data block (the first keys).
         disk.flip_bit(&tables[0], 200, 3);
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
-            .await
-            .unwrap();
+        let engine = open(&disk).await;
         let err = engine.get(&key(0)).await.unwrap_err();
         assert!(err.is_corruption(), "expected corruption, got {err}");
         let err = engine.scan(b"", None, 10, None).await.unwrap_err();
@@ -110,12 +126,8 @@ fn a_bit_flip_in_a_table_block_is_a_corruption_error_never_wrong_data() {
 fn a_bit_flip_before_the_wal_tail_fails_the_open() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
-            .await
-            .unwrap();
-        for i in 0..20 {
-            engine.put(key(i), value(i)).await.unwrap();
-        }
+        let engine = open(&disk).await;
+        put_all(&engine, 0..20).await;
         // Crash rather than close: a clean close flushes the WAL away.
         let disk = disk.crash();
         let segments: Vec<_> = paths_with(&disk, ".log")
@@ -135,12 +147,8 @@ fn a_bit_flip_before_the_wal_tail_fails_the_open() {
 fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
-            .await
-            .unwrap();
-        for i in 0..50 {
-            engine.put(key(i), value(i)).await.unwrap();
-        }
+        let engine = open(&disk).await;
+        put_all(&engine, 0..50).await;
         disk.inject(Fault::Writes(libc::ENOSPC));
         let err = engine.put(key(50), value(50)).await.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
@@ -151,16 +159,8 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
         }
         assert_eq!(engine.get(&key(50)).await.unwrap(), None);
         let disk = disk.crash();
-        let engine = Engine::open_on(disk, "/db", Options::for_tests())
-            .await
-            .unwrap();
-        for i in (0..50).chain([51]) {
-            assert_eq!(
-                engine.get(&key(i)).await.unwrap(),
-                Some(value(i)),
-                "key {i}"
-            );
-        }
+        let engine = open(&disk).await;
+        assert_all_present(&engine, (0..50).chain([51])).await;
         engine.close().await.unwrap();
     });
 }
@@ -169,9 +169,7 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
 fn eio_on_fdatasync_is_not_acknowledged() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
-            .await
-            .unwrap();
+        let engine = open(&disk).await;
         engine.put(key(1), value(1)).await.unwrap();
         disk.inject(Fault::Syncs(libc::EIO));
         let err = engine.put(key(2), value(2)).await.unwrap_err();
@@ -179,9 +177,7 @@ fn eio_on_fdatasync_is_not_acknowledged() {
         disk.clear_faults();
         engine.put(key(3), value(3)).await.unwrap();
         let disk = disk.crash();
-        let engine = Engine::open_on(disk, "/db", Options::for_tests())
-            .await
-            .unwrap();
+        let engine = open(&disk).await;
         assert_eq!(engine.get(&key(1)).await.unwrap(), Some(value(1)));
         assert_eq!(engine.get(&key(3)).await.unwrap(), Some(value(3)));
         engine.close().await.unwrap();
@@ -192,35 +188,21 @@ fn eio_on_fdatasync_is_not_acknowledged() {
 fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
     run_local(|| async {
         let disk = MemDisk::new();
-        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
-            .await
-            .unwrap();
-        for i in 0..100 {
-            engine.put(key(i), value(i)).await.unwrap();
-        }
+        let engine = open(&disk).await;
+        put_all(&engine, 0..100).await;
         disk.inject(Fault::WritesTo(".sst"));
         let err = engine.flush().await.unwrap_err();
         assert!(matches!(err, Error::Stalled(_)), "{err}");
         assert!(engine.stats().background_error.is_some());
         // Writes go on into the WAL and the next memtable meanwhile.
-        for i in 100..150 {
-            engine.put(key(i), value(i)).await.unwrap();
-        }
+        put_all(&engine, 100..150).await;
         disk.clear_faults();
         engine.flush().await.unwrap();
         assert_eq!(engine.stats().background_error, None);
         assert!(!paths_with(&disk, ".sst").is_empty());
         let disk = disk.crash();
-        let engine = Engine::open_on(disk, "/db", Options::for_tests())
-            .await
-            .unwrap();
-        for i in 0..150 {
-            assert_eq!(
-                engine.get(&key(i)).await.unwrap(),
-                Some(value(i)),
-                "key {i}"
-            );
-        }
+        let engine = open(&disk).await;
+        assert_all_present(&engine, 0..150).await;
         engine.close().await.unwrap();
     });
 }
