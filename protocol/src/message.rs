@@ -1,0 +1,726 @@
+//! Typed requests and responses, and their conversion to and from the
+//! flatbuffers in `schema/tessera.fbs`. Decoding runs the flatbuffers
+//! verifier and the configured [`Limits`] before anything is used; every
+//! failure names the request id (0 if it could not be read) and the error
+//! code to answer with.
+
+use crate::frame::Limits;
+use crate::wire;
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
+
+/// Error codes sent to clients (mirror of `wire::ErrorCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Internal,
+    BadFrame,
+    UnknownOperation,
+    UnsupportedVersion,
+    KeyTooLarge,
+    ValueTooLarge,
+    BatchTooLarge,
+    InvalidArgument,
+    CrossShardBatch,
+    Storage,
+    Corruption,
+    Unavailable,
+    TimestampTooOld,
+}
+
+impl ErrorCode {
+    fn to_wire(self) -> wire::ErrorCode {
+        match self {
+            ErrorCode::Internal => wire::ErrorCode::Internal,
+            ErrorCode::BadFrame => wire::ErrorCode::BadFrame,
+            ErrorCode::UnknownOperation => wire::ErrorCode::UnknownOperation,
+            ErrorCode::UnsupportedVersion => wire::ErrorCode::UnsupportedVersion,
+            ErrorCode::KeyTooLarge => wire::ErrorCode::KeyTooLarge,
+            ErrorCode::ValueTooLarge => wire::ErrorCode::ValueTooLarge,
+            ErrorCode::BatchTooLarge => wire::ErrorCode::BatchTooLarge,
+            ErrorCode::InvalidArgument => wire::ErrorCode::InvalidArgument,
+            ErrorCode::CrossShardBatch => wire::ErrorCode::CrossShardBatch,
+            ErrorCode::Storage => wire::ErrorCode::Storage,
+            ErrorCode::Corruption => wire::ErrorCode::Corruption,
+            ErrorCode::Unavailable => wire::ErrorCode::Unavailable,
+            ErrorCode::TimestampTooOld => wire::ErrorCode::TimestampTooOld,
+        }
+    }
+
+    fn from_wire(code: wire::ErrorCode) -> ErrorCode {
+        match code {
+            wire::ErrorCode::BadFrame => ErrorCode::BadFrame,
+            wire::ErrorCode::UnknownOperation => ErrorCode::UnknownOperation,
+            wire::ErrorCode::UnsupportedVersion => ErrorCode::UnsupportedVersion,
+            wire::ErrorCode::KeyTooLarge => ErrorCode::KeyTooLarge,
+            wire::ErrorCode::ValueTooLarge => ErrorCode::ValueTooLarge,
+            wire::ErrorCode::BatchTooLarge => ErrorCode::BatchTooLarge,
+            wire::ErrorCode::InvalidArgument => ErrorCode::InvalidArgument,
+            wire::ErrorCode::CrossShardBatch => ErrorCode::CrossShardBatch,
+            wire::ErrorCode::Storage => ErrorCode::Storage,
+            wire::ErrorCode::Corruption => ErrorCode::Corruption,
+            wire::ErrorCode::Unavailable => ErrorCode::Unavailable,
+            wire::ErrorCode::TimestampTooOld => ErrorCode::TimestampTooOld,
+            _ => ErrorCode::Internal,
+        }
+    }
+
+    /// The name used in docs and CLI output.
+    pub fn name(self) -> &'static str {
+        self.to_wire().variant_name().unwrap_or("Internal")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+}
+
+impl BatchOp {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Hello {
+        protocol_version: u32,
+        client_name: String,
+    },
+    Ping,
+    Get {
+        key: Bytes,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    Scan {
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: u32,
+    },
+    Batch {
+        ops: Vec<BatchOp>,
+    },
+    Stats,
+    Topology,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub name: String,
+    pub shard: u32,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Hello {
+        protocol_version: u32,
+        server_version: String,
+        shards: u32,
+    },
+    Pong,
+    Get(Option<Bytes>),
+    Written {
+        ts: u64,
+    },
+    Scan {
+        rows: Vec<(Bytes, Bytes)>,
+        next_start: Option<Bytes>,
+    },
+    Stats(Vec<Metric>),
+    Topology {
+        slots: u32,
+        slot_owner: Vec<u16>,
+        shards: Vec<(u32, String)>,
+    },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a request frame cannot be served, and what to answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.name())]
+pub struct DecodeError {
+    /// The request id, or 0 if the frame was unreadable.
+    pub id: u64,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn verifier() -> VerifierOptions {
+    VerifierOptions {
+        max_depth: 16,
+        max_tables: 100_000,
+        ..VerifierOptions::default()
+    }
+}
+
+fn bytes_of(v: Option<flatbuffers::Vector<'_, u8>>) -> Bytes {
+    v.map(|v| Bytes::copy_from_slice(v.bytes()))
+        .unwrap_or_default()
+}
+
+/// Decodes and checks one request frame.
+pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), DecodeError> {
+    let req = flatbuffers::root_with_opts::<wire::Request>(&verifier(), buf).map_err(|e| {
+        DecodeError {
+            id: 0,
+            code: ErrorCode::BadFrame,
+            message: format!("not a valid Request flatbuffer: {e}"),
+        }
+    })?;
+    let id = req.id();
+    let fail = |code, message: String| DecodeError { id, code, message };
+    let check_key = |key: &Bytes| {
+        if key.is_empty() {
+            Err(fail(ErrorCode::InvalidArgument, "key is empty".into()))
+        } else if key.len() > limits.key_bytes_max {
+            Err(fail(
+                ErrorCode::KeyTooLarge,
+                format!(
+                    "key of {} bytes exceeds the limit of {}",
+                    key.len(),
+                    limits.key_bytes_max
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let check_value = |value: &Bytes| {
+        if value.len() > limits.value_bytes_max {
+            Err(fail(
+                ErrorCode::ValueTooLarge,
+                format!(
+                    "value of {} bytes exceeds the limit of {}",
+                    value.len(),
+                    limits.value_bytes_max
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let request = match req.op_type() {
+        wire::Op::Hello => {
+            let h = req.op_as_hello().expect("verified union");
+            Request::Hello {
+                protocol_version: h.protocol_version(),
+                client_name: h.client_name().unwrap_or_default().to_string(),
+            }
+        }
+        wire::Op::Ping => Request::Ping,
+        wire::Op::Get => {
+            let key = bytes_of(req.op_as_get().expect("verified union").key());
+            check_key(&key)?;
+            Request::Get { key }
+        }
+        wire::Op::Put => {
+            let p = req.op_as_put().expect("verified union");
+            let (key, value) = (bytes_of(p.key()), bytes_of(p.value()));
+            check_key(&key)?;
+            check_value(&value)?;
+            Request::Put { key, value }
+        }
+        wire::Op::Delete => {
+            let key = bytes_of(req.op_as_delete().expect("verified union").key());
+            check_key(&key)?;
+            Request::Delete { key }
+        }
+        wire::Op::Scan => {
+            let s = req.op_as_scan().expect("verified union");
+            let end = s.end().map(|e| Bytes::copy_from_slice(e.bytes()));
+            let limit = s.limit().min(limits.scan_rows_max as u32);
+            if limit == 0 {
+                return Err(fail(
+                    ErrorCode::InvalidArgument,
+                    "scan limit must be positive".into(),
+                ));
+            }
+            Request::Scan {
+                start: bytes_of(s.start()),
+                end,
+                limit,
+            }
+        }
+        wire::Op::Batch => {
+            let b = req.op_as_batch().expect("verified union");
+            let wire_ops = b.ops().unwrap_or_default();
+            if wire_ops.len() > limits.batch_ops_max {
+                return Err(fail(
+                    ErrorCode::BatchTooLarge,
+                    format!(
+                        "batch of {} ops exceeds the limit of {}",
+                        wire_ops.len(),
+                        limits.batch_ops_max
+                    ),
+                ));
+            }
+            let mut ops = Vec::with_capacity(wire_ops.len());
+            for op in wire_ops {
+                let key = bytes_of(op.key());
+                check_key(&key)?;
+                ops.push(match op.kind() {
+                    wire::BatchOpKind::Put => {
+                        let value = bytes_of(op.value());
+                        check_value(&value)?;
+                        BatchOp::Put { key, value }
+                    }
+                    wire::BatchOpKind::Delete => BatchOp::Delete { key },
+                    other => {
+                        return Err(fail(
+                            ErrorCode::UnknownOperation,
+                            format!("unknown batch op kind {}", other.0),
+                        ))
+                    }
+                });
+            }
+            Request::Batch { ops }
+        }
+        wire::Op::Stats => Request::Stats,
+        wire::Op::Topology => Request::Topology,
+        other => {
+            return Err(fail(
+                ErrorCode::UnknownOperation,
+                format!("unknown operation {}", other.0),
+            ))
+        }
+    };
+    Ok((id, request))
+}
+
+impl Request {
+    /// Encodes the request as one flatbuffer (the frame payload).
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        let mut b = FlatBufferBuilder::with_capacity(128);
+        let (op_type, op) = match self {
+            Request::Hello {
+                protocol_version,
+                client_name,
+            } => {
+                let name = b.create_string(client_name);
+                let o = wire::Hello::create(
+                    &mut b,
+                    &wire::HelloArgs {
+                        protocol_version: *protocol_version,
+                        client_name: Some(name),
+                    },
+                );
+                (wire::Op::Hello, o.as_union_value())
+            }
+            Request::Ping => (
+                wire::Op::Ping,
+                wire::Ping::create(&mut b, &wire::PingArgs {}).as_union_value(),
+            ),
+            Request::Get { key } => {
+                let key = Some(b.create_vector(key));
+                (
+                    wire::Op::Get,
+                    wire::Get::create(&mut b, &wire::GetArgs { key }).as_union_value(),
+                )
+            }
+            Request::Put { key, value } => {
+                let key = Some(b.create_vector(key));
+                let value = Some(b.create_vector(value));
+                (
+                    wire::Op::Put,
+                    wire::Put::create(&mut b, &wire::PutArgs { key, value }).as_union_value(),
+                )
+            }
+            Request::Delete { key } => {
+                let key = Some(b.create_vector(key));
+                (
+                    wire::Op::Delete,
+                    wire::Delete::create(&mut b, &wire::DeleteArgs { key }).as_union_value(),
+                )
+            }
+            Request::Scan { start, end, limit } => {
+                let start = Some(b.create_vector(start));
+                let end = end.as_ref().map(|e| b.create_vector(e));
+                let o = wire::Scan::create(
+                    &mut b,
+                    &wire::ScanArgs {
+                        start,
+                        end,
+                        limit: *limit,
+                    },
+                );
+                (wire::Op::Scan, o.as_union_value())
+            }
+            Request::Batch { ops } => {
+                let offsets: Vec<WIPOffset<wire::BatchOp>> = ops
+                    .iter()
+                    .map(|op| {
+                        let (kind, key, value) = match op {
+                            BatchOp::Put { key, value } => {
+                                (wire::BatchOpKind::Put, key, Some(value))
+                            }
+                            BatchOp::Delete { key } => (wire::BatchOpKind::Delete, key, None),
+                        };
+                        let key = Some(b.create_vector(key));
+                        let value = value.map(|v| b.create_vector(v));
+                        wire::BatchOp::create(&mut b, &wire::BatchOpArgs { kind, key, value })
+                    })
+                    .collect();
+                let ops = Some(b.create_vector(&offsets));
+                (
+                    wire::Op::Batch,
+                    wire::Batch::create(&mut b, &wire::BatchArgs { ops }).as_union_value(),
+                )
+            }
+            Request::Stats => (
+                wire::Op::Stats,
+                wire::Stats::create(&mut b, &wire::StatsArgs {}).as_union_value(),
+            ),
+            Request::Topology => (
+                wire::Op::Topology,
+                wire::Topology::create(&mut b, &wire::TopologyArgs {}).as_union_value(),
+            ),
+        };
+        let root = wire::Request::create(
+            &mut b,
+            &wire::RequestArgs {
+                id,
+                op_type,
+                op: Some(op),
+            },
+        );
+        b.finish(root, None);
+        b.finished_data().to_vec()
+    }
+}
+
+impl Response {
+    /// Encodes the response as one flatbuffer (the frame payload).
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        let mut b = FlatBufferBuilder::with_capacity(128);
+        let (outcome_type, result) = match self {
+            Response::Error { code, message } => {
+                let message = Some(b.create_string(message));
+                let o = wire::Error::create(
+                    &mut b,
+                    &wire::ErrorArgs {
+                        code: code.to_wire(),
+                        message,
+                    },
+                );
+                (wire::Outcome::Error, o.as_union_value())
+            }
+            Response::Hello {
+                protocol_version,
+                server_version,
+                shards,
+            } => {
+                let server_version = Some(b.create_string(server_version));
+                let o = wire::HelloResult::create(
+                    &mut b,
+                    &wire::HelloResultArgs {
+                        protocol_version: *protocol_version,
+                        server_version,
+                        shards: *shards,
+                    },
+                );
+                (wire::Outcome::HelloResult, o.as_union_value())
+            }
+            Response::Pong => (
+                wire::Outcome::PingResult,
+                wire::PingResult::create(&mut b, &wire::PingResultArgs {}).as_union_value(),
+            ),
+            Response::Get(value) => {
+                let v = value.as_ref().map(|v| b.create_vector(v));
+                let o = wire::GetResult::create(
+                    &mut b,
+                    &wire::GetResultArgs {
+                        found: value.is_some(),
+                        value: v,
+                    },
+                );
+                (wire::Outcome::GetResult, o.as_union_value())
+            }
+            Response::Written { ts } => (
+                wire::Outcome::WriteResult,
+                wire::WriteResult::create(&mut b, &wire::WriteResultArgs { ts: *ts })
+                    .as_union_value(),
+            ),
+            Response::Scan { rows, next_start } => {
+                let offsets: Vec<_> = rows
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = Some(b.create_vector(k));
+                        let value = Some(b.create_vector(v));
+                        wire::KeyValue::create(&mut b, &wire::KeyValueArgs { key, value })
+                    })
+                    .collect();
+                let rows = Some(b.create_vector(&offsets));
+                let next_start = next_start.as_ref().map(|n| b.create_vector(n));
+                let o =
+                    wire::ScanResult::create(&mut b, &wire::ScanResultArgs { rows, next_start });
+                (wire::Outcome::ScanResult, o.as_union_value())
+            }
+            Response::Stats(metrics) => {
+                let offsets: Vec<_> = metrics
+                    .iter()
+                    .map(|m| {
+                        let name = Some(b.create_string(&m.name));
+                        wire::Metric::create(
+                            &mut b,
+                            &wire::MetricArgs {
+                                name,
+                                shard: m.shard,
+                                value: m.value,
+                            },
+                        )
+                    })
+                    .collect();
+                let metrics = Some(b.create_vector(&offsets));
+                let o = wire::StatsResult::create(&mut b, &wire::StatsResultArgs { metrics });
+                (wire::Outcome::StatsResult, o.as_union_value())
+            }
+            Response::Topology {
+                slots,
+                slot_owner,
+                shards,
+            } => {
+                let owner = Some(b.create_vector(slot_owner));
+                let offsets: Vec<_> = shards
+                    .iter()
+                    .map(|(shard, address)| {
+                        let address = Some(b.create_string(address));
+                        wire::ShardAddress::create(
+                            &mut b,
+                            &wire::ShardAddressArgs {
+                                shard: *shard,
+                                address,
+                            },
+                        )
+                    })
+                    .collect();
+                let shards = Some(b.create_vector(&offsets));
+                let o = wire::TopologyResult::create(
+                    &mut b,
+                    &wire::TopologyResultArgs {
+                        slots: *slots,
+                        slot_owner: owner,
+                        shards,
+                    },
+                );
+                (wire::Outcome::TopologyResult, o.as_union_value())
+            }
+        };
+        let root = wire::Response::create(
+            &mut b,
+            &wire::ResponseArgs {
+                id,
+                outcome_type,
+                outcome: Some(result),
+            },
+        );
+        b.finish(root, None);
+        b.finished_data().to_vec()
+    }
+}
+
+/// Decodes one response frame (client side).
+pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
+    let bad = |message: String| DecodeError {
+        id: 0,
+        code: ErrorCode::BadFrame,
+        message,
+    };
+    let resp = flatbuffers::root_with_opts::<wire::Response>(&verifier(), buf)
+        .map_err(|e| bad(format!("not a valid Response flatbuffer: {e}")))?;
+    let id = resp.id();
+    let response = match resp.outcome_type() {
+        wire::Outcome::Error => {
+            let e = resp.outcome_as_error().expect("verified union");
+            Response::Error {
+                code: ErrorCode::from_wire(e.code()),
+                message: e.message().unwrap_or_default().to_string(),
+            }
+        }
+        wire::Outcome::HelloResult => {
+            let h = resp.outcome_as_hello_result().expect("verified union");
+            Response::Hello {
+                protocol_version: h.protocol_version(),
+                server_version: h.server_version().unwrap_or_default().to_string(),
+                shards: h.shards(),
+            }
+        }
+        wire::Outcome::PingResult => Response::Pong,
+        wire::Outcome::GetResult => {
+            let g = resp.outcome_as_get_result().expect("verified union");
+            Response::Get(g.found().then(|| bytes_of(g.value())))
+        }
+        wire::Outcome::WriteResult => Response::Written {
+            ts: resp.outcome_as_write_result().expect("verified union").ts(),
+        },
+        wire::Outcome::ScanResult => {
+            let s = resp.outcome_as_scan_result().expect("verified union");
+            let rows = s
+                .rows()
+                .unwrap_or_default()
+                .iter()
+                .map(|kv| (bytes_of(kv.key()), bytes_of(kv.value())))
+                .collect();
+            Response::Scan {
+                rows,
+                next_start: s.next_start().map(|n| Bytes::copy_from_slice(n.bytes())),
+            }
+        }
+        wire::Outcome::StatsResult => {
+            let s = resp.outcome_as_stats_result().expect("verified union");
+            Response::Stats(
+                s.metrics()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|m| Metric {
+                        name: m.name().unwrap_or_default().to_string(),
+                        shard: m.shard(),
+                        value: m.value(),
+                    })
+                    .collect(),
+            )
+        }
+        wire::Outcome::TopologyResult => {
+            let t = resp.outcome_as_topology_result().expect("verified union");
+            Response::Topology {
+                slots: t.slots(),
+                slot_owner: t
+                    .slot_owner()
+                    .map(|o| o.iter().collect())
+                    .unwrap_or_default(),
+                shards: t
+                    .shards()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| (s.shard(), s.address().unwrap_or_default().to_string()))
+                    .collect(),
+            }
+        }
+        other => return Err(bad(format!("unknown result type {}", other.0))),
+    };
+    Ok((id, response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Bytes> {
+        prop::collection::vec(any::<u8>(), 1..40).prop_map(Bytes::from)
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            Just(Request::Ping),
+            Just(Request::Stats),
+            Just(Request::Topology),
+            bytes().prop_map(|key| Request::Get { key }),
+            (bytes(), bytes()).prop_map(|(key, value)| Request::Put { key, value }),
+            bytes().prop_map(|key| Request::Delete { key }),
+            (bytes(), prop::option::of(bytes()), 1..100u32)
+                .prop_map(|(start, end, limit)| Request::Scan { start, end, limit }),
+            prop::collection::vec((bytes(), prop::option::of(bytes())), 0..5).prop_map(|ops| {
+                Request::Batch {
+                    ops: ops
+                        .into_iter()
+                        .map(|(key, v)| match v {
+                            Some(value) => BatchOp::Put { key, value },
+                            None => BatchOp::Delete { key },
+                        })
+                        .collect(),
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(req in request(), id in any::<u64>()) {
+            let buf = req.encode(id);
+            prop_assert_eq!(decode_request(&buf, &Limits::default()), Ok((id, req)));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_request(&buf, &Limits::default());
+            let _ = decode_response(&buf);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let cases = vec![
+            Response::error(ErrorCode::KeyTooLarge, "too big"),
+            Response::Get(Some(Bytes::from_static(b"v"))),
+            Response::Get(None),
+            Response::Written { ts: 42 },
+            Response::Scan {
+                rows: vec![(Bytes::from_static(b"a"), Bytes::from_static(b"1"))],
+                next_start: Some(Bytes::from_static(b"b")),
+            },
+            Response::Topology {
+                slots: 4,
+                slot_owner: vec![0, 1, 0, 1],
+                shards: vec![(0, "127.0.0.1:1".into())],
+            },
+        ];
+        for (i, r) in cases.into_iter().enumerate() {
+            assert_eq!(decode_response(&r.encode(i as u64)), Ok((i as u64, r)));
+        }
+    }
+
+    #[test]
+    fn limits_produce_their_error_codes() {
+        let limits = Limits {
+            key_bytes_max: 4,
+            value_bytes_max: 4,
+            ..Limits::default()
+        };
+        let big_key = Request::Get {
+            key: Bytes::from_static(b"12345"),
+        }
+        .encode(7);
+        let err = decode_request(&big_key, &limits).unwrap_err();
+        assert_eq!((err.id, err.code), (7, ErrorCode::KeyTooLarge));
+        let big_value = Request::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"12345"),
+        }
+        .encode(8);
+        assert_eq!(
+            decode_request(&big_value, &limits).unwrap_err().code,
+            ErrorCode::ValueTooLarge
+        );
+        let empty = Request::Get { key: Bytes::new() }.encode(9);
+        assert_eq!(
+            decode_request(&empty, &limits).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            decode_request(b"garbage!", &limits).unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+    }
+}
