@@ -1,1 +1,13 @@
-//! `tessera-net`: the shard runtime (executor placement, cross-shard mesh, routing, TCP server, metrics) and the `tessera-server` binary. Empty until the server issue (#3) lands; see DESIGN.md §2.
+//! `tessera-net`: the shard runtime and the `tessera-server` binary. It
+//! owns executor placement and startup ([`runtime`]), the slot map
+//! ([`slots`]), routing and the cross-shard mesh ([`shard`]), the TCP
+//! server and `/metrics` ([`server`], [`metrics`]) and configuration
+//! ([`config`]). It contains no storage format code: every byte on disk
+//! belongs to `tessera-engine`.
+
+pub mod config;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod shard;
+pub mod slots;

@@ -1,0 +1,47 @@
+//! `tessera-server`: starts one shard per core. See `--help` and
+//! docs/operations.md.
+
+use clap::Parser;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tessera_net::config::{Config, Flags};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let config = Config::resolve(Flags::parse())?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone())?;
+    }
+    let (data, sync) = (config.data.clone(), config.engine.wal_sync);
+    tessera_net::runtime::run(config, shutdown, |ready| {
+        let metrics = ready
+            .metrics
+            .map(|m| format!("http://{m}/metrics"))
+            .unwrap_or_else(|| "off".into());
+        println!(
+            "tessera-server ready: listen {} shards {} ({}) data {} wal-sync {sync} metrics {metrics}",
+            ready.listen,
+            ready.shard_addresses.len(),
+            ready.shard_addresses.join(" "),
+            data.display(),
+        );
+    })?;
+    eprintln!("tessera-server stopped cleanly");
+    Ok(())
+}

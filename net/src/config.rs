@@ -1,0 +1,269 @@
+//! Server configuration: one struct, settable by TOML file (`--config`) and
+//! by flags (flags win), every field with a documented default
+//! (docs/operations.md).
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tessera_engine::{Options, SyncMode};
+use tessera_protocol::frame::Limits;
+
+/// Flags of `tessera-server`; each overrides the same key in `--config`.
+#[derive(Debug, Default, Clone, clap::Parser, Deserialize)]
+#[command(
+    name = "tessera-server",
+    version,
+    about = "Tessera: a thread-per-core key-value server"
+)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Flags {
+    /// TOML file with any of these settings (kebab-case keys).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./data].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Shared address every shard accepts on (SO_REUSEPORT) [default: 127.0.0.1:7878].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// First per-shard port; shard i listens on it + i [default: listen port + 1; 0 = any free port].
+    #[arg(long)]
+    pub shard_base_port: Option<u16>,
+    /// Number of shards [default: one per CPU in --cpus, or per available core].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. "0-3" or "0,2"; "any" lets them float [default: 0..shards].
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Prometheus endpoint address, or "off" [default: 127.0.0.1:9187].
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// WAL sync mode: always | interval:<ms> | none [default: always].
+    #[arg(long)]
+    pub wal_sync: Option<String>,
+    /// Memtable size per shard in bytes [default: 64 MiB].
+    #[arg(long)]
+    pub memtable_bytes: Option<usize>,
+    /// Block cache per shard in bytes [default: 256 MiB].
+    #[arg(long)]
+    pub cache_bytes: Option<usize>,
+    /// WAL segment size in bytes [default: 64 MiB].
+    #[arg(long)]
+    pub wal_segment_bytes: Option<u64>,
+    /// Compaction write rate limit per shard [default: 200 MiB/s].
+    #[arg(long)]
+    pub compaction_bytes_per_sec: Option<u64>,
+    /// Time-travel retention window in ms [default: 60000].
+    #[arg(long)]
+    pub retention_ms: Option<u64>,
+    /// Open connections per shard before new ones are refused [default: 10000].
+    #[arg(long)]
+    pub connections_max: Option<usize>,
+    /// Requests in flight per connection before reading pauses [default: 256].
+    #[arg(long)]
+    pub inflight_per_connection_max: Option<usize>,
+    /// Largest frame in bytes [default: 2 MiB].
+    #[arg(long)]
+    pub frame_bytes_max: Option<usize>,
+    /// Largest key in bytes [default: 1024].
+    #[arg(long)]
+    pub key_bytes_max: Option<usize>,
+    /// Largest value in bytes [default: 1 MiB].
+    #[arg(long)]
+    pub value_bytes_max: Option<usize>,
+    /// Most operations in one batch [default: 1024].
+    #[arg(long)]
+    pub batch_ops_max: Option<usize>,
+}
+
+/// Where shards run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Pinned(Vec<usize>),
+    Floating,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub shard_base_port: u16,
+    pub shards: usize,
+    pub placement: Placement,
+    pub metrics: Option<SocketAddr>,
+    pub engine: Options,
+    pub limits: Limits,
+    pub connections_max: usize,
+    pub inflight_per_connection_max: usize,
+}
+
+fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse()?, b.parse()?);
+                if a > b {
+                    bail!("bad CPU range {part}");
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse()?),
+        }
+    }
+    if cpus.is_empty() {
+        bail!("empty CPU list");
+    }
+    Ok(cpus)
+}
+
+impl Config {
+    /// Resolves flags over the `--config` file over defaults.
+    pub fn resolve(flags: Flags) -> anyhow::Result<Config> {
+        let file: Flags = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Flags::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                flags.$field.clone().or(file.$field.clone())
+            };
+        }
+        let listen: SocketAddr =
+            pick!(listen).unwrap_or_else(|| "127.0.0.1:7878".parse().expect("valid"));
+        let cpus = pick!(cpus);
+        let available = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let (placement, shards) = match cpus.as_deref() {
+            Some("any") => (Placement::Floating, pick!(shards).unwrap_or(available)),
+            Some(list) => {
+                let cpus = parse_cpus(list).with_context(|| format!("--cpus {list:?}"))?;
+                let shards = pick!(shards).unwrap_or(cpus.len());
+                if shards != cpus.len() {
+                    bail!(
+                        "--shards {shards} does not match the {} CPUs in --cpus {list}",
+                        cpus.len()
+                    );
+                }
+                (Placement::Pinned(cpus), shards)
+            }
+            None => {
+                let shards = pick!(shards).unwrap_or(available);
+                (
+                    Placement::Pinned((0..shards).map(|i| i % available).collect()),
+                    shards,
+                )
+            }
+        };
+        if shards == 0 || shards > 256 {
+            bail!("--shards must be between 1 and 256 (got {shards})");
+        }
+        let metrics = match pick!(metrics).as_deref() {
+            None => Some("127.0.0.1:9187".parse().expect("valid")),
+            Some("off") => None,
+            Some(addr) => Some(
+                addr.parse()
+                    .with_context(|| format!("--metrics {addr:?}"))?,
+            ),
+        };
+        let wal_sync: SyncMode = pick!(wal_sync).as_deref().unwrap_or("always").parse()?;
+        let defaults = Options::default();
+        let limits_default = Limits::default();
+        let limits = Limits {
+            frame_bytes_max: pick!(frame_bytes_max).unwrap_or(limits_default.frame_bytes_max),
+            key_bytes_max: pick!(key_bytes_max).unwrap_or(limits_default.key_bytes_max),
+            value_bytes_max: pick!(value_bytes_max).unwrap_or(limits_default.value_bytes_max),
+            batch_ops_max: pick!(batch_ops_max).unwrap_or(limits_default.batch_ops_max),
+            ..limits_default
+        };
+        if limits.key_bytes_max + limits.value_bytes_max + 256 > limits.frame_bytes_max {
+            bail!("frame-bytes-max must exceed key-bytes-max + value-bytes-max");
+        }
+        let engine = Options {
+            wal_sync,
+            memtable_bytes_max: pick!(memtable_bytes).unwrap_or(defaults.memtable_bytes_max),
+            block_cache_bytes: pick!(cache_bytes).unwrap_or(defaults.block_cache_bytes),
+            wal_segment_bytes: pick!(wal_segment_bytes).unwrap_or(defaults.wal_segment_bytes),
+            compaction_bytes_per_sec: pick!(compaction_bytes_per_sec)
+                .unwrap_or(defaults.compaction_bytes_per_sec),
+            retention_ms: pick!(retention_ms).unwrap_or(defaults.retention_ms),
+            key_bytes_max: limits.key_bytes_max,
+            value_bytes_max: limits.value_bytes_max,
+            wal_group_bytes_max: defaults.wal_group_bytes_max.max(limits.frame_bytes_max),
+            ..defaults
+        };
+        engine.validate()?;
+        Ok(Config {
+            data: pick!(data).unwrap_or_else(|| PathBuf::from("./data")),
+            shard_base_port: pick!(shard_base_port).unwrap_or(if listen.port() == 0 {
+                0
+            } else {
+                listen.port() + 1
+            }),
+            listen,
+            shards,
+            placement,
+            metrics,
+            engine,
+            limits,
+            connections_max: pick!(connections_max).unwrap_or(10_000),
+            inflight_per_connection_max: pick!(inflight_per_connection_max).unwrap_or(256),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "shards = 3\ncpus = \"any\"\nwal-sync = \"none\"\nmetrics = \"off\"\n",
+        )
+        .unwrap();
+        let flags = Flags::parse_from([
+            "tessera-server",
+            "--config",
+            path.to_str().unwrap(),
+            "--wal-sync",
+            "interval:5",
+        ]);
+        let c = Config::resolve(flags).unwrap();
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.placement, Placement::Floating);
+        assert_eq!(c.engine.wal_sync.to_string(), "interval:5");
+        assert_eq!(c.metrics, None);
+        assert_eq!(c.data, PathBuf::from("./data"));
+        assert_eq!(c.listen.port(), 7878);
+        assert_eq!(c.shard_base_port, 7879);
+    }
+
+    #[test]
+    fn cpu_lists_parse_and_must_match_the_shard_count() {
+        assert_eq!(parse_cpus("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        let flags = Flags::parse_from(["tessera-server", "--cpus", "0,1", "--shards", "3"]);
+        assert!(Config::resolve(flags).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "shard = 3\n").unwrap();
+        let flags = Flags::parse_from(["tessera-server", "--config", path.to_str().unwrap()]);
+        assert!(Config::resolve(flags).is_err());
+    }
+}

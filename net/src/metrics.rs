@@ -1,0 +1,211 @@
+//! Per-shard, per-operation figures: request and error counts, latency
+//! histograms (HdrHistogram, µs), bytes in and out, connections; plus the
+//! engine's figures. The same list answers the `Stats` request and renders
+//! as Prometheus text on `/metrics`.
+
+use hdrhistogram::Histogram;
+use std::cell::{Cell, RefCell};
+use std::fmt::Write;
+use tessera_engine::EngineStats;
+use tessera_protocol::message::Metric;
+
+/// The operations a request can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Hello,
+    Ping,
+    Get,
+    Put,
+    Delete,
+    Scan,
+    Batch,
+    Stats,
+    Topology,
+    Invalid,
+}
+
+const OPS: [OpKind; 10] = [
+    OpKind::Hello,
+    OpKind::Ping,
+    OpKind::Get,
+    OpKind::Put,
+    OpKind::Delete,
+    OpKind::Scan,
+    OpKind::Batch,
+    OpKind::Stats,
+    OpKind::Topology,
+    OpKind::Invalid,
+];
+
+impl OpKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Hello => "hello",
+            OpKind::Ping => "ping",
+            OpKind::Get => "get",
+            OpKind::Put => "put",
+            OpKind::Delete => "delete",
+            OpKind::Scan => "scan",
+            OpKind::Batch => "batch",
+            OpKind::Stats => "stats",
+            OpKind::Topology => "topology",
+            OpKind::Invalid => "invalid",
+        }
+    }
+
+    fn index(self) -> usize {
+        OPS.iter().position(|&o| o == self).expect("listed")
+    }
+}
+
+/// Figures of one shard. Single-threaded: the shard owns it.
+pub struct ShardMetrics {
+    requests: [Cell<u64>; OPS.len()],
+    errors: [Cell<u64>; OPS.len()],
+    latency_us: RefCell<Vec<Histogram<u64>>>,
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub connections_open: Cell<u64>,
+    pub connections_refused: Cell<u64>,
+    pub forwarded: Cell<u64>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            requests: Default::default(),
+            errors: Default::default(),
+            latency_us: RefCell::new(
+                OPS.iter()
+                    .map(|_| Histogram::new_with_bounds(1, 60_000_000, 2).expect("bounds"))
+                    .collect(),
+            ),
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
+            connections_open: Cell::new(0),
+            connections_refused: Cell::new(0),
+            forwarded: Cell::new(0),
+        }
+    }
+}
+
+fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get() + by);
+}
+
+impl ShardMetrics {
+    pub fn record(&self, op: OpKind, latency_us: u64, error: bool) {
+        let i = op.index();
+        bump(&self.requests[i], 1);
+        if error {
+            bump(&self.errors[i], 1);
+        }
+        let _ = self.latency_us.borrow_mut()[i].record(latency_us.max(1));
+    }
+
+    pub fn add(c: &Cell<u64>, by: u64) {
+        bump(c, by);
+    }
+
+    /// Every figure of this shard, named Prometheus-style (labels inside
+    /// the name; the shard label is added on rendering).
+    pub fn snapshot(&self, shard: u32, engine: &EngineStats) -> Vec<Metric> {
+        let mut out = Vec::new();
+        let mut push = |name: String, value: f64| out.push(Metric { name, shard, value });
+        let hists = self.latency_us.borrow();
+        for op in OPS {
+            let i = op.index();
+            let n = self.requests[i].get();
+            if n == 0 {
+                continue;
+            }
+            push(format!("requests_total{{op=\"{}\"}}", op.name()), n as f64);
+            push(
+                format!("errors_total{{op=\"{}\"}}", op.name()),
+                self.errors[i].get() as f64,
+            );
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                push(
+                    format!(
+                        "request_latency_us{{op=\"{}\",quantile=\"{q}\"}}",
+                        op.name()
+                    ),
+                    hists[i].value_at_quantile(q) as f64,
+                );
+            }
+        }
+        push("bytes_in_total".into(), self.bytes_in.get() as f64);
+        push("bytes_out_total".into(), self.bytes_out.get() as f64);
+        push(
+            "connections_open".into(),
+            self.connections_open.get() as f64,
+        );
+        push(
+            "connections_refused_total".into(),
+            self.connections_refused.get() as f64,
+        );
+        push("forwarded_total".into(), self.forwarded.get() as f64);
+        push("memtable_bytes".into(), engine.memtable_bytes as f64);
+        push(
+            "immutable_memtables".into(),
+            engine.immutable_memtables as f64,
+        );
+        push("cache_bytes".into(), engine.cache_bytes as f64);
+        push("cache_hits_total".into(), engine.cache_hits as f64);
+        push("cache_misses_total".into(), engine.cache_misses as f64);
+        push("wal_syncs_total".into(), engine.wal_syncs as f64);
+        push("wal_bytes_total".into(), engine.wal_bytes as f64);
+        push("wal_groups_total".into(), engine.wal_groups as f64);
+        push("wal_errors_total".into(), engine.wal_errors as f64);
+        push("write_stalls_total".into(), engine.write_stalls as f64);
+        push("flushes_total".into(), engine.flushes as f64);
+        push("compactions_total".into(), engine.compactions as f64);
+        push(
+            "compaction_bytes_written_total".into(),
+            engine.compaction_bytes_written as f64,
+        );
+        for (level, n) in engine.level_tables.iter().enumerate() {
+            push(format!("level_tables{{level=\"{level}\"}}"), *n as f64);
+        }
+        out
+    }
+}
+
+/// Renders metrics as Prometheus text exposition format.
+pub fn render_prometheus(metrics: &[Metric]) -> String {
+    let mut out = String::new();
+    for m in metrics {
+        let (base, labels) = match m.name.split_once('{') {
+            Some((base, rest)) => (base, format!("{{shard=\"{}\",{rest}", m.shard)),
+            None => (m.name.as_str(), format!("{{shard=\"{}\"}}", m.shard)),
+        };
+        let _ = writeln!(out, "tessera_{base}{labels} {}", m.value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_lines_carry_the_shard_label() {
+        let m = ShardMetrics::default();
+        m.record(OpKind::Get, 40, false);
+        m.record(OpKind::Get, 60, true);
+        let text = render_prometheus(&m.snapshot(1, &EngineStats::default()));
+        assert!(
+            text.contains("tessera_requests_total{shard=\"1\",op=\"get\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tessera_errors_total{shard=\"1\",op=\"get\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tessera_memtable_bytes{shard=\"1\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("op=\"put\""));
+    }
+}

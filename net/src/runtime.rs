@@ -1,0 +1,242 @@
+//! Starting and stopping the shards: one glommio executor per shard (pinned
+//! to its CPU unless told to float), the channel mesh between them, the
+//! listeners, the ready line, and a clean shutdown on SIGTERM/SIGINT
+//! (stop accepting, finish in-flight writes, flush, exit 0).
+
+use crate::config::{Config, Placement};
+use crate::server::{accept_loop, metrics_loop};
+use crate::shard::{MeshMsg, Shard};
+use crate::slots::SlotMap;
+use anyhow::{bail, Context};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::LocalExecutorBuilder;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::Duration;
+use tessera_engine::{Engine, Options, PREEMPT_TIMER};
+
+/// Capacity of each mesh queue (per ordered pair of shards).
+const MESH_QUEUE_DEPTH: usize = 1024;
+
+/// What the server reports once every shard listens.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub listen: SocketAddr,
+    pub shard_addresses: Vec<String>,
+    pub metrics: Option<SocketAddr>,
+}
+
+enum ShardStarted {
+    Listening {
+        shard: usize,
+        own: SocketAddr,
+        metrics: Option<SocketAddr>,
+    },
+    Failed(String),
+}
+
+/// Holds an exclusive lock on the data directory for the server's life.
+struct DirLock {
+    _file: std::fs::File,
+}
+
+fn lock_data_dir(config: &Config) -> anyhow::Result<DirLock> {
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("creating data directory {}", config.data.display()))?;
+    let path = config.data.join("LOCK");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "data directory {} is in use by another tessera-server",
+            config.data.display()
+        );
+    }
+    Ok(DirLock { _file: file })
+}
+
+/// A port nobody listens on right now (for `--listen host:0`).
+fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
+    Ok(StdListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// Runs the server until `shutdown` becomes true. Calls `on_ready` once
+/// every shard is listening.
+pub fn run(
+    mut config: Config,
+    shutdown: Arc<AtomicBool>,
+    on_ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&config)?;
+    let slots = Arc::new(SlotMap::load_or_create(&config.data, config.shards)?);
+    if config.listen.port() == 0 {
+        config.listen.set_port(free_port(config.listen.ip())?);
+    }
+    let config = Arc::new(config);
+    let n = config.shards;
+    let mesh = (n > 1).then(|| MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_DEPTH));
+    let addresses: Arc<OnceLock<Vec<String>>> = Arc::new(OnceLock::new());
+    let (started_tx, started_rx) = mpsc::channel();
+    let mut executors = Vec::new();
+    for i in 0..n {
+        let placement = match &config.placement {
+            Placement::Pinned(cpus) => glommio::Placement::Fixed(cpus[i]),
+            Placement::Floating => glommio::Placement::Unbound,
+        };
+        let (config, slots, mesh, addresses, shutdown, started) = (
+            config.clone(),
+            slots.clone(),
+            mesh.clone(),
+            addresses.clone(),
+            shutdown.clone(),
+            started_tx.clone(),
+        );
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("tessera-shard-{i}"))
+            .preempt_timer(PREEMPT_TIMER)
+            .spawn(move || async move {
+                let result = shard_main(
+                    i,
+                    config,
+                    slots,
+                    mesh,
+                    addresses,
+                    shutdown.clone(),
+                    started.clone(),
+                )
+                .await;
+                if let Err(e) = &result {
+                    let _ = started.send(ShardStarted::Failed(format!("shard {i}: {e:#}")));
+                    shutdown.store(true, Ordering::SeqCst);
+                }
+                result
+            })
+            .with_context(|| format!("starting the executor of shard {i}"))?;
+        executors.push(handle);
+    }
+    drop(started_tx);
+    let mut own = vec![String::new(); n];
+    let mut metrics = None;
+    let mut failure = None;
+    for _ in 0..n {
+        match started_rx.recv() {
+            Ok(ShardStarted::Listening {
+                shard,
+                own: addr,
+                metrics: m,
+            }) => {
+                own[shard] = addr.to_string();
+                metrics = metrics.or(m);
+            }
+            Ok(ShardStarted::Failed(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if failure.is_none() && own.iter().all(|a| !a.is_empty()) {
+        let _ = addresses.set(own.clone());
+        on_ready(&Ready {
+            listen: config.listen,
+            shard_addresses: own,
+            metrics,
+        });
+    } else {
+        shutdown.store(true, Ordering::SeqCst);
+    }
+    let mut errors = Vec::new();
+    for handle in executors {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(e) => errors.push(format!("executor failed: {e}")),
+        }
+    }
+    if let Some(e) = failure {
+        bail!(e);
+    }
+    if let Some(e) = errors.into_iter().next() {
+        bail!(e);
+    }
+    Ok(())
+}
+
+async fn shard_main(
+    i: usize,
+    config: Arc<Config>,
+    slots: Arc<SlotMap>,
+    mesh: Option<MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>>,
+    addresses: Arc<OnceLock<Vec<String>>>,
+    shutdown: Arc<AtomicBool>,
+    started: mpsc::Sender<ShardStarted>,
+) -> anyhow::Result<()> {
+    // Join the mesh first: a peer that fails later must not leave the
+    // others waiting in `join`.
+    let (senders, receivers) = match mesh {
+        Some(m) => {
+            let (s, r) = m
+                .join()
+                .await
+                .map_err(|_| anyhow::anyhow!("cannot join the shard mesh"))?;
+            (Some(s), Some(r))
+        }
+        None => (None, None),
+    };
+    let opts = Options {
+        clock_node: i as u8,
+        ..config.engine.clone()
+    };
+    let dir = config.data.join(format!("shard-{i}"));
+    let engine = Engine::open(&dir, opts)
+        .await
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let shared = TcpListener::bind(config.listen)
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let own_port = if config.shard_base_port == 0 {
+        0
+    } else {
+        config.shard_base_port + i as u16
+    };
+    let own_addr = SocketAddr::new(config.listen.ip(), own_port);
+    let own = TcpListener::bind(own_addr).with_context(|| format!("listening on {own_addr}"))?;
+    let own_addr = own.local_addr()?;
+    let metrics = match (i, config.metrics) {
+        (0, Some(addr)) => {
+            Some(TcpListener::bind(addr).with_context(|| format!("metrics on {addr}"))?)
+        }
+        _ => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|m| m.local_addr()).transpose()?;
+    let shard = Shard::new(i, engine.clone(), slots, config.clone(), addresses, senders);
+    if let Some(r) = receivers {
+        shard.serve_mesh(r);
+    }
+    let mut tasks = vec![
+        glommio::spawn_local(accept_loop(shard.clone(), shared)),
+        glommio::spawn_local(accept_loop(shard.clone(), own)),
+    ];
+    if let Some(m) = metrics {
+        tasks.push(glommio::spawn_local(metrics_loop(shard.clone(), m)));
+    }
+    let _ = started.send(ShardStarted::Listening {
+        shard: i,
+        own: own_addr,
+        metrics: metrics_addr,
+    });
+    while !shutdown.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    shard.shutting_down.set(true);
+    // Dropping the accept tasks closes the listeners.
+    drop(tasks);
+    // In-flight requests finish; then queued writes are written and synced.
+    glommio::timer::sleep(Duration::from_millis(50)).await;
+    engine.close().await.context("closing the engine")?;
+    tracing::info!(shard = i, "shard stopped");
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Starts the real `tessera-server` binary on free localhost ports.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub listen: String,
+    pub shard_addresses: Vec<String>,
+    pub metrics: Option<String>,
+}
+
+impl Server {
+    pub fn start(data: &Path, shards: usize, extra: &[&str]) -> Server {
+        Self::try_start(data, shards, extra).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Starts the server; `Err` carries its stderr when it exits instead.
+    pub fn try_start(data: &Path, shards: usize, extra: &[&str]) -> Result<Server, String> {
+        let mut child = Command::new(server_binary())
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shard-base-port",
+                "0",
+                "--cpus",
+                "any",
+            ])
+            .args(["--shards", &shards.to_string(), "--metrics", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tessera-server is built for this test");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => Ok(parse_ready(child, &line)),
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        }
+    }
+
+    /// SIGTERM, then waits; returns whether it exited 0.
+    pub fn stop(mut self) -> bool {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap().success()
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn parse_ready(child: Child, line: &str) -> Server {
+    // tessera-server ready: listen A shards N (S1 S2 ...) data D wal-sync M metrics URL
+    assert!(
+        line.starts_with("tessera-server ready: "),
+        "unexpected first line {line:?}"
+    );
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let listen = words[words.iter().position(|w| *w == "listen").unwrap() + 1].to_string();
+    let open = line.find('(').unwrap();
+    let close = line.find(')').unwrap();
+    let shard_addresses = line[open + 1..close]
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let metrics = words
+        .last()
+        .and_then(|m| m.strip_prefix("http://"))
+        .map(|m| m.trim_end_matches("/metrics").to_string());
+    Server {
+        child,
+        listen,
+        shard_addresses,
+        metrics,
+    }
+}
+
+pub fn server_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tessera-server"))
+}

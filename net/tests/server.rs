@@ -1,0 +1,177 @@
+//! Integration tests against the real `tessera-server` binary with 1 and 2
+//! shards: every operation through the SDK, keys on the other shard, the
+//! metrics endpoint, restart, and a refused shard-count change.
+
+mod common;
+
+use bytes::Bytes;
+use common::Server;
+use std::io::{Read, Write};
+use tessera_client::{BatchOp, Client, Error, ErrorCode};
+
+fn exercise_every_operation(server: &Server, shards: usize) {
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    assert_eq!(client.shard_count(), shards);
+    client.ping().unwrap();
+    for i in 0..200 {
+        client
+            .put(format!("key{i:03}"), format!("value{i}"))
+            .unwrap();
+    }
+    // Keys really are spread over the shards.
+    let owners: std::collections::BTreeSet<usize> = (0..200)
+        .map(|i| client.shard_of(format!("key{i:03}").as_bytes()))
+        .collect();
+    assert_eq!(owners.len(), shards);
+    for i in 0..200 {
+        assert_eq!(
+            client.get(format!("key{i:03}")).unwrap(),
+            Some(Bytes::from(format!("value{i}")))
+        );
+    }
+    assert_eq!(client.get("missing").unwrap(), None);
+    client.delete("key007").unwrap();
+    assert_eq!(client.get("key007").unwrap(), None);
+    // Scan merges every shard in key order, with continuation.
+    let page = client.scan("key000", Some("key010"), 5).unwrap();
+    let keys: Vec<_> = page.rows.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec!["key000", "key001", "key002", "key003", "key004"]);
+    let page = client
+        .scan(page.next_start.unwrap(), Some("key010"), 5)
+        .unwrap();
+    let keys: Vec<_> = page.rows.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec!["key005", "key006", "key008", "key009"]);
+    assert_eq!(page.next_start, None);
+    // Batches: atomic on one shard, refused across shards.
+    let a = Bytes::from_static(b"batch-a");
+    let same: Vec<Bytes> = (0..100)
+        .map(|i| Bytes::from(format!("batch-{i}")))
+        .filter(|k| client.shard_of(k) == client.shard_of(&a))
+        .take(3)
+        .collect();
+    let ops = same
+        .iter()
+        .map(|k| BatchOp::Put {
+            key: k.clone(),
+            value: Bytes::from_static(b"b"),
+        })
+        .collect();
+    client.batch(ops).unwrap();
+    for k in &same {
+        assert_eq!(client.get(k.clone()).unwrap().as_deref(), Some(&b"b"[..]));
+    }
+    if shards > 1 {
+        let other = (0..100)
+            .map(|i| Bytes::from(format!("other-{i}")))
+            .find(|k| client.shard_of(k) != client.shard_of(&a))
+            .unwrap();
+        let err = client
+            .batch(vec![
+                BatchOp::Put {
+                    key: a.clone(),
+                    value: Bytes::new(),
+                },
+                BatchOp::Put {
+                    key: other,
+                    value: Bytes::new(),
+                },
+            ])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Server {
+                    code: ErrorCode::CrossShardBatch,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    // Requests sent to the shared port for keys on another shard are
+    // forwarded over the mesh.
+    for i in 0..50 {
+        let key = Bytes::from(format!("key{i:03}"));
+        let want = client.get(key.clone()).unwrap();
+        let resp = client
+            .entry()
+            .call(&tessera_client::Request::Get { key })
+            .unwrap();
+        assert_eq!(resp, tessera_client::Response::Get(want));
+    }
+    let stats = client.stats().unwrap();
+    let shards_seen: std::collections::BTreeSet<u32> = stats.iter().map(|m| m.shard).collect();
+    assert_eq!(shards_seen.len(), shards);
+    let puts: f64 = stats
+        .iter()
+        .filter(|m| m.name == "requests_total{op=\"put\"}")
+        .map(|m| m.value)
+        .sum();
+    assert_eq!(puts, 200.0);
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn one_shard_serves_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &[]);
+    exercise_every_operation(&server, 1);
+    assert!(server.stop(), "clean shutdown exits 0");
+}
+
+#[test]
+fn two_shards_serve_every_operation_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2, &[]);
+    exercise_every_operation(&server, 2);
+    let text = http_get(server.metrics.as_deref().unwrap(), "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.contains("tessera_requests_total{shard=\"0\",op=\"put\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tessera_requests_total{shard=\"1\",op=\"put\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tessera_request_latency_us{shard=\"1\",op=\"get\",quantile=\"0.99\"}"),
+        "{text}"
+    );
+    assert!(server.stop());
+}
+
+#[test]
+fn data_survives_a_restart_and_a_shard_count_change_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2, &[]);
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    for i in 0..100 {
+        client.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    drop(client);
+    assert!(server.stop());
+    let err = Server::try_start(dir.path(), 3, &[])
+        .err()
+        .expect("3 shards on a 2-shard directory must be refused");
+    assert!(
+        err.contains("written with 2 shards; started with 3 (use --shards 2)"),
+        "{err}"
+    );
+    let server = Server::start(dir.path(), 2, &[]);
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    for i in 0..100 {
+        assert_eq!(
+            client.get(format!("k{i}")).unwrap(),
+            Some(Bytes::from(format!("v{i}")))
+        );
+    }
+    assert!(server.stop());
+}

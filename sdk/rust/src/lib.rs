@@ -1,0 +1,293 @@
+//! `tessera-client`: the Rust SDK for Tessera. Plain blocking sockets (no
+//! async runtime required, usable from tokio via `spawn_blocking` or from
+//! plain threads), pipelining, timeouts, typed errors, and shard-aware
+//! routing: [`Client`] asks the server for its slot map (`Topology`) and
+//! sends each key's request straight to the port of the shard that owns it.
+//!
+//! ```no_run
+//! use tessera_client::Client;
+//! let mut client = Client::connect("127.0.0.1:7878")?;
+//! client.put("user:1", "ada")?;
+//! assert_eq!(client.get("user:1")?.as_deref(), Some(&b"ada"[..]));
+//! let page = client.scan("user:", Some("user;"), 100)?;
+//! for (key, value) in page.rows { println!("{key:?} = {value:?}"); }
+//!
+//! // Pipelining: send many requests, then read the responses.
+//! let conn = client.connection_for(b"user:2");
+//! let ids: Vec<u64> = (0..100)
+//!     .map(|i| conn.send(&tessera_client::Request::Get { key: format!("user:{i}").into() }))
+//!     .collect::<Result<_, _>>()?;
+//! for id in ids { let _response = conn.wait(id)?; }
+//! # Ok::<(), tessera_client::Error>(())
+//! ```
+
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+use tessera_protocol::frame::{next_frame, put_frame};
+pub use tessera_protocol::message::BatchOp;
+use tessera_protocol::message::{decode_response, Metric};
+pub use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
+
+/// Largest response frame the client accepts.
+const RESPONSE_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out waiting for the server")]
+    Timeout,
+    #[error("server error {}: {message}", code.name())]
+    Server { code: ErrorCode, message: String },
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One connection. Requests may be pipelined: `send` many, then `wait` for
+/// each id; responses arriving out of order are kept until asked for.
+pub struct Connection {
+    stream: TcpStream,
+    next_id: u64,
+    buf: BytesMut,
+    arrived: HashMap<u64, Response>,
+}
+
+impl Connection {
+    pub fn open(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Connection> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| Error::Protocol("address resolves to nothing".into()))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Connection {
+            stream,
+            next_id: 1,
+            buf: BytesMut::with_capacity(64 << 10),
+            arrived: HashMap::new(),
+        })
+    }
+
+    /// Sends a request; returns its id.
+    pub fn send(&mut self, request: &Request) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut frame = Vec::new();
+        put_frame(&mut frame, &request.encode(id));
+        self.stream.write_all(&frame).map_err(timeout_or_io)?;
+        Ok(id)
+    }
+
+    /// Reads the next response off the wire.
+    pub fn recv(&mut self) -> Result<(u64, Response)> {
+        loop {
+            let frame = next_frame(&mut self.buf, RESPONSE_BYTES_MAX)
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            if let Some(frame) = frame {
+                return decode_response(&frame).map_err(|e| Error::Protocol(e.to_string()));
+            }
+            let mut chunk = [0u8; 64 << 10];
+            let n = self.stream.read(&mut chunk).map_err(timeout_or_io)?;
+            if n == 0 {
+                return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Waits for the response to request `id`. Errors from the server come
+    /// back as `Error::Server`.
+    pub fn wait(&mut self, id: u64) -> Result<Response> {
+        loop {
+            if let Some(r) = self.arrived.remove(&id) {
+                return server_error(r);
+            }
+            let (got, response) = self.recv()?;
+            if got == id {
+                return server_error(response);
+            }
+            if got == 0 {
+                // The server could not read a request's id: the stream is
+                // broken for every request in flight.
+                return server_error(response);
+            }
+            self.arrived.insert(got, response);
+        }
+    }
+
+    /// Sends one request and waits for its response.
+    pub fn call(&mut self, request: &Request) -> Result<Response> {
+        let id = self.send(request)?;
+        self.wait(id)
+    }
+}
+
+fn timeout_or_io(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::Timeout,
+        _ => Error::Io(e),
+    }
+}
+
+fn server_error(r: Response) -> Result<Response> {
+    match r {
+        Response::Error { code, message } => Err(Error::Server { code, message }),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(r: Response) -> Error {
+    Error::Protocol(format!("unexpected response {r:?}"))
+}
+
+/// One page of a scan; pass `next_start` as the next start to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub rows: Vec<(Bytes, Bytes)>,
+    pub next_start: Option<Bytes>,
+}
+
+/// A shard-aware client.
+pub struct Client {
+    entry: Connection,
+    shards: Vec<Connection>,
+    slot_owner: Vec<u16>,
+    pub server_version: String,
+}
+
+impl Client {
+    /// Connects with a 10 s timeout.
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
+        Client::connect_with_timeout(addr, Duration::from_secs(10))
+    }
+
+    /// Says hello, fetches the topology and connects to every shard.
+    pub fn connect_with_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Client> {
+        let mut entry = Connection::open(addr, timeout)?;
+        let server_version = match entry.call(&Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "tessera-client-rust".into(),
+        })? {
+            Response::Hello { server_version, .. } => server_version,
+            other => return Err(unexpected(other)),
+        };
+        let (slot_owner, addresses) = match entry.call(&Request::Topology)? {
+            Response::Topology {
+                slot_owner, shards, ..
+            } => (slot_owner, shards),
+            other => return Err(unexpected(other)),
+        };
+        let mut shards = Vec::with_capacity(addresses.len());
+        for (_, address) in &addresses {
+            shards.push(Connection::open(address.as_str(), timeout)?);
+        }
+        if slot_owner.iter().any(|&o| o as usize >= shards.len()) {
+            return Err(Error::Protocol(
+                "topology names a shard it does not list".into(),
+            ));
+        }
+        Ok(Client {
+            entry,
+            shards,
+            slot_owner,
+            server_version,
+        })
+    }
+
+    /// The shard that owns `key`.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        self.slot_owner[tessera_protocol::slot_of(key) as usize] as usize
+    }
+
+    /// The connection to the shard owning `key` (for pipelining).
+    pub fn connection_for(&mut self, key: &[u8]) -> &mut Connection {
+        let shard = self.shard_of(key);
+        &mut self.shards[shard]
+    }
+
+    /// The connection to the shared port (for requests not tied to a key).
+    pub fn entry(&mut self) -> &mut Connection {
+        &mut self.entry
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn get(&mut self, key: impl Into<Bytes>) -> Result<Option<Bytes>> {
+        let key = key.into();
+        match self.connection_for(&key).call(&Request::Get { key })? {
+            Response::Get(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stores `value`; returns the commit timestamp.
+    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
+        let (key, value) = (key.into(), value.into());
+        written(
+            self.connection_for(&key)
+                .call(&Request::Put { key, value })?,
+        )
+    }
+
+    pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<u64> {
+        let key = key.into();
+        written(self.connection_for(&key).call(&Request::Delete { key })?)
+    }
+
+    /// Applies `ops` atomically; all keys must live on one shard.
+    pub fn batch(&mut self, ops: Vec<BatchOp>) -> Result<u64> {
+        let Some(first) = ops.first() else {
+            return Err(Error::Protocol("empty batch".into()));
+        };
+        let shard = self.shard_of(first.key());
+        written(self.shards[shard].call(&Request::Batch { ops })?)
+    }
+
+    /// Keys in `[start, end)`, at most `limit`, in key order.
+    pub fn scan(
+        &mut self,
+        start: impl Into<Bytes>,
+        end: Option<impl Into<Bytes>>,
+        limit: u32,
+    ) -> Result<ScanPage> {
+        let request = Request::Scan {
+            start: start.into(),
+            end: end.map(Into::into),
+            limit,
+        };
+        match self.entry.call(&request)? {
+            Response::Scan { rows, next_start } => Ok(ScanPage { rows, next_start }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn stats(&mut self) -> Result<Vec<Metric>> {
+        match self.entry.call(&Request::Stats)? {
+            Response::Stats(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn ping(&mut self) -> Result<()> {
+        match self.entry.call(&Request::Ping)? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn written(r: Response) -> Result<u64> {
+    match r {
+        Response::Written { ts } => Ok(ts),
+        other => Err(unexpected(other)),
+    }
+}
