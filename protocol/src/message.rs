@@ -724,3 +724,24 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod unknown_op {
+    use super::*;
+
+    #[test]
+    fn an_unknown_union_type_is_an_unknown_operation_with_the_id() {
+        let mut buf = Request::Ping.encode(9);
+        let pos = buf
+            .iter()
+            .rposition(|&b| b == 2)
+            .expect("the Ping union tag is 2");
+        buf[pos] = 200;
+        let err = decode_request(&buf, &Limits::default()).unwrap_err();
+        assert_eq!(
+            (err.id, err.code),
+            (9, ErrorCode::UnknownOperation),
+            "{err}"
+        );
+    }
+}

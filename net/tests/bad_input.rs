@@ -1,0 +1,172 @@
+//! Bad input against the running server: random bytes, truncated frames, an
+//! oversized frame, an unknown operation, a verifier-failing buffer, keys and
+//! values over the limits. Each gets an error response or a closed
+//! connection; the server stays up and other connections are unaffected.
+
+mod common;
+
+use common::Server;
+use rand::{Rng, SeedableRng};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use tessera_client::{Client, Error, ErrorCode, Request, Response};
+use tessera_protocol::frame::{next_frame, put_frame};
+use tessera_protocol::message::decode_response;
+
+fn raw(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads one response frame, or `None` if the server closed the connection.
+fn read_response(s: &mut TcpStream) -> Option<(u64, Response)> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
+            return Some(decode_response(&frame).unwrap());
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn send_frame(s: &mut TcpStream, payload: &[u8]) {
+    let mut out = Vec::new();
+    put_frame(&mut out, payload);
+    s.write_all(&out).unwrap();
+}
+
+fn assert_error(r: Option<(u64, Response)>, id: u64, code: ErrorCode) {
+    match r {
+        Some((got, Response::Error { code: c, .. })) => assert_eq!((got, c), (id, code)),
+        other => panic!("expected error {code:?} for id {id}, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_input_gets_errors_and_never_hurts_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        2,
+        &[
+            "--key-bytes-max",
+            "64",
+            "--value-bytes-max",
+            "1024",
+            "--frame-bytes-max",
+            "4096",
+        ],
+    );
+    let mut good = Client::connect(server.listen.as_str()).unwrap();
+    good.put("survivor", "still here").unwrap();
+
+    // A frame that fails the flatbuffers verifier: BadFrame, connection stays.
+    let mut s = raw(&server.listen);
+    send_frame(&mut s, b"definitely not a flatbuffer");
+    assert_error(read_response(&mut s), 0, ErrorCode::BadFrame);
+    send_frame(&mut s, &Request::Ping.encode(5));
+    assert_eq!(read_response(&mut s), Some((5, Response::Pong)));
+
+    // An unknown operation (union type 200): UnknownOperation with the id.
+    let mut ping = Request::Ping.encode(9);
+    let pos = ping
+        .iter()
+        .rposition(|&b| b == 2)
+        .expect("the Ping union tag is 2");
+    ping[pos] = 200;
+    send_frame(&mut s, &ping);
+    assert_error(read_response(&mut s), 9, ErrorCode::UnknownOperation);
+
+    // Keys and values over the limits, and an empty key.
+    send_frame(
+        &mut s,
+        &Request::Get {
+            key: vec![b'k'; 65].into(),
+        }
+        .encode(11),
+    );
+    assert_error(read_response(&mut s), 11, ErrorCode::KeyTooLarge);
+    send_frame(
+        &mut s,
+        &Request::Put {
+            key: "k".into(),
+            value: vec![0; 1025].into(),
+        }
+        .encode(12),
+    );
+    assert_error(read_response(&mut s), 12, ErrorCode::ValueTooLarge);
+    send_frame(
+        &mut s,
+        &Request::Get {
+            key: bytes::Bytes::new(),
+        }
+        .encode(13),
+    );
+    assert_error(read_response(&mut s), 13, ErrorCode::InvalidArgument);
+    // Hello with a future protocol version.
+    send_frame(
+        &mut s,
+        &Request::Hello {
+            protocol_version: 99,
+            client_name: "x".into(),
+        }
+        .encode(14),
+    );
+    assert_error(read_response(&mut s), 14, ErrorCode::UnsupportedVersion);
+
+    // A frame longer than the limit: an error, then the connection closes.
+    let mut big = raw(&server.listen);
+    big.write_all(&100_000u32.to_le_bytes()).unwrap();
+    assert_error(read_response(&mut big), 0, ErrorCode::BadFrame);
+    assert_eq!(read_response(&mut big), None);
+
+    // A truncated frame followed by a hang-up.
+    let mut cut = raw(&server.listen);
+    let frame = Request::Put {
+        key: "truncated".into(),
+        value: "x".into(),
+    }
+    .encode(1);
+    cut.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();
+    cut.write_all(&frame[..frame.len() / 2]).unwrap();
+    drop(cut);
+
+    // Random bytes on many connections, seeded and replayable.
+    let seed = 0x7e55_e7a;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..50 {
+        let mut r = raw(&server.listen);
+        let len = rng.gen_range(1..2000);
+        let junk: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        let _ = r.write_all(&junk);
+        let _ = r.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink);
+    }
+
+    // The server is up, the other connection never noticed, nothing was lost.
+    assert_eq!(
+        good.get("survivor").unwrap().as_deref(),
+        Some(&b"still here"[..])
+    );
+    assert_eq!(good.get("truncated").unwrap(), None);
+    let err = good.put(vec![b'k'; 65], "v").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Server {
+                code: ErrorCode::KeyTooLarge,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    good.ping().unwrap();
+    assert!(server.stop(), "seed {seed}: clean shutdown after bad input");
+}
