@@ -1,4 +1,6 @@
 //! Starts the real `tessera-server` binary on free localhost ports.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
