@@ -1,1 +1,6 @@
-//! `tessera-tools`: the `tessera` CLI (shell, admin, offline inspectors). Empty until the server issue (#3) lands.
+//! `tessera-tools`: the `tessera` command-line client. One-shot commands
+//! (`tessera get KEY`) and an interactive shell with history when run
+//! without a command. It talks to the server through `tessera-client` and
+//! duplicates no server or engine logic.
+
+pub mod cli;

@@ -1,0 +1,97 @@
+//! `tessera`: run one command, or an interactive shell without one.
+
+use clap::Parser;
+use rustyline::error::ReadlineError;
+use std::time::Duration;
+use tessera_client::Client;
+use tessera_tools::cli::{execute, Cli};
+
+const SHELL_HELP: &str = "commands: get KEY | put KEY VALUE | del KEY | scan [START] [--end END] [--limit N] | stats | ping | help | quit
+quote arguments with spaces: put greeting \"hello world\"";
+
+fn main() {
+    let cli = Cli::parse();
+    let mut client = match Client::connect_with_timeout(
+        cli.addr.as_str(),
+        Duration::from_millis(cli.timeout_ms),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot connect to {}: {e}", cli.addr);
+            std::process::exit(1);
+        }
+    };
+    match &cli.command {
+        Some(command) => match execute(&mut client, command, cli.json) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
+        None => shell(&cli, &mut client),
+    }
+}
+
+fn shell(cli: &Cli, client: &mut Client) {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot start the shell: {e}");
+            std::process::exit(1);
+        }
+    };
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".tessera_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    let prompt = format!("tessera {}> ", cli.addr);
+    loop {
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("error: {e}");
+                break;
+            }
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        match line {
+            "quit" | "exit" => break,
+            "help" | "?" => {
+                println!("{SHELL_HELP}");
+                continue;
+            }
+            _ => {}
+        }
+        let Some(words) = shlex::split(line) else {
+            println!("error: unbalanced quotes");
+            continue;
+        };
+        let parsed = Cli::try_parse_from(std::iter::once("tessera".to_string()).chain(words));
+        match parsed {
+            Ok(Cli {
+                command: Some(command),
+                json,
+                ..
+            }) => match execute(client, &command, json || cli.json) {
+                Ok(text) => println!("{text}"),
+                Err(e) => println!("error: {e}"),
+            },
+            Ok(_) => println!("{SHELL_HELP}"),
+            Err(e) => println!(
+                "{}",
+                e.render().to_string().lines().next().unwrap_or("error")
+            ),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+}

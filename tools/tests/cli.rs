@@ -1,0 +1,137 @@
+//! The `tessera` CLI against a server started in this process (two
+//! shards): one-shot commands, JSON output, errors, and the shell.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use tessera_net::config::{Config, Flags};
+
+struct InProcessServer {
+    addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcessServer {
+    fn start() -> InProcessServer {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Flags {
+            data: Some(dir.path().to_path_buf()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            shard_base_port: Some(0),
+            shards: Some(2),
+            cpus: Some("any".into()),
+            metrics: Some("off".into()),
+            ..Flags::default()
+        };
+        let config = Config::resolve(flags).unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            tessera_net::runtime::run(config, stop, |ready| tx.send(ready.listen).unwrap())
+                .unwrap();
+        });
+        let addr = rx.recv().unwrap();
+        InProcessServer {
+            addr,
+            shutdown,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn tessera(addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--addr")
+        .arg(addr.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn one_shot_commands_print_results_and_json() {
+    let server = InProcessServer::start();
+    let a = server.addr;
+    let (ok, out, _) = tessera(a, &["put", "greeting", "hello world"]);
+    assert!(ok && out.starts_with("OK (ts "), "{out}");
+    assert_eq!(tessera(a, &["get", "greeting"]).1, "hello world\n");
+    assert_eq!(tessera(a, &["get", "nope"]).1, "(not found)\n");
+    let (_, out, _) = tessera(a, &["--json", "get", "greeting"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["value"], "hello world");
+    assert_eq!(v["found"], true);
+    for k in ["a1", "a2", "a3", "b1"] {
+        assert!(tessera(a, &["put", k, "x"]).0);
+    }
+    let (_, out, _) = tessera(a, &["scan", "a", "--end", "b", "--limit", "2"]);
+    assert_eq!(out, "a1\tx\na2\tx\n(2 rows; more from a2\\x00)\n");
+    assert!(tessera(a, &["del", "a1"]).0);
+    assert_eq!(tessera(a, &["get", "a1"]).1, "(not found)\n");
+    assert_eq!(tessera(a, &["ping"]).1, "PONG\n");
+    let (_, out, _) = tessera(a, &["stats"]);
+    assert!(
+        out.contains("shard 1") && out.contains("requests_total{op=\"put\"}"),
+        "{out}"
+    );
+    let (ok, _, err) = tessera(a, &["put", &"k".repeat(5000), "v"]);
+    assert!(
+        !ok && err.starts_with("error: server error KeyTooLarge"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_one_clear_line_and_exit_1() {
+    let (ok, _, err) = tessera("127.0.0.1:1".parse().unwrap(), &["ping"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: cannot connect to 127.0.0.1:1"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn the_shell_runs_commands_from_its_input() {
+    let server = InProcessServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--addr")
+        .arg(server.addr.to_string())
+        .env("HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"put k \"two words\"\nget k\nbogus\nhelp\nquit\n")
+        .unwrap();
+    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    assert!(out.contains("OK (ts "), "{out}");
+    assert!(out.contains("two words\n"), "{out}");
+    assert!(out.contains("unrecognized subcommand 'bogus'"), "{out}");
+    assert!(out.contains("commands: get KEY"), "{out}");
+}
