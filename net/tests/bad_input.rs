@@ -138,7 +138,7 @@ fn bad_input_gets_errors_and_never_hurts_the_server() {
     drop(cut);
 
     // Random bytes on many connections, seeded and replayable.
-    let seed = 0x7e55_e7a;
+    let seed = 0x07e5_5e7a;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for _ in 0..50 {
         let mut r = raw(&server.listen);
