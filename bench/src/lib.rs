@@ -1,4 +1,10 @@
-//! `tessera-bench`: benchmarks for Tessera. Today it holds
-//! `tessera-engine-bench`, an engine benchmark that speaks RocksDB
-//! `db_bench`'s vocabulary so the two can run back to back
-//! (`bench/compare-rocksdb.sh`). Nothing here is needed at run time.
+//! `tessera-bench`: Tessera's benchmarks. `tessera-bench` is the load
+//! generator (YCSB-style workloads against Tessera's native protocol or
+//! Redis, closed or open loop, HdrHistogram percentiles, SVG plots);
+//! `tessera-engine-bench` benchmarks the engine with db_bench's vocabulary.
+//! Nothing here is needed at run time.
+
+pub mod driver;
+pub mod report;
+pub mod runner;
+pub mod workload;

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Tessera (1 shard) against Redis with the same load generator: server on
+# core 0, tessera-bench on core 1, 50 connections, 100-byte values, 1M keys
+# preloaded. GET and SET unpipelined and 16-deep; then durable SET (Redis
+# appendfsync always vs Tessera --wal-sync always). Prints one table with
+# medians of RUNS runs (default 3) and the ratios.
+# Usage: bench/compare-redis.sh [seconds per run, default 5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+runs=${RUNS:-3}
+keys=${KEYS:-1000000}
+if ! command -v redis-server >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+cargo build --release -q -p tessera-bench -p tessera-net
+bench=target/release/tessera-bench
+work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
+port=$((20000 + RANDOM % 20000))
+tport=$((port + 10))
+cleanup() {
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  pkill -TERM -f "tessera-server --data $work" 2>/dev/null || true
+  sleep 1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_redis() { # extra args...
+  taskset -c 0 redis-server --port "$port" --dir "$work" --save "" "$@" >/dev/null 2>&1 &
+  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "redis-server did not start" >&2; exit 1
+}
+stop_redis() { redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; sleep 0.5; }
+start_tessera() { # sync mode
+  rm -rf "$work/tessera"
+  taskset -c 0 target/release/tessera-server --data "$work/tessera" --listen "127.0.0.1:$tport" \
+    --shards 1 --cpus 0 --metrics off --wal-sync "$1" >"$work/tessera.out" 2>"$work/tessera.err" &
+  for _ in $(seq 100); do grep -q ready "$work/tessera.out" 2>/dev/null && return; sleep 0.1; done
+  cat "$work/tessera.err" >&2; exit 1
+}
+stop_tessera() { pkill -TERM -f "tessera-server --data $work" || true; sleep 1; }
+
+# run NAME TARGET WORKLOAD PIPELINE -> appends "name ops p99_ms" per run
+run() {
+  local name=$1 target=$2 workload=$3 pipeline=$4
+  for _ in $(seq "$runs"); do
+    taskset -c 1 "$bench" --target "$target" --workload "$workload" --keys "$keys" \
+      --connections 50 --pipeline "$pipeline" --duration "$secs" --warmup 1 --value-size 100 \
+      --cpus 1 --json --quiet >"$work/run.json"
+    python3 - "$name" "$work/run.json" >>"$work/results" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[2]))
+op = next(iter(r["operations"].values()))
+print(sys.argv[1], round(r["ops_per_sec"]), op["p99_us"] / 1000.0, int(r["load_generator_saturated"]))
+PY
+  done
+}
+preload() { taskset -c 1 "$bench" --target "$1" --workload set --keys "$keys" --preload --requests 1 \
+  --connections 50 --pipeline 16 --cpus 1 --quiet >/dev/null; }
+
+: >"$work/results"
+start_redis --appendonly no
+preload "redis://127.0.0.1:$port"
+for p in 1 16; do
+  run "redis-get-p$p" "redis://127.0.0.1:$port" get $p
+  run "redis-set-p$p" "redis://127.0.0.1:$port" set $p
+done
+stop_redis
+start_tessera none
+preload "tessera://127.0.0.1:$tport"
+for p in 1 16; do
+  run "tessera-get-p$p" "tessera://127.0.0.1:$tport" get $p
+  run "tessera-set-p$p" "tessera://127.0.0.1:$tport" set $p
+done
+stop_tessera
+start_redis --appendonly yes --appendfsync always
+for p in 1 16; do run "redis-durable-set-p$p" "redis://127.0.0.1:$port" set $p; done
+stop_redis
+start_tessera always
+for p in 1 16; do run "tessera-durable-set-p$p" "tessera://127.0.0.1:$tport" set $p; done
+stop_tessera
+
+python3 - "$work/results" "$runs" "$secs" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, ops, p99, sat = line.split()
+    rows.setdefault(name, []).append((float(ops), float(p99), int(sat)))
+def med(name):
+    v = rows[name]
+    return statistics.median(o for o, _, _ in v), statistics.median(p for _, p, _ in v), max(s for _, _, s in v)
+print(f"{'scenario':<18} {'redis ops/s':>12} {'p99 ms':>8} {'tessera ops/s':>14} {'p99 ms':>8} {'ratio':>6}")
+for s in ["get-p1", "set-p1", "get-p16", "set-p16", "durable-set-p1", "durable-set-p16"]:
+    ro, rp, rs = med("redis-" + s)
+    to, tp, ts = med("tessera-" + s)
+    flag = "  (load generator saturated)" if rs or ts else ""
+    print(f"{s:<18} {ro:>12,.0f} {rp:>8.2f} {to:>14,.0f} {tp:>8.2f} {to / ro:>6.2f}{flag}")
+print(f"(medians of {sys.argv[2]} runs of {sys.argv[3]} s; 50 connections, 100-byte values, server on cpu 0, load on cpu 1)")
+PY

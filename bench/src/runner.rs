@@ -1,0 +1,452 @@
+//! The load generator's engine: `threads` OS threads (optionally pinned),
+//! each running a mio event loop over its share of the connections. A
+//! connection keeps up to `pipeline` requests in flight. Closed loop: a
+//! completion sends the next request. Open loop (`rate`): requests are due
+//! on a fixed schedule and latency is measured from the scheduled time, so
+//! a stalled server shows up as queueing delay (no coordinated omission).
+//!
+//! Against Tessera a logical connection holds one socket per shard and
+//! routes each key to its owner's port (shard-aware); against Redis it is
+//! one socket.
+
+use crate::driver::{Command, Protocol, Reply};
+use crate::workload::{key, Distribution, KeyChooser, OpKind, ValueSize, Workload};
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Open-loop requests waiting for a free pipeline slot before the run is
+/// declared overloaded.
+const BACKLOG_MAX: usize = 1_000_000;
+/// How long in-flight requests may take to drain after the run ends.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub protocol: Protocol,
+    /// One address per shard (Tessera) or the one Redis address.
+    pub addresses: Vec<SocketAddr>,
+    /// Slot owners for routing (Tessera); empty for Redis.
+    pub slot_owner: Vec<u16>,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub threads: usize,
+    pub cpus: Option<Vec<usize>>,
+    /// Total requests per second (open loop), or closed loop.
+    pub rate: Option<f64>,
+    pub duration: Option<Duration>,
+    pub requests: Option<u64>,
+    pub warmup: Duration,
+    pub workload: Workload,
+    pub distribution: Distribution,
+    pub keys: u64,
+    pub key_size: usize,
+    pub value_size: ValueSize,
+    pub scan_length_max: u32,
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+/// State the threads share with the progress reporter.
+pub struct Shared {
+    pub completed: AtomicU64,
+    pub errors: AtomicU64,
+    pub issued: AtomicU64,
+    pub next_insert: AtomicU64,
+    /// Latencies since the last progress line (µs).
+    pub interval: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    pub fn new(keys: u64) -> Arc<Shared> {
+        Arc::new(Shared {
+            completed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+            next_insert: AtomicU64::new(keys),
+            interval: Mutex::new(new_histogram()),
+        })
+    }
+}
+
+/// What one thread measured.
+pub struct ThreadResult {
+    pub histograms: Vec<Histogram<u64>>,
+    pub errors: HashMap<String, u64>,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Insert keys `[0, keys)` once, as fast as possible; nothing recorded.
+    Preload {
+        keys: u64,
+    },
+    Run,
+}
+
+struct Pending {
+    kind: OpKind,
+    intended: Instant,
+    /// For read-modify-write: the key to write once the read returns.
+    rmw_key: Option<Vec<u8>>,
+    conn: usize,
+}
+
+struct Socket {
+    stream: TcpStream,
+    wbuf: Vec<u8>,
+    rbuf: BytesMut,
+    next_id: u64,
+    by_id: HashMap<u64, Pending>,
+    in_order: VecDeque<Pending>,
+    writable_interest: bool,
+}
+
+struct Conn {
+    sockets: Vec<usize>,
+    inflight: usize,
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    Ok(TcpStream::from_std(s))
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Inserts every key once (not measured).
+pub fn preload(plan: &Plan) -> anyhow::Result<()> {
+    let shared = Shared::new(0);
+    run_threads(plan, &shared, Mode::Preload { keys: plan.keys }).map(|_| ())
+}
+
+/// Runs the measured phase.
+pub fn run(plan: &Plan, shared: &Arc<Shared>) -> anyhow::Result<Vec<ThreadResult>> {
+    run_threads(plan, shared, Mode::Run)
+}
+
+fn run_threads(plan: &Plan, shared: &Arc<Shared>, mode: Mode) -> anyhow::Result<Vec<ThreadResult>> {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..plan.threads)
+        .map(|t| {
+            let (plan, shared) = (plan.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name(format!("bench-{t}"))
+                .spawn(move || thread_main(&plan, &shared, t, mode, start))
+        })
+        .collect::<Result<_, _>>()?;
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))?
+        })
+        .collect()
+}
+
+fn thread_main(
+    plan: &Plan,
+    shared: &Shared,
+    t: usize,
+    mode: Mode,
+    start: Instant,
+) -> anyhow::Result<ThreadResult> {
+    if let Some(cpus) = &plan.cpus {
+        pin(cpus[t % cpus.len()]);
+    }
+    let my_conns =
+        (plan.connections / plan.threads) + usize::from(t < plan.connections % plan.threads);
+    let mut poll = Poll::new()?;
+    let mut sockets: Vec<Socket> = Vec::new();
+    let mut conns: Vec<Conn> = Vec::new();
+    for _ in 0..my_conns {
+        let mut conn = Conn {
+            sockets: Vec::new(),
+            inflight: 0,
+        };
+        for addr in &plan.addresses {
+            let mut stream =
+                connect(*addr).map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+            poll.registry()
+                .register(&mut stream, Token(sockets.len()), Interest::READABLE)?;
+            conn.sockets.push(sockets.len());
+            sockets.push(Socket {
+                stream,
+                wbuf: Vec::with_capacity(64 << 10),
+                rbuf: BytesMut::with_capacity(64 << 10),
+                next_id: 1,
+                by_id: HashMap::new(),
+                in_order: VecDeque::new(),
+                writable_interest: false,
+            });
+        }
+        conns.push(conn);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed ^ (t as u64) << 32);
+    let mut chooser = KeyChooser::new(plan.distribution, plan.keys);
+    let values: Vec<u8> = (0..plan.value_size.max + 4096)
+        .map(|_| rng.gen_range(b'a'..=b'z'))
+        .collect();
+    let mut histograms: Vec<Histogram<u64>> = OpKind::ALL.iter().map(|_| new_histogram()).collect();
+    let mut interval = new_histogram();
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    let record_from = start + plan.warmup;
+    let end = match mode {
+        Mode::Preload { .. } => None,
+        Mode::Run => plan.duration.map(|d| record_from + d),
+    };
+    let per_thread_rate = plan.rate.map(|r| r / plan.threads as f64);
+    let gap = per_thread_rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut next_due = start;
+    let mut backlog: VecDeque<Instant> = VecDeque::new();
+    let mut events = Events::with_capacity(1024);
+    let mut read_chunk = vec![0u8; 64 << 10];
+    let mut last_flush = Instant::now();
+    let mut stopping = false;
+    let mut stop_at = None;
+
+    // Issues one new operation on `c`, due at `intended`. Returns false
+    // when there is nothing more to issue.
+    macro_rules! issue {
+        ($c:expr, $intended:expr) => {{
+            let kind = match mode {
+                Mode::Preload { .. } => OpKind::Insert,
+                Mode::Run => plan.workload.pick(&mut rng),
+            };
+            let index = if kind == OpKind::Insert {
+                let i = shared.next_insert.fetch_add(1, Ordering::Relaxed);
+                match mode {
+                    Mode::Preload { keys } if i >= keys => None,
+                    _ => Some(i),
+                }
+            } else {
+                chooser.inserted = shared.next_insert.load(Ordering::Relaxed);
+                Some(chooser.next(&mut rng))
+            };
+            match index {
+                None => false,
+                Some(index) => {
+                    let k = key(index, plan.key_size);
+                    let len = plan.value_size.next(&mut rng);
+                    let offset = rng.gen_range(0..4096);
+                    let value = &values[offset..offset + len];
+                    let command = match kind {
+                        OpKind::Read | OpKind::ReadModifyWrite => Command::Get(&k),
+                        OpKind::Update | OpKind::Insert => Command::Set(&k, value),
+                        OpKind::Scan => Command::Scan(&k, rng.gen_range(1..=plan.scan_length_max)),
+                    };
+                    let rmw_key = (kind == OpKind::ReadModifyWrite).then(|| k.clone());
+                    let s = route(plan, &conns[$c], &k);
+                    send(
+                        &mut sockets[s],
+                        plan.protocol,
+                        &command,
+                        Pending {
+                            kind,
+                            intended: $intended,
+                            rmw_key,
+                            conn: $c,
+                        },
+                    );
+                    conns[$c].inflight += 1;
+                    shared.issued.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+            }
+        }};
+    }
+
+    loop {
+        let now = Instant::now();
+        if !stopping {
+            let out_of_requests = plan
+                .requests
+                .is_some_and(|r| shared.issued.load(Ordering::Relaxed) >= r);
+            if end.is_some_and(|e| now >= e) || out_of_requests {
+                stopping = true;
+                stop_at = Some(now);
+            }
+        }
+        if !stopping {
+            match gap {
+                Some(gap) => {
+                    while next_due <= now {
+                        backlog.push_back(next_due);
+                        next_due += gap;
+                    }
+                    if backlog.len() > BACKLOG_MAX {
+                        anyhow::bail!(
+                            "open loop fell {} requests behind: the target rate is not sustainable",
+                            backlog.len()
+                        );
+                    }
+                    for c in 0..conns.len() {
+                        while conns[c].inflight < plan.pipeline {
+                            let Some(intended) = backlog.pop_front() else {
+                                break;
+                            };
+                            if !issue!(c, intended) {
+                                stopping = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for c in 0..conns.len() {
+                        while conns[c].inflight < plan.pipeline && !stopping {
+                            if !issue!(c, Instant::now()) {
+                                stopping = true;
+                                stop_at = Some(Instant::now());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (i, s) in sockets.iter_mut().enumerate() {
+            flush(&poll, i, s)?;
+        }
+        let inflight: usize = conns.iter().map(|c| c.inflight).sum();
+        if stopping && (inflight == 0 || stop_at.is_some_and(|s| s.elapsed() > DRAIN_GRACE)) {
+            if inflight > 0 {
+                *errors.entry("timeout".into()).or_default() += inflight as u64;
+            }
+            break;
+        }
+        let timeout = match gap {
+            Some(_) if !stopping => next_due
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(5)),
+            _ => Duration::from_millis(5),
+        };
+        poll.poll(&mut events, Some(timeout))?;
+        for event in events.iter() {
+            let i = event.token().0;
+            if event.is_writable() {
+                flush(&poll, i, &mut sockets[i])?;
+            }
+            if !event.is_readable() {
+                continue;
+            }
+            loop {
+                match sockets[i].stream.read(&mut read_chunk) {
+                    Ok(0) => anyhow::bail!("the server closed a connection"),
+                    Ok(n) => sockets[i].rbuf.extend_from_slice(&read_chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => anyhow::bail!("reading from the server: {e}"),
+                }
+            }
+            while let Some((id, reply)) = plan
+                .protocol
+                .decode(&mut sockets[i].rbuf)
+                .map_err(|e| anyhow::anyhow!("decoding a reply: {e}"))?
+            {
+                let socket = &mut sockets[i];
+                let pending = match id {
+                    Some(id) => socket.by_id.remove(&id),
+                    None => socket.in_order.pop_front(),
+                };
+                let Some(mut pending) = pending else {
+                    anyhow::bail!("a reply matched no request");
+                };
+                if let (Some(k), Reply::Ok) = (pending.rmw_key.take(), &reply) {
+                    // Second half of read-modify-write: same connection, same clock.
+                    let offset = rng.gen_range(0..4096);
+                    let len = plan.value_size.next(&mut rng);
+                    let command = Command::Set(&k, &values[offset..offset + len]);
+                    let s = route(plan, &conns[pending.conn], &k);
+                    send(&mut sockets[s], plan.protocol, &command, pending);
+                    continue;
+                }
+                conns[pending.conn].inflight -= 1;
+                let done = Instant::now();
+                if let Reply::Error(kind) = reply {
+                    *errors.entry(kind).or_default() += 1;
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(mode, Mode::Run) && pending.intended >= record_from {
+                    let us = done.saturating_duration_since(pending.intended).as_micros() as u64;
+                    let _ = histograms[pending.kind.index()].record(us.max(1));
+                    let _ = interval.record(us.max(1));
+                    shared.completed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if last_flush.elapsed() >= Duration::from_millis(200) {
+            if let Ok(mut shared_interval) = shared.interval.lock() {
+                let _ = shared_interval.add(&interval);
+            }
+            interval.reset();
+            last_flush = Instant::now();
+        }
+    }
+    Ok(ThreadResult { histograms, errors })
+}
+
+fn route(plan: &Plan, conn: &Conn, k: &[u8]) -> usize {
+    if plan.slot_owner.is_empty() {
+        conn.sockets[0]
+    } else {
+        conn.sockets[plan.slot_owner[tessera_protocol::slot_of(k) as usize] as usize]
+    }
+}
+
+fn send(socket: &mut Socket, protocol: Protocol, command: &Command, pending: Pending) {
+    let id = socket.next_id;
+    socket.next_id += 1;
+    protocol.encode(id, command, &mut socket.wbuf);
+    match protocol {
+        Protocol::Tessera => {
+            socket.by_id.insert(id, pending);
+        }
+        Protocol::Redis => socket.in_order.push_back(pending),
+    }
+}
+
+fn flush(poll: &Poll, token: usize, s: &mut Socket) -> anyhow::Result<()> {
+    while !s.wbuf.is_empty() {
+        match s.stream.write(&s.wbuf) {
+            Ok(n) => {
+                s.wbuf.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => anyhow::bail!("writing to the server: {e}"),
+        }
+    }
+    let want_writable = !s.wbuf.is_empty();
+    if want_writable != s.writable_interest {
+        let interest = if want_writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        poll.registry()
+            .reregister(&mut s.stream, Token(token), interest)?;
+        s.writable_interest = want_writable;
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The load generator itself: open-loop latency includes the queueing
+//! delay a stalled server causes (no coordinated omission), closed loop
+//! hides it; and the RESP driver works against a real `redis-server`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tessera_bench::driver::Protocol;
+use tessera_bench::runner::{self, Plan, Shared};
+use tessera_bench::workload::{OpKind, ValueSize, Workload};
+
+/// A RESP server that answers `+OK` to every command, but sleeps `stall`
+/// before answering the first command received after `stall_after`.
+fn stalling_server(stall_after: Duration, stall: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let start = Instant::now();
+        let mut stalled = false;
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            // "*3" header: then 3 × ($len, data) lines.
+            let n: usize = line.trim_start_matches('*').trim().parse().unwrap();
+            for _ in 0..2 * n {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+            }
+            if !stalled && start.elapsed() >= stall_after {
+                stalled = true;
+                std::thread::sleep(stall);
+            }
+            if writer.write_all(b"+OK\r\n").is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+fn plan(addr: SocketAddr, rate: Option<f64>) -> Plan {
+    Plan {
+        protocol: Protocol::Redis,
+        addresses: vec![addr],
+        slot_owner: Vec::new(),
+        connections: 1,
+        pipeline: 1,
+        threads: 1,
+        cpus: None,
+        rate,
+        duration: Some(Duration::from_millis(1500)),
+        requests: None,
+        warmup: Duration::ZERO,
+        workload: "set".parse::<Workload>().unwrap(),
+        distribution: tessera_bench::workload::Distribution::Uniform,
+        keys: 1000,
+        key_size: 16,
+        value_size: ValueSize { min: 10, max: 10 },
+        scan_length_max: 10,
+    }
+}
+
+/// Requests slower than 100 ms, and all requests.
+fn slow_and_total(plan: &Plan) -> (u64, u64) {
+    let results = runner::run(plan, &Shared::new(plan.keys)).unwrap();
+    let h = &results[0].histograms[OpKind::Update.index()];
+    let slow = h.len() - h.count_between(0, 100_000);
+    (slow, h.len())
+}
+
+#[test]
+fn open_loop_latency_includes_the_queueing_delay_of_a_stall() {
+    let stall = Duration::from_millis(400);
+    // Open loop at 1000/s: the ~400 requests due during the stall all wait.
+    let (slow, total) = slow_and_total(&plan(
+        stalling_server(Duration::from_millis(300), stall),
+        Some(1000.0),
+    ));
+    assert!(total > 1000, "{total} requests completed");
+    assert!(
+        slow >= 250,
+        "open loop: only {slow} of {total} requests saw the stall"
+    );
+    // Closed loop: one request waits, the schedule silently slips.
+    let (slow, total) = slow_and_total(&plan(
+        stalling_server(Duration::from_millis(300), stall),
+        None,
+    ));
+    assert!(slow <= 2, "closed loop: {slow} of {total} slow");
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_resp_driver_talks_to_a_real_redis_server() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed by scripts/test.sh");
+    let _redis = Redis(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut p = plan(addr, None);
+    p.connections = 4;
+    p.pipeline = 8;
+    p.duration = None;
+    p.requests = Some(5000);
+    p.workload = "mixed:50".parse().unwrap();
+    runner::preload(&p).unwrap();
+    let results = runner::run(&p, &Shared::new(p.keys)).unwrap();
+    let reads: u64 = results
+        .iter()
+        .map(|r| r.histograms[OpKind::Read.index()].len())
+        .sum();
+    let updates: u64 = results
+        .iter()
+        .map(|r| r.histograms[OpKind::Update.index()].len())
+        .sum();
+    let errors: u64 = results.iter().flat_map(|r| r.errors.values()).sum();
+    assert_eq!(errors, 0);
+    assert!(reads + updates >= 5000, "{reads} reads + {updates} updates");
+    assert!(
+        reads > 2000 && updates > 2000,
+        "{reads} reads, {updates} updates"
+    );
+    // The preload really wrote every key.
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "dbsize"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+}
