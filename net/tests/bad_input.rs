@@ -170,3 +170,26 @@ fn bad_input_gets_errors_and_never_hurts_the_server() {
     good.ping().unwrap();
     assert!(server.stop(), "seed {seed}: clean shutdown after bad input");
 }
+
+#[test]
+fn connections_over_the_limit_are_refused_and_the_rest_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &["--connections-max", "3"]);
+    // The shared port and the shard port belong to one shard: 3 in total.
+    let mut kept: Vec<TcpStream> = (0..3).map(|_| raw(&server.listen)).collect();
+    for s in &mut kept {
+        send_frame(s, &Request::Ping.encode(1));
+        assert_eq!(read_response(s), Some((1, Response::Pong)));
+    }
+    let mut refused = raw(&server.listen);
+    assert_error(read_response(&mut refused), 0, ErrorCode::Unavailable);
+    assert_eq!(read_response(&mut refused), None);
+    send_frame(&mut kept[0], &Request::Ping.encode(2));
+    assert_eq!(read_response(&mut kept[0]), Some((2, Response::Pong)));
+    drop(kept);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = raw(&server.listen);
+    send_frame(&mut again, &Request::Ping.encode(3));
+    assert_eq!(read_response(&mut again), Some((3, Response::Pong)));
+    assert!(server.stop());
+}
