@@ -165,6 +165,8 @@ fn run_threads(plan: &Plan, shared: &Arc<Shared>, mode: Mode) -> anyhow::Result<
         .collect()
 }
 
+// `issue!` needs `conns` by index while the loops walk it.
+#[allow(clippy::needless_range_loop)]
 fn thread_main(
     plan: &Plan,
     shared: &Shared,

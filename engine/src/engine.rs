@@ -111,6 +111,8 @@ pub(crate) struct Inner<D: Disk> {
     pub bg_error: RefCell<Option<String>>,
     pub closed: Cell<bool>,
     pub writer_done: Cell<bool>,
+    /// Where the writer task is (for `debug_state`).
+    pub writer_phase: Cell<&'static str>,
     /// Flush and compaction tasks still running (close waits for zero).
     pub tasks_running: Cell<usize>,
     pub swap_requested: Cell<bool>,
@@ -241,6 +243,7 @@ impl<D: Disk> Engine<D> {
             bg_error: RefCell::default(),
             closed: Cell::new(false),
             writer_done: Cell::new(false),
+            writer_phase: Cell::new("starting"),
             tasks_running: Cell::new(2),
             // Flush what the WAL replay rebuilt, so the replayed segments
             // are recycled instead of read again at every open.
@@ -469,6 +472,31 @@ impl<D: Disk> Engine<D> {
     pub async fn compact(&self) -> Result<()> {
         while compaction::compact_once(&self.inner).await? {}
         Ok(())
+    }
+
+    /// Internal scheduling state, for diagnosing stalls.
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        let i = &self.inner;
+        let q = i.queue.borrow();
+        format!(
+            "writer={} mem_bytes={} imms={} queue_batches={} queue_bytes={} swap_requested={} closed={} writer_done={} tasks_running={} bg_error={:?} flushes={} flush_errors={} compactions={} stalls={} groups={}",
+            i.writer_phase.get(),
+            i.mem.borrow().bytes(),
+            i.imms.borrow().len(),
+            q.batches.len(),
+            q.bytes,
+            i.swap_requested.get(),
+            i.closed.get(),
+            i.writer_done.get(),
+            i.tasks_running.get(),
+            i.bg_error.borrow(),
+            i.stats.flushes.get(),
+            i.stats.flush_errors.get(),
+            i.stats.compactions.get(),
+            i.stats.write_stalls.get(),
+            i.stats.wal_groups.get(),
+        )
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -30,15 +30,8 @@ pub use engine::{Engine, EngineStats, WriteBatch};
 pub use error::{Error, Result};
 pub use options::{Options, SyncMode};
 
-/// How often a busy executor stops to reap I/O completions. glommio's
-/// default (100 ms) let a CPU-bound foreground (memtable reads, `none`
-/// writes) hold flush I/O completions for 100 ms each, so one flush of 64
-/// 1 MiB writes took seconds (measured); engines must run with this.
-pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// Runs `f` to completion on a fresh glommio executor on this thread's
-/// behalf (floating, not pinned), with [`PREEMPT_TIMER`]. For tests, tools
-/// and benchmarks.
+/// behalf (floating, not pinned). For tests, tools and benchmarks.
 pub fn run_local<F, Fut, T>(f: F) -> T
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -46,7 +39,6 @@ where
     T: Send + 'static,
 {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .preempt_timer(PREEMPT_TIMER)
         .spawn(f)
         .expect("cannot start a glommio executor")
         .join()

@@ -77,6 +77,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
+        inner.writer_phase.set("swap");
         if let Err(e) = maybe_swap_memtable(&inner, &mut wal).await {
             tracing::error!(error = %e, "WAL roll failed; retrying");
             fail_queue(&inner, e);
@@ -92,6 +93,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 inner.events.flushed.notify(usize::MAX);
                 return;
             }
+            inner.writer_phase.set("idle");
             idle(&inner, unsynced, last_sync).await;
             if unsynced && due(&inner, last_sync) && wal.sync().await.is_ok() {
                 unsynced = false;
@@ -105,7 +107,9 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
             (std::mem::take(&mut q.batches), std::mem::take(&mut q.group))
         };
         inner.events.space.notify(usize::MAX);
+        inner.writer_phase.set("write");
         let mut result = write_group(&inner, &mut wal, &batches, &mut chunk, &mut payload).await;
+        inner.writer_phase.set("sync");
         if result.is_ok() {
             unsynced = true;
             if inner.opts.wal_sync == SyncMode::Always || due(&inner, last_sync) {
@@ -117,6 +121,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 }
             }
         }
+        inner.writer_phase.set("complete");
         match result {
             Ok(()) => {
                 if inner.opts.wal_sync != SyncMode::None {

@@ -1,5 +1,7 @@
 //! Starting and stopping the shards: one glommio executor per shard (pinned
-//! to its CPU unless told to float), the channel mesh between them, the
+//! to its CPU unless told to float, glommio's default 100 ms preempt timer:
+//! a 1 ms timer lost woken tasks under CPU contention, see
+//! docs/architecture.md), the channel mesh between them, the
 //! listeners, the ready line, and a clean shutdown on SIGTERM/SIGINT
 //! (stop accepting, finish in-flight writes, flush, exit 0).
 
@@ -16,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
-use tessera_engine::{Engine, Options, PREEMPT_TIMER};
+use tessera_engine::{Engine, Options};
 
 /// Capacity of each mesh queue (per ordered pair of shards).
 const MESH_QUEUE_DEPTH: usize = 1024;
@@ -97,7 +99,6 @@ pub fn run(
         );
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("tessera-shard-{i}"))
-            .preempt_timer(PREEMPT_TIMER)
             .spawn(move || async move {
                 let result = shard_main(
                     i,
