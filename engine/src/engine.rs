@@ -8,6 +8,7 @@
 //! than the best found so far are skipped.
 
 use crate::cache::BlockCache;
+use crate::cc::{key_hash, Concurrency};
 use crate::clock::{ms_of_ts, ts_from_ms, wall_ms, HybridClock};
 use crate::compaction;
 use crate::error::{Error, Result};
@@ -19,12 +20,12 @@ use crate::memtable::Memtable;
 use crate::options::{Options, SyncMode};
 use crate::sst::{parse_table_name, table_name, Table, TableBuilder};
 use crate::version::Version;
-use crate::wal::{self, ReplayReport, Spares, Wal};
+use crate::wal::{self, Record, ReplayReport, Spares, Wal};
 use crate::write::{self, wait_until, Group, Queue};
 use bytes::Bytes;
 use event_listener::Event;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -57,6 +58,27 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    pub(crate) fn ops(&self) -> &[(Kind, Bytes, Bytes)] {
+        &self.ops
+    }
+
+    /// The keys written, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        self.ops.iter().map(|(_, key, _)| key)
+    }
+
+    pub(crate) fn into_entries(self, ts: u64) -> Vec<Entry> {
+        self.ops
+            .into_iter()
+            .map(|(kind, key, value)| Entry {
+                key,
+                ts,
+                kind,
+                value,
+            })
+            .collect()
+    }
 }
 
 /// Event sources the tasks wait on.
@@ -72,6 +94,8 @@ pub(crate) struct Events {
     pub flushed: Event,
     /// The level shape changed; compaction re-checks.
     pub compact: Event,
+    /// An intent was released or a queued write applied.
+    pub resolved: Event,
 }
 
 /// Monotonic counters, read by [`Engine::stats`].
@@ -121,6 +145,19 @@ pub(crate) struct Inner<D: Disk> {
     pub compaction_lock: glommio::sync::Semaphore,
     pub compaction_pointer: RefCell<Vec<Option<Bytes>>>,
     pub replay: ReplayReport,
+    /// Intents and read/write timestamps (see `cc.rs`).
+    pub cc: RefCell<Concurrency>,
+    /// Prepared transactions awaiting a decision: ts → their writes.
+    pub prepared: RefCell<BTreeMap<u64, Vec<Entry>>>,
+    /// Transactions recovered prepared, undecided at open.
+    pub in_doubt: Vec<u64>,
+    /// Commit decisions this shard coordinated, kept until every
+    /// participant has its commit durable: ts → participants.
+    pub decisions: RefCell<BTreeMap<u64, Vec<u32>>>,
+    /// Timestamps of queued plain writes not yet applied (count per ts).
+    pub inflight: RefCell<BTreeMap<u64, u32>>,
+    /// The clock when recovery finished.
+    pub open_ts: u64,
 }
 
 /// A point-in-time view of the engine's figures.
@@ -149,6 +186,12 @@ pub struct EngineStats {
     pub retention_watermark_ts: u64,
     pub last_ts: u64,
     pub background_error: Option<String>,
+    /// Keys under an undecided transaction's intent.
+    pub txn_intents: usize,
+    /// Transactions prepared here awaiting their decision.
+    pub txn_prepared: usize,
+    /// Commit decisions kept until every participant has its commit durable.
+    pub txn_decisions: usize,
 }
 
 /// A shard's storage engine. Cheap to clone (a handle); all clones must
@@ -202,25 +245,58 @@ impl<D: Disk> Engine<D> {
         }
         let version = Version::empty().rebuild(&levels, &opened);
         let mem = Rc::new(Memtable::new());
+        let mut prepared: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+        let mut decisions: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         let (wal, replay) = Wal::open(
             &disk,
             &wal_dir,
             opts.wal_segment_bytes,
             levels.log_number,
-            |_, entries| {
-                for e in entries {
-                    mem.insert(e);
+            |rec| match rec {
+                Record::Batch { entries, .. } => {
+                    for e in entries {
+                        mem.insert(e);
+                    }
+                }
+                Record::Prepare { ts, entries } => {
+                    prepared.insert(ts, entries);
+                }
+                Record::Commit { ts, entries } => {
+                    prepared.remove(&ts);
+                    for e in entries {
+                        mem.insert(e);
+                    }
+                }
+                Record::Decision {
+                    ts,
+                    commit,
+                    participants,
+                } => {
+                    if commit {
+                        decisions.insert(ts, participants);
+                    } else {
+                        decisions.remove(&ts);
+                    }
                 }
             },
         )
         .await?;
         let clock = HybridClock::new(opts.clock_node);
         clock.observe(max_ts.max(replay.max_ts));
+        // Nothing is known of reads and writes before the crash: no
+        // transaction may write below what was recovered.
+        let mut cc = Concurrency::new(opts.txn_ts_cache_keys);
+        cc.raise_floor(clock.last());
+        for (&ts, entries) in &prepared {
+            let hashes: Vec<u64> = entries.iter().map(|e| key_hash(&e.key)).collect();
+            cc.restore(ts, &hashes);
+        }
         tracing::info!(
             dir = %dir.display(),
             tables = version.table_count(),
             wal_segments = replay.segments,
-            wal_batches = replay.batches,
+            wal_records = replay.batches,
+            in_doubt = prepared.len(),
             torn_tail = ?replay.torn_tail_at,
             "engine opened"
         );
@@ -232,7 +308,6 @@ impl<D: Disk> Engine<D> {
             disk,
             wal_dir,
             sst_dir,
-            clock,
             mem: RefCell::new(mem),
             imms: RefCell::default(),
             version: RefCell::new(Rc::new(version)),
@@ -253,6 +328,13 @@ impl<D: Disk> Engine<D> {
             compaction_lock: glommio::sync::Semaphore::new(1),
             compaction_pointer: RefCell::new(vec![None; LEVELS]),
             replay,
+            cc: RefCell::new(cc),
+            in_doubt: prepared.keys().copied().collect(),
+            prepared: RefCell::new(prepared),
+            decisions: RefCell::new(decisions),
+            inflight: RefCell::default(),
+            open_ts: clock.last(),
+            clock,
         });
         // Flush and compaction run in the shard's own task queue, at its
         // yield points. Measured with glommio-ng 0.12: tasks in separate
@@ -264,6 +346,10 @@ impl<D: Disk> Engine<D> {
         glommio::spawn_local(flush_loop(inner.clone())).detach();
         glommio::spawn_local(compaction::compaction_loop(inner.clone())).detach();
         Ok(Engine { inner })
+    }
+
+    pub(crate) fn inner(&self) -> &Inner<D> {
+        &self.inner
     }
 
     /// What recovery replayed from the WAL when this engine opened.
@@ -296,94 +382,37 @@ impl<D: Disk> Engine<D> {
     /// batch is as durable as the sync mode promises.
     pub async fn write(&self, batch: WriteBatch) -> Result<u64> {
         let inner = &self.inner;
-        if inner.closed.get() {
-            return Err(Error::Closed);
-        }
-        let mut bytes = 12;
-        for (_, key, value) in &batch.ops {
-            if key.is_empty() || key.len() > inner.opts.key_bytes_max {
-                return Err(Error::TooLarge {
-                    what: "key",
-                    len: key.len(),
-                    limit: inner.opts.key_bytes_max,
-                });
-            }
-            if value.len() > inner.opts.value_bytes_max {
-                return Err(Error::TooLarge {
-                    what: "value",
-                    len: value.len(),
-                    limit: inner.opts.value_bytes_max,
-                });
-            }
-            bytes += 9 + key.len() + value.len();
-        }
-        let limit = inner.opts.wal_group_bytes_max;
-        if bytes > limit {
-            return Err(Error::TooLarge {
-                what: "batch",
-                len: bytes,
-                limit,
-            });
-        }
+        let bytes = inner.check_ops(&batch.ops)?;
         if batch.is_empty() {
             return Ok(inner.clock.now());
         }
-        if inner.opts.wal_sync == SyncMode::None {
-            // Acknowledged writes go straight to the memtable here, so this
-            // is where memory is bounded: wait while every memtable slot is
-            // full (the writer task stalls the other modes).
-            let mem_max = inner.opts.memtable_bytes_max;
-            let imms_max = inner.opts.immutable_memtables_max;
-            wait_until(&inner.events.flushed, || {
-                inner.mem.borrow().bytes() < mem_max
-                    || inner.imms.borrow().len() < imms_max
-                    || inner.closed.get()
-            })
-            .await;
-        }
-        wait_until(&inner.events.space, || {
-            let q = inner.queue.borrow();
-            q.batches.is_empty() || q.bytes + bytes <= limit || inner.closed.get()
-        })
-        .await;
-        if inner.closed.get() {
-            return Err(Error::Closed);
-        }
+        inner.wait_for_room(bytes).await?;
         // No await between taking the timestamp and queueing: queue order is
         // timestamp order.
         let ts = inner.clock.now();
-        let entries: Vec<Entry> = batch
-            .ops
-            .into_iter()
-            .map(|(kind, key, value)| Entry {
-                key,
-                ts,
-                kind,
-                value,
-            })
-            .collect();
-        let group: Rc<Group> = {
-            let mut q = inner.queue.borrow_mut();
-            if inner.opts.wal_sync == SyncMode::None {
-                let mem = inner.mem.borrow();
-                for e in &entries {
-                    mem.insert(e.clone());
-                }
+        let entries = batch.into_entries(ts);
+        let tracked = inner.opts.wal_sync != SyncMode::None;
+        {
+            let mut cc = inner.cc.borrow_mut();
+            for e in &entries {
+                cc.record_write(key_hash(&e.key), ts);
             }
-            q.bytes += bytes;
-            q.batches.push((ts, entries));
-            q.group.clone()
-        };
-        inner.events.work.notify(1);
-        if inner.opts.wal_sync == SyncMode::None {
+        }
+        if tracked {
+            // Readers at a timestamp above `ts` wait until it is applied.
+            *inner.inflight.borrow_mut().entry(ts).or_default() += 1;
+        }
+        let group = inner.enqueue(Record::Batch { ts, entries }, bytes);
+        if !tracked {
             // Nothing above awaited: let the writer, flush and compaction
             // tasks (same queue) run, or a writer that never blocks would
             // starve them.
             glommio::yield_if_needed().await;
             return Ok(ts);
         }
-        group.wait().await?;
-        Ok(ts)
+        let result = group.wait().await;
+        inner.applied(ts);
+        result.map(|()| ts)
     }
 
     /// The oldest timestamp reads can still ask for.
@@ -402,15 +431,17 @@ impl<D: Disk> Engine<D> {
         self.inner.get_at(key, u64::MAX).await
     }
 
-    /// The value of `key` as of `ts`.
+    /// The value of `key` as of `ts`: exactly the state at `ts`, which no
+    /// later write can change (writes at or below `ts` to `key` are refused
+    /// from now on, and undecided ones are waited for).
     pub async fn read_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
-        self.inner.check_retained(ts)?;
+        self.inner.settle_read(Some(key), ts).await?;
         self.inner.get_at(key, ts).await
     }
 
     /// Up to `limit` live (key, value) pairs with `start <= key < end` (no
     /// end bound if `end` is `None`), in key order, as of `ts` (`None`:
-    /// newest).
+    /// newest). A scan at `ts` is repeatable like [`Engine::read_at`].
     pub async fn scan(
         &self,
         start: &[u8],
@@ -420,7 +451,7 @@ impl<D: Disk> Engine<D> {
     ) -> Result<Vec<(Bytes, Bytes)>> {
         let ts = match ts {
             Some(ts) => {
-                self.inner.check_retained(ts)?;
+                self.inner.settle_read(None, ts).await?;
                 ts
             }
             None => u64::MAX,
@@ -532,6 +563,9 @@ impl<D: Disk> Engine<D> {
             retention_watermark_ts: inner.watermark(),
             last_ts: inner.clock.last(),
             background_error: inner.bg_error.borrow().clone(),
+            txn_intents: inner.cc.borrow().intent_count(),
+            txn_prepared: inner.prepared.borrow().len(),
+            txn_decisions: inner.decisions.borrow().len(),
         }
     }
 
@@ -559,6 +593,125 @@ impl<D: Disk> Engine<D> {
 }
 
 impl<D: Disk> Inner<D> {
+    /// Checks key, value and batch sizes; returns the batch's WAL payload
+    /// bytes.
+    pub(crate) fn check_ops(&self, ops: &[(Kind, Bytes, Bytes)]) -> Result<usize> {
+        if self.closed.get() {
+            return Err(Error::Closed);
+        }
+        let mut bytes = 12;
+        for (_, key, value) in ops {
+            if key.is_empty() || key.len() > self.opts.key_bytes_max {
+                return Err(Error::TooLarge {
+                    what: "key",
+                    len: key.len(),
+                    limit: self.opts.key_bytes_max,
+                });
+            }
+            if value.len() > self.opts.value_bytes_max {
+                return Err(Error::TooLarge {
+                    what: "value",
+                    len: value.len(),
+                    limit: self.opts.value_bytes_max,
+                });
+            }
+            bytes += 9 + key.len() + value.len();
+        }
+        let limit = self.opts.wal_group_bytes_max;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what: "batch",
+                len: bytes,
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Waits until the write queue has room for `bytes` (and, in `none`
+    /// mode, a memtable slot is free: acknowledged writes go straight to
+    /// the memtable there, so this is where memory is bounded; the writer
+    /// task stalls the other modes).
+    pub(crate) async fn wait_for_room(&self, bytes: usize) -> Result<()> {
+        if self.opts.wal_sync == SyncMode::None {
+            let mem_max = self.opts.memtable_bytes_max;
+            let imms_max = self.opts.immutable_memtables_max;
+            wait_until(&self.events.flushed, || {
+                self.mem.borrow().bytes() < mem_max
+                    || self.imms.borrow().len() < imms_max
+                    || self.closed.get()
+            })
+            .await;
+        }
+        let limit = self.opts.wal_group_bytes_max;
+        wait_until(&self.events.space, || {
+            let q = self.queue.borrow();
+            q.batches.is_empty() || q.bytes + bytes <= limit || self.closed.get()
+        })
+        .await;
+        if self.closed.get() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Queues a record for the writer task without awaiting; in `none` mode
+    /// a batch is applied to the memtable here.
+    pub(crate) fn enqueue(&self, rec: Record, bytes: usize) -> Rc<Group> {
+        let group = {
+            let mut q = self.queue.borrow_mut();
+            if let (SyncMode::None, Record::Batch { entries, .. }) = (self.opts.wal_sync, &rec) {
+                let mem = self.mem.borrow();
+                for e in entries {
+                    mem.insert(e.clone());
+                }
+            }
+            q.bytes += bytes;
+            q.batches.push(rec);
+            q.group.clone()
+        };
+        self.events.work.notify(1);
+        group
+    }
+
+    /// A tracked write at `ts` is applied (or failed): wake readers.
+    pub(crate) fn applied(&self, ts: u64) {
+        let mut inflight = self.inflight.borrow_mut();
+        if let std::collections::btree_map::Entry::Occupied(mut slot) = inflight.entry(ts) {
+            *slot.get_mut() -= 1;
+            if *slot.get() == 0 {
+                slot.remove();
+            }
+        }
+        drop(inflight);
+        self.events.resolved.notify(usize::MAX);
+    }
+
+    /// Prepares and commit decisions not yet resolved, to log again when the
+    /// segments holding them are about to be recycled.
+    pub(crate) fn undecided_records(&self) -> Vec<Record> {
+        let mut out: Vec<Record> = self
+            .prepared
+            .borrow()
+            .iter()
+            .map(|(&ts, entries)| Record::Prepare {
+                ts,
+                entries: entries.clone(),
+            })
+            .collect();
+        out.extend(
+            self.decisions
+                .borrow()
+                .iter()
+                .map(|(&ts, participants)| Record::Decision {
+                    ts,
+                    commit: true,
+                    participants: participants.clone(),
+                }),
+        );
+        out
+    }
+
     pub(crate) fn watermark(&self) -> u64 {
         let window = ts_from_ms(wall_ms().saturating_sub(self.opts.retention_ms));
         match self.watermark_pin.get() {
@@ -567,7 +720,65 @@ impl<D: Disk> Inner<D> {
         }
     }
 
-    fn check_retained(&self, ts: u64) -> Result<()> {
+    /// Makes a read at `ts` repeatable: refuses `ts` outside the retention
+    /// window or too far ahead, moves the clock past it, forbids writes at
+    /// or below it (to `key`, or anywhere for a range read) and waits until
+    /// no write at or below it is queued or undecided.
+    pub(crate) async fn settle_read(&self, key: Option<&[u8]>, ts: u64) -> Result<()> {
+        self.check_retained(ts)?;
+        let now = self.clock.now();
+        if ts > now.saturating_add(ts_from_ms(1000)) {
+            return Err(Error::TimestampInFuture { requested: ts, now });
+        }
+        self.clock.observe(ts);
+        let hash = key.map(key_hash);
+        match hash {
+            Some(h) => self.cc.borrow_mut().record_read(h, ts),
+            None => self.cc.borrow_mut().raise_read_floor(ts),
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let blocker = {
+                let cc = self.cc.borrow();
+                let intent = match hash {
+                    Some(h) => cc.intent_on(h),
+                    None => cc.oldest_intent(),
+                };
+                let queued = self.inflight.borrow().keys().next().copied();
+                [intent, queued]
+                    .into_iter()
+                    .flatten()
+                    .filter(|&t| t <= ts)
+                    .min()
+            };
+            match blocker {
+                None => return Ok(()),
+                Some(holder) => self.wait_resolved(started, holder).await?,
+            }
+        }
+    }
+
+    /// Waits for the next intent release or applied write, failing once
+    /// `txn_wait_ms` have passed since `started`.
+    pub(crate) async fn wait_resolved(
+        &self,
+        started: std::time::Instant,
+        holder: u64,
+    ) -> Result<()> {
+        let limit = Duration::from_millis(self.opts.txn_wait_ms);
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(Error::WaitTimeout {
+                holder,
+                waited_ms: self.opts.txn_wait_ms,
+            });
+        }
+        let listener = self.events.resolved.listen();
+        futures_lite::future::or(listener, glommio::timer::sleep(left)).await;
+        Ok(())
+    }
+
+    pub(crate) fn check_retained(&self, ts: u64) -> Result<()> {
         let watermark = self.watermark();
         if ts < watermark {
             return Err(Error::TimestampTooOld {
@@ -598,6 +809,15 @@ impl<D: Disk> Inner<D> {
     }
 
     pub(crate) async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
+        Ok(self
+            .newest_at(key, ts)
+            .await?
+            .filter(|e| e.kind == Kind::Put)
+            .map(|e| e.value))
+    }
+
+    /// The newest version of `key` at or below `ts`, tombstones included.
+    pub(crate) async fn newest_at(&self, key: &[u8], ts: u64) -> Result<Option<Entry>> {
         // Reads served from memory never block: keep background tasks fed.
         glommio::yield_if_needed().await;
         let mut best: Option<Entry> = None;
@@ -640,7 +860,7 @@ impl<D: Disk> Inner<D> {
                 }
             }
         }
-        Ok(best.filter(|e| e.kind == Kind::Put).map(|e| e.value))
+        Ok(best)
     }
 
     /// Applies an edit to the manifest and, once durable, to the in-memory

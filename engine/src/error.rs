@@ -31,6 +31,12 @@ pub enum Error {
     /// A read asked for a timestamp that compaction may already have collapsed.
     #[error("timestamp {requested} is older than the retention watermark {watermark}")]
     TimestampTooOld { requested: u64, watermark: u64 },
+    /// A read at a timestamp too far ahead of this shard's clock.
+    #[error("timestamp {requested} is ahead of the shard clock ({now})")]
+    TimestampInFuture { requested: u64, now: u64 },
+    /// Waited longer than `txn_wait_ms` for an older transaction.
+    #[error("gave up after {waited_ms} ms waiting for transaction {holder}")]
+    WaitTimeout { holder: u64, waited_ms: u64 },
     /// A write could not proceed because background flushing keeps failing.
     #[error("writes stalled: background flush failed: {0}")]
     Stalled(String),
@@ -107,6 +113,14 @@ impl Error {
             } => Error::TimestampTooOld {
                 requested: *requested,
                 watermark: *watermark,
+            },
+            Error::TimestampInFuture { requested, now } => Error::TimestampInFuture {
+                requested: *requested,
+                now: *now,
+            },
+            Error::WaitTimeout { holder, waited_ms } => Error::WaitTimeout {
+                holder: *holder,
+                waited_ms: *waited_ms,
             },
             Error::Stalled(s) => Error::Stalled(s.clone()),
             Error::Closed => Error::Closed,

@@ -11,6 +11,7 @@
 //! Main types: [`Engine`], [`Options`], [`WriteBatch`], [`Error`].
 
 pub mod cache;
+pub mod cc;
 pub mod clock;
 mod compaction;
 mod engine;
@@ -22,6 +23,7 @@ pub mod manifest;
 pub mod memtable;
 pub mod options;
 pub mod sst;
+pub mod txn;
 pub mod version;
 pub mod wal;
 mod write;
@@ -29,6 +31,7 @@ mod write;
 pub use engine::{Engine, EngineStats, WriteBatch};
 pub use error::{Error, Result};
 pub use options::{Options, SyncMode};
+pub use txn::{Condition, Phase, ReadResult, TxnPart, Vote};
 
 /// Runs `f` to completion on a fresh glommio executor on this thread's
 /// behalf (floating, not pinned). For tests, tools and benchmarks.

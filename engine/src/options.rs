@@ -92,6 +92,13 @@ pub struct Options {
     pub manifest_roll_bytes: usize,
     /// Low bits of every timestamp this engine issues (the shard id).
     pub clock_node: u8,
+    /// Keys whose last read and write timestamps transactions remember,
+    /// per generation (two generations, 24 bytes each). Older keys share
+    /// one floor, which can abort transactions needlessly. Default 131072.
+    pub txn_ts_cache_keys: usize,
+    /// How long a transaction or timestamped read waits for an older
+    /// transaction's intent before giving up. Default 10 s.
+    pub txn_wait_ms: u64,
 }
 
 impl Default for Options {
@@ -114,6 +121,8 @@ impl Default for Options {
             value_bytes_max: 1 << 20,
             manifest_roll_bytes: 1 << 20,
             clock_node: 0,
+            txn_ts_cache_keys: 1 << 17,
+            txn_wait_ms: 10_000,
         }
     }
 }

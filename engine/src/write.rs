@@ -10,10 +10,9 @@
 use crate::engine::Inner;
 use crate::error::{Error, Result};
 use crate::io::Disk;
-use crate::key::Entry;
 use crate::memtable::Memtable;
 use crate::options::SyncMode;
-use crate::wal::{record, Wal};
+use crate::wal::{Record, Wal};
 use event_listener::Event;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -61,11 +60,11 @@ pub(crate) async fn wait_until(event: &Event, ready: impl Fn() -> bool) {
 /// Batches waiting for the writer task.
 ///
 /// Invariant: `bytes` is the WAL payload size of `batches`, at most
-/// `wal_group_bytes_max` unless a single batch is alone; batches are in
-/// timestamp order.
+/// `wal_group_bytes_max` unless a single batch is alone. Plain batches are
+/// in timestamp order; transaction records carry their own timestamps.
 #[derive(Default)]
 pub(crate) struct Queue {
-    pub batches: Vec<(u64, Vec<Entry>)>,
+    pub batches: Vec<Record>,
     pub bytes: usize,
     pub group: Rc<Group>,
 }
@@ -124,11 +123,15 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
         inner.writer_phase.set("complete");
         match result {
             Ok(()) => {
+                // `none` applied batches when queued; commits are applied
+                // when decided; prepares and decisions are not data.
                 if inner.opts.wal_sync != SyncMode::None {
                     let mem = inner.mem.borrow().clone();
-                    for (_, entries) in batches {
-                        for e in entries {
-                            mem.insert(e);
+                    for rec in batches {
+                        if let Record::Batch { entries, .. } = rec {
+                            for e in entries {
+                                mem.insert(e);
+                            }
                         }
                     }
                 }
@@ -171,23 +174,18 @@ async fn idle<D: Disk>(inner: &Inner<D>, unsynced: bool, last_sync: Instant) {
 async fn write_group<D: Disk>(
     inner: &Inner<D>,
     wal: &mut Wal<D>,
-    batches: &[(u64, Vec<Entry>)],
+    batches: &[Record],
     chunk: &mut Vec<u8>,
     payload: &mut Vec<u8>,
 ) -> Result<()> {
-    let needed: usize = batches
-        .iter()
-        .map(|(_, e)| record::HEADER_BYTES + record::batch_payload_len(e))
-        .sum();
+    let needed: usize = batches.iter().map(Record::logged_len).sum();
     if needed > wal.room() {
         wal.roll().await?;
     }
     assert!(needed <= wal.room(), "group larger than a segment");
     chunk.clear();
-    for (ts, entries) in batches {
-        payload.clear();
-        record::encode_batch(payload, *ts, entries);
-        record::encode(chunk, wal.segment_id(), record::TYPE_BATCH, payload);
+    for rec in batches {
+        rec.encode(chunk, wal.segment_id(), payload);
     }
     inner
         .stats
@@ -254,6 +252,14 @@ async fn maybe_swap_memtable<D: Disk>(inner: &Rc<Inner<D>>, wal: &mut Wal<D>) ->
         }
     }
     let boundary = wal.roll().await?;
+    // Records of undecided transactions in the segments this memtable's
+    // flush will recycle must outlive them: log them again past the boundary.
+    let relog = inner.undecided_records();
+    if !relog.is_empty() {
+        let mut chunk = Vec::new();
+        write_group(inner, wal, &relog, &mut chunk, &mut Vec::new()).await?;
+        wal.sync().await?;
+    }
     let full = std::mem::replace(&mut *inner.mem.borrow_mut(), Rc::new(Memtable::new()));
     inner.imms.borrow_mut().push_back((full, boundary));
     inner.swap_requested.set(false);

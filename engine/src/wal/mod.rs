@@ -16,8 +16,8 @@ pub mod record;
 
 use crate::error::{Error, Result};
 use crate::io::{align_down, align_up, Disk, DiskFile, ALIGN};
-use crate::key::Entry;
 use record::Parsed;
+pub use record::Record;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -76,7 +76,7 @@ impl<D: Disk> Wal<D> {
         dir: &Path,
         segment_bytes: u64,
         log_number: u64,
-        mut apply: impl FnMut(u64, Vec<Entry>),
+        mut apply: impl FnMut(Record),
     ) -> Result<(Wal<D>, ReplayReport)> {
         assert!(segment_bytes as usize >= 4 * ALIGN && segment_bytes.is_multiple_of(ALIGN as u64));
         disk.create_dir_all(dir).await?;
@@ -206,7 +206,7 @@ fn replay_segment(
     path: &Path,
     is_last: bool,
     report: &mut ReplayReport,
-    apply: &mut impl FnMut(u64, Vec<Entry>),
+    apply: &mut impl FnMut(Record),
 ) -> Result<Option<u64>> {
     let mut pos = 0usize;
     loop {
@@ -219,24 +219,21 @@ fn replay_segment(
                 ..
             } => return Ok(None),
             Parsed::Record {
-                record_type: record::TYPE_BATCH,
+                record_type,
                 payload,
                 len,
             } => {
-                let (ts, entries) = record::decode_batch(payload).ok_or_else(|| {
-                    Error::corruption(path, pos as u64, "batch record does not parse")
+                let rec = Record::decode(record_type, payload).ok_or_else(|| {
+                    Error::corruption(
+                        path,
+                        pos as u64,
+                        format!("record of type {record_type} does not parse"),
+                    )
                 })?;
                 report.batches += 1;
-                report.max_ts = report.max_ts.max(ts);
-                apply(ts, entries);
+                report.max_ts = report.max_ts.max(rec.ts());
+                apply(rec);
                 pos += len;
-            }
-            Parsed::Record { record_type, .. } => {
-                return Err(Error::corruption(
-                    path,
-                    pos as u64,
-                    format!("unknown record type {record_type}"),
-                ));
             }
             Parsed::Zero if !pos.is_multiple_of(ALIGN) => pos = align_up(pos),
             parsed => {

@@ -10,7 +10,12 @@
 //! batch   := ts:u64 | count:u32 | entry*count        (type 1)
 //! entry   := kind:u8 | key_len:u32 | value_len:u32 | key | value
 //! seal    := (empty payload)                         (type 2: segment complete)
+//! prepare := batch   (type 3: a transaction's intents, logged before its vote)
+//! commit  := batch   (type 4: a prepared transaction's writes, decided)
+//! decision:= ts:u64 | commit:u8 | count:u32 | shard:u32*count
+//!            (type 5: a coordinator's outcome for transaction `ts`)
 //! ```
+//! A transaction is named by its timestamp, unique across shards.
 //! All integers little-endian. `segment_id` tells a record of this use of a
 //! recycled file from leftovers of an earlier use; ids are never reused.
 
@@ -20,6 +25,118 @@ use bytes::{Buf, BufMut, Bytes};
 pub const HEADER_BYTES: usize = 20;
 pub const TYPE_BATCH: u8 = 1;
 pub const TYPE_SEAL: u8 = 2;
+pub const TYPE_PREPARE: u8 = 3;
+pub const TYPE_COMMIT: u8 = 4;
+pub const TYPE_DECISION: u8 = 5;
+
+/// A logged record other than the seal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Writes applied at `ts`.
+    Batch { ts: u64, entries: Vec<Entry> },
+    /// Intents of transaction `ts`, not yet decided.
+    Prepare { ts: u64, entries: Vec<Entry> },
+    /// The writes of prepared transaction `ts`, decided to commit.
+    Commit { ts: u64, entries: Vec<Entry> },
+    /// The coordinator's outcome of transaction `ts` and its participants.
+    Decision {
+        ts: u64,
+        commit: bool,
+        participants: Vec<u32>,
+    },
+}
+
+impl Record {
+    pub fn record_type(&self) -> u8 {
+        match self {
+            Record::Batch { .. } => TYPE_BATCH,
+            Record::Prepare { .. } => TYPE_PREPARE,
+            Record::Commit { .. } => TYPE_COMMIT,
+            Record::Decision { .. } => TYPE_DECISION,
+        }
+    }
+
+    pub fn ts(&self) -> u64 {
+        match self {
+            Record::Batch { ts, .. }
+            | Record::Prepare { ts, .. }
+            | Record::Commit { ts, .. }
+            | Record::Decision { ts, .. } => *ts,
+        }
+    }
+
+    /// Bytes the record takes in the log, header included.
+    pub fn logged_len(&self) -> usize {
+        HEADER_BYTES
+            + match self {
+                Record::Batch { entries, .. }
+                | Record::Prepare { entries, .. }
+                | Record::Commit { entries, .. } => batch_payload_len(entries),
+                Record::Decision { participants, .. } => 13 + 4 * participants.len(),
+            }
+    }
+
+    /// Appends the whole record (header and payload) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>, segment_id: u64, scratch: &mut Vec<u8>) {
+        scratch.clear();
+        match self {
+            Record::Batch { ts, entries }
+            | Record::Prepare { ts, entries }
+            | Record::Commit { ts, entries } => encode_batch(scratch, *ts, entries),
+            Record::Decision {
+                ts,
+                commit,
+                participants,
+            } => {
+                scratch.put_u64_le(*ts);
+                scratch.put_u8(*commit as u8);
+                scratch.put_u32_le(participants.len() as u32);
+                for p in participants {
+                    scratch.put_u32_le(*p);
+                }
+            }
+        }
+        encode(out, segment_id, self.record_type(), scratch);
+    }
+
+    /// Decodes a payload whose checksum passed. `None`: malformed, or a type
+    /// this version does not know.
+    pub fn decode(record_type: u8, payload: &[u8]) -> Option<Record> {
+        match record_type {
+            TYPE_BATCH | TYPE_PREPARE | TYPE_COMMIT => {
+                let (ts, entries) = decode_batch(payload)?;
+                Some(match record_type {
+                    TYPE_BATCH => Record::Batch { ts, entries },
+                    TYPE_PREPARE => Record::Prepare { ts, entries },
+                    _ => Record::Commit { ts, entries },
+                })
+            }
+            TYPE_DECISION => {
+                let mut buf = payload;
+                if buf.remaining() < 13 {
+                    return None;
+                }
+                let ts = buf.get_u64_le();
+                let commit = match buf.get_u8() {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                let count = buf.get_u32_le() as usize;
+                if buf.remaining() != 4 * count {
+                    return None;
+                }
+                let participants = (0..count).map(|_| buf.get_u32_le()).collect();
+                Some(Record::Decision {
+                    ts,
+                    commit,
+                    participants,
+                })
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Appends one record to `out`.
 pub fn encode(out: &mut Vec<u8>, segment_id: u64, record_type: u8, payload: &[u8]) {
@@ -171,6 +288,41 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn transaction_records_round_trip() {
+        let records = [
+            Record::Prepare {
+                ts: 5,
+                entries: vec![entry("k", "v", 5)],
+            },
+            Record::Commit {
+                ts: 5,
+                entries: vec![entry("k", "v", 5)],
+            },
+            Record::Decision {
+                ts: 5,
+                commit: true,
+                participants: vec![0, 3],
+            },
+        ];
+        for r in records {
+            let (mut out, mut scratch) = (Vec::new(), Vec::new());
+            r.encode(&mut out, 1, &mut scratch);
+            assert_eq!(out.len(), r.logged_len());
+            let Parsed::Record {
+                record_type,
+                payload,
+                ..
+            } = parse(&out, 1)
+            else {
+                panic!("record does not parse");
+            };
+            assert_eq!(Record::decode(record_type, payload), Some(r));
+        }
+        assert_eq!(Record::decode(TYPE_DECISION, &[0; 12]), None);
+        assert_eq!(Record::decode(9, &[]), None);
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! Concurrency control of one shard: multi-version timestamp ordering.
+//!
+//! Pure bookkeeping with no I/O and no executor, so the same code runs in
+//! the engine and in the loom models of `loom-tests/`. Keys are tracked by
+//! their 64-bit xxh3 hash: a collision can only cause a needless wait or
+//! abort, never a missed conflict.
+//!
+//! Rules, for a transaction at timestamp `ts` touching key `k`:
+//! - An intent (undecided write) of an older transaction on `k` makes it
+//!   wait; an intent of a younger one makes a write abort and a read ignore
+//!   it (that version would sit above `ts`). Waits only go from younger to
+//!   older, so no wait cycle, hence no deadlock, can form.
+//! - A write aborts if `k` was read at or after `ts`, or written after `ts`
+//!   (by anyone), or a range read covered `ts` (the read floor).
+//! - An admitted transaction raises `k`'s read timestamp (reads) or write
+//!   timestamp and places an intent (writes) before it reads anything.
+
+use std::collections::{BTreeMap, HashMap};
+use xxhash_rust::xxh3::xxh3_64;
+
+type HashKeyed<V> = HashMap<u64, V, nohash_hasher::BuildNoHashHasher<u64>>;
+
+/// The hash concurrency control tracks a key by.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+/// Why a transaction could not be admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// A younger transaction holds an intent on a key this one writes.
+    YoungerIntent { holder: u64 },
+    /// The key was read at or after this transaction's timestamp.
+    ReadLater { read_ts: u64 },
+    /// The key was written after this transaction's timestamp.
+    WrittenLater { write_ts: u64 },
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Conflict::YoungerIntent { holder } => {
+                write!(
+                    f,
+                    "a younger transaction ({holder}) holds an intent on a key it writes"
+                )
+            }
+            Conflict::ReadLater { read_ts } => write!(f, "a key it writes was read at {read_ts}"),
+            Conflict::WrittenLater { write_ts } => {
+                write!(f, "a key it writes was written at {write_ts}")
+            }
+        }
+    }
+}
+
+/// The outcome of [`Concurrency::admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Intents are placed and read timestamps raised.
+    Admitted,
+    /// An older transaction's intent is in the way: wait for it to resolve
+    /// and try again. Nothing was changed.
+    WaitFor(u64),
+    /// The transaction must abort (and may retry at a new timestamp).
+    /// Nothing was changed.
+    Abort(Conflict),
+}
+
+/// Latest read and write timestamps per key, bounded: two generations of
+/// `capacity` keys each; a dropped generation's maxima become floors.
+///
+/// Invariant: for every key, the reported read (write) timestamp is at least
+/// the largest one ever recorded for it.
+#[derive(Debug)]
+pub struct TsCache {
+    capacity: usize,
+    current: HashKeyed<(u64, u64)>,
+    previous: HashKeyed<(u64, u64)>,
+    floor: (u64, u64),
+}
+
+impl TsCache {
+    pub fn new(capacity: usize) -> Self {
+        TsCache {
+            capacity: capacity.max(1),
+            current: HashKeyed::default(),
+            previous: HashKeyed::default(),
+            floor: (0, 0),
+        }
+    }
+
+    /// (read ts, write ts) of a key hash.
+    pub fn get(&self, hash: u64) -> (u64, u64) {
+        let (mut r, mut w) = self.floor;
+        for generation in [&self.current, &self.previous] {
+            if let Some(&(gr, gw)) = generation.get(&hash) {
+                r = r.max(gr);
+                w = w.max(gw);
+            }
+        }
+        (r, w)
+    }
+
+    pub fn record_read(&mut self, hash: u64, ts: u64) {
+        self.record(hash, ts, 0);
+    }
+
+    pub fn record_write(&mut self, hash: u64, ts: u64) {
+        self.record(hash, 0, ts);
+    }
+
+    /// Raises the floors of every key (after recovery: the recovered clock).
+    pub fn raise_floor(&mut self, ts: u64) {
+        self.floor = (self.floor.0.max(ts), self.floor.1.max(ts));
+    }
+
+    fn record(&mut self, hash: u64, read: u64, write: u64) {
+        if self.current.len() >= self.capacity && !self.current.contains_key(&hash) {
+            let dropped = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
+            for (r, w) in dropped.into_values() {
+                self.floor = (self.floor.0.max(r), self.floor.1.max(w));
+            }
+        }
+        let slot = self.current.entry(hash).or_insert((0, 0));
+        slot.0 = slot.0.max(read);
+        slot.1 = slot.1.max(write);
+    }
+}
+
+/// Intents and timestamps of one shard.
+#[derive(Debug)]
+pub struct Concurrency {
+    /// Key hash → timestamp of the transaction holding an intent on it.
+    intents: HashKeyed<u64>,
+    /// Transaction timestamp → the key hashes of its intents.
+    holders: BTreeMap<u64, Vec<u64>>,
+    ts_cache: TsCache,
+    /// Range reads at a timestamp raise this: no write at or below it.
+    read_floor: u64,
+}
+
+impl Concurrency {
+    pub fn new(ts_cache_keys: usize) -> Self {
+        Concurrency {
+            intents: HashKeyed::default(),
+            holders: BTreeMap::new(),
+            ts_cache: TsCache::new(ts_cache_keys),
+            read_floor: 0,
+        }
+    }
+
+    /// Admits transaction `ts` reading `reads` and writing `writes` (key
+    /// hashes), or says why not. See the module rules.
+    pub fn admit(&mut self, ts: u64, reads: &[u64], writes: &[u64]) -> Admission {
+        debug_assert!(
+            !self.holders.contains_key(&ts),
+            "transaction {ts} admitted twice"
+        );
+        for (&hash, is_write) in reads
+            .iter()
+            .map(|h| (h, false))
+            .chain(writes.iter().map(|h| (h, true)))
+        {
+            if let Some(&holder) = self.intents.get(&hash) {
+                if holder < ts {
+                    return Admission::WaitFor(holder);
+                }
+                if is_write {
+                    return Admission::Abort(Conflict::YoungerIntent { holder });
+                }
+            }
+        }
+        for &hash in writes {
+            let (read_ts, write_ts) = self.ts_cache.get(hash);
+            let read_ts = read_ts.max(self.read_floor);
+            if read_ts >= ts {
+                return Admission::Abort(Conflict::ReadLater { read_ts });
+            }
+            if write_ts > ts {
+                return Admission::Abort(Conflict::WrittenLater { write_ts });
+            }
+        }
+        for &hash in reads {
+            self.ts_cache.record_read(hash, ts);
+        }
+        if !writes.is_empty() {
+            for &hash in writes {
+                self.ts_cache.record_write(hash, ts);
+                self.intents.insert(hash, ts);
+            }
+            self.holders.insert(ts, writes.to_vec());
+        }
+        Admission::Admitted
+    }
+
+    /// Places intents without checks (recovered prepared transactions).
+    pub fn restore(&mut self, ts: u64, writes: &[u64]) {
+        for &hash in writes {
+            self.intents.insert(hash, ts);
+            self.ts_cache.record_write(hash, ts);
+        }
+        self.holders.insert(ts, writes.to_vec());
+    }
+
+    /// Removes the intents of transaction `ts` (committed or aborted).
+    pub fn release(&mut self, ts: u64) {
+        for hash in self.holders.remove(&ts).unwrap_or_default() {
+            if self.intents.get(&hash) == Some(&ts) {
+                self.intents.remove(&hash);
+            }
+        }
+    }
+
+    /// Whether transaction `ts` still holds intents.
+    pub fn holds(&self, ts: u64) -> bool {
+        self.holders.contains_key(&ts)
+    }
+
+    /// The transaction holding an intent on `hash`, if any.
+    pub fn intent_on(&self, hash: u64) -> Option<u64> {
+        self.intents.get(&hash).copied()
+    }
+
+    /// The oldest transaction holding intents.
+    pub fn oldest_intent(&self) -> Option<u64> {
+        self.holders.keys().next().copied()
+    }
+
+    /// A single-key write outside any transaction, at a fresh timestamp.
+    pub fn record_write(&mut self, hash: u64, ts: u64) {
+        self.ts_cache.record_write(hash, ts);
+    }
+
+    /// A single-key read at `ts` (time travel): no write may land at or
+    /// below `ts` on this key from now on.
+    pub fn record_read(&mut self, hash: u64, ts: u64) {
+        self.ts_cache.record_read(hash, ts);
+    }
+
+    /// A range read at `ts`: no write may land at or below `ts` anywhere.
+    pub fn raise_read_floor(&mut self, ts: u64) {
+        self.read_floor = self.read_floor.max(ts);
+    }
+
+    /// After recovery, nothing is known about reads and writes before `ts`.
+    pub fn raise_floor(&mut self, ts: u64) {
+        self.ts_cache.raise_floor(ts);
+    }
+
+    pub fn intent_count(&self) -> usize {
+        self.intents.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn younger_waits_for_older_and_older_aborts_on_younger() {
+        let mut cc = Concurrency::new(16);
+        assert_eq!(cc.admit(10, &[], &[1]), Admission::Admitted);
+        assert_eq!(cc.admit(20, &[1], &[]), Admission::WaitFor(10));
+        assert_eq!(cc.admit(20, &[], &[1]), Admission::WaitFor(10));
+        assert_eq!(
+            cc.admit(5, &[], &[1]),
+            Admission::Abort(Conflict::YoungerIntent { holder: 10 })
+        );
+        // A read below the intent does not see it and need not wait.
+        assert_eq!(cc.admit(6, &[1], &[]), Admission::Admitted);
+        cc.release(10);
+        assert!(!cc.holds(10));
+        assert_eq!(cc.intent_on(1), None);
+        assert_eq!(cc.admit(20, &[1], &[]), Admission::Admitted);
+    }
+
+    #[test]
+    fn writes_below_reads_or_later_writes_abort() {
+        let mut cc = Concurrency::new(16);
+        cc.record_read(1, 50);
+        assert_eq!(
+            cc.admit(50, &[], &[1]),
+            Admission::Abort(Conflict::ReadLater { read_ts: 50 })
+        );
+        cc.record_write(2, 70);
+        assert_eq!(
+            cc.admit(60, &[], &[2]),
+            Admission::Abort(Conflict::WrittenLater { write_ts: 70 })
+        );
+        assert_eq!(cc.admit(80, &[], &[1, 2]), Admission::Admitted);
+        cc.raise_read_floor(100);
+        assert_eq!(
+            cc.admit(90, &[], &[3]),
+            Admission::Abort(Conflict::ReadLater { read_ts: 100 })
+        );
+    }
+
+    #[test]
+    fn the_ts_cache_never_forgets_downwards() {
+        let mut cache = TsCache::new(2);
+        for hash in 0..10u64 {
+            cache.record_read(hash, 100 + hash);
+            cache.record_write(hash, 200 + hash);
+        }
+        for hash in 0..10u64 {
+            let (r, w) = cache.get(hash);
+            assert!(r >= 100 + hash && w >= 200 + hash, "hash {hash}: {r} {w}");
+        }
+        assert!(cache.current.len() + cache.previous.len() <= 4);
+    }
+}

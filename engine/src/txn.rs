@@ -1,0 +1,308 @@
+//! One shard's side of a transaction: admission under multi-version
+//! timestamp ordering (`cc.rs`), reads at the transaction's timestamp,
+//! condition checks, and either a one-phase commit (the shard is the only
+//! participant) or a durable prepare that waits for the coordinator's
+//! commit or abort. Also the coordinator's durable decision log.
+//!
+//! The coordination itself (which shards, votes, messages) belongs to the
+//! server; the engine only guarantees that what it acknowledged is in its
+//! WAL: a prepare before the vote, a decision before the commit messages,
+//! and that recovery hands back every prepared transaction still undecided
+//! (`in_doubt`), with its intents in place, until the caller resolves it.
+
+use crate::cc::{key_hash, Admission};
+use crate::engine::{Engine, WriteBatch};
+use crate::error::Result;
+use crate::io::Disk;
+use crate::key::Kind;
+use crate::options::SyncMode;
+use crate::wal::Record;
+use bytes::Bytes;
+use std::time::Instant;
+
+/// A check evaluated at the transaction's timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key has a live value.
+    Exists(Bytes),
+    /// The key has no live value.
+    Missing(Bytes),
+    /// The key's live value equals this.
+    Equals(Bytes, Bytes),
+    /// The key's newest version (a put or a delete) has this timestamp;
+    /// 0 means it was never written (or compacted away).
+    VersionIs(Bytes, u64),
+}
+
+impl Condition {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Condition::Exists(k)
+            | Condition::Missing(k)
+            | Condition::Equals(k, _)
+            | Condition::VersionIs(k, _) => k,
+        }
+    }
+
+    fn holds(&self, found: &ReadResult) -> bool {
+        match self {
+            Condition::Exists(_) => found.value.is_some(),
+            Condition::Missing(_) => found.value.is_none(),
+            Condition::Equals(_, v) => found.value.as_ref() == Some(v),
+            Condition::VersionIs(_, version) => found.version == *version,
+        }
+    }
+}
+
+/// This shard's part of a transaction. Indexes number the conditions and
+/// reads of the whole transaction, so the coordinator can merge parts.
+#[derive(Debug, Clone, Default)]
+pub struct TxnPart {
+    pub ts: u64,
+    pub conditions: Vec<(u32, Condition)>,
+    pub reads: Vec<(u32, Bytes)>,
+    pub writes: WriteBatch,
+}
+
+/// A key read at the transaction's timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub index: u32,
+    pub key: Bytes,
+    pub value: Option<Bytes>,
+    /// Timestamp of the newest version at or below the read (0: none).
+    pub version: u64,
+}
+
+/// A participant's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    /// Conditions hold; writes are committed (one phase) or prepared.
+    Yes(Vec<ReadResult>),
+    /// Condition `index` does not hold; nothing was written.
+    ConditionFailed { index: u32, reads: Vec<ReadResult> },
+    /// Timestamp order forbids it; retry at a new timestamp.
+    Conflict(String),
+}
+
+/// What a yes vote leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The only participant: commit at once.
+    One,
+    /// One of several: log a prepare and hold the intents for the decision.
+    Prepare,
+}
+
+/// Releases a transaction's intents if the participant's work is abandoned
+/// before it hands them to a decision (an error, or the future dropped).
+struct Intents<'a, D: Disk> {
+    engine: &'a Engine<D>,
+    ts: u64,
+    armed: bool,
+}
+
+impl<D: Disk> Drop for Intents<'_, D> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine.release(self.ts);
+        }
+    }
+}
+
+impl<D: Disk> Engine<D> {
+    /// Runs this shard's part of transaction `part.ts`. See the module doc.
+    pub async fn txn(&self, part: TxnPart, phase: Phase) -> Result<Vote> {
+        let inner = self.inner();
+        let ts = part.ts;
+        let bytes = inner.check_ops(part.writes.ops())?;
+        inner.check_retained(ts)?;
+        inner.clock.observe(ts);
+        let read_keys: Vec<&Bytes> = part
+            .conditions
+            .iter()
+            .map(|(_, c)| c.key())
+            .chain(part.reads.iter().map(|(_, k)| k))
+            .collect();
+        let read_hashes: Vec<u64> = read_keys.iter().map(|k| key_hash(k)).collect();
+        let write_hashes: Vec<u64> = part.writes.keys().map(|k| key_hash(k)).collect();
+        let started = Instant::now();
+        loop {
+            let admission = inner.cc.borrow_mut().admit(ts, &read_hashes, &write_hashes);
+            match admission {
+                Admission::Admitted => break,
+                Admission::Abort(why) => return Ok(Vote::Conflict(why.to_string())),
+                Admission::WaitFor(holder) => {
+                    if !inner.cc.borrow().holds(holder) {
+                        continue;
+                    }
+                    inner.wait_resolved(started, holder).await?;
+                }
+            }
+        }
+        let mut intents = Intents {
+            engine: self,
+            ts,
+            armed: !write_hashes.is_empty(),
+        };
+        // Plain writes queued below `ts` must be applied before we read.
+        loop {
+            let queued = inner.inflight.borrow().keys().next().copied();
+            match queued {
+                Some(q) if q <= ts => inner.wait_resolved(started, q).await?,
+                _ => break,
+            }
+        }
+        let mut found = Vec::with_capacity(read_keys.len());
+        for (i, key) in read_keys.iter().enumerate() {
+            let newest = inner.newest_at(key, ts).await?;
+            let index = match i.checked_sub(part.conditions.len()) {
+                None => part.conditions[i].0,
+                Some(r) => part.reads[r].0,
+            };
+            found.push(ReadResult {
+                index,
+                key: (*key).clone(),
+                version: newest.as_ref().map_or(0, |e| e.ts),
+                value: newest.filter(|e| e.kind == Kind::Put).map(|e| e.value),
+            });
+        }
+        let reads = found.split_off(part.conditions.len());
+        if let Some(((index, _), _)) = part
+            .conditions
+            .iter()
+            .zip(&found)
+            .find(|((_, c), r)| !c.holds(r))
+        {
+            return Ok(Vote::ConditionFailed {
+                index: *index,
+                reads,
+            });
+        }
+        if part.writes.is_empty() {
+            return Ok(Vote::Yes(reads));
+        }
+        inner.wait_for_room(bytes).await?;
+        let entries = part.writes.into_entries(ts);
+        match phase {
+            Phase::One => {
+                let group = inner.enqueue(Record::Batch { ts, entries }, bytes);
+                if inner.opts.wal_sync != SyncMode::None {
+                    group.wait().await?;
+                }
+            }
+            Phase::Prepare => {
+                inner.prepared.borrow_mut().insert(ts, entries.clone());
+                let group = inner.enqueue(Record::Prepare { ts, entries }, bytes);
+                if let Err(e) = group.wait().await {
+                    inner.prepared.borrow_mut().remove(&ts);
+                    return Err(e);
+                }
+                // The intents now wait for the decision.
+                intents.armed = false;
+            }
+        }
+        Ok(Vote::Yes(reads))
+    }
+
+    /// Commits prepared transaction `ts`: its writes become visible at
+    /// once (the decision is durable at the coordinator), and the call
+    /// returns when the commit record is as durable as the sync mode
+    /// promises. Committing an unknown or already resolved transaction is a
+    /// no-op.
+    pub async fn commit_prepared(&self, ts: u64) -> Result<()> {
+        let inner = self.inner();
+        let Some(entries) = inner.prepared.borrow_mut().remove(&ts) else {
+            return Ok(());
+        };
+        {
+            let mem = inner.mem.borrow();
+            for e in &entries {
+                mem.insert(e.clone());
+            }
+        }
+        self.release(ts);
+        let rec = Record::Commit { ts, entries };
+        let bytes = rec.logged_len();
+        inner.wait_for_room(bytes).await?;
+        inner.enqueue(rec, bytes).wait().await
+    }
+
+    /// Aborts prepared transaction `ts`: its intents go. Nothing is logged:
+    /// after a crash an undecided prepare asks its coordinator, whose log
+    /// has no commit decision for it.
+    pub fn abort_prepared(&self, ts: u64) {
+        self.inner().prepared.borrow_mut().remove(&ts);
+        self.release(ts);
+    }
+
+    /// Logs the coordinator's decision for transaction `ts` and returns
+    /// once it is durable. A commit decision is remembered (and logged
+    /// again past flushes) until [`Engine::forget_decision`].
+    pub async fn log_decision(&self, ts: u64, commit: bool, participants: Vec<u32>) -> Result<()> {
+        let inner = self.inner();
+        if commit {
+            inner
+                .decisions
+                .borrow_mut()
+                .insert(ts, participants.clone());
+        }
+        let rec = Record::Decision {
+            ts,
+            commit,
+            participants,
+        };
+        let bytes = rec.logged_len();
+        let result = match inner.wait_for_room(bytes).await {
+            Ok(()) => inner.enqueue(rec, bytes).wait().await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() && commit {
+            inner.decisions.borrow_mut().remove(&ts);
+        }
+        result
+    }
+
+    /// Every participant of `ts` has its commit durable.
+    pub fn forget_decision(&self, ts: u64) {
+        self.inner().decisions.borrow_mut().remove(&ts);
+    }
+
+    /// Whether this shard's log holds a commit decision for `ts`.
+    pub fn committed(&self, ts: u64) -> bool {
+        self.inner().decisions.borrow().contains_key(&ts)
+    }
+
+    /// Commit decisions recovered at open, to forget once every shard has
+    /// resolved its in-doubt transactions.
+    pub fn forget_recovered_decisions(&self) {
+        let inner = self.inner();
+        let open_ts = inner.open_ts;
+        inner.decisions.borrow_mut().retain(|&ts, _| ts > open_ts);
+    }
+
+    /// Transactions recovered prepared but undecided, still holding their
+    /// intents. Each must be resolved with [`Engine::commit_prepared`] or
+    /// [`Engine::abort_prepared`] per its coordinator's log.
+    pub fn in_doubt(&self) -> Vec<u64> {
+        let inner = self.inner();
+        let prepared = inner.prepared.borrow();
+        inner
+            .in_doubt
+            .iter()
+            .copied()
+            .filter(|ts| prepared.contains_key(ts))
+            .collect()
+    }
+
+    fn release(&self, ts: u64) {
+        let inner = self.inner();
+        inner.cc.borrow_mut().release(ts);
+        inner.events.resolved.notify(usize::MAX);
+    }
+}
+
+/// Which shard coordinated transaction `ts` (the clock's node bits).
+pub fn coordinator_of(ts: u64) -> u32 {
+    (ts & ((1 << crate::clock::NODE_BITS) - 1)) as u32
+}

@@ -1,0 +1,301 @@
+//! The participant side of transactions: timestamp-ordered admission,
+//! conditions, one-phase commits, durable prepares and decisions, and
+//! recovery of in-doubt transactions through crashes of the in-memory disk.
+
+use bytes::Bytes;
+use std::rc::Rc;
+use std::time::Duration;
+use tessera_engine::io::MemDisk;
+use tessera_engine::{
+    run_local, Condition, Engine, Error, Options, Phase, TxnPart, Vote, WriteBatch,
+};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+async fn open(disk: &MemDisk) -> Engine<MemDisk> {
+    Engine::open_on(disk.clone(), "/db", Options::for_tests())
+        .await
+        .unwrap()
+}
+
+fn part(ts: u64, reads: &[&str], writes: &[(&str, &str)]) -> TxnPart {
+    let mut batch = WriteBatch::new();
+    for (k, v) in writes {
+        batch.put(b(k), b(v));
+    }
+    TxnPart {
+        ts,
+        conditions: Vec::new(),
+        reads: reads
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i as u32, b(k)))
+            .collect(),
+        writes: batch,
+    }
+}
+
+fn values(vote: &Vote) -> Vec<Option<Bytes>> {
+    match vote {
+        Vote::Yes(reads) => reads.iter().map(|r| r.value.clone()).collect(),
+        other => panic!("expected a yes vote, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_phase_commits_reads_and_checks_conditions() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        let put_ts = engine.put(b("a"), b("1")).await.unwrap();
+        let ts = engine.clock().now();
+        let vote = engine
+            .txn(part(ts, &["a", "b"], &[("b", "2")]), Phase::One)
+            .await
+            .unwrap();
+        assert_eq!(values(&vote), vec![Some(b("1")), None]);
+        let Vote::Yes(reads) = &vote else {
+            unreachable!()
+        };
+        assert_eq!(reads[0].version, put_ts);
+        assert_eq!(engine.get(b"b").await.unwrap(), Some(b("2")));
+        assert_eq!(engine.read_at(b"b", ts).await.unwrap(), Some(b("2")));
+        assert_eq!(engine.read_at(b"b", ts - 1).await.unwrap(), None);
+
+        // A failed condition names itself and writes nothing.
+        let mut p = part(engine.clock().now(), &[], &[("c", "3")]);
+        p.conditions = vec![
+            (0, Condition::Exists(b("a"))),
+            (1, Condition::Equals(b("b"), b("wrong"))),
+        ];
+        let vote = engine.txn(p, Phase::One).await.unwrap();
+        assert!(
+            matches!(vote, Vote::ConditionFailed { index: 1, .. }),
+            "{vote:?}"
+        );
+        assert_eq!(engine.get(b"c").await.unwrap(), None);
+
+        // Version checks: compare-and-set on the version read.
+        let mut p = part(engine.clock().now(), &[], &[("a", "4")]);
+        p.conditions = vec![(0, Condition::VersionIs(b("a"), put_ts))];
+        assert!(matches!(
+            engine.txn(p, Phase::One).await.unwrap(),
+            Vote::Yes(_)
+        ));
+        let mut p = part(engine.clock().now(), &[], &[("a", "5")]);
+        p.conditions = vec![(0, Condition::VersionIs(b("a"), put_ts))];
+        assert!(matches!(
+            engine.txn(p, Phase::One).await.unwrap(),
+            Vote::ConditionFailed { index: 0, .. }
+        ));
+        assert_eq!(engine.get(b"a").await.unwrap(), Some(b("4")));
+        assert_eq!(engine.stats().txn_intents, 0);
+    });
+}
+
+#[test]
+fn writes_below_later_reads_and_writes_conflict() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        let old = engine.clock().now();
+        // A read at a later timestamp forbids writing below it.
+        let read_ts = engine.clock().now();
+        assert_eq!(engine.read_at(b"k", read_ts).await.unwrap(), None);
+        let vote = engine
+            .txn(part(old, &[], &[("k", "x")]), Phase::One)
+            .await
+            .unwrap();
+        assert!(matches!(vote, Vote::Conflict(_)), "{vote:?}");
+        // So does a plain write after the transaction's timestamp.
+        let old = engine.clock().now();
+        engine.put(b("j"), b("1")).await.unwrap();
+        let vote = engine
+            .txn(part(old, &[], &[("j", "x")]), Phase::One)
+            .await
+            .unwrap();
+        assert!(matches!(vote, Vote::Conflict(_)), "{vote:?}");
+        assert_eq!(engine.get(b"k").await.unwrap(), None);
+        assert_eq!(engine.get(b"j").await.unwrap(), Some(b("1")));
+        // A scan at a timestamp forbids writes below it anywhere.
+        let old = engine.clock().now();
+        let scan_ts = engine.clock().now();
+        engine.scan(b"", None, 10, Some(scan_ts)).await.unwrap();
+        let vote = engine
+            .txn(part(old, &[], &[("z", "x")]), Phase::One)
+            .await
+            .unwrap();
+        assert!(matches!(vote, Vote::Conflict(_)), "{vote:?}");
+    });
+}
+
+#[test]
+fn younger_transactions_wait_for_older_intents_and_older_ones_abort() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        let older = engine.clock().now();
+        let vote = engine
+            .txn(part(older, &[], &[("k", "old")]), Phase::Prepare)
+            .await
+            .unwrap();
+        assert_eq!(vote, Vote::Yes(vec![]));
+        assert_eq!(engine.stats().txn_intents, 1);
+        // Plain reads of the newest value do not see the undecided intent.
+        assert_eq!(engine.get(b"k").await.unwrap(), None);
+
+        // An even older writer aborts rather than wait for a younger one.
+        let oldest = older - 256;
+        let vote = engine
+            .txn(part(oldest, &[], &[("k", "x")]), Phase::One)
+            .await
+            .unwrap();
+        assert!(matches!(vote, Vote::Conflict(_)), "{vote:?}");
+
+        // A younger reader waits until the older one commits, then sees it.
+        let younger = engine.clock().now();
+        let reader = {
+            let engine = engine.clone();
+            glommio::spawn_local(async move {
+                engine
+                    .txn(part(younger, &["k"], &[]), Phase::One)
+                    .await
+                    .unwrap()
+            })
+        };
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        engine.commit_prepared(older).await.unwrap();
+        assert_eq!(values(&reader.await), vec![Some(b("old"))]);
+        assert_eq!(engine.stats().txn_intents, 0);
+        assert_eq!(engine.get(b"k").await.unwrap(), Some(b("old")));
+    });
+}
+
+#[test]
+fn a_wait_for_an_undecided_intent_gives_up_with_a_clear_error() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let opts = Options {
+            txn_wait_ms: 50,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(disk.clone(), "/db", opts).await.unwrap();
+        let ts = engine.clock().now();
+        engine
+            .txn(part(ts, &[], &[("k", "v")]), Phase::Prepare)
+            .await
+            .unwrap();
+        let later = engine.clock().now();
+        match engine.read_at(b"k", later).await {
+            Err(Error::WaitTimeout { holder, .. }) => assert_eq!(holder, ts),
+            other => panic!("expected a wait timeout, got {other:?}"),
+        }
+        engine.abort_prepared(ts);
+        assert_eq!(engine.read_at(b"k", later).await.unwrap(), None);
+    });
+}
+
+/// Prepares a transaction, crashes, and checks it comes back in doubt with
+/// its intent blocking readers, for `resolve` to decide.
+async fn crash_while_prepared(commit: bool) {
+    let disk = MemDisk::new();
+    let engine = open(&disk).await;
+    engine.put(b("other"), b("1")).await.unwrap();
+    let ts = engine.clock().now();
+    engine
+        .txn(part(ts, &[], &[("k", "v"), ("k2", "v2")]), Phase::Prepare)
+        .await
+        .unwrap();
+    let disk = disk.crash();
+    let engine = open(&disk).await;
+    assert_eq!(engine.in_doubt(), vec![ts]);
+    assert_eq!(engine.stats().txn_intents, 2);
+    // A reader above it waits for the in-doubt intent to be resolved.
+    let later = engine.clock().now();
+    let reader = {
+        let engine = engine.clone();
+        glommio::spawn_local(async move {
+            engine
+                .txn(part(later, &["k"], &[]), Phase::One)
+                .await
+                .unwrap()
+        })
+    };
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+    if commit {
+        engine.commit_prepared(ts).await.unwrap();
+    } else {
+        engine.abort_prepared(ts);
+    }
+    let expected = commit.then(|| b("v"));
+    assert_eq!(values(&reader.await), vec![expected.clone()]);
+    assert_eq!(engine.get(b"k").await.unwrap(), expected);
+    assert_eq!(engine.in_doubt(), Vec::<u64>::new());
+    // Committed data and the commit record survive the next crash; an
+    // abort leaves the prepare, so it comes back in doubt to abort again.
+    let engine = open(&disk.crash()).await;
+    assert_eq!(engine.get(b"k").await.unwrap(), expected);
+    assert_eq!(engine.get(b"k2").await.unwrap(), commit.then(|| b("v2")));
+    assert_eq!(engine.get(b"other").await.unwrap(), Some(b("1")));
+    if commit {
+        assert!(engine.in_doubt().is_empty());
+    } else {
+        assert_eq!(engine.in_doubt(), vec![ts]);
+    }
+}
+
+#[test]
+fn a_prepared_transaction_survives_a_crash_in_doubt_and_commits() {
+    run_local(|| crash_while_prepared(true));
+}
+
+#[test]
+fn a_prepared_transaction_survives_a_crash_in_doubt_and_aborts() {
+    run_local(|| crash_while_prepared(false));
+}
+
+#[test]
+fn undecided_prepares_and_decisions_outlive_flushes_and_recycled_segments() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        let prepared = engine.clock().now();
+        engine
+            .txn(part(prepared, &[], &[("k", "v")]), Phase::Prepare)
+            .await
+            .unwrap();
+        let decided = engine.clock().now();
+        engine
+            .log_decision(decided, true, vec![0, 1])
+            .await
+            .unwrap();
+        let aborted = engine.clock().now();
+        engine
+            .log_decision(aborted, false, vec![0, 1])
+            .await
+            .unwrap();
+        // Enough writes and flushes to recycle every segment the records
+        // were first logged in.
+        let value = Bytes::from(vec![b'x'; 2000]);
+        for round in 0..6 {
+            for i in 0..200 {
+                engine
+                    .put(Bytes::from(format!("fill-{round}-{i}")), value.clone())
+                    .await
+                    .unwrap();
+            }
+            engine.flush().await.unwrap();
+        }
+        assert!(engine.stats().flushes >= 6);
+        let engine = Rc::new(open(&disk.crash()).await);
+        assert_eq!(engine.in_doubt(), vec![prepared]);
+        assert!(engine.committed(decided));
+        assert!(!engine.committed(aborted));
+        engine.forget_recovered_decisions();
+        assert!(!engine.committed(decided));
+        engine.commit_prepared(prepared).await.unwrap();
+        assert_eq!(engine.get(b"k").await.unwrap(), Some(b("v")));
+    });
+}
