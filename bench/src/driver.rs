@@ -46,6 +46,7 @@ impl Protocol {
                         start: k.to_vec().into(),
                         end: None,
                         limit: *n,
+                        ts: None,
                     },
                 };
                 put_frame(out, &request.encode(id));

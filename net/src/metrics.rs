@@ -21,10 +21,12 @@ pub enum OpKind {
     Batch,
     Stats,
     Topology,
+    ReadAt,
+    Txn,
     Invalid,
 }
 
-const OPS: [OpKind; 10] = [
+const OPS: [OpKind; 12] = [
     OpKind::Hello,
     OpKind::Ping,
     OpKind::Get,
@@ -34,6 +36,8 @@ const OPS: [OpKind; 10] = [
     OpKind::Batch,
     OpKind::Stats,
     OpKind::Topology,
+    OpKind::ReadAt,
+    OpKind::Txn,
     OpKind::Invalid,
 ];
 
@@ -49,6 +53,8 @@ impl OpKind {
             OpKind::Batch => "batch",
             OpKind::Stats => "stats",
             OpKind::Topology => "topology",
+            OpKind::ReadAt => "read_at",
+            OpKind::Txn => "txn",
             OpKind::Invalid => "invalid",
         }
     }
@@ -68,6 +74,12 @@ pub struct ShardMetrics {
     pub connections_open: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub forwarded: Cell<u64>,
+    /// Transactions this shard coordinated, by outcome.
+    pub txn_committed: Cell<u64>,
+    pub txn_condition_failed: Cell<u64>,
+    pub txn_conflicts: Cell<u64>,
+    /// Of the committed, those that needed two-phase commit.
+    pub txn_two_phase: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -85,6 +97,10 @@ impl Default for ShardMetrics {
             connections_open: Cell::new(0),
             connections_refused: Cell::new(0),
             forwarded: Cell::new(0),
+            txn_committed: Cell::new(0),
+            txn_condition_failed: Cell::new(0),
+            txn_conflicts: Cell::new(0),
+            txn_two_phase: Cell::new(0),
         }
     }
 }
@@ -163,6 +179,27 @@ impl ShardMetrics {
         push(
             "compaction_bytes_written_total".into(),
             engine.compaction_bytes_written as f64,
+        );
+        for (outcome, n) in [
+            ("committed", &self.txn_committed),
+            ("condition_failed", &self.txn_condition_failed),
+            ("conflict", &self.txn_conflicts),
+        ] {
+            push(
+                format!("txn_total{{outcome=\"{outcome}\"}}"),
+                n.get() as f64,
+            );
+        }
+        push(
+            "txn_two_phase_total".into(),
+            self.txn_two_phase.get() as f64,
+        );
+        push("txn_intents".into(), engine.txn_intents as f64);
+        push("txn_prepared".into(), engine.txn_prepared as f64);
+        push("txn_decisions".into(), engine.txn_decisions as f64);
+        push(
+            "retention_watermark_ts".into(),
+            engine.retention_watermark_ts as f64,
         );
         for (level, n) in engine.level_tables.iter().enumerate() {
             push(format!("level_tables{{level=\"{level}\"}}"), *n as f64);

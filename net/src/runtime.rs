@@ -217,6 +217,10 @@ async fn shard_main(
     if let Some(r) = receivers {
         shard.serve_mesh(r);
     }
+    shard
+        .resolve_in_doubt()
+        .await
+        .with_context(|| format!("resolving shard {i}'s in-doubt transactions"))?;
     let mut tasks = vec![
         glommio::spawn_local(accept_loop(shard.clone(), shared)),
         glommio::spawn_local(accept_loop(shard.clone(), own)),

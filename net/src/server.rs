@@ -34,6 +34,8 @@ fn op_kind(r: &Request) -> OpKind {
         Request::Batch { .. } => OpKind::Batch,
         Request::Stats => OpKind::Stats,
         Request::Topology => OpKind::Topology,
+        Request::ReadAt { .. } => OpKind::ReadAt,
+        Request::Txn { .. } => OpKind::Txn,
     }
 }
 

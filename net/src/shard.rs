@@ -11,6 +11,7 @@
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use crate::slots::SlotMap;
+use crate::txn::{vote_reply, TxnRequest};
 use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -18,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
-use tessera_engine::{Engine, Error as EngineError, WriteBatch};
+use tessera_engine::{Engine, Error as EngineError, Phase, TxnPart, Vote, WriteBatch};
 use tessera_protocol::message::{BatchOp, Metric};
 use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION, SLOTS};
 
@@ -31,8 +32,24 @@ pub enum ShardOp {
         start: Bytes,
         end: Option<Bytes>,
         limit: usize,
+        ts: Option<u64>,
+    },
+    ReadAt {
+        key: Bytes,
+        ts: u64,
     },
     Stats,
+    /// A participant's part of a transaction (see `txn.rs`).
+    Txn {
+        part: TxnPart,
+        phase: Phase,
+    },
+    TxnCommit(u64),
+    TxnAbort(u64),
+    /// Does the coordinator's log hold a commit decision for this ts?
+    TxnStatus(u64),
+    /// The sender has resolved its in-doubt transactions.
+    RecoveryDone,
 }
 
 #[derive(Debug)]
@@ -41,6 +58,13 @@ pub enum ShardReply {
     Written(u64),
     Rows(Vec<(Bytes, Bytes)>),
     Stats(Vec<Metric>),
+    /// A participant's vote and its clock (the coordinator observes it).
+    Vote {
+        vote: Vote,
+        clock: u64,
+    },
+    Status(bool),
+    Done,
     Error(ErrorCode, String),
 }
 
@@ -59,6 +83,8 @@ pub fn error_reply(e: &EngineError) -> ShardReply {
         EngineError::TooLarge { .. } => ErrorCode::BatchTooLarge,
         EngineError::Corruption { .. } => ErrorCode::Corruption,
         EngineError::TimestampTooOld { .. } => ErrorCode::TimestampTooOld,
+        EngineError::TimestampInFuture { .. } => ErrorCode::InvalidArgument,
+        EngineError::WaitTimeout { .. } => ErrorCode::Conflict,
         EngineError::Closed => ErrorCode::Unavailable,
         EngineError::Io { .. } | EngineError::Stalled(_) => ErrorCode::Storage,
         EngineError::InvalidOption(_) => ErrorCode::Internal,
@@ -75,6 +101,8 @@ pub struct Shard {
     pub addresses: Arc<OnceLock<Vec<String>>>,
     pub metrics: ShardMetrics,
     pub shutting_down: Cell<bool>,
+    /// Shards that have resolved their in-doubt transactions.
+    pub(crate) recovered_peers: Cell<usize>,
     senders: Option<Senders<MeshMsg>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
     next_tag: Cell<u64>,
@@ -97,6 +125,7 @@ impl Shard {
             addresses,
             metrics: ShardMetrics::default(),
             shutting_down: Cell::new(false),
+            recovered_peers: Cell::new(0),
             senders,
             pending: RefCell::default(),
             next_tag: Cell::new(0),
@@ -193,11 +222,32 @@ impl Shard {
                     Err(e) => error_reply(&e),
                 }
             }
-            ShardOp::Scan { start, end, limit } => {
-                match self.engine.scan(&start, end.as_deref(), limit, None).await {
-                    Ok(rows) => ShardReply::Rows(rows),
-                    Err(e) => error_reply(&e),
-                }
+            ShardOp::Scan {
+                start,
+                end,
+                limit,
+                ts,
+            } => match self.engine.scan(&start, end.as_deref(), limit, ts).await {
+                Ok(rows) => ShardReply::Rows(rows),
+                Err(e) => error_reply(&e),
+            },
+            ShardOp::ReadAt { key, ts } => match self.engine.read_at(&key, ts).await {
+                Ok(v) => ShardReply::Value(v),
+                Err(e) => error_reply(&e),
+            },
+            ShardOp::Txn { part, phase } => vote_reply(self, self.engine.txn(part, phase).await),
+            ShardOp::TxnCommit(ts) => match self.engine.commit_prepared(ts).await {
+                Ok(()) => ShardReply::Done,
+                Err(e) => error_reply(&e),
+            },
+            ShardOp::TxnAbort(ts) => {
+                self.engine.abort_prepared(ts);
+                ShardReply::Done
+            }
+            ShardOp::TxnStatus(ts) => ShardReply::Status(self.engine.committed(ts)),
+            ShardOp::RecoveryDone => {
+                self.peer_recovered();
+                ShardReply::Done
             }
             ShardOp::Stats => {
                 ShardReply::Stats(self.metrics.snapshot(self.id as u32, &self.engine.stats()))
@@ -206,7 +256,7 @@ impl Shard {
     }
 
     /// Answers one client request, routing by key.
-    pub async fn handle(&self, request: Request) -> Response {
+    pub async fn handle(self: &Rc<Self>, request: Request) -> Response {
         if self.shutting_down.get() {
             return Response::error(ErrorCode::Unavailable, "server is shutting down");
         }
@@ -225,6 +275,7 @@ impl Shard {
                     protocol_version: PROTOCOL_VERSION,
                     server_version: env!("CARGO_PKG_VERSION").to_string(),
                     shards: n as u32,
+                    retention_ms: self.config.engine.retention_ms,
                 }
             }
             Request::Ping => Response::Pong,
@@ -252,14 +303,33 @@ impl Shard {
                 };
                 let owner = self.slots.shard_of(first.key());
                 if ops.iter().any(|op| self.slots.shard_of(op.key()) != owner) {
-                    return Response::error(
-                        ErrorCode::CrossShardBatch,
-                        "batch keys live on more than one shard; atomic cross-shard batches need transactions",
-                    );
+                    // Atomic across shards through the transaction path.
+                    return self.atomic_batch(ops).await;
                 }
                 into_response(self.execute(owner, ShardOp::Write(ops)).await)
             }
-            Request::Scan { start, end, limit } => self.scan(start, end, limit as usize).await,
+            Request::Scan {
+                start,
+                end,
+                limit,
+                ts,
+            } => self.scan(start, end, limit as usize, ts).await,
+            Request::ReadAt { key, ts } => {
+                let owner = self.slots.shard_of(&key);
+                into_response(self.execute(owner, ShardOp::ReadAt { key, ts }).await)
+            }
+            Request::Txn {
+                conditions,
+                reads,
+                writes,
+            } => {
+                self.transaction(TxnRequest {
+                    conditions,
+                    reads,
+                    writes,
+                })
+                .await
+            }
             Request::Stats => {
                 let mut metrics = Vec::new();
                 for shard in 0..n {
@@ -288,7 +358,13 @@ impl Shard {
     }
 
     /// Fans a scan out to every shard and merges the pages in key order.
-    async fn scan(&self, start: Bytes, end: Option<Bytes>, limit: usize) -> Response {
+    async fn scan(
+        &self,
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: usize,
+        ts: Option<u64>,
+    ) -> Response {
         let n = self.slots.shards();
         let mut rows = Vec::new();
         let futures: Vec<_> = (0..n)
@@ -299,6 +375,7 @@ impl Shard {
                         start: start.clone(),
                         end: end.clone(),
                         limit,
+                        ts,
                     },
                 )
             })
@@ -334,5 +411,11 @@ fn into_response(reply: ShardReply) -> Response {
         },
         ShardReply::Stats(m) => Response::Stats(m),
         ShardReply::Error(code, message) => Response::Error { code, message },
+        other @ (ShardReply::Vote { .. } | ShardReply::Status(_) | ShardReply::Done) => {
+            Response::error(
+                ErrorCode::Internal,
+                format!("unexpected shard reply {other:?}"),
+            )
+        }
     }
 }

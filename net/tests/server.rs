@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::Server;
 use std::io::{Read, Write};
-use tessera_client::{BatchOp, Client, Error, ErrorCode};
+use tessera_client::{BatchOp, Client};
 
 fn exercise_every_operation(server: &Server, shards: usize) {
     let mut client = Client::connect(server.listen.as_str()).unwrap();
@@ -42,7 +42,7 @@ fn exercise_every_operation(server: &Server, shards: usize) {
     let keys: Vec<_> = page.rows.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys, vec!["key005", "key006", "key008", "key009"]);
     assert_eq!(page.next_start, None);
-    // Batches: atomic on one shard, refused across shards.
+    // Batches: atomic on one shard and across shards.
     let a = Bytes::from_static(b"batch-a");
     let same: Vec<Bytes> = (0..100)
         .map(|i| Bytes::from(format!("batch-{i}")))
@@ -65,28 +65,26 @@ fn exercise_every_operation(server: &Server, shards: usize) {
             .map(|i| Bytes::from(format!("other-{i}")))
             .find(|k| client.shard_of(k) != client.shard_of(&a))
             .unwrap();
-        let err = client
+        // A batch across shards commits atomically through a transaction.
+        let ts = client
             .batch(vec![
                 BatchOp::Put {
                     key: a.clone(),
-                    value: Bytes::new(),
+                    value: Bytes::from_static(b"both"),
                 },
                 BatchOp::Put {
-                    key: other,
-                    value: Bytes::new(),
+                    key: other.clone(),
+                    value: Bytes::from_static(b"both"),
                 },
             ])
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Server {
-                    code: ErrorCode::CrossShardBatch,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+            .unwrap();
+        for key in [&a, &other] {
+            assert_eq!(
+                client.read_at(key.clone(), ts).unwrap().as_deref(),
+                Some(&b"both"[..])
+            );
+            assert_eq!(client.read_at(key.clone(), ts - 1).unwrap(), None);
+        }
     }
     // Requests sent to the shared port for keys on another shard are
     // forwarded over the mesh.

@@ -25,6 +25,7 @@ pub enum ErrorCode {
     Corruption,
     Unavailable,
     TimestampTooOld,
+    Conflict,
 }
 
 impl ErrorCode {
@@ -43,6 +44,7 @@ impl ErrorCode {
             ErrorCode::Corruption => wire::ErrorCode::Corruption,
             ErrorCode::Unavailable => wire::ErrorCode::Unavailable,
             ErrorCode::TimestampTooOld => wire::ErrorCode::TimestampTooOld,
+            ErrorCode::Conflict => wire::ErrorCode::Conflict,
         }
     }
 
@@ -60,6 +62,7 @@ impl ErrorCode {
             wire::ErrorCode::Corruption => ErrorCode::Corruption,
             wire::ErrorCode::Unavailable => ErrorCode::Unavailable,
             wire::ErrorCode::TimestampTooOld => ErrorCode::TimestampTooOld,
+            wire::ErrorCode::Conflict => ErrorCode::Conflict,
             _ => ErrorCode::Internal,
         }
     }
@@ -84,6 +87,48 @@ impl BatchOp {
     }
 }
 
+/// A transaction condition, checked at the transaction's timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Exists(Bytes),
+    Missing(Bytes),
+    Equals(Bytes, Bytes),
+    /// The key's newest version (put or delete) has this timestamp; 0: none.
+    VersionIs(Bytes, u64),
+}
+
+impl Condition {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Condition::Exists(k)
+            | Condition::Missing(k)
+            | Condition::Equals(k, _)
+            | Condition::VersionIs(k, _) => k,
+        }
+    }
+}
+
+/// A key read by a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadValue {
+    pub key: Bytes,
+    pub value: Option<Bytes>,
+    /// Timestamp of the newest version at or below the read (0: none).
+    pub version: u64,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOutcome {
+    pub committed: bool,
+    /// The transaction's timestamp (its commit timestamp if committed).
+    pub ts: u64,
+    /// Index of the condition that did not hold.
+    pub failed_condition: Option<u32>,
+    /// The reads, in request order.
+    pub reads: Vec<ReadValue>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Hello {
@@ -105,12 +150,23 @@ pub enum Request {
         start: Bytes,
         end: Option<Bytes>,
         limit: u32,
+        /// `None`: the newest state.
+        ts: Option<u64>,
     },
     Batch {
         ops: Vec<BatchOp>,
     },
     Stats,
     Topology,
+    ReadAt {
+        key: Bytes,
+        ts: u64,
+    },
+    Txn {
+        conditions: Vec<Condition>,
+        reads: Vec<Bytes>,
+        writes: Vec<BatchOp>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +186,7 @@ pub enum Response {
         protocol_version: u32,
         server_version: String,
         shards: u32,
+        retention_ms: u64,
     },
     Pong,
     Get(Option<Bytes>),
@@ -146,6 +203,7 @@ pub enum Response {
         slot_owner: Vec<u16>,
         shards: Vec<(u32, String)>,
     },
+    Txn(TxnOutcome),
 }
 
 impl Response {
@@ -261,6 +319,68 @@ pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), Dec
                 start: bytes_of(s.start()),
                 end,
                 limit,
+                ts: (s.ts() != 0).then_some(s.ts()),
+            }
+        }
+        wire::Op::ReadAt => {
+            let r = req.op_as_read_at().expect("verified union");
+            let key = bytes_of(r.key());
+            check_key(&key)?;
+            Request::ReadAt { key, ts: r.ts() }
+        }
+        wire::Op::Txn => {
+            let t = req.op_as_txn().expect("verified union");
+            let wire_conditions = t.conditions().unwrap_or_default();
+            let wire_reads = t.reads().unwrap_or_default();
+            let wire_writes = t.writes().unwrap_or_default();
+            let total = wire_conditions.len() + wire_reads.len() + wire_writes.len();
+            if total > limits.batch_ops_max {
+                return Err(fail(
+                    ErrorCode::BatchTooLarge,
+                    format!(
+                        "transaction of {total} conditions, reads and writes exceeds the limit of {}",
+                        limits.batch_ops_max
+                    ),
+                ));
+            }
+            if total == 0 {
+                return Err(fail(
+                    ErrorCode::InvalidArgument,
+                    "transaction is empty".into(),
+                ));
+            }
+            let mut conditions = Vec::with_capacity(wire_conditions.len());
+            for c in wire_conditions {
+                let key = bytes_of(c.key());
+                check_key(&key)?;
+                conditions.push(match c.kind() {
+                    wire::ConditionKind::Exists => Condition::Exists(key),
+                    wire::ConditionKind::Missing => Condition::Missing(key),
+                    wire::ConditionKind::Equals => {
+                        let value = bytes_of(c.value());
+                        check_value(&value)?;
+                        Condition::Equals(key, value)
+                    }
+                    wire::ConditionKind::VersionIs => Condition::VersionIs(key, c.version()),
+                    other => {
+                        return Err(fail(
+                            ErrorCode::UnknownOperation,
+                            format!("unknown condition kind {}", other.0),
+                        ))
+                    }
+                });
+            }
+            let mut reads = Vec::with_capacity(wire_reads.len());
+            for r in wire_reads {
+                let key = bytes_of(r.key());
+                check_key(&key)?;
+                reads.push(key);
+            }
+            let writes = decode_batch_ops(wire_writes, &check_key, &check_value, &fail)?;
+            Request::Txn {
+                conditions,
+                reads,
+                writes,
             }
         }
         wire::Op::Batch => {
@@ -276,25 +396,7 @@ pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), Dec
                     ),
                 ));
             }
-            let mut ops = Vec::with_capacity(wire_ops.len());
-            for op in wire_ops {
-                let key = bytes_of(op.key());
-                check_key(&key)?;
-                ops.push(match op.kind() {
-                    wire::BatchOpKind::Put => {
-                        let value = bytes_of(op.value());
-                        check_value(&value)?;
-                        BatchOp::Put { key, value }
-                    }
-                    wire::BatchOpKind::Delete => BatchOp::Delete { key },
-                    other => {
-                        return Err(fail(
-                            ErrorCode::UnknownOperation,
-                            format!("unknown batch op kind {}", other.0),
-                        ))
-                    }
-                });
-            }
+            let ops = decode_batch_ops(wire_ops, &check_key, &check_value, &fail)?;
             Request::Batch { ops }
         }
         wire::Op::Stats => Request::Stats,
@@ -307,6 +409,55 @@ pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), Dec
         }
     };
     Ok((id, request))
+}
+
+/// Decodes and checks the ops of a Batch or the writes of a Txn.
+fn decode_batch_ops<'a>(
+    wire_ops: flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<wire::BatchOp<'a>>>,
+    check_key: &dyn Fn(&Bytes) -> Result<(), DecodeError>,
+    check_value: &dyn Fn(&Bytes) -> Result<(), DecodeError>,
+    fail: &dyn Fn(ErrorCode, String) -> DecodeError,
+) -> Result<Vec<BatchOp>, DecodeError> {
+    let mut ops = Vec::with_capacity(wire_ops.len());
+    for op in wire_ops {
+        let key = bytes_of(op.key());
+        check_key(&key)?;
+        ops.push(match op.kind() {
+            wire::BatchOpKind::Put => {
+                let value = bytes_of(op.value());
+                check_value(&value)?;
+                BatchOp::Put { key, value }
+            }
+            wire::BatchOpKind::Delete => BatchOp::Delete { key },
+            other => {
+                return Err(fail(
+                    ErrorCode::UnknownOperation,
+                    format!("unknown batch op kind {}", other.0),
+                ))
+            }
+        });
+    }
+    Ok(ops)
+}
+
+/// Encodes batch ops (Batch ops or Txn writes).
+fn encode_batch_ops<'b>(
+    b: &mut FlatBufferBuilder<'b>,
+    ops: &[BatchOp],
+) -> WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<wire::BatchOp<'b>>>> {
+    let offsets: Vec<WIPOffset<wire::BatchOp>> = ops
+        .iter()
+        .map(|op| {
+            let (kind, key, value) = match op {
+                BatchOp::Put { key, value } => (wire::BatchOpKind::Put, key, Some(value)),
+                BatchOp::Delete { key } => (wire::BatchOpKind::Delete, key, None),
+            };
+            let key = Some(b.create_vector(key));
+            let value = value.map(|v| b.create_vector(v));
+            wire::BatchOp::create(b, &wire::BatchOpArgs { kind, key, value })
+        })
+        .collect();
+    b.create_vector(&offsets)
 }
 
 impl Request {
@@ -354,7 +505,12 @@ impl Request {
                     wire::Delete::create(&mut b, &wire::DeleteArgs { key }).as_union_value(),
                 )
             }
-            Request::Scan { start, end, limit } => {
+            Request::Scan {
+                start,
+                end,
+                limit,
+                ts,
+            } => {
                 let start = Some(b.create_vector(start));
                 let end = end.as_ref().map(|e| b.create_vector(e));
                 let o = wire::Scan::create(
@@ -363,29 +519,76 @@ impl Request {
                         start,
                         end,
                         limit: *limit,
+                        ts: ts.unwrap_or(0),
                     },
                 );
                 (wire::Op::Scan, o.as_union_value())
             }
             Request::Batch { ops } => {
-                let offsets: Vec<WIPOffset<wire::BatchOp>> = ops
-                    .iter()
-                    .map(|op| {
-                        let (kind, key, value) = match op {
-                            BatchOp::Put { key, value } => {
-                                (wire::BatchOpKind::Put, key, Some(value))
-                            }
-                            BatchOp::Delete { key } => (wire::BatchOpKind::Delete, key, None),
-                        };
-                        let key = Some(b.create_vector(key));
-                        let value = value.map(|v| b.create_vector(v));
-                        wire::BatchOp::create(&mut b, &wire::BatchOpArgs { kind, key, value })
-                    })
-                    .collect();
-                let ops = Some(b.create_vector(&offsets));
+                let ops = Some(encode_batch_ops(&mut b, ops));
                 (
                     wire::Op::Batch,
                     wire::Batch::create(&mut b, &wire::BatchArgs { ops }).as_union_value(),
+                )
+            }
+            Request::ReadAt { key, ts } => {
+                let key = Some(b.create_vector(key));
+                (
+                    wire::Op::ReadAt,
+                    wire::ReadAt::create(&mut b, &wire::ReadAtArgs { key, ts: *ts })
+                        .as_union_value(),
+                )
+            }
+            Request::Txn {
+                conditions,
+                reads,
+                writes,
+            } => {
+                let conditions: Vec<_> = conditions
+                    .iter()
+                    .map(|c| {
+                        let (kind, value, version) = match c {
+                            Condition::Exists(_) => (wire::ConditionKind::Exists, None, 0),
+                            Condition::Missing(_) => (wire::ConditionKind::Missing, None, 0),
+                            Condition::Equals(_, v) => (wire::ConditionKind::Equals, Some(v), 0),
+                            Condition::VersionIs(_, v) => {
+                                (wire::ConditionKind::VersionIs, None, *v)
+                            }
+                        };
+                        let key = Some(b.create_vector(c.key()));
+                        let value = value.map(|v| b.create_vector(v));
+                        wire::Condition::create(
+                            &mut b,
+                            &wire::ConditionArgs {
+                                kind,
+                                key,
+                                value,
+                                version,
+                            },
+                        )
+                    })
+                    .collect();
+                let conditions = Some(b.create_vector(&conditions));
+                let reads: Vec<_> = reads
+                    .iter()
+                    .map(|k| {
+                        let key = Some(b.create_vector(k));
+                        wire::Key::create(&mut b, &wire::KeyArgs { key })
+                    })
+                    .collect();
+                let reads = Some(b.create_vector(&reads));
+                let writes = Some(encode_batch_ops(&mut b, writes));
+                (
+                    wire::Op::Txn,
+                    wire::Txn::create(
+                        &mut b,
+                        &wire::TxnArgs {
+                            conditions,
+                            reads,
+                            writes,
+                        },
+                    )
+                    .as_union_value(),
                 )
             }
             Request::Stats => (
@@ -430,6 +633,7 @@ impl Response {
                 protocol_version,
                 server_version,
                 shards,
+                retention_ms,
             } => {
                 let server_version = Some(b.create_string(server_version));
                 let o = wire::HelloResult::create(
@@ -438,6 +642,7 @@ impl Response {
                         protocol_version: *protocol_version,
                         server_version,
                         shards: *shards,
+                        retention_ms: *retention_ms,
                     },
                 );
                 (wire::Outcome::HelloResult, o.as_union_value())
@@ -526,6 +731,36 @@ impl Response {
                 );
                 (wire::Outcome::TopologyResult, o.as_union_value())
             }
+            Response::Txn(outcome) => {
+                let reads: Vec<_> = outcome
+                    .reads
+                    .iter()
+                    .map(|r| {
+                        let key = Some(b.create_vector(&r.key));
+                        let value = r.value.as_ref().map(|v| b.create_vector(v));
+                        wire::ReadValue::create(
+                            &mut b,
+                            &wire::ReadValueArgs {
+                                key,
+                                found: r.value.is_some(),
+                                value,
+                                version: r.version,
+                            },
+                        )
+                    })
+                    .collect();
+                let reads = Some(b.create_vector(&reads));
+                let o = wire::TxnResult::create(
+                    &mut b,
+                    &wire::TxnResultArgs {
+                        committed: outcome.committed,
+                        ts: outcome.ts,
+                        failed_condition: outcome.failed_condition.map_or(-1, |i| i as i32),
+                        reads,
+                    },
+                );
+                (wire::Outcome::TxnResult, o.as_union_value())
+            }
         };
         let root = wire::Response::create(
             &mut b,
@@ -564,6 +799,7 @@ pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
                 protocol_version: h.protocol_version(),
                 server_version: h.server_version().unwrap_or_default().to_string(),
                 shards: h.shards(),
+                retention_ms: h.retention_ms(),
             }
         }
         wire::Outcome::PingResult => Response::Pong,
@@ -617,6 +853,24 @@ pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
                     .collect(),
             }
         }
+        wire::Outcome::TxnResult => {
+            let t = resp.outcome_as_txn_result().expect("verified union");
+            Response::Txn(TxnOutcome {
+                committed: t.committed(),
+                ts: t.ts(),
+                failed_condition: u32::try_from(t.failed_condition()).ok(),
+                reads: t
+                    .reads()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| ReadValue {
+                        key: bytes_of(r.key()),
+                        value: r.found().then(|| bytes_of(r.value())),
+                        version: r.version(),
+                    })
+                    .collect(),
+            })
+        }
         other => return Err(bad(format!("unknown result type {}", other.0))),
     };
     Ok((id, response))
@@ -639,20 +893,53 @@ mod tests {
             bytes().prop_map(|key| Request::Get { key }),
             (bytes(), bytes()).prop_map(|(key, value)| Request::Put { key, value }),
             bytes().prop_map(|key| Request::Delete { key }),
-            (bytes(), prop::option::of(bytes()), 1..100u32)
-                .prop_map(|(start, end, limit)| Request::Scan { start, end, limit }),
-            prop::collection::vec((bytes(), prop::option::of(bytes())), 0..5).prop_map(|ops| {
-                Request::Batch {
-                    ops: ops
+            (
+                bytes(),
+                prop::option::of(bytes()),
+                1..100u32,
+                prop::option::of(1..u64::MAX)
+            )
+                .prop_map(|(start, end, limit, ts)| Request::Scan {
+                    start,
+                    end,
+                    limit,
+                    ts
+                }),
+            (bytes(), any::<u64>()).prop_map(|(key, ts)| Request::ReadAt { key, ts }),
+            (
+                prop::collection::vec((0..4u8, bytes(), bytes(), any::<u64>()), 0..3),
+                prop::collection::vec(bytes(), 0..3),
+                batch_ops(),
+            )
+                .prop_filter("not empty", |(c, r, w)| !(c.is_empty()
+                    && r.is_empty()
+                    && w.is_empty()))
+                .prop_map(|(conditions, reads, writes)| Request::Txn {
+                    conditions: conditions
                         .into_iter()
-                        .map(|(key, v)| match v {
-                            Some(value) => BatchOp::Put { key, value },
-                            None => BatchOp::Delete { key },
+                        .map(|(kind, key, value, version)| match kind {
+                            0 => Condition::Exists(key),
+                            1 => Condition::Missing(key),
+                            2 => Condition::Equals(key, value),
+                            _ => Condition::VersionIs(key, version),
                         })
                         .collect(),
-                }
-            }),
+                    reads,
+                    writes,
+                }),
+            batch_ops().prop_map(|ops| Request::Batch { ops }),
         ]
+    }
+
+    fn batch_ops() -> impl Strategy<Value = Vec<BatchOp>> {
+        prop::collection::vec((bytes(), prop::option::of(bytes())), 0..5).prop_map(|ops| {
+            ops.into_iter()
+                .map(|(key, v)| match v {
+                    Some(value) => BatchOp::Put { key, value },
+                    None => BatchOp::Delete { key },
+                })
+                .collect()
+        })
     }
 
     proptest! {
@@ -685,6 +972,35 @@ mod tests {
                 slot_owner: vec![0, 1, 0, 1],
                 shards: vec![(0, "127.0.0.1:1".into())],
             },
+            Response::Hello {
+                protocol_version: 1,
+                server_version: "x".into(),
+                shards: 2,
+                retention_ms: 60_000,
+            },
+            Response::Txn(TxnOutcome {
+                committed: false,
+                ts: 99,
+                failed_condition: Some(2),
+                reads: vec![
+                    ReadValue {
+                        key: Bytes::from_static(b"a"),
+                        value: None,
+                        version: 0,
+                    },
+                    ReadValue {
+                        key: Bytes::from_static(b"b"),
+                        value: Some(Bytes::from_static(b"")),
+                        version: 7,
+                    },
+                ],
+            }),
+            Response::Txn(TxnOutcome {
+                committed: true,
+                ts: 5,
+                failed_condition: None,
+                reads: vec![],
+            }),
         ];
         for (i, r) in cases.into_iter().enumerate() {
             assert_eq!(decode_response(&r.encode(i as u64)), Ok((i as u64, r)));

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 12;
+pub const ENUM_MAX_ERROR_CODE: u16 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::Internal,
   ErrorCode::BadFrame,
   ErrorCode::UnknownOperation,
@@ -30,6 +30,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
   ErrorCode::Corruption,
   ErrorCode::Unavailable,
   ErrorCode::TimestampTooOld,
+  ErrorCode::Conflict,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -50,9 +51,10 @@ impl ErrorCode {
   pub const Corruption: Self = Self(10);
   pub const Unavailable: Self = Self(11);
   pub const TimestampTooOld: Self = Self(12);
+  pub const Conflict: Self = Self(13);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 12;
+  pub const ENUM_MAX: u16 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::BadFrame,
@@ -67,6 +69,7 @@ impl ErrorCode {
     Self::Corruption,
     Self::Unavailable,
     Self::TimestampTooOld,
+    Self::Conflict,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -84,6 +87,7 @@ impl ErrorCode {
       Self::Corruption => Some("Corruption"),
       Self::Unavailable => Some("Unavailable"),
       Self::TimestampTooOld => Some("TimestampTooOld"),
+      Self::Conflict => Some("Conflict"),
       _ => None,
     }
   }
@@ -223,12 +227,104 @@ impl<'a> ::flatbuffers::Verifiable for BatchOpKind {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for BatchOpKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_OP: u8 = 0;
+pub const ENUM_MIN_CONDITION_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 9;
+pub const ENUM_MAX_CONDITION_KIND: u8 = 3;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 10] = [
+pub const ENUM_VALUES_CONDITION_KIND: [ConditionKind; 4] = [
+  ConditionKind::Exists,
+  ConditionKind::Missing,
+  ConditionKind::Equals,
+  ConditionKind::VersionIs,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ConditionKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl ConditionKind {
+  pub const Exists: Self = Self(0);
+  pub const Missing: Self = Self(1);
+  pub const Equals: Self = Self(2);
+  pub const VersionIs: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Exists,
+    Self::Missing,
+    Self::Equals,
+    Self::VersionIs,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Exists => Some("Exists"),
+      Self::Missing => Some("Missing"),
+      Self::Equals => Some("Equals"),
+      Self::VersionIs => Some("VersionIs"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for ConditionKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for ConditionKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for ConditionKind {
+    type Output = ConditionKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for ConditionKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ConditionKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ConditionKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_OP: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_OP: u8 = 11;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_OP: [Op; 12] = [
   Op::NONE,
   Op::Hello,
   Op::Ping,
@@ -239,6 +335,8 @@ pub const ENUM_VALUES_OP: [Op; 10] = [
   Op::Batch,
   Op::Stats,
   Op::Topology,
+  Op::ReadAt,
+  Op::Txn,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -256,9 +354,11 @@ impl Op {
   pub const Batch: Self = Self(7);
   pub const Stats: Self = Self(8);
   pub const Topology: Self = Self(9);
+  pub const ReadAt: Self = Self(10);
+  pub const Txn: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -270,6 +370,8 @@ impl Op {
     Self::Batch,
     Self::Stats,
     Self::Topology,
+    Self::ReadAt,
+    Self::Txn,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -284,6 +386,8 @@ impl Op {
       Self::Batch => Some("Batch"),
       Self::Stats => Some("Stats"),
       Self::Topology => Some("Topology"),
+      Self::ReadAt => Some("ReadAt"),
+      Self::Txn => Some("Txn"),
       _ => None,
     }
   }
@@ -343,10 +447,10 @@ pub struct OpUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OUTCOME: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OUTCOME: u8 = 8;
+pub const ENUM_MAX_OUTCOME: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OUTCOME: [Outcome; 9] = [
+pub const ENUM_VALUES_OUTCOME: [Outcome; 10] = [
   Outcome::NONE,
   Outcome::Error,
   Outcome::HelloResult,
@@ -356,6 +460,7 @@ pub const ENUM_VALUES_OUTCOME: [Outcome; 9] = [
   Outcome::ScanResult,
   Outcome::StatsResult,
   Outcome::TopologyResult,
+  Outcome::TxnResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -372,9 +477,10 @@ impl Outcome {
   pub const ScanResult: Self = Self(6);
   pub const StatsResult: Self = Self(7);
   pub const TopologyResult: Self = Self(8);
+  pub const TxnResult: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Error,
@@ -385,6 +491,7 @@ impl Outcome {
     Self::ScanResult,
     Self::StatsResult,
     Self::TopologyResult,
+    Self::TxnResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -398,6 +505,7 @@ impl Outcome {
       Self::ScanResult => Some("ScanResult"),
       Self::StatsResult => Some("StatsResult"),
       Self::TopologyResult => Some("TopologyResult"),
+      Self::TxnResult => Some("TxnResult"),
       _ => None,
     }
   }
@@ -969,6 +1077,7 @@ impl<'a> Scan<'a> {
   pub const VT_START: ::flatbuffers::VOffsetT = 4;
   pub const VT_END: ::flatbuffers::VOffsetT = 6;
   pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -980,6 +1089,7 @@ impl<'a> Scan<'a> {
     args: &'args ScanArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
     let mut builder = ScanBuilder::new(_fbb);
+    builder.add_ts(args.ts);
     builder.add_limit(args.limit);
     if let Some(x) = args.end { builder.add_end(x); }
     if let Some(x) = args.start { builder.add_start(x); }
@@ -1008,6 +1118,13 @@ impl<'a> Scan<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Scan::VT_LIMIT, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn ts(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Scan::VT_TS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Scan<'_> {
@@ -1019,6 +1136,7 @@ impl ::flatbuffers::Verifiable for Scan<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("start", Self::VT_START, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
      .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<u64>("ts", Self::VT_TS, false)?
      .finish();
     Ok(())
   }
@@ -1027,6 +1145,7 @@ pub struct ScanArgs<'a> {
     pub start: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub limit: u32,
+    pub ts: u64,
 }
 impl<'a> Default for ScanArgs<'a> {
   #[inline]
@@ -1035,6 +1154,7 @@ impl<'a> Default for ScanArgs<'a> {
       start: None,
       end: None,
       limit: 0,
+      ts: 0,
     }
   }
 }
@@ -1057,6 +1177,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Scan::VT_LIMIT, limit, 0);
   }
   #[inline]
+  pub fn add_ts(&mut self, ts: u64) {
+    self.fbb_.push_slot::<u64>(Scan::VT_TS, ts, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ScanBuilder {
@@ -1077,6 +1201,120 @@ impl ::core::fmt::Debug for Scan<'_> {
       ds.field("start", &self.start());
       ds.field("end", &self.end());
       ds.field("limit", &self.limit());
+      ds.field("ts", &self.ts());
+      ds.finish()
+  }
+}
+pub enum ReadAtOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadAt<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadAt<'a> {
+  type Inner = ReadAt<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadAt<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadAt { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadAtArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReadAt<'bldr>> {
+    let mut builder = ReadAtBuilder::new(_fbb);
+    builder.add_ts(args.ts);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReadAt::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn ts(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadAt::VT_TS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadAt<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<u64>("ts", Self::VT_TS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadAtArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ts: u64,
+}
+impl<'a> Default for ReadAtArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReadAtArgs {
+      key: None,
+      ts: 0,
+    }
+  }
+}
+
+pub struct ReadAtBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadAtBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReadAt::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_ts(&mut self, ts: u64) {
+    self.fbb_.push_slot::<u64>(ReadAt::VT_TS, ts, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadAtBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadAtBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadAt<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadAt<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadAt");
+      ds.field("key", &self.key());
+      ds.field("ts", &self.ts());
       ds.finish()
   }
 }
@@ -1462,6 +1700,379 @@ impl ::core::fmt::Debug for Topology<'_> {
       ds.finish()
   }
 }
+pub enum ConditionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Condition<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Condition<'a> {
+  type Inner = Condition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Condition<'a> {
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Condition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ConditionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Condition<'bldr>> {
+    let mut builder = ConditionBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> ConditionKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ConditionKind>(Condition::VT_KIND, Some(ConditionKind::Exists)).unwrap()}
+  }
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Condition::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Condition::VT_VALUE, None)}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Condition::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Condition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ConditionKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConditionArgs<'a> {
+    pub kind: ConditionKind,
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: u64,
+}
+impl<'a> Default for ConditionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConditionArgs {
+      kind: ConditionKind::Exists,
+      key: None,
+      value: None,
+      version: 0,
+    }
+  }
+}
+
+pub struct ConditionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConditionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: ConditionKind) {
+    self.fbb_.push_slot::<ConditionKind>(Condition::VT_KIND, kind, ConditionKind::Exists);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Condition::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Condition::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(Condition::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConditionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ConditionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Condition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Condition<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Condition");
+      ds.field("kind", &self.kind());
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum KeyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Key<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Key<'a> {
+  type Inner = Key<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Key<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Key { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Key<'bldr>> {
+    let mut builder = KeyBuilder::new(_fbb);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Key::VT_KEY, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Key<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyArgs {
+      key: None,
+    }
+  }
+}
+
+pub struct KeyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Key::VT_KEY, key);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Key<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Key<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Key");
+      ds.field("key", &self.key());
+      ds.finish()
+  }
+}
+pub enum TxnOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Txn<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Txn<'a> {
+  type Inner = Txn<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Txn<'a> {
+  pub const VT_CONDITIONS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_READS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_WRITES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Txn { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Txn<'bldr>> {
+    let mut builder = TxnBuilder::new(_fbb);
+    if let Some(x) = args.writes { builder.add_writes(x); }
+    if let Some(x) = args.reads { builder.add_reads(x); }
+    if let Some(x) = args.conditions { builder.add_conditions(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conditions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Condition<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Condition>>>>(Txn::VT_CONDITIONS, None)}
+  }
+  #[inline]
+  pub fn reads(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(Txn::VT_READS, None)}
+  }
+  #[inline]
+  pub fn writes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<BatchOp<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<BatchOp>>>>(Txn::VT_WRITES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Txn<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Condition>>>>("conditions", Self::VT_CONDITIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("reads", Self::VT_READS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<BatchOp>>>>("writes", Self::VT_WRITES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnArgs<'a> {
+    pub conditions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Condition<'a>>>>>,
+    pub reads: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+    pub writes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<BatchOp<'a>>>>>,
+}
+impl<'a> Default for TxnArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnArgs {
+      conditions: None,
+      reads: None,
+      writes: None,
+    }
+  }
+}
+
+pub struct TxnBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conditions(&mut self, conditions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Condition<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_CONDITIONS, conditions);
+  }
+  #[inline]
+  pub fn add_reads(&mut self, reads: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_READS, reads);
+  }
+  #[inline]
+  pub fn add_writes(&mut self, writes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<BatchOp<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_WRITES, writes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Txn<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Txn<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Txn");
+      ds.field("conditions", &self.conditions());
+      ds.field("reads", &self.reads());
+      ds.field("writes", &self.writes());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1655,6 +2266,36 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_read_at(&self) -> Option<ReadAt<'a>> {
+    if self.op_type() == Op::ReadAt {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadAt::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_txn(&self) -> Option<Txn<'a>> {
+    if self.op_type() == Op::Txn {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Txn::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -1675,6 +2316,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Batch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Batch>>("Op::Batch", pos),
           Op::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Op::Stats", pos),
           Op::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Topology>>("Op::Topology", pos),
+          Op::ReadAt => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadAt>>("Op::ReadAt", pos),
+          Op::Txn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Txn>>("Op::Txn", pos),
           _ => Ok(()),
         }
      })?
@@ -1794,6 +2437,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Topology => {
           if let Some(x) = self.op_as_topology() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::ReadAt => {
+          if let Some(x) = self.op_as_read_at() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Txn => {
+          if let Some(x) = self.op_as_txn() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -1939,6 +2596,7 @@ impl<'a> HelloResult<'a> {
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
   pub const VT_SERVER_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RETENTION_MS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1950,6 +2608,7 @@ impl<'a> HelloResult<'a> {
     args: &'args HelloResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<HelloResult<'bldr>> {
     let mut builder = HelloResultBuilder::new(_fbb);
+    builder.add_retention_ms(args.retention_ms);
     builder.add_shards(args.shards);
     if let Some(x) = args.server_version { builder.add_server_version(x); }
     builder.add_protocol_version(args.protocol_version);
@@ -1978,6 +2637,13 @@ impl<'a> HelloResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(HelloResult::VT_SHARDS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn retention_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HelloResult::VT_RETENTION_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HelloResult<'_> {
@@ -1989,6 +2655,7 @@ impl ::flatbuffers::Verifiable for HelloResult<'_> {
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("server_version", Self::VT_SERVER_VERSION, false)?
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
+     .visit_field::<u64>("retention_ms", Self::VT_RETENTION_MS, false)?
      .finish();
     Ok(())
   }
@@ -1997,6 +2664,7 @@ pub struct HelloResultArgs<'a> {
     pub protocol_version: u32,
     pub server_version: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shards: u32,
+    pub retention_ms: u64,
 }
 impl<'a> Default for HelloResultArgs<'a> {
   #[inline]
@@ -2005,6 +2673,7 @@ impl<'a> Default for HelloResultArgs<'a> {
       protocol_version: 0,
       server_version: None,
       shards: 0,
+      retention_ms: 0,
     }
   }
 }
@@ -2027,6 +2696,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloResultBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u32>(HelloResult::VT_SHARDS, shards, 0);
   }
   #[inline]
+  pub fn add_retention_ms(&mut self, retention_ms: u64) {
+    self.fbb_.push_slot::<u64>(HelloResult::VT_RETENTION_MS, retention_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloResultBuilder {
@@ -2047,6 +2720,7 @@ impl ::core::fmt::Debug for HelloResult<'_> {
       ds.field("protocol_version", &self.protocol_version());
       ds.field("server_version", &self.server_version());
       ds.field("shards", &self.shards());
+      ds.field("retention_ms", &self.retention_ms());
       ds.finish()
   }
 }
@@ -3032,6 +3706,300 @@ impl ::core::fmt::Debug for TopologyResult<'_> {
       ds.finish()
   }
 }
+pub enum ReadValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadValue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadValue<'a> {
+  type Inner = ReadValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadValue<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FOUND: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadValueArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReadValue<'bldr>> {
+    let mut builder = ReadValueBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_found(args.found);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReadValue::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn found(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ReadValue::VT_FOUND, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReadValue::VT_VALUE, None)}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadValue::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<bool>("found", Self::VT_FOUND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadValueArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub found: bool,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: u64,
+}
+impl<'a> Default for ReadValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReadValueArgs {
+      key: None,
+      found: false,
+      value: None,
+      version: 0,
+    }
+  }
+}
+
+pub struct ReadValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadValueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReadValue::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_found(&mut self, found: bool) {
+    self.fbb_.push_slot::<bool>(ReadValue::VT_FOUND, found, false);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReadValue::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(ReadValue::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadValueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadValue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadValue");
+      ds.field("key", &self.key());
+      ds.field("found", &self.found());
+      ds.field("value", &self.value());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum TxnResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TxnResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnResult<'a> {
+  type Inner = TxnResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnResult<'a> {
+  pub const VT_COMMITTED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FAILED_CONDITION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_READS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnResult<'bldr>> {
+    let mut builder = TxnResultBuilder::new(_fbb);
+    builder.add_ts(args.ts);
+    if let Some(x) = args.reads { builder.add_reads(x); }
+    builder.add_failed_condition(args.failed_condition);
+    builder.add_committed(args.committed);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn committed(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TxnResult::VT_COMMITTED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn ts(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TxnResult::VT_TS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn failed_condition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(TxnResult::VT_FAILED_CONDITION, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn reads(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReadValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReadValue>>>>(TxnResult::VT_READS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("committed", Self::VT_COMMITTED, false)?
+     .visit_field::<u64>("ts", Self::VT_TS, false)?
+     .visit_field::<i32>("failed_condition", Self::VT_FAILED_CONDITION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReadValue>>>>("reads", Self::VT_READS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnResultArgs<'a> {
+    pub committed: bool,
+    pub ts: u64,
+    pub failed_condition: i32,
+    pub reads: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReadValue<'a>>>>>,
+}
+impl<'a> Default for TxnResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnResultArgs {
+      committed: false,
+      ts: 0,
+      failed_condition: -1,
+      reads: None,
+    }
+  }
+}
+
+pub struct TxnResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_committed(&mut self, committed: bool) {
+    self.fbb_.push_slot::<bool>(TxnResult::VT_COMMITTED, committed, false);
+  }
+  #[inline]
+  pub fn add_ts(&mut self, ts: u64) {
+    self.fbb_.push_slot::<u64>(TxnResult::VT_TS, ts, 0);
+  }
+  #[inline]
+  pub fn add_failed_condition(&mut self, failed_condition: i32) {
+    self.fbb_.push_slot::<i32>(TxnResult::VT_FAILED_CONDITION, failed_condition, -1);
+  }
+  #[inline]
+  pub fn add_reads(&mut self, reads: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReadValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnResult::VT_READS, reads);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnResult");
+      ds.field("committed", &self.committed());
+      ds.field("ts", &self.ts());
+      ds.field("failed_condition", &self.failed_condition());
+      ds.field("reads", &self.reads());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3210,6 +4178,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn outcome_as_txn_result(&self) -> Option<TxnResult<'a>> {
+    if self.outcome_type() == Outcome::TxnResult {
+      self.outcome().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TxnResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -3229,6 +4212,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Outcome::ScanResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanResult>>("Outcome::ScanResult", pos),
           Outcome::StatsResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatsResult>>("Outcome::StatsResult", pos),
           Outcome::TopologyResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TopologyResult>>("Outcome::TopologyResult", pos),
+          Outcome::TxnResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnResult>>("Outcome::TxnResult", pos),
           _ => Ok(()),
         }
      })?
@@ -3341,6 +4325,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Outcome::TopologyResult => {
           if let Some(x) = self.outcome_as_topology_result() {
+            ds.field("outcome", &x)
+          } else {
+            ds.field("outcome", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Outcome::TxnResult => {
+          if let Some(x) = self.outcome_as_txn_result() {
             ds.field("outcome", &x)
           } else {
             ds.field("outcome", &"InvalidFlatbuffer: Union discriminant does not match value.")

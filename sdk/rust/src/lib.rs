@@ -27,8 +27,8 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 use tessera_protocol::frame::{next_frame, put_frame};
-pub use tessera_protocol::message::BatchOp;
 use tessera_protocol::message::{decode_response, Metric};
+pub use tessera_protocol::message::{BatchOp, Condition, ReadValue, TxnOutcome};
 pub use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 
 /// Largest response frame the client accepts.
@@ -160,6 +160,117 @@ pub struct Client {
     shards: Vec<Connection>,
     slot_owner: Vec<u16>,
     pub server_version: String,
+    /// How far back `read_at` and `scan_at` can go, as the server says.
+    pub retention_ms: u64,
+}
+
+/// A one-shot transaction: conditions, reads and writes on any keys,
+/// executed atomically at one timestamp with serializable isolation.
+///
+/// ```no_run
+/// # use tessera_client::{Client, Txn, Retry};
+/// # let mut client = Client::connect("127.0.0.1:7878")?;
+/// // Move 10 from a to b if a still holds "100".
+/// let txn = Txn::new().equals("a", "100").put("a", "90").put("b", "10").read("b");
+/// let outcome = client.txn_with_retry(&txn, Retry::default())?;
+/// assert!(outcome.committed || outcome.failed_condition == Some(0));
+/// # Ok::<(), tessera_client::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub conditions: Vec<Condition>,
+    pub reads: Vec<Bytes>,
+    pub writes: Vec<BatchOp>,
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires `key` to have a live value.
+    pub fn exists(mut self, key: impl Into<Bytes>) -> Self {
+        self.conditions.push(Condition::Exists(key.into()));
+        self
+    }
+
+    /// Requires `key` to have no live value.
+    pub fn missing(mut self, key: impl Into<Bytes>) -> Self {
+        self.conditions.push(Condition::Missing(key.into()));
+        self
+    }
+
+    /// Requires `key`'s value to equal `value`.
+    pub fn equals(mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        self.conditions
+            .push(Condition::Equals(key.into(), value.into()));
+        self
+    }
+
+    /// Requires `key`'s newest version to have timestamp `version` (as a
+    /// read returned it; 0: never written).
+    pub fn version_is(mut self, key: impl Into<Bytes>, version: u64) -> Self {
+        self.conditions
+            .push(Condition::VersionIs(key.into(), version));
+        self
+    }
+
+    pub fn read(mut self, key: impl Into<Bytes>) -> Self {
+        self.reads.push(key.into());
+        self
+    }
+
+    pub fn put(mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        self.writes.push(BatchOp::Put {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    pub fn delete(mut self, key: impl Into<Bytes>) -> Self {
+        self.writes.push(BatchOp::Delete { key: key.into() });
+        self
+    }
+
+    /// The request to send.
+    pub fn request(&self) -> Request {
+        Request::Txn {
+            conditions: self.conditions.clone(),
+            reads: self.reads.clone(),
+            writes: self.writes.clone(),
+        }
+    }
+
+    /// The key whose shard should coordinate: the first written, else the
+    /// first read or checked.
+    pub fn home_key(&self) -> Option<&Bytes> {
+        self.writes
+            .first()
+            .map(BatchOp::key)
+            .or(self.reads.first())
+            .or(self.conditions.first().map(Condition::key))
+    }
+}
+
+/// How [`Client::txn_with_retry`] retries transactions aborted by a
+/// conflict: up to `attempts` tries, sleeping a random time up to `backoff`,
+/// doubling each time up to `backoff_max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 20,
+            backoff: Duration::from_micros(200),
+            backoff_max: Duration::from_millis(50),
+        }
+    }
 }
 
 impl Client {
@@ -175,9 +286,14 @@ impl Client {
             protocol_version: PROTOCOL_VERSION,
             client_name: "tessera-client-rust".into(),
         })? {
-            Response::Hello { server_version, .. } => server_version,
+            Response::Hello {
+                server_version,
+                retention_ms,
+                ..
+            } => (server_version, retention_ms),
             other => return Err(unexpected(other)),
         };
+        let (server_version, retention_ms) = server_version;
         let (slot_owner, addresses) = match entry.call(&Request::Topology)? {
             Response::Topology {
                 slot_owner, shards, ..
@@ -198,6 +314,7 @@ impl Client {
             shards,
             slot_owner,
             server_version,
+            retention_ms,
         })
     }
 
@@ -243,7 +360,8 @@ impl Client {
         written(self.connection_for(&key).call(&Request::Delete { key })?)
     }
 
-    /// Applies `ops` atomically; all keys must live on one shard.
+    /// Applies `ops` atomically at one timestamp, returned; keys on several
+    /// shards commit through a transaction.
     pub fn batch(&mut self, ops: Vec<BatchOp>) -> Result<u64> {
         let Some(first) = ops.first() else {
             return Err(Error::Protocol("empty batch".into()));
@@ -259,14 +377,77 @@ impl Client {
         end: Option<impl Into<Bytes>>,
         limit: u32,
     ) -> Result<ScanPage> {
+        self.scan_at(start, end, limit, None)
+    }
+
+    /// Like [`Client::scan`], as of timestamp `ts` (`None`: newest).
+    pub fn scan_at(
+        &mut self,
+        start: impl Into<Bytes>,
+        end: Option<impl Into<Bytes>>,
+        limit: u32,
+        ts: Option<u64>,
+    ) -> Result<ScanPage> {
         let request = Request::Scan {
             start: start.into(),
             end: end.map(Into::into),
             limit,
+            ts,
         };
         match self.entry.call(&request)? {
             Response::Scan { rows, next_start } => Ok(ScanPage { rows, next_start }),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// The value of `key` as of timestamp `ts` (inside the retention
+    /// window, [`Client::retention_ms`]).
+    pub fn read_at(&mut self, key: impl Into<Bytes>, ts: u64) -> Result<Option<Bytes>> {
+        let key = key.into();
+        match self
+            .connection_for(&key)
+            .call(&Request::ReadAt { key, ts })?
+        {
+            Response::Get(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a transaction once. A conflict comes back as
+    /// `Error::Server { code: ErrorCode::Conflict, .. }`; a failed condition
+    /// as an outcome with `committed == false`.
+    pub fn txn(&mut self, txn: &Txn) -> Result<TxnOutcome> {
+        let Some(home) = txn.home_key() else {
+            return Err(Error::Protocol("empty transaction".into()));
+        };
+        let shard = self.shard_of(home);
+        match self.shards[shard].call(&txn.request())? {
+            Response::Txn(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a transaction, retrying conflicts with randomized exponential
+    /// backoff per `retry`.
+    pub fn txn_with_retry(&mut self, txn: &Txn, retry: Retry) -> Result<TxnOutcome> {
+        let mut backoff = retry.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.txn(txn) {
+                Err(Error::Server {
+                    code: ErrorCode::Conflict,
+                    ..
+                }) if attempt < retry.attempts => {
+                    let nanos = backoff.as_nanos().max(1) as u64;
+                    std::thread::sleep(Duration::from_nanos(rand::Rng::gen_range(
+                        &mut rand::thread_rng(),
+                        0..nanos,
+                    )));
+                    backoff = (backoff * 2).min(retry.backoff_max);
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 

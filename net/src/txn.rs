@@ -1,0 +1,400 @@
+//! Transactions across shards: the coordinator's side.
+//!
+//! The shard that receives a `Txn` coordinates it. It takes a timestamp from
+//! its hybrid logical clock (unique: the low bits name the shard), splits the
+//! conditions, reads and writes by owning shard and sends each participant
+//! its part over the mesh. One participant commits in one phase. Several go
+//! through two-phase commit: each admits its part under timestamp ordering,
+//! logs a durable prepare and votes; if all vote yes the coordinator logs its
+//! decision durably, then tells every participant to commit and answers the
+//! client once they have. Any no vote aborts the rest.
+//!
+//! After a crash every shard replays its WAL; prepared transactions without
+//! an outcome ask their coordinator (named by the timestamp's low bits),
+//! whose log either holds the commit decision or not (then: abort). The
+//! server serves clients only after every shard has resolved its in-doubt
+//! transactions.
+//!
+//! Sketch: a cross-shard commit costs two mesh round trips plus three
+//! group-committed WAL writes in series (prepare ∥, decision, commit ∥);
+//! group commit shares each sync among every transaction in flight.
+
+use crate::shard::{error_reply, Shard, ShardOp, ShardReply};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use tessera_engine::txn::coordinator_of;
+use tessera_engine::{Condition as EngineCondition, Phase, TxnPart, Vote};
+use tessera_protocol::message::{BatchOp, Condition, ReadValue, TxnOutcome};
+use tessera_protocol::{ErrorCode, Response};
+
+/// A transaction as the client sent it.
+pub struct TxnRequest {
+    pub conditions: Vec<Condition>,
+    pub reads: Vec<Bytes>,
+    pub writes: Vec<BatchOp>,
+}
+
+/// How a transaction ended, before it becomes a response.
+enum Outcome {
+    Committed {
+        ts: u64,
+        reads: Vec<ReadValue>,
+    },
+    ConditionFailed {
+        ts: u64,
+        index: u32,
+        reads: Vec<ReadValue>,
+    },
+    Failed(ShardReply),
+}
+
+impl Shard {
+    /// Runs a client transaction with this shard as coordinator.
+    pub async fn transaction(self: &Rc<Self>, req: TxnRequest) -> Response {
+        let read_count = req.reads.len();
+        let outcome = self.coordinate(req).await;
+        let m = &self.metrics;
+        match outcome {
+            Outcome::Committed { ts, reads } => {
+                m.txn_committed.set(m.txn_committed.get() + 1);
+                debug_assert_eq!(reads.len(), read_count);
+                Response::Txn(TxnOutcome {
+                    committed: true,
+                    ts,
+                    failed_condition: None,
+                    reads,
+                })
+            }
+            Outcome::ConditionFailed { ts, index, reads } => {
+                m.txn_condition_failed.set(m.txn_condition_failed.get() + 1);
+                Response::Txn(TxnOutcome {
+                    committed: false,
+                    ts,
+                    failed_condition: Some(index),
+                    reads,
+                })
+            }
+            Outcome::Failed(reply) => {
+                if matches!(reply, ShardReply::Error(ErrorCode::Conflict, _)) {
+                    m.txn_conflicts.set(m.txn_conflicts.get() + 1);
+                }
+                match reply {
+                    ShardReply::Error(code, message) => Response::Error { code, message },
+                    other => Response::error(
+                        ErrorCode::Internal,
+                        format!("unexpected participant reply {other:?}"),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Applies `ops` atomically, across shards if need be; answers like a
+    /// single write.
+    pub async fn atomic_batch(self: &Rc<Self>, ops: Vec<BatchOp>) -> Response {
+        match self
+            .coordinate(TxnRequest {
+                conditions: Vec::new(),
+                reads: Vec::new(),
+                writes: ops,
+            })
+            .await
+        {
+            Outcome::Committed { ts, .. } => Response::Written { ts },
+            Outcome::ConditionFailed { .. } => {
+                Response::error(ErrorCode::Internal, "a batch has no conditions to fail")
+            }
+            Outcome::Failed(ShardReply::Error(code, message)) => Response::Error { code, message },
+            Outcome::Failed(other) => Response::error(
+                ErrorCode::Internal,
+                format!("unexpected participant reply {other:?}"),
+            ),
+        }
+    }
+
+    async fn coordinate(self: &Rc<Self>, req: TxnRequest) -> Outcome {
+        let ts = self.engine.clock().now();
+        let read_count = req.reads.len();
+        let mut parts: BTreeMap<usize, TxnPart> = BTreeMap::new();
+        fn part_of<'a>(
+            parts: &'a mut BTreeMap<usize, TxnPart>,
+            owner: usize,
+            ts: u64,
+        ) -> &'a mut TxnPart {
+            parts.entry(owner).or_insert_with(|| TxnPart {
+                ts,
+                ..TxnPart::default()
+            })
+        }
+        for (i, c) in req.conditions.into_iter().enumerate() {
+            let c = match c {
+                Condition::Exists(k) => EngineCondition::Exists(k),
+                Condition::Missing(k) => EngineCondition::Missing(k),
+                Condition::Equals(k, v) => EngineCondition::Equals(k, v),
+                Condition::VersionIs(k, v) => EngineCondition::VersionIs(k, v),
+            };
+            part_of(&mut parts, self.slots.shard_of(c.key()), ts)
+                .conditions
+                .push((i as u32, c));
+        }
+        for (i, key) in req.reads.into_iter().enumerate() {
+            part_of(&mut parts, self.slots.shard_of(&key), ts)
+                .reads
+                .push((i as u32, key));
+        }
+        for op in req.writes {
+            match op {
+                BatchOp::Put { key, value } => part_of(&mut parts, self.slots.shard_of(&key), ts)
+                    .writes
+                    .put(key, value),
+                BatchOp::Delete { key } => part_of(&mut parts, self.slots.shard_of(&key), ts)
+                    .writes
+                    .delete(key),
+            };
+        }
+        let mut reads: Vec<ReadValue> = Vec::with_capacity(read_count);
+        let participants: Vec<usize> = parts.keys().copied().collect();
+        if participants.len() == 1 {
+            let (owner, part) = parts.pop_first().expect("one participant");
+            let reply = self
+                .execute(
+                    owner,
+                    ShardOp::Txn {
+                        part,
+                        phase: Phase::One,
+                    },
+                )
+                .await;
+            return match self.tally(ts, vec![(owner, reply)], &mut reads) {
+                Ok(_) => Outcome::Committed { ts, reads },
+                Err(outcome) => outcome,
+            };
+        }
+        // Participants without writes vote and are done; only writers take
+        // part in the decision.
+        let writers: Vec<usize> = parts
+            .iter()
+            .filter(|(_, p)| !p.writes.is_empty())
+            .map(|(&owner, _)| owner)
+            .collect();
+        // Two-phase commit: prepare everywhere at once.
+        let prepares: Vec<_> = parts
+            .into_iter()
+            .map(|(owner, part)| {
+                let shard = self.clone();
+                let op = ShardOp::Txn {
+                    part,
+                    phase: Phase::Prepare,
+                };
+                (
+                    owner,
+                    glommio::spawn_local(async move { shard.execute(owner, op).await }),
+                )
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(prepares.len());
+        for (owner, task) in prepares {
+            replies.push((owner, task.await));
+        }
+        if let Err(outcome) = self.tally(ts, replies, &mut reads) {
+            // `tally` already aborted the participants that voted yes.
+            return outcome;
+        }
+        if writers.is_empty() {
+            // Read-only: every read is registered at `ts`; nothing to decide.
+            return Outcome::Committed { ts, reads };
+        }
+        let prepared = writers;
+        let ids: Vec<u32> = prepared.iter().map(|&p| p as u32).collect();
+        if let Err(e) = self.engine.log_decision(ts, true, ids.clone()).await {
+            // The commit decision may or may not be on disk. Only an abort
+            // decision that is surely durable lets participants abort now;
+            // otherwise they stay prepared and recovery decides.
+            tracing::error!(ts, error = %e, "could not log a commit decision");
+            if self.engine.log_decision(ts, false, ids).await.is_ok() {
+                self.broadcast(&prepared, || ShardOp::TxnAbort(ts)).await;
+                return Outcome::Failed(ShardReply::Error(
+                    ErrorCode::Storage,
+                    format!("transaction aborted: its commit decision could not be logged: {e}"),
+                ));
+            }
+            return Outcome::Failed(ShardReply::Error(
+                ErrorCode::Storage,
+                format!(
+                    "transaction outcome unknown until the server restarts: the decision could not be logged: {e}"
+                ),
+            ));
+        }
+        let acks = self.broadcast(&prepared, || ShardOp::TxnCommit(ts)).await;
+        if acks.iter().all(|r| matches!(r, ShardReply::Done)) {
+            self.engine.forget_decision(ts);
+        } else {
+            // The decision stays logged: recovery commits the laggards.
+            tracing::warn!(ts, replies = ?acks, "a participant could not log its commit");
+        }
+        let m = &self.metrics;
+        m.txn_two_phase.set(m.txn_two_phase.get() + 1);
+        Outcome::Committed { ts, reads }
+    }
+
+    /// Merges votes into `reads` (by request index). On any no vote, aborts
+    /// the participants that voted yes and returns the outcome to report:
+    /// a failed condition (the lowest index) before a conflict or error.
+    fn tally(
+        self: &Rc<Self>,
+        ts: u64,
+        replies: Vec<(usize, ShardReply)>,
+        reads: &mut Vec<ReadValue>,
+    ) -> Result<(), Outcome> {
+        let mut slots: BTreeMap<u32, ReadValue> = BTreeMap::new();
+        let mut yes = Vec::new();
+        let mut failed_condition: Option<u32> = None;
+        let mut failure: Option<ShardReply> = None;
+        for (owner, reply) in replies {
+            match reply {
+                ShardReply::Vote { vote, clock } => {
+                    self.engine.clock().observe(clock);
+                    let rs = match vote {
+                        Vote::Yes(rs) => {
+                            yes.push(owner);
+                            rs
+                        }
+                        Vote::ConditionFailed { index, reads } => {
+                            failed_condition =
+                                Some(failed_condition.map_or(index, |f| f.min(index)));
+                            reads
+                        }
+                        Vote::Conflict(why) => {
+                            failure.get_or_insert(ShardReply::Error(
+                                ErrorCode::Conflict,
+                                format!("transaction {ts} aborted on shard {owner}: {why}"),
+                            ));
+                            Vec::new()
+                        }
+                    };
+                    for r in rs {
+                        slots.insert(
+                            r.index,
+                            ReadValue {
+                                key: r.key,
+                                value: r.value,
+                                version: r.version,
+                            },
+                        );
+                    }
+                }
+                other => {
+                    failure.get_or_insert(other);
+                }
+            }
+        }
+        if failed_condition.is_none() && failure.is_none() {
+            reads.extend(slots.into_values());
+            return Ok(());
+        }
+        if !yes.is_empty() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                shard.broadcast(&yes, || ShardOp::TxnAbort(ts)).await;
+            })
+            .detach();
+        }
+        Err(match failed_condition {
+            Some(index) if failure.is_none() => Outcome::ConditionFailed {
+                ts,
+                index,
+                reads: slots.into_values().collect(),
+            },
+            _ => Outcome::Failed(failure.unwrap_or(ShardReply::Error(
+                ErrorCode::Internal,
+                "no failure recorded".into(),
+            ))),
+        })
+    }
+
+    /// Sends `make()` (a commit, abort or recovery message) to every shard
+    /// in `to` at once and gathers the replies.
+    async fn broadcast(
+        self: &Rc<Self>,
+        to: &[usize],
+        make: impl Fn() -> ShardOp,
+    ) -> Vec<ShardReply> {
+        let tasks: Vec<_> = to
+            .iter()
+            .map(|&owner| {
+                let shard = self.clone();
+                let op = make();
+                glommio::spawn_local(async move { shard.execute(owner, op).await })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    }
+
+    /// Resolves this shard's in-doubt transactions from their coordinators'
+    /// logs, then tells every shard it is done. Runs at startup, before any
+    /// client is served, while every shard serves the mesh.
+    pub async fn resolve_in_doubt(self: &Rc<Self>) -> anyhow::Result<()> {
+        let n = self.slots.shards();
+        let in_doubt = self.engine.in_doubt();
+        for &ts in &in_doubt {
+            let coordinator = coordinator_of(ts) as usize;
+            let committed = if coordinator >= n {
+                false
+            } else {
+                match self.execute(coordinator, ShardOp::TxnStatus(ts)).await {
+                    ShardReply::Status(committed) => committed,
+                    other => anyhow::bail!(
+                        "shard {coordinator} could not say whether transaction {ts} committed: {other:?}"
+                    ),
+                }
+            };
+            if committed {
+                self.engine
+                    .commit_prepared(ts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("committing in-doubt transaction {ts}: {e}"))?;
+            } else {
+                self.engine.abort_prepared(ts);
+            }
+            tracing::info!(
+                shard = self.id,
+                ts,
+                committed,
+                "resolved in-doubt transaction"
+            );
+        }
+        let all: Vec<usize> = (0..n).collect();
+        for reply in self.broadcast(&all, || ShardOp::RecoveryDone).await {
+            if !matches!(reply, ShardReply::Done) {
+                anyhow::bail!("a shard did not take the end of recovery: {reply:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Another shard has resolved its in-doubt transactions; once all have,
+    /// the decisions recovered from this shard's log are no longer needed.
+    pub(crate) fn peer_recovered(&self) {
+        let done = self.recovered_peers.get() + 1;
+        self.recovered_peers.set(done);
+        if done == self.slots.shards() {
+            self.engine.forget_recovered_decisions();
+        }
+    }
+}
+
+/// Maps an engine result of a participant step to a reply.
+pub(crate) fn vote_reply(shard: &Shard, result: tessera_engine::Result<Vote>) -> ShardReply {
+    match result {
+        Ok(vote) => ShardReply::Vote {
+            vote,
+            clock: shard.engine.clock().last(),
+        },
+        Err(e) => error_reply(&e),
+    }
+}
