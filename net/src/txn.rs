@@ -117,11 +117,7 @@ impl Shard {
         let ts = self.engine.clock().now();
         let read_count = req.reads.len();
         let mut parts: BTreeMap<usize, TxnPart> = BTreeMap::new();
-        fn part_of<'a>(
-            parts: &'a mut BTreeMap<usize, TxnPart>,
-            owner: usize,
-            ts: u64,
-        ) -> &'a mut TxnPart {
+        fn part_of(parts: &mut BTreeMap<usize, TxnPart>, owner: usize, ts: u64) -> &mut TxnPart {
             parts.entry(owner).or_insert_with(|| TxnPart {
                 ts,
                 ..TxnPart::default()
