@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use tessera_client::Client;
+use tessera_client::{Client, Error, Retry, Txn};
 
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about = "Command-line client for Tessera")]
@@ -24,8 +24,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand, Clone)]
 pub enum Command {
-    /// Print the value of KEY.
-    Get { key: String },
+    /// Print the value of KEY (as of timestamp --at, inside the retention
+    /// window).
+    Get {
+        key: String,
+        #[arg(long)]
+        at: Option<u64>,
+    },
     /// Store VALUE under KEY.
     Put { key: String, value: String },
     /// Delete KEY.
@@ -38,11 +43,102 @@ pub enum Command {
         end: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Read as of this timestamp.
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Run a transaction: conditions, reads and writes on any keys,
+    /// atomically (serializable). Conditions are checked in the order
+    /// exists, missing, equals, version; the first that fails aborts it.
+    Txn {
+        /// Require KEY to exist.
+        #[arg(long, value_name = "KEY")]
+        exists: Vec<String>,
+        /// Require KEY to be absent.
+        #[arg(long, value_name = "KEY")]
+        missing: Vec<String>,
+        /// Require KEY to hold VALUE.
+        #[arg(long, value_name = "KEY=VALUE")]
+        equals: Vec<String>,
+        /// Require KEY's newest version to have timestamp TS (0: never written).
+        #[arg(long, value_name = "KEY=TS")]
+        version: Vec<String>,
+        /// Read KEY at the transaction's timestamp.
+        #[arg(long, value_name = "KEY")]
+        read: Vec<String>,
+        /// Write VALUE to KEY.
+        #[arg(long, value_name = "KEY=VALUE")]
+        put: Vec<String>,
+        /// Delete KEY.
+        #[arg(long, value_name = "KEY")]
+        del: Vec<String>,
+        /// Retry conflicts with backoff (up to 20 tries).
+        #[arg(long)]
+        retry: bool,
     },
     /// Per-shard figures (the same as /metrics).
     Stats,
     /// Check the server answers.
     Ping,
+}
+
+/// Splits `KEY=VALUE`.
+fn pair(flag: &str, arg: &str) -> tessera_client::Result<(String, String)> {
+    arg.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| Error::Protocol(format!("--{flag} wants KEY=VALUE, got {arg:?}")))
+}
+
+/// The transaction the `txn` flags describe, and each condition as the
+/// user wrote it (for naming the one that failed).
+fn build_txn(
+    exists: &[String],
+    missing: &[String],
+    equals: &[String],
+    version: &[String],
+    read: &[String],
+    put: &[String],
+    del: &[String],
+) -> tessera_client::Result<(Txn, Vec<String>)> {
+    let mut txn = Txn::new();
+    let mut described = Vec::new();
+    for k in exists {
+        txn = txn.exists(k.clone());
+        described.push(format!("--exists {k}"));
+    }
+    for k in missing {
+        txn = txn.missing(k.clone());
+        described.push(format!("--missing {k}"));
+    }
+    for arg in equals {
+        let (k, v) = pair("equals", arg)?;
+        txn = txn.equals(k, v);
+        described.push(format!("--equals {arg}"));
+    }
+    for arg in version {
+        let (k, v) = pair("version", arg)?;
+        let ts = v
+            .parse()
+            .map_err(|_| Error::Protocol(format!("--version wants KEY=TIMESTAMP, got {arg:?}")))?;
+        txn = txn.version_is(k, ts);
+        described.push(format!("--version {arg}"));
+    }
+    for k in read {
+        txn = txn.read(k.clone());
+    }
+    for arg in put {
+        let (k, v) = pair("put", arg)?;
+        txn = txn.put(k, v);
+    }
+    for k in del {
+        txn = txn.delete(k.clone());
+    }
+    if txn.home_key().is_none() {
+        return Err(Error::Protocol(
+            "a transaction needs at least one condition, read or write".into(),
+        ));
+    }
+    Ok((txn, described))
 }
 
 /// Bytes as text: printable ASCII as is, everything else escaped.
@@ -57,8 +153,11 @@ pub fn execute(
     as_json: bool,
 ) -> tessera_client::Result<String> {
     let text = match command {
-        Command::Get { key } => {
-            let value = client.get(Bytes::from(key.clone()))?;
+        Command::Get { key, at } => {
+            let value = match at {
+                Some(ts) => client.read_at(Bytes::from(key.clone()), *ts)?,
+                None => client.get(Bytes::from(key.clone()))?,
+            };
             if as_json {
                 json!({"key": key, "found": value.is_some(), "value": value.as_deref().map(show)})
                     .to_string()
@@ -85,8 +184,13 @@ pub fn execute(
                 format!("OK (ts {ts})")
             }
         }
-        Command::Scan { start, end, limit } => {
-            let page = client.scan(start.clone(), end.clone(), *limit)?;
+        Command::Scan {
+            start,
+            end,
+            limit,
+            at,
+        } => {
+            let page = client.scan_at(start.clone(), end.clone(), *limit, *at)?;
             if as_json {
                 let rows: Vec<_> = page
                     .rows
@@ -104,6 +208,58 @@ pub fn execute(
                 out.push(match &page.next_start {
                     Some(next) => format!("({} rows; more from {})", page.rows.len(), show(next)),
                     None => format!("({} rows)", page.rows.len()),
+                });
+                out.join("\n")
+            }
+        }
+        Command::Txn {
+            exists,
+            missing,
+            equals,
+            version,
+            read,
+            put,
+            del,
+            retry,
+        } => {
+            let (txn, described) = build_txn(exists, missing, equals, version, read, put, del)?;
+            let outcome = if *retry {
+                client.txn_with_retry(&txn, Retry::default())?
+            } else {
+                client.txn(&txn)?
+            };
+            let failed = outcome
+                .failed_condition
+                .and_then(|i| described.get(i as usize).cloned());
+            if as_json {
+                let reads: Vec<_> = outcome
+                    .reads
+                    .iter()
+                    .map(|r| {
+                        json!({"key": show(&r.key), "found": r.value.is_some(),
+                               "value": r.value.as_deref().map(show), "version": r.version})
+                    })
+                    .collect();
+                json!({"committed": outcome.committed, "ts": outcome.ts,
+                       "failed_condition": failed, "reads": reads})
+                .to_string()
+            } else {
+                let mut out: Vec<String> = outcome
+                    .reads
+                    .iter()
+                    .map(|r| {
+                        let value = r.value.as_deref().map(show);
+                        format!(
+                            "{}\t{}\t(version {})",
+                            show(&r.key),
+                            value.as_deref().unwrap_or("(not found)"),
+                            r.version
+                        )
+                    })
+                    .collect();
+                out.push(match failed {
+                    None => format!("COMMITTED (ts {})", outcome.ts),
+                    Some(c) => format!("NOT COMMITTED: condition {c} does not hold"),
                 });
                 out.join("\n")
             }

@@ -101,6 +101,77 @@ fn one_shot_commands_print_results_and_json() {
 }
 
 #[test]
+fn transactions_and_reads_at_a_timestamp() {
+    let server = InProcessServer::start();
+    let a = server.addr;
+    let (_, out, _) = tessera(a, &["--json", "put", "acct-a", "10"]);
+    let ts: u64 = serde_json::from_str::<serde_json::Value>(&out).unwrap()["ts"]
+        .as_u64()
+        .unwrap();
+    let (ok, out, err) = tessera(
+        a,
+        &[
+            "txn",
+            "--equals",
+            "acct-a=10",
+            "--missing",
+            "acct-b",
+            "--read",
+            "acct-a",
+            "--put",
+            "acct-a=4",
+            "--put",
+            "acct-b=6",
+            "--retry",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("acct-a\t10\t(version {ts})\nCOMMITTED (ts ")),
+        "{out}"
+    );
+    let commit_ts: u64 = out
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    assert_eq!(tessera(a, &["get", "acct-b"]).1, "6\n");
+    // Time travel: the state just before the transaction.
+    let before = (commit_ts - 1).to_string();
+    assert_eq!(tessera(a, &["get", "acct-a", "--at", &before]).1, "10\n");
+    assert_eq!(
+        tessera(a, &["get", "acct-b", "--at", &before]).1,
+        "(not found)\n"
+    );
+    let (_, out, _) = tessera(a, &["scan", "acct-", "--at", &before]);
+    assert_eq!(out, "acct-a\t10\n(1 rows)\n");
+    // A failed condition names itself and writes nothing.
+    let (ok, out, _) = tessera(
+        a,
+        &[
+            "--json",
+            "txn",
+            "--equals",
+            "acct-a=10",
+            "--put",
+            "acct-a=0",
+        ],
+    );
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["committed"], false);
+    assert_eq!(v["failed_condition"], "--equals acct-a=10");
+    assert_eq!(tessera(a, &["get", "acct-a"]).1, "4\n");
+    let (ok, _, err) = tessera(a, &["txn", "--put", "novalue"]);
+    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
+    let (ok, _, err) = tessera(a, &["get", "acct-a", "--at", "1"]);
+    assert!(!ok && err.contains("TimestampTooOld"), "{err}");
+}
+
+#[test]
 fn an_unreachable_server_is_one_clear_line_and_exit_1() {
     let (ok, _, err) = tessera("127.0.0.1:1".parse().unwrap(), &["ping"]);
     assert!(!ok);
