@@ -5,7 +5,7 @@
 
 use bytes::{Buf, BytesMut};
 use tessera_protocol::frame::{next_frame, put_frame};
-use tessera_protocol::message::decode_response;
+use tessera_protocol::message::{decode_response, BatchOp};
 use tessera_protocol::{Request, Response};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum Command<'a> {
     Get(&'a [u8]),
     Set(&'a [u8], &'a [u8]),
     Scan(&'a [u8], u32),
+    /// One transaction putting `value` under both keys.
+    Txn(&'a [u8], &'a [u8], &'a [u8]),
 }
 
 /// The outcome of one request.
@@ -48,6 +50,17 @@ impl Protocol {
                         limit: *n,
                         ts: None,
                     },
+                    Command::Txn(a, b, v) => Request::Txn {
+                        conditions: Vec::new(),
+                        reads: Vec::new(),
+                        writes: [a, b]
+                            .into_iter()
+                            .map(|k| BatchOp::Put {
+                                key: k.to_vec().into(),
+                                value: v.to_vec().into(),
+                            })
+                            .collect(),
+                    },
                 };
                 put_frame(out, &request.encode(id));
             }
@@ -55,7 +68,9 @@ impl Protocol {
                 let parts: Vec<&[u8]> = match command {
                     Command::Get(k) => vec![b"GET", k],
                     Command::Set(k, v) => vec![b"SET", k, v],
-                    Command::Scan(..) => panic!("scans are not supported against Redis"),
+                    Command::Scan(..) | Command::Txn(..) => {
+                        panic!("scans and transactions are not supported against Redis")
+                    }
                 };
                 out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
                 for p in parts {

@@ -253,7 +253,10 @@ fn thread_main(
                     let len = plan.value_size.next(&mut rng);
                     let offset = rng.gen_range(0..4096);
                     let value = &values[offset..offset + len];
+                    let other = (kind == OpKind::Txn)
+                        .then(|| other_shard_key(plan, &k, &mut chooser, &mut rng));
                     let command = match kind {
+                        OpKind::Txn => Command::Txn(&k, other.as_deref().expect("txn key"), value),
                         OpKind::Read | OpKind::ReadModifyWrite => Command::Get(&k),
                         OpKind::Update | OpKind::Insert => Command::Set(&k, value),
                         OpKind::Scan => Command::Scan(&k, rng.gen_range(1..=plan.scan_length_max)),
@@ -406,6 +409,23 @@ fn thread_main(
         }
     }
     Ok(ThreadResult { histograms, errors })
+}
+
+/// A second key for a transaction with `k`, on another shard when the
+/// server has more than one.
+fn other_shard_key(plan: &Plan, k: &[u8], chooser: &mut KeyChooser, rng: &mut impl Rng) -> Vec<u8> {
+    let shard = |key: &[u8]| {
+        plan.slot_owner
+            .get(tessera_protocol::slot_of(key) as usize)
+            .copied()
+    };
+    let shards = plan.slot_owner.iter().max().map_or(1, |&m| m as usize + 1);
+    loop {
+        let other = key(chooser.next(rng), plan.key_size);
+        if other != k && (shards < 2 || shard(&other) != shard(k)) {
+            return other;
+        }
+    }
 }
 
 fn route(plan: &Plan, conn: &Conn, k: &[u8]) -> usize {

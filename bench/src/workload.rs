@@ -1,5 +1,5 @@
 //! What the load generator asks for: operation mixes (YCSB core workloads
-//! A-F, `set`, `get`, `mixed:<read%>`), key distributions (uniform,
+//! A-F, `set`, `get`, `txn`, `mixed:<read%>`), key distributions (uniform,
 //! zipfian, latest) and key and value shapes.
 //!
 //! The zipfian generator is YCSB's (Gray et al., "Quickly generating
@@ -18,15 +18,18 @@ pub enum OpKind {
     Insert,
     Scan,
     ReadModifyWrite,
+    /// A transaction writing two keys on two different shards.
+    Txn,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 5] = [
+    pub const ALL: [OpKind; 6] = [
         OpKind::Read,
         OpKind::Update,
         OpKind::Insert,
         OpKind::Scan,
         OpKind::ReadModifyWrite,
+        OpKind::Txn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl OpKind {
             OpKind::Insert => "insert",
             OpKind::Scan => "scan",
             OpKind::ReadModifyWrite => "rmw",
+            OpKind::Txn => "txn",
         }
     }
 
@@ -79,6 +83,7 @@ impl FromStr for Workload {
         let (mix, distribution) = match s {
             "set" => (vec![(Update, 1.0)], Distribution::Uniform),
             "get" => (vec![(Read, 1.0)], Distribution::Uniform),
+            "txn" => (vec![(Txn, 1.0)], Distribution::Uniform),
             "a" | "ycsb-a" => (vec![(Read, 0.5), (Update, 0.5)], Distribution::Zipfian),
             "b" | "ycsb-b" => (vec![(Read, 0.95), (Update, 0.05)], Distribution::Zipfian),
             "c" | "ycsb-c" => (vec![(Read, 1.0)], Distribution::Zipfian),
@@ -99,7 +104,9 @@ impl FromStr for Workload {
                         Distribution::Uniform,
                     )
                 }
-                None => bail!("unknown workload {s:?} (set, get, mixed:<read%>, ycsb-a .. ycsb-f)"),
+                None => {
+                    bail!("unknown workload {s:?} (set, get, txn, mixed:<read%>, ycsb-a .. ycsb-f)")
+                }
             },
         };
         Ok(Workload {

@@ -149,6 +149,9 @@ pub(crate) struct Inner<D: Disk> {
     pub cc: RefCell<Concurrency>,
     /// Prepared transactions awaiting a decision: ts → their writes.
     pub prepared: RefCell<BTreeMap<u64, Vec<Entry>>>,
+    /// Admitted parts of transactions this shard coordinates, not logged:
+    /// they are logged with the decision. ts → writes.
+    pub held: RefCell<BTreeMap<u64, Vec<Entry>>>,
     /// Transactions recovered prepared, undecided at open.
     pub in_doubt: Vec<u64>,
     /// Commit decisions this shard coordinated, kept until every
@@ -271,9 +274,13 @@ impl<D: Disk> Engine<D> {
                     ts,
                     commit,
                     participants,
+                    entries,
                 } => {
                     if commit {
                         decisions.insert(ts, participants);
+                        for e in entries {
+                            mem.insert(e);
+                        }
                     } else {
                         decisions.remove(&ts);
                     }
@@ -331,6 +338,7 @@ impl<D: Disk> Engine<D> {
             cc: RefCell::new(cc),
             in_doubt: prepared.keys().copied().collect(),
             prepared: RefCell::new(prepared),
+            held: RefCell::default(),
             decisions: RefCell::new(decisions),
             inflight: RefCell::default(),
             open_ts: clock.last(),
@@ -660,9 +668,9 @@ impl<D: Disk> Inner<D> {
     pub(crate) fn enqueue(&self, rec: Record, bytes: usize) -> Rc<Group> {
         let group = {
             let mut q = self.queue.borrow_mut();
-            if let (SyncMode::None, Record::Batch { entries, .. }) = (self.opts.wal_sync, &rec) {
+            if self.opts.wal_sync == SyncMode::None {
                 let mem = self.mem.borrow();
-                for e in entries {
+                for e in rec.applied_entries() {
                     mem.insert(e.clone());
                 }
             }
@@ -707,6 +715,9 @@ impl<D: Disk> Inner<D> {
                     ts,
                     commit: true,
                     participants: participants.clone(),
+                    // The writes are in the memtable this swap hands to
+                    // the flush; only the decision must outlive it.
+                    entries: Vec::new(),
                 }),
         );
         out

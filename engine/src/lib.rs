@@ -31,7 +31,7 @@ mod write;
 pub use engine::{Engine, EngineStats, WriteBatch};
 pub use error::{Error, Result};
 pub use options::{Options, SyncMode};
-pub use txn::{Condition, Phase, ReadResult, TxnPart, Vote};
+pub use txn::{CommitRecord, Condition, Phase, ReadResult, TxnPart, Vote};
 
 /// Runs `f` to completion on a fresh glommio executor on this thread's
 /// behalf (floating, not pinned). For tests, tools and benchmarks.

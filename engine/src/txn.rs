@@ -74,6 +74,10 @@ pub struct ReadResult {
     pub version: u64,
 }
 
+/// A commit to log (see [`Engine::apply_prepared`]).
+#[derive(Debug)]
+pub struct CommitRecord(Record);
+
 /// A participant's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Vote {
@@ -92,6 +96,10 @@ pub enum Phase {
     One,
     /// One of several: log a prepare and hold the intents for the decision.
     Prepare,
+    /// The coordinator's own part: admitted and held, not logged; it is
+    /// logged inside the decision record ([`Engine::log_decision`]), so a
+    /// crash before the decision leaves nothing to resolve.
+    Hold,
 }
 
 /// Releases a transaction's intents if the participant's work is abandoned
@@ -191,6 +199,10 @@ impl<D: Disk> Engine<D> {
                     group.wait().await?;
                 }
             }
+            Phase::Hold => {
+                inner.held.borrow_mut().insert(ts, entries);
+                intents.armed = false;
+            }
             Phase::Prepare => {
                 inner.prepared.borrow_mut().insert(ts, entries.clone());
                 let group = inner.enqueue(Record::Prepare { ts, entries }, bytes);
@@ -211,10 +223,19 @@ impl<D: Disk> Engine<D> {
     /// promises. Committing an unknown or already resolved transaction is a
     /// no-op.
     pub async fn commit_prepared(&self, ts: u64) -> Result<()> {
+        match self.apply_prepared(ts) {
+            Some(commit) => self.log_commit(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`Engine::commit_prepared`]: makes the writes of
+    /// prepared transaction `ts` visible and releases its intents, without
+    /// awaiting. Returns the commit record to hand to
+    /// [`Engine::log_commit`] (`None`: unknown or already resolved).
+    pub fn apply_prepared(&self, ts: u64) -> Option<CommitRecord> {
         let inner = self.inner();
-        let Some(entries) = inner.prepared.borrow_mut().remove(&ts) else {
-            return Ok(());
-        };
+        let entries = inner.prepared.borrow_mut().remove(&ts)?;
         {
             let mem = inner.mem.borrow();
             for e in &entries {
@@ -222,25 +243,40 @@ impl<D: Disk> Engine<D> {
             }
         }
         self.release(ts);
-        let rec = Record::Commit { ts, entries };
-        let bytes = rec.logged_len();
-        inner.wait_for_room(bytes).await?;
-        inner.enqueue(rec, bytes).wait().await
+        Some(CommitRecord(Record::Commit { ts, entries }))
     }
 
-    /// Aborts prepared transaction `ts`: its intents go. Nothing is logged:
-    /// after a crash an undecided prepare asks its coordinator, whose log
-    /// has no commit decision for it.
+    /// The second half: logs the commit record, returning once it is as
+    /// durable as the sync mode promises.
+    pub async fn log_commit(&self, commit: CommitRecord) -> Result<()> {
+        let inner = self.inner();
+        let bytes = commit.0.logged_len();
+        inner.wait_for_room(bytes).await?;
+        inner.enqueue(commit.0, bytes).wait().await
+    }
+
+    /// Aborts transaction `ts` here, prepared or held: its intents go.
+    /// Nothing is logged: after a crash an undecided prepare asks its
+    /// coordinator, whose log has no commit decision for it.
     pub fn abort_prepared(&self, ts: u64) {
-        self.inner().prepared.borrow_mut().remove(&ts);
+        let inner = self.inner();
+        inner.prepared.borrow_mut().remove(&ts);
+        inner.held.borrow_mut().remove(&ts);
         self.release(ts);
     }
 
     /// Logs the coordinator's decision for transaction `ts` and returns
-    /// once it is durable. A commit decision is remembered (and logged
-    /// again past flushes) until [`Engine::forget_decision`].
+    /// once it is durable. A commit carries this shard's own held part
+    /// ([`Phase::Hold`]), which becomes visible with it. A commit decision
+    /// is remembered (and logged again past flushes) until
+    /// [`Engine::forget_decision`]. On error the held part stays held: the
+    /// caller aborts it or leaves it for recovery.
     pub async fn log_decision(&self, ts: u64, commit: bool, participants: Vec<u32>) -> Result<()> {
         let inner = self.inner();
+        let entries = match commit {
+            true => inner.held.borrow().get(&ts).cloned().unwrap_or_default(),
+            false => Vec::new(),
+        };
         if commit {
             inner
                 .decisions
@@ -251,14 +287,25 @@ impl<D: Disk> Engine<D> {
             ts,
             commit,
             participants,
+            entries,
         };
         let bytes = rec.logged_len();
         let result = match inner.wait_for_room(bytes).await {
             Ok(()) => inner.enqueue(rec, bytes).wait().await,
             Err(e) => Err(e),
         };
-        if result.is_err() && commit {
-            inner.decisions.borrow_mut().remove(&ts);
+        match &result {
+            Ok(()) if commit => {
+                // The writer task applied the held writes with the record.
+                if inner.held.borrow_mut().remove(&ts).is_some() {
+                    self.release(ts);
+                }
+            }
+            Ok(()) => {}
+            Err(_) if commit => {
+                inner.decisions.borrow_mut().remove(&ts);
+            }
+            Err(_) => {}
         }
         result
     }

@@ -123,15 +123,13 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
         inner.writer_phase.set("complete");
         match result {
             Ok(()) => {
-                // `none` applied batches when queued; commits are applied
-                // when decided; prepares and decisions are not data.
+                // `none` applied these when queued; commits of prepared
+                // transactions are applied when decided.
                 if inner.opts.wal_sync != SyncMode::None {
                     let mem = inner.mem.borrow().clone();
-                    for rec in batches {
-                        if let Record::Batch { entries, .. } = rec {
-                            for e in entries {
-                                mem.insert(e);
-                            }
+                    for rec in &batches {
+                        for e in rec.applied_entries() {
+                            mem.insert(e.clone());
                         }
                     }
                 }

@@ -299,3 +299,45 @@ fn undecided_prepares_and_decisions_outlive_flushes_and_recycled_segments() {
         assert_eq!(engine.get(b"k").await.unwrap(), Some(b("v")));
     });
 }
+
+#[test]
+fn a_coordinators_held_part_is_durable_exactly_with_its_decision() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        // Held but undecided at the crash: gone, and nothing in doubt.
+        let lost = engine.clock().now();
+        engine
+            .txn(part(lost, &[], &[("a", "lost")]), Phase::Hold)
+            .await
+            .unwrap();
+        assert_eq!(engine.get(b"a").await.unwrap(), None);
+        let disk = disk.crash();
+        let engine = open(&disk).await;
+        assert!(engine.in_doubt().is_empty());
+        assert_eq!(engine.stats().txn_intents, 0);
+        assert_eq!(engine.get(b"a").await.unwrap(), None);
+        // Held, then decided: visible once the decision is durable, and
+        // recovered from the decision record alone.
+        let ts = engine.clock().now();
+        engine
+            .txn(part(ts, &[], &[("a", "kept")]), Phase::Hold)
+            .await
+            .unwrap();
+        engine.log_decision(ts, true, vec![0, 1]).await.unwrap();
+        assert_eq!(engine.get(b"a").await.unwrap(), Some(b("kept")));
+        assert_eq!(engine.stats().txn_intents, 0);
+        let engine = open(&disk.crash()).await;
+        assert_eq!(engine.read_at(b"a", ts).await.unwrap(), Some(b("kept")));
+        assert!(engine.committed(ts));
+        // A held part that is aborted leaves nothing behind.
+        let aborted = engine.clock().now();
+        engine
+            .txn(part(aborted, &[], &[("b", "x")]), Phase::Hold)
+            .await
+            .unwrap();
+        engine.abort_prepared(aborted);
+        assert_eq!(engine.stats().txn_intents, 0);
+        assert_eq!(engine.get(b"b").await.unwrap(), None);
+    });
+}

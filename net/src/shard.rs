@@ -44,8 +44,13 @@ pub enum ShardOp {
         part: TxnPart,
         phase: Phase,
     },
+    /// Make a prepared transaction's writes visible (reply at once) and log
+    /// its commit (then tell the coordinator with `TxnDurable`).
     TxnCommit(u64),
     TxnAbort(u64),
+    /// A participant's commit record is durable: the coordinator may
+    /// forget its decision once every participant has said so.
+    TxnDurable(u64),
     /// Does the coordinator's log hold a commit decision for this ts?
     TxnStatus(u64),
     /// The sender has resolved its in-doubt transactions.
@@ -103,6 +108,9 @@ pub struct Shard {
     pub shutting_down: Cell<bool>,
     /// Shards that have resolved their in-doubt transactions.
     pub(crate) recovered_peers: Cell<usize>,
+    /// Commit decisions waiting for participants' durable commits: ts →
+    /// participants still to report.
+    pub(crate) pending_durable: RefCell<HashMap<u64, usize>>,
     senders: Option<Senders<MeshMsg>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
     next_tag: Cell<u64>,
@@ -126,6 +134,7 @@ impl Shard {
             metrics: ShardMetrics::default(),
             shutting_down: Cell::new(false),
             recovered_peers: Cell::new(0),
+            pending_durable: RefCell::default(),
             senders,
             pending: RefCell::default(),
             next_tag: Cell::new(0),
@@ -171,7 +180,7 @@ impl Shard {
     }
 
     /// Runs `op` on `owner`: here, or over the mesh.
-    pub async fn execute(&self, owner: usize, op: ShardOp) -> ShardReply {
+    pub async fn execute(self: &Rc<Self>, owner: usize, op: ShardOp) -> ShardReply {
         if owner == self.id {
             return self.execute_local(op).await;
         }
@@ -203,7 +212,7 @@ impl Shard {
         })
     }
 
-    async fn execute_local(&self, op: ShardOp) -> ShardReply {
+    async fn execute_local(self: &Rc<Self>, op: ShardOp) -> ShardReply {
         match op {
             ShardOp::Get(key) => match self.engine.get(&key).await {
                 Ok(v) => ShardReply::Value(v),
@@ -236,10 +245,14 @@ impl Shard {
                 Err(e) => error_reply(&e),
             },
             ShardOp::Txn { part, phase } => vote_reply(self, self.engine.txn(part, phase).await),
-            ShardOp::TxnCommit(ts) => match self.engine.commit_prepared(ts).await {
-                Ok(()) => ShardReply::Done,
-                Err(e) => error_reply(&e),
-            },
+            ShardOp::TxnCommit(ts) => {
+                self.commit_participant(ts);
+                ShardReply::Done
+            }
+            ShardOp::TxnDurable(ts) => {
+                self.participant_durable(ts);
+                ShardReply::Done
+            }
             ShardOp::TxnAbort(ts) => {
                 self.engine.abort_prepared(ts);
                 ShardReply::Done
@@ -359,7 +372,7 @@ impl Shard {
 
     /// Fans a scan out to every shard and merges the pages in key order.
     async fn scan(
-        &self,
+        self: &Rc<Self>,
         start: Bytes,
         end: Option<Bytes>,
         limit: usize,

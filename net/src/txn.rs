@@ -15,9 +15,15 @@
 //! server serves clients only after every shard has resolved its in-doubt
 //! transactions.
 //!
-//! Sketch: a cross-shard commit costs two mesh round trips plus three
-//! group-committed WAL writes in series (prepare ∥, decision, commit ∥);
-//! group commit shares each sync among every transaction in flight.
+//! The coordinator's own part is admitted but not logged: it goes into the
+//! decision record, so the decision and those writes are durable together.
+//! Participants make committed writes visible as soon as the commit message
+//! arrives (the decision is durable) and log their commit record after.
+//!
+//! Sketch: a cross-shard commit costs two group-committed WAL writes in
+//! series (the participants' prepares, then the decision) and two mesh
+//! round trips; group commit shares each sync among every transaction in
+//! flight.
 
 use crate::shard::{error_reply, Shard, ShardOp, ShardReply};
 use bytes::Bytes;
@@ -174,15 +180,17 @@ impl Shard {
             .filter(|(_, p)| !p.writes.is_empty())
             .map(|(&owner, _)| owner)
             .collect();
-        // Two-phase commit: prepare everywhere at once.
+        // Two-phase commit: prepare everywhere at once. This shard's own
+        // part is held, not logged: the decision record carries it.
         let prepares: Vec<_> = parts
             .into_iter()
             .map(|(owner, part)| {
                 let shard = self.clone();
-                let op = ShardOp::Txn {
-                    part,
-                    phase: Phase::Prepare,
+                let phase = match owner == self.id {
+                    true => Phase::Hold,
+                    false => Phase::Prepare,
                 };
+                let op = ShardOp::Txn { part, phase };
                 (
                     owner,
                     glommio::spawn_local(async move { shard.execute(owner, op).await }),
@@ -201,15 +209,17 @@ impl Shard {
             // Read-only: every read is registered at `ts`; nothing to decide.
             return Outcome::Committed { ts, reads };
         }
-        let prepared = writers;
-        let ids: Vec<u32> = prepared.iter().map(|&p| p as u32).collect();
+        let ids: Vec<u32> = writers.iter().map(|&p| p as u32).collect();
+        let remote: Vec<usize> = writers.iter().copied().filter(|&w| w != self.id).collect();
         if let Err(e) = self.engine.log_decision(ts, true, ids.clone()).await {
             // The commit decision may or may not be on disk. Only an abort
-            // decision that is surely durable lets participants abort now;
-            // otherwise they stay prepared and recovery decides.
+            // decision that is surely durable lets the others abort now;
+            // otherwise they stay prepared and recovery decides (this
+            // shard's held part is in the decision record, or nowhere).
             tracing::error!(ts, error = %e, "could not log a commit decision");
+            self.engine.abort_prepared(ts);
             if self.engine.log_decision(ts, false, ids).await.is_ok() {
-                self.broadcast(&prepared, || ShardOp::TxnAbort(ts)).await;
+                self.broadcast(&remote, || ShardOp::TxnAbort(ts)).await;
                 return Outcome::Failed(ShardReply::Error(
                     ErrorCode::Storage,
                     format!("transaction aborted: its commit decision could not be logged: {e}"),
@@ -222,12 +232,16 @@ impl Shard {
                 ),
             ));
         }
-        let acks = self.broadcast(&prepared, || ShardOp::TxnCommit(ts)).await;
-        if acks.iter().all(|r| matches!(r, ShardReply::Done)) {
+        if remote.is_empty() {
             self.engine.forget_decision(ts);
         } else {
-            // The decision stays logged: recovery commits the laggards.
-            tracing::warn!(ts, replies = ?acks, "a participant could not log its commit");
+            // Participants apply at once and report durability later.
+            self.pending_durable.borrow_mut().insert(ts, remote.len());
+            for reply in self.broadcast(&remote, || ShardOp::TxnCommit(ts)).await {
+                if !matches!(reply, ShardReply::Done) {
+                    tracing::warn!(ts, ?reply, "a participant did not take a commit");
+                }
+            }
         }
         let m = &self.metrics;
         m.txn_two_phase.set(m.txn_two_phase.get() + 1);
@@ -371,6 +385,41 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// A participant's side of a commit decision: the writes become visible
+    /// now; the commit record is logged in the background, and once it is
+    /// durable the coordinator hears so and may forget its decision (until
+    /// then, recovery would redo the commit from that decision).
+    pub(crate) fn commit_participant(self: &Rc<Self>, ts: u64) {
+        let Some(commit) = self.engine.apply_prepared(ts) else {
+            return;
+        };
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            match shard.engine.log_commit(commit).await {
+                Ok(()) => {
+                    let coordinator = coordinator_of(ts) as usize;
+                    shard.execute(coordinator, ShardOp::TxnDurable(ts)).await;
+                }
+                Err(e) => {
+                    tracing::error!(ts, error = %e, "could not log a commit; the coordinator keeps its decision")
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// A participant's commit of `ts` is durable.
+    pub(crate) fn participant_durable(&self, ts: u64) {
+        let mut pending = self.pending_durable.borrow_mut();
+        if let Some(left) = pending.get_mut(&ts) {
+            *left -= 1;
+            if *left == 0 {
+                pending.remove(&ts);
+                self.engine.forget_decision(ts);
+            }
+        }
     }
 
     /// Another shard has resolved its in-doubt transactions; once all have,

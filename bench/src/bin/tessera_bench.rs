@@ -118,9 +118,14 @@ fn run(a: Args) -> anyhow::Result<()> {
         Some(d) => d.parse()?,
         None => workload.distribution,
     };
-    if protocol == Protocol::Redis && workload.mix.iter().any(|(op, _)| *op == OpKind::Scan) {
+    if protocol == Protocol::Redis
+        && workload
+            .mix
+            .iter()
+            .any(|(op, _)| matches!(op, OpKind::Scan | OpKind::Txn))
+    {
         bail!(
-            "workload {} scans key ranges, which Redis has no command for",
+            "workload {} needs key-range scans or cross-shard transactions, which this Redis driver does not speak",
             workload.name
         );
     }

@@ -12,8 +12,10 @@
 //! seal    := (empty payload)                         (type 2: segment complete)
 //! prepare := batch   (type 3: a transaction's intents, logged before its vote)
 //! commit  := batch   (type 4: a prepared transaction's writes, decided)
-//! decision:= ts:u64 | commit:u8 | count:u32 | shard:u32*count
-//!            (type 5: a coordinator's outcome for transaction `ts`)
+//! decision:= ts:u64 | commit:u8 | count:u32 | shard:u32*count | batch
+//!            (type 5: a coordinator's outcome for transaction `ts`, with the
+//!            coordinator's own writes when it takes part: one record, so
+//!            the decision and those writes are durable together)
 //! ```
 //! A transaction is named by its timestamp, unique across shards.
 //! All integers little-endian. `segment_id` tells a record of this use of a
@@ -38,11 +40,13 @@ pub enum Record {
     Prepare { ts: u64, entries: Vec<Entry> },
     /// The writes of prepared transaction `ts`, decided to commit.
     Commit { ts: u64, entries: Vec<Entry> },
-    /// The coordinator's outcome of transaction `ts` and its participants.
+    /// The coordinator's outcome of transaction `ts`, its participants,
+    /// and the coordinator's own writes (applied if `commit`).
     Decision {
         ts: u64,
         commit: bool,
         participants: Vec<u32>,
+        entries: Vec<Entry>,
     },
 }
 
@@ -65,6 +69,20 @@ impl Record {
         }
     }
 
+    /// The writes the writer task applies to the memtable once the record
+    /// is logged: batches and the coordinator's own writes of a commit.
+    pub fn applied_entries(&self) -> &[Entry] {
+        match self {
+            Record::Batch { entries, .. }
+            | Record::Decision {
+                commit: true,
+                entries,
+                ..
+            } => entries,
+            _ => &[],
+        }
+    }
+
     /// Bytes the record takes in the log, header included.
     pub fn logged_len(&self) -> usize {
         HEADER_BYTES
@@ -72,7 +90,11 @@ impl Record {
                 Record::Batch { entries, .. }
                 | Record::Prepare { entries, .. }
                 | Record::Commit { entries, .. } => batch_payload_len(entries),
-                Record::Decision { participants, .. } => 13 + 4 * participants.len(),
+                Record::Decision {
+                    participants,
+                    entries,
+                    ..
+                } => 13 + 4 * participants.len() + batch_payload_len(entries),
             }
     }
 
@@ -87,6 +109,7 @@ impl Record {
                 ts,
                 commit,
                 participants,
+                entries,
             } => {
                 scratch.put_u64_le(*ts);
                 scratch.put_u8(*commit as u8);
@@ -94,6 +117,7 @@ impl Record {
                 for p in participants {
                     scratch.put_u32_le(*p);
                 }
+                encode_batch(scratch, *ts, entries);
             }
         }
         encode(out, segment_id, self.record_type(), scratch);
@@ -123,14 +147,19 @@ impl Record {
                     _ => return None,
                 };
                 let count = buf.get_u32_le() as usize;
-                if buf.remaining() != 4 * count {
+                if buf.remaining() < 4 * count {
                     return None;
                 }
                 let participants = (0..count).map(|_| buf.get_u32_le()).collect();
+                let (batch_ts, entries) = decode_batch(buf)?;
+                if batch_ts != ts {
+                    return None;
+                }
                 Some(Record::Decision {
                     ts,
                     commit,
                     participants,
+                    entries,
                 })
             }
             _ => None,
@@ -305,6 +334,13 @@ mod tests {
                 ts: 5,
                 commit: true,
                 participants: vec![0, 3],
+                entries: vec![entry("own", "w", 5)],
+            },
+            Record::Decision {
+                ts: 6,
+                commit: false,
+                participants: vec![1],
+                entries: vec![],
             },
         ];
         for r in records {
