@@ -58,6 +58,10 @@ pub struct Flags {
     /// Time-travel retention window in ms [default: 60000].
     #[arg(long)]
     pub retention_ms: Option<u64>,
+    /// How long a transaction or timestamped read waits for an older
+    /// transaction's intent before failing with Conflict, in ms [default: 10000].
+    #[arg(long)]
+    pub txn_wait_ms: Option<u64>,
     /// Open connections per shard before new ones are refused [default: 10000].
     #[arg(long)]
     pub connections_max: Option<usize>,
@@ -195,6 +199,7 @@ impl Config {
             compaction_bytes_per_sec: pick!(compaction_bytes_per_sec)
                 .unwrap_or(defaults.compaction_bytes_per_sec),
             retention_ms: pick!(retention_ms).unwrap_or(defaults.retention_ms),
+            txn_wait_ms: pick!(txn_wait_ms).unwrap_or(defaults.txn_wait_ms),
             key_bytes_max: limits.key_bytes_max,
             value_bytes_max: limits.value_bytes_max,
             wal_group_bytes_max: defaults.wal_group_bytes_max.max(limits.frame_bytes_max),
