@@ -11,7 +11,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::history::{self, Committed};
+use common::history::{self, Committed, RegisterOp};
 use common::Server;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +42,8 @@ struct Shared {
     /// Acknowledged transfers.
     acked: Mutex<Vec<Transfer>>,
     violations: Mutex<Vec<String>>,
+    /// Plain single-key puts and gets on the register keys.
+    registers: Mutex<Vec<RegisterOp>>,
     transfers: AtomicU64,
     audits: AtomicU64,
     conditions_failed: AtomicU64,
@@ -183,6 +185,46 @@ fn auditor(addr: String, shared: Arc<Shared>, crashing: bool) {
     }
 }
 
+/// Plain puts (unique values) and gets on a few register keys, beside the
+/// transactions, for the single-key linearizability check.
+fn register_client(addr: String, seed: u64, shared: Arc<Shared>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut client = match Client::connect(addr.as_str()) {
+        Ok(c) => c,
+        Err(e) => return shared.violation(format!("register client cannot connect: {e}")),
+    };
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let key = Bytes::from(format!("reg-{}", rng.gen_range(0..4)));
+        let started = Instant::now();
+        let op = if rng.gen_bool(0.5) {
+            n += 1;
+            let value = Bytes::from(format!("{seed}-{n}"));
+            match client.put(key.clone(), value.clone()) {
+                Ok(ts) => RegisterOp::Put {
+                    key,
+                    value,
+                    ts,
+                    started,
+                    ended: Instant::now(),
+                },
+                Err(e) => return shared.violation(format!("register put failed: {e}")),
+            }
+        } else {
+            match client.get(key.clone()) {
+                Ok(value) => RegisterOp::Get {
+                    key,
+                    value,
+                    started,
+                    ended: Instant::now(),
+                },
+                Err(e) => return shared.violation(format!("register get failed: {e}")),
+            }
+        };
+        shared.registers.lock().unwrap().push(op);
+    }
+}
+
 /// Opens the accounts in one atomic cross-shard batch.
 fn open_accounts(addr: &str, shared: &Shared) {
     let mut client = Client::connect(addr).unwrap();
@@ -245,6 +287,12 @@ fn transfers_across_shards_keep_the_total_and_are_serializable() {
     let server = Server::start(dir.path(), 2, &[]);
     let shared = Arc::new(Shared::default());
     open_accounts(&server.listen, &shared);
+    let registers: Vec<_> = (0..2)
+        .map(|i| {
+            let (addr, shared) = (server.listen.clone(), shared.clone());
+            std::thread::spawn(move || register_client(addr, 1000 + i, shared))
+        })
+        .collect();
     run_load(
         &server.listen,
         &shared,
@@ -253,13 +301,21 @@ fn transfers_across_shards_keep_the_total_and_are_serializable() {
         Duration::from_secs(3),
         || {},
     );
+    for r in registers {
+        r.join().unwrap();
+    }
     let violations = shared.violations.lock().unwrap().clone();
     assert!(violations.is_empty(), "{violations:#?}");
     let mut client = Client::connect(server.listen.as_str()).unwrap();
     audit(&mut client, &shared).unwrap();
     let history = shared.history.lock().unwrap().clone();
     let report = history::check(&history).unwrap_or_else(|e| panic!("history: {e}"));
+    let register_ops = shared.registers.lock().unwrap().clone();
+    let checked = history::check_registers(&register_ops)
+        .unwrap_or_else(|e| panic!("single-key operations: {e}"));
+    assert!(checked > 100, "only {checked} single-key operations");
     let transfers = shared.transfers.load(Ordering::Relaxed);
+    eprintln!("{checked} single-key puts and gets: linearizable");
     eprintln!(
         "{transfers} transfers, {} audits, {} failed conditions; history of {} transactions, {} dependency edges: serializable",
         shared.audits.load(Ordering::Relaxed),
