@@ -55,4 +55,5 @@ for name, label in (("set", "single-key write"), ("txn", "2-key cross-shard txn"
     ops, p99, errors = med[name]
     print(f"{label:<28}{ops:>10.0f}{p99:>10.2f}{errors:>8}")
 print(f"txn/s : write/s = {med['txn'][0] / med['set'][0]:.2f} (target >= 0.5)")
+print(f"txn/s : write/s per shard = {2 * med['txn'][0] / med['set'][0]:.2f}")
 PY

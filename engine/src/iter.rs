@@ -8,14 +8,18 @@ use crate::error::Result;
 use crate::io::DiskFile;
 use crate::key::{compare, Entry, InternalKey};
 use crate::memtable::Memtable;
+use crate::sst::block::{Block, BlockCursor};
 use crate::sst::Table;
 use bytes::Bytes;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// Versions fetched from a memtable per re-seek.
-const MEM_BATCH: usize = 128;
+/// Versions fetched from a memtable by the first re-seek after a seek; each
+/// later one doubles, up to `MEM_BATCH_MAX` (short scans stay cheap, long
+/// ones amortize the re-seek).
+const MEM_BATCH_FIRST: usize = 16;
+const MEM_BATCH_MAX: usize = 256;
 
 /// One ordered stream of versions.
 pub enum Source<F: DiskFile> {
@@ -27,14 +31,19 @@ pub enum Source<F: DiskFile> {
         cursor: InternalKey,
         inclusive: bool,
         exhausted: bool,
+        batch: usize,
     },
     /// Tables with disjoint key ranges in key order (one level), or a single
-    /// level-0 table.
+    /// level-0 table. Entries are decoded one at a time from the current
+    /// block.
     Run {
         tables: Vec<Rc<Table<F>>>,
+        /// The table and block index of the next block to load.
         table: usize,
         block: usize,
-        buf: VecDeque<Entry>,
+        /// The loaded block, where it is in `tables`, and the cursor in it.
+        current: Option<(Block, usize, usize, BlockCursor)>,
+        head: Option<Entry>,
     },
 }
 
@@ -46,6 +55,7 @@ impl<F: DiskFile> Source<F> {
             cursor: InternalKey::new(Bytes::new(), u64::MAX),
             inclusive: true,
             exhausted: false,
+            batch: MEM_BATCH_FIRST,
         }
     }
 
@@ -54,7 +64,8 @@ impl<F: DiskFile> Source<F> {
             tables,
             table: 0,
             block: 0,
-            buf: VecDeque::new(),
+            current: None,
+            head: None,
         }
     }
 
@@ -66,20 +77,24 @@ impl<F: DiskFile> Source<F> {
                 cursor,
                 inclusive,
                 exhausted,
+                batch,
                 ..
             } => {
                 buf.clear();
                 *cursor = InternalKey::new(Bytes::copy_from_slice(key), ts);
                 *inclusive = true;
                 *exhausted = false;
+                *batch = MEM_BATCH_FIRST;
             }
             Source::Run {
                 tables,
                 table,
                 block,
-                buf,
+                current,
+                head,
             } => {
-                buf.clear();
+                *current = None;
+                *head = None;
                 *table = tables.partition_point(|t| {
                     compare(&t.meta.largest.user, t.meta.largest.ts, key, ts) == Ordering::Less
                 });
@@ -87,14 +102,12 @@ impl<F: DiskFile> Source<F> {
                 if let Some(t) = tables.get(*table) {
                     *block = t.find_block(key, ts);
                     if *block < t.block_count() {
-                        buf.extend(t.block_entries(*block, cache).await?);
+                        let b = t.block(*block, cache).await?;
+                        let (cursor, first) =
+                            b.cursor_at(key, ts).map_err(|_| t.block_error(*block))?;
+                        *head = first;
+                        *current = Some((b, *table, *block, cursor));
                         *block += 1;
-                        while buf
-                            .front()
-                            .is_some_and(|e| compare(&e.key, e.ts, key, ts) == Ordering::Less)
-                        {
-                            buf.pop_front();
-                        }
                     }
                 }
             }
@@ -111,10 +124,12 @@ impl<F: DiskFile> Source<F> {
                 cursor,
                 inclusive,
                 exhausted,
+                batch,
             } => {
                 if buf.is_empty() && !*exhausted {
-                    let mut fetched = Vec::with_capacity(MEM_BATCH);
-                    table.range_from(cursor, *inclusive, MEM_BATCH, &mut fetched);
+                    let mut fetched = Vec::with_capacity(*batch);
+                    table.range_from(cursor, *inclusive, *batch, &mut fetched);
+                    *batch = (*batch * 2).min(MEM_BATCH_MAX);
                     match fetched.last() {
                         Some(last) => {
                             *cursor = InternalKey::new(last.key.clone(), last.ts);
@@ -129,16 +144,26 @@ impl<F: DiskFile> Source<F> {
                 tables,
                 table,
                 block,
-                buf,
+                current,
+                head,
             } => {
-                while buf.is_empty() && *table < tables.len() {
-                    let t = &tables[*table];
+                while head.is_none() {
+                    if let Some((b, t, i, cursor)) = current.as_mut() {
+                        match b.next(cursor) {
+                            Ok(Some(e)) => *head = Some(e),
+                            Ok(None) => *current = None,
+                            Err(_) => return Err(tables[*t].block_error(*i)),
+                        }
+                        continue;
+                    }
+                    let Some(t) = tables.get(*table) else { break };
                     if *block >= t.block_count() {
                         *table += 1;
                         *block = 0;
                         continue;
                     }
-                    buf.extend(t.block_entries(*block, cache).await?);
+                    let b = t.block(*block, cache).await?;
+                    *current = Some((b, *table, *block, BlockCursor::default()));
                     *block += 1;
                 }
             }
@@ -148,13 +173,15 @@ impl<F: DiskFile> Source<F> {
 
     fn head(&self) -> Option<&Entry> {
         match self {
-            Source::Mem { buf, .. } | Source::Run { buf, .. } => buf.front(),
+            Source::Mem { buf, .. } => buf.front(),
+            Source::Run { head, .. } => head.as_ref(),
         }
     }
 
     fn pop(&mut self) -> Option<Entry> {
         match self {
-            Source::Mem { buf, .. } | Source::Run { buf, .. } => buf.pop_front(),
+            Source::Mem { buf, .. } => buf.pop_front(),
+            Source::Run { head, .. } => head.take(),
         }
     }
 }

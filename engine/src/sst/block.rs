@@ -93,6 +93,14 @@ pub struct Block {
     restart_count: usize,
 }
 
+/// A position in a block: the next entry's offset and the key before it
+/// (entries share prefixes with their predecessor).
+#[derive(Debug, Clone, Default)]
+pub struct BlockCursor {
+    pos: usize,
+    key: Vec<u8>,
+}
+
 impl Block {
     /// Verifies the crc and the restart array of `raw` (length from the index).
     pub fn parse(raw: Bytes) -> Result<Block, BlockError> {
@@ -155,7 +163,27 @@ impl Block {
 
     /// The first entry ≥ (key, ts), if any in this block.
     pub fn seek(&self, user: &[u8], ts: u64) -> Result<Option<Entry>, BlockError> {
-        // Last restart whose key is < target; scan from there.
+        Ok(self.cursor_at(user, ts)?.1)
+    }
+
+    /// Every entry, in order. Values are slices of the block (no copy).
+    pub fn entries(&self) -> Result<Vec<Entry>, BlockError> {
+        let mut out = Vec::new();
+        let mut cursor = BlockCursor::default();
+        while let Some(e) = self.next(&mut cursor)? {
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// A cursor after the first entry ≥ (user, ts), and that entry (`None`:
+    /// every entry of the block is smaller).
+    pub fn cursor_at(
+        &self,
+        user: &[u8],
+        ts: u64,
+    ) -> Result<(BlockCursor, Option<Entry>), BlockError> {
+        // Last restart whose key is < target; walk from there.
         let (mut lo, mut hi) = (0, self.restart_count);
         let mut scratch = Vec::new();
         while lo < hi {
@@ -168,44 +196,44 @@ impl Block {
                 hi = mid;
             }
         }
-        let start = if lo == 0 { 0 } else { self.restart(lo - 1) };
-        let mut pos = if self.restart_count == 0 {
-            self.restarts_at
-        } else {
-            start
+        let mut cursor = BlockCursor {
+            pos: match (self.restart_count, lo) {
+                (0, _) => self.restarts_at,
+                (_, 0) => 0,
+                (_, lo) => self.restart(lo - 1),
+            },
+            key: Vec::new(),
         };
-        let mut key = Vec::new();
-        while pos < self.restarts_at {
-            let (next, k_ts, kind, value_at, value_len) = self.decode(pos, &mut key)?;
-            if compare(&key, k_ts, user, ts) != Ordering::Less {
-                return Ok(Some(Entry {
-                    key: Bytes::copy_from_slice(&key),
+        while cursor.pos < self.restarts_at {
+            let (next, k_ts, kind, value_at, value_len) =
+                self.decode(cursor.pos, &mut cursor.key)?;
+            cursor.pos = next;
+            if compare(&cursor.key, k_ts, user, ts) != Ordering::Less {
+                let e = Entry {
+                    key: Bytes::copy_from_slice(&cursor.key),
                     ts: k_ts,
                     kind,
                     value: self.data.slice(value_at..value_at + value_len),
-                }));
+                };
+                return Ok((cursor, Some(e)));
             }
-            pos = next;
         }
-        Ok(None)
+        Ok((cursor, None))
     }
 
-    /// Every entry, in order. Values are slices of the block (no copy).
-    pub fn entries(&self) -> Result<Vec<Entry>, BlockError> {
-        let mut out = Vec::new();
-        let mut key = Vec::new();
-        let mut pos = 0;
-        while pos < self.restarts_at {
-            let (next, ts, kind, value_at, value_len) = self.decode(pos, &mut key)?;
-            out.push(Entry {
-                key: Bytes::copy_from_slice(&key),
-                ts,
-                kind,
-                value: self.data.slice(value_at..value_at + value_len),
-            });
-            pos = next;
+    /// The entry at the cursor, moving it on; `None` at the block's end.
+    pub fn next(&self, cursor: &mut BlockCursor) -> Result<Option<Entry>, BlockError> {
+        if cursor.pos >= self.restarts_at {
+            return Ok(None);
         }
-        Ok(out)
+        let (next, ts, kind, value_at, value_len) = self.decode(cursor.pos, &mut cursor.key)?;
+        cursor.pos = next;
+        Ok(Some(Entry {
+            key: Bytes::copy_from_slice(&cursor.key),
+            ts,
+            kind,
+            value: self.data.slice(value_at..value_at + value_len),
+        }))
     }
 }
 

@@ -318,7 +318,7 @@ impl<F: DiskFile> Table<F> {
         Ok(block)
     }
 
-    fn block_error(&self, i: usize) -> Error {
+    pub(crate) fn block_error(&self, i: usize) -> Error {
         Error::corruption(
             self.file.path(),
             self.index[i].offset,
@@ -338,11 +338,5 @@ impl<F: DiskFile> Table<F> {
         let block = self.block(i, cache).await?;
         let found = block.seek(key, ts).map_err(|_| self.block_error(i))?;
         Ok(found.filter(|e| e.key.as_ref() == key))
-    }
-
-    /// All versions of block `i`, decoded.
-    pub async fn block_entries(&self, i: usize, cache: &BlockCache) -> Result<Vec<Entry>> {
-        let block = self.block(i, cache).await?;
-        block.entries().map_err(|_| self.block_error(i))
     }
 }
