@@ -48,9 +48,6 @@ pub enum ShardOp {
     /// its commit (then tell the coordinator with `TxnDurable`).
     TxnCommit(u64),
     TxnAbort(u64),
-    /// A participant's commit record is durable: the coordinator may
-    /// forget its decision once every participant has said so.
-    TxnDurable(u64),
     /// Does the coordinator's log hold a commit decision for this ts?
     TxnStatus(u64),
     /// The sender has resolved its in-doubt transactions.
@@ -76,8 +73,21 @@ pub enum ShardReply {
 /// What travels over the mesh.
 #[derive(Debug)]
 pub enum MeshMsg {
-    Request { from: usize, tag: u64, op: ShardOp },
-    Reply { tag: u64, reply: ShardReply },
+    Request {
+        from: usize,
+        tag: u64,
+        op: ShardOp,
+    },
+    Reply {
+        tag: u64,
+        reply: ShardReply,
+    },
+    /// One-way, handled inline: these participants' commit records of
+    /// transaction `ts` are durable (the coordinator may forget its
+    /// decision once every participant has said so).
+    Durable {
+        ts: u64,
+    },
 }
 
 /// Maps an engine error to what the client is told.
@@ -172,10 +182,24 @@ impl Shard {
                                 let _ = tx.send(reply);
                             }
                         }
+                        MeshMsg::Durable { ts } => shard.participant_durable(ts),
                     }
                 }
             })
             .detach();
+        }
+    }
+
+    /// Sends a one-way message to `owner` (itself included).
+    pub(crate) async fn notify(&self, owner: usize, msg: MeshMsg) {
+        match (&self.senders, msg) {
+            (_, MeshMsg::Durable { ts }) if owner == self.id => self.participant_durable(ts),
+            (Some(senders), msg) => {
+                if senders.send_to(owner, msg).await.is_err() {
+                    tracing::warn!(shard = self.id, peer = owner, "mesh notice dropped");
+                }
+            }
+            (None, _) => {}
         }
     }
 
@@ -247,10 +271,6 @@ impl Shard {
             ShardOp::Txn { part, phase } => vote_reply(self, self.engine.txn(part, phase).await),
             ShardOp::TxnCommit(ts) => {
                 self.commit_participant(ts);
-                ShardReply::Done
-            }
-            ShardOp::TxnDurable(ts) => {
-                self.participant_durable(ts);
                 ShardReply::Done
             }
             ShardOp::TxnAbort(ts) => {

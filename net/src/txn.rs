@@ -25,7 +25,7 @@
 //! round trips; group commit shares each sync among every transaction in
 //! flight.
 
-use crate::shard::{error_reply, Shard, ShardOp, ShardReply};
+use crate::shard::{error_reply, MeshMsg, Shard, ShardOp, ShardReply};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -182,25 +182,17 @@ impl Shard {
             .collect();
         // Two-phase commit: prepare everywhere at once. This shard's own
         // part is held, not logged: the decision record carries it.
-        let prepares: Vec<_> = parts
+        let prepares = parts
             .into_iter()
             .map(|(owner, part)| {
-                let shard = self.clone();
                 let phase = match owner == self.id {
                     true => Phase::Hold,
                     false => Phase::Prepare,
                 };
-                let op = ShardOp::Txn { part, phase };
-                (
-                    owner,
-                    glommio::spawn_local(async move { shard.execute(owner, op).await }),
-                )
+                (owner, ShardOp::Txn { part, phase })
             })
             .collect();
-        let mut replies = Vec::with_capacity(prepares.len());
-        for (owner, task) in prepares {
-            replies.push((owner, task.await));
-        }
+        let replies = self.fan_out(prepares).await;
         if let Err(outcome) = self.tally(ts, replies, &mut reads) {
             // `tally` already aborted the participants that voted yes.
             return outcome;
@@ -330,17 +322,32 @@ impl Shard {
         to: &[usize],
         make: impl Fn() -> ShardOp,
     ) -> Vec<ShardReply> {
-        let tasks: Vec<_> = to
-            .iter()
-            .map(|&owner| {
+        let ops = to.iter().map(|&owner| (owner, make())).collect();
+        self.fan_out(ops)
+            .await
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// Runs every (owner, op) at once: all but the first in spawned tasks,
+    /// the first in this one; replies in the same order.
+    async fn fan_out(self: &Rc<Self>, ops: Vec<(usize, ShardOp)>) -> Vec<(usize, ShardReply)> {
+        let mut ops = ops.into_iter();
+        let Some((first_owner, first_op)) = ops.next() else {
+            return Vec::new();
+        };
+        let rest: Vec<_> = ops
+            .map(|(owner, op)| {
                 let shard = self.clone();
-                let op = make();
-                glommio::spawn_local(async move { shard.execute(owner, op).await })
+                let task = glommio::spawn_local(async move { shard.execute(owner, op).await });
+                (owner, task)
             })
             .collect();
-        let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            out.push(t.await);
+        let mut out = Vec::with_capacity(rest.len() + 1);
+        out.push((first_owner, self.execute(first_owner, first_op).await));
+        for (owner, task) in rest {
+            out.push((owner, task.await));
         }
         out
     }
@@ -400,7 +407,7 @@ impl Shard {
             match shard.engine.log_commit(commit).await {
                 Ok(()) => {
                     let coordinator = coordinator_of(ts) as usize;
-                    shard.execute(coordinator, ShardOp::TxnDurable(ts)).await;
+                    shard.notify(coordinator, MeshMsg::Durable { ts }).await;
                 }
                 Err(e) => {
                     tracing::error!(ts, error = %e, "could not log a commit; the coordinator keeps its decision")
