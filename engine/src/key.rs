@@ -57,7 +57,30 @@ impl PartialOrd for InternalKey {
 /// Compares two versioned keys given as parts.
 #[inline]
 pub fn compare(a_user: &[u8], a_ts: u64, b_user: &[u8], b_ts: u64) -> Ordering {
-    a_user.cmp(b_user).then(b_ts.cmp(&a_ts))
+    compare_bytes(a_user, b_user).then(b_ts.cmp(&a_ts))
+}
+
+/// Byte-wise (memcmp) order of two keys, inlined: eight bytes at a time as
+/// big-endian words. Keys are short (16 bytes in the benchmarks), and a
+/// libc `memcmp` call per comparison was ~30% of a fill's CPU profile
+/// (memtable `BTreeMap` and index searches).
+#[inline]
+pub fn compare_bytes(a: &[u8], b: &[u8]) -> Ordering {
+    let common = a.len().min(b.len());
+    let (mut ca, mut cb) = (a[..common].chunks_exact(8), b[..common].chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let x = u64::from_be_bytes(x.try_into().expect("8 bytes"));
+        let y = u64::from_be_bytes(y.try_into().expect("8 bytes"));
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// One version of one key, as stored in memtables, SSTs and WAL batches.
@@ -72,5 +95,28 @@ pub struct Entry {
 impl Entry {
     pub fn encoded_len(&self) -> usize {
         self.key.len() + self.value.len() + 8 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn compare_bytes_is_slice_order(
+            a in prop::collection::vec(any::<u8>(), 0..40),
+            b in prop::collection::vec(any::<u8>(), 0..40),
+            shared in 0usize..24,
+        ) {
+            prop_assert_eq!(compare_bytes(&a, &b), a.cmp(&b));
+            // Long common prefixes exercise the word loop and the tail.
+            let mut c = a.iter().take(shared).copied().collect::<Vec<u8>>();
+            c.extend_from_slice(&b);
+            let mut d = a.iter().take(shared).copied().collect::<Vec<u8>>();
+            d.extend_from_slice(&a);
+            prop_assert_eq!(compare_bytes(&c, &d), c.cmp(&d));
+        }
     }
 }
