@@ -37,6 +37,14 @@ fn part(ts: u64, reads: &[&str], writes: &[(&str, &str)]) -> TxnPart {
     }
 }
 
+/// A one-phase reader of `key` at `ts`, in its own task (it may wait).
+fn spawn_reader(engine: &Engine<MemDisk>, ts: u64, key: &'static str) -> glommio::Task<Vote> {
+    let engine = engine.clone();
+    glommio::spawn_local(
+        async move { engine.txn(part(ts, &[key], &[]), Phase::One).await.unwrap() },
+    )
+}
+
 fn values(vote: &Vote) -> Vec<Option<Bytes>> {
     match vote {
         Vote::Yes(reads) => reads.iter().map(|r| r.value.clone()).collect(),
@@ -156,15 +164,7 @@ fn younger_transactions_wait_for_older_intents_and_older_ones_abort() {
 
         // A younger reader waits until the older one commits, then sees it.
         let younger = engine.clock().now();
-        let reader = {
-            let engine = engine.clone();
-            glommio::spawn_local(async move {
-                engine
-                    .txn(part(younger, &["k"], &[]), Phase::One)
-                    .await
-                    .unwrap()
-            })
-        };
+        let reader = spawn_reader(&engine, younger, "k");
         glommio::timer::sleep(Duration::from_millis(20)).await;
         engine.commit_prepared(older).await.unwrap();
         assert_eq!(values(&reader.await), vec![Some(b("old"))]);
@@ -214,15 +214,7 @@ async fn crash_while_prepared(commit: bool) {
     assert_eq!(engine.stats().txn_intents, 2);
     // A reader above it waits for the in-doubt intent to be resolved.
     let later = engine.clock().now();
-    let reader = {
-        let engine = engine.clone();
-        glommio::spawn_local(async move {
-            engine
-                .txn(part(later, &["k"], &[]), Phase::One)
-                .await
-                .unwrap()
-        })
-    };
+    let reader = spawn_reader(&engine, later, "k");
     glommio::timer::sleep(Duration::from_millis(20)).await;
     if commit {
         engine.commit_prepared(ts).await.unwrap();
