@@ -14,7 +14,7 @@ use crate::compaction;
 use crate::error::{Error, Result};
 use crate::io::{Disk, DmaDisk};
 use crate::iter::{MergeIter, Source};
-use crate::key::{Entry, Kind};
+use crate::key::{Entry, Kind, Versioned};
 use crate::manifest::{Edit, LevelsState, Manifest, LEVELS};
 use crate::memtable::Memtable;
 use crate::options::{Options, SyncMode};
@@ -854,12 +854,13 @@ impl<D: Disk> Inner<D> {
     }
 
     /// The newest version of `key` at or below `ts`, tombstones included.
-    pub(crate) async fn newest_at(&self, key: &[u8], ts: u64) -> Result<Option<Entry>> {
+    pub(crate) async fn newest_at(&self, key: &[u8], ts: u64) -> Result<Option<Versioned>> {
         // Reads served from memory never block: keep background tasks fed.
         self.let_background_run().await;
-        let mut best: Option<Entry> = None;
-        let newer = |best: &Option<Entry>, max_ts: u64| best.as_ref().is_none_or(|b| max_ts > b.ts);
-        let take = |best: &mut Option<Entry>, found: Option<Entry>| {
+        let mut best: Option<Versioned> = None;
+        let newer =
+            |best: &Option<Versioned>, max_ts: u64| best.as_ref().is_none_or(|b| max_ts > b.ts);
+        let take = |best: &mut Option<Versioned>, found: Option<Versioned>| {
             if let Some(e) = found {
                 if best.as_ref().is_none_or(|b| e.ts > b.ts) {
                     *best = Some(e);
@@ -925,10 +926,15 @@ impl<D: Disk> Inner<D> {
         id
     }
 
-    /// Creates the file for table `id`.
-    pub(crate) async fn create_table(&self, id: u64) -> Result<TableBuilder<D::File>> {
+    /// Creates the file for table `id`. With `warm`, its blocks enter the
+    /// block cache as they are written: flushes and compactions into level
+    /// 1 hold the newest (most read) data, and the LRU evicts whatever turns
+    /// out cold; deeper compactions would flush the cache for data that is
+    /// rarely read, so they do not warm it.
+    pub(crate) async fn create_table(&self, id: u64, warm: bool) -> Result<TableBuilder<D::File>> {
         let file = self.disk.create(&self.sst_dir.join(table_name(id))).await?;
-        Ok(TableBuilder::new(file, id, self.opts.block_bytes))
+        let warm = warm.then(|| self.cache.clone());
+        Ok(TableBuilder::new(file, id, self.opts.block_bytes, warm))
     }
 
     pub(crate) async fn remove_table_file(&self, id: u64) {
@@ -1003,7 +1009,7 @@ async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: 
     };
     if !mem.is_empty() {
         let id = inner.allocate_table_id();
-        let mut builder = inner.create_table(id).await?;
+        let mut builder = inner.create_table(id, true).await?;
         for e in mem.entries() {
             builder.add(&e).await?;
         }

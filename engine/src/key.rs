@@ -54,6 +54,58 @@ impl PartialOrd for InternalKey {
     }
 }
 
+/// A borrowed view of a versioned key, so ordered maps keyed by
+/// [`InternalKey`] can be probed with `(&[u8], u64)` without building an
+/// owned key (an allocation and a copy per memtable read).
+pub trait KeyRef {
+    fn user(&self) -> &[u8];
+    fn ts(&self) -> u64;
+}
+
+impl KeyRef for InternalKey {
+    fn user(&self) -> &[u8] {
+        &self.user
+    }
+    fn ts(&self) -> u64 {
+        self.ts
+    }
+}
+
+impl KeyRef for (&[u8], u64) {
+    fn user(&self) -> &[u8] {
+        self.0
+    }
+    fn ts(&self) -> u64 {
+        self.1
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyRef + 'a> for InternalKey {
+    fn borrow(&self) -> &(dyn KeyRef + 'a) {
+        self
+    }
+}
+
+impl Ord for dyn KeyRef + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare(self.user(), self.ts(), other.user(), other.ts())
+    }
+}
+
+impl PartialOrd for dyn KeyRef + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn KeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for dyn KeyRef + '_ {}
+
 /// Compares two versioned keys given as parts.
 #[inline]
 pub fn compare(a_user: &[u8], a_ts: u64, b_user: &[u8], b_ts: u64) -> Ordering {
@@ -87,6 +139,15 @@ pub fn compare_bytes(a: &[u8], b: &[u8]) -> Ordering {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: Bytes,
+    pub ts: u64,
+    pub kind: Kind,
+    pub value: Bytes,
+}
+
+/// One version of a key whose user key the caller already knows (what a
+/// point read returns: no copy of the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
     pub ts: u64,
     pub kind: Kind,
     pub value: Bytes,

@@ -4,7 +4,7 @@
 //! Sketch: a 16-byte key + 100-byte value costs ~190 bytes here (entry plus
 //! B-tree slot), so a 64 MiB memtable holds ~350k versions.
 
-use crate::key::{Entry, InternalKey, Kind};
+use crate::key::{Entry, InternalKey, KeyRef, Kind, Versioned};
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -67,12 +67,13 @@ impl Memtable {
     }
 
     /// The newest version of `key` with ts ≤ `ts`, intents included.
-    pub fn get(&self, key: &[u8], ts: u64) -> Option<Entry> {
-        let probe = InternalKey::new(Bytes::copy_from_slice(key), ts);
+    pub fn get(&self, key: &[u8], ts: u64) -> Option<Versioned> {
+        let probe: &dyn KeyRef = &(key, ts);
         let map = self.map.borrow();
-        let (k, (kind, value)) = map.range(probe..).next()?;
-        (k.user.as_ref() == key).then(|| Entry {
-            key: k.user.clone(),
+        let (k, (kind, value)) = map
+            .range::<dyn KeyRef, _>((Bound::Included(probe), Bound::Unbounded))
+            .next()?;
+        (k.user.as_ref() == key).then(|| Versioned {
             ts: k.ts,
             kind: *kind,
             value: value.clone(),
@@ -95,7 +96,7 @@ impl Memtable {
             Bound::Excluded(from)
         };
         let map = self.map.borrow();
-        for (k, (kind, value)) in map.range((lower, Bound::Unbounded)).take(max) {
+        for (k, (kind, value)) in map.range::<InternalKey, _>((lower, Bound::Unbounded)).take(max) {
             out.push(Entry {
                 key: k.user.clone(),
                 ts: k.ts,

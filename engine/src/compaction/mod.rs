@@ -218,7 +218,11 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
             }
         }
         if builder.is_none() {
-            builder = Some(inner.create_table(inner.allocate_table_id()).await?);
+            builder = Some(
+                inner
+                    .create_table(inner.allocate_table_id(), out_level <= 1)
+                    .await?,
+            );
         }
         let b = builder.as_mut().expect("just created");
         let flushed = b.add(&e).await?;

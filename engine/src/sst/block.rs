@@ -10,7 +10,7 @@
 //! scans at most one interval. The crc covers everything before it; the
 //! block's length in the index includes the crc but not the padding.
 
-use crate::key::{compare, Entry, Kind};
+use crate::key::{compare, compare_bytes, Entry, Kind, Versioned};
 use bytes::{Buf, BufMut, Bytes};
 use std::cmp::Ordering;
 
@@ -161,6 +161,70 @@ impl Block {
         Ok((next, ts, kind, value_at, value_len))
     }
 
+    /// The whole key and ts of restart `i`, read in place (restart entries
+    /// share no prefix).
+    fn restart_key(&self, i: usize) -> Result<(&[u8], u64), BlockError> {
+        let pos = self.restart(i);
+        if pos + ENTRY_HEADER_BYTES > self.restarts_at {
+            return Err(BlockError::Malformed);
+        }
+        let mut h = &self.data[pos..pos + ENTRY_HEADER_BYTES];
+        let shared = h.get_u16_le() as usize;
+        let unshared = h.get_u16_le() as usize;
+        h.advance(4);
+        let ts = h.get_u64_le();
+        let key_at = pos + ENTRY_HEADER_BYTES;
+        if shared != 0 || key_at + unshared > self.restarts_at {
+            return Err(BlockError::Malformed);
+        }
+        Ok((&self.data[key_at..key_at + unshared], ts))
+    }
+
+    /// Position of the last restart whose version is < (user, ts): where a
+    /// walk to the first version ≥ (user, ts) starts.
+    fn walk_start(&self, user: &[u8], ts: u64) -> Result<usize, BlockError> {
+        let (mut lo, mut hi) = (0, self.restart_count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (k, k_ts) = self.restart_key(mid)?;
+            if compare(k, k_ts, user, ts) == Ordering::Less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(match (self.restart_count, lo) {
+            (0, _) => self.restarts_at,
+            (_, 0) => 0,
+            (_, lo) => self.restart(lo - 1),
+        })
+    }
+
+    /// The newest version of `user` at or below `ts` in this block: the
+    /// first entry ≥ (user, ts), if it has that user key. The value is a
+    /// slice of the block; nothing is copied.
+    pub fn get(&self, user: &[u8], ts: u64) -> Result<Option<Versioned>, BlockError> {
+        let mut pos = self.walk_start(user, ts)?;
+        let mut key = Vec::with_capacity(user.len() + 16);
+        while pos < self.restarts_at {
+            let (next, k_ts, kind, value_at, value_len) = self.decode(pos, &mut key)?;
+            pos = next;
+            match compare_bytes(&key, user) {
+                Ordering::Less => continue,
+                Ordering::Greater => return Ok(None),
+                Ordering::Equal if k_ts > ts => continue,
+                Ordering::Equal => {
+                    return Ok(Some(Versioned {
+                        ts: k_ts,
+                        kind,
+                        value: self.data.slice(value_at..value_at + value_len),
+                    }))
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The first entry ≥ (key, ts), if any in this block.
     pub fn seek(&self, user: &[u8], ts: u64) -> Result<Option<Entry>, BlockError> {
         Ok(self.cursor_at(user, ts)?.1)
@@ -183,25 +247,8 @@ impl Block {
         user: &[u8],
         ts: u64,
     ) -> Result<(BlockCursor, Option<Entry>), BlockError> {
-        // Last restart whose key is < target; walk from there.
-        let (mut lo, mut hi) = (0, self.restart_count);
-        let mut scratch = Vec::new();
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            scratch.clear();
-            let (_, k_ts, ..) = self.decode(self.restart(mid), &mut scratch)?;
-            if compare(&scratch, k_ts, user, ts) == Ordering::Less {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
         let mut cursor = BlockCursor {
-            pos: match (self.restart_count, lo) {
-                (0, _) => self.restarts_at,
-                (_, 0) => 0,
-                (_, lo) => self.restart(lo - 1),
-            },
+            pos: self.walk_start(user, ts)?,
             key: Vec::new(),
         };
         while cursor.pos < self.restarts_at {
@@ -270,6 +317,21 @@ mod tests {
         let next = block.seek(b"key00010", 98).unwrap().unwrap();
         assert_eq!((next.key.as_ref(), next.ts), (b"key00011".as_ref(), 100));
         assert!(block.seek(b"zzz", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn get_finds_the_newest_version_at_or_below_ts_of_that_key_only() {
+        let block = build(100);
+        let v = block.get(b"key00010", 100).unwrap().unwrap();
+        assert_eq!((v.ts, v.value.as_ref()), (100, b"v20".as_ref()));
+        let v = block.get(b"key00010", 99).unwrap().unwrap();
+        assert_eq!((v.ts, v.value.as_ref()), (99, b"v21".as_ref()));
+        // Older than every version of the key: the next key is not it.
+        assert_eq!(block.get(b"key00010", 98).unwrap(), None);
+        assert_eq!(block.get(b"key0001", 100).unwrap(), None);
+        assert_eq!(block.get(b"key00049", 1000).unwrap().unwrap().value, "v98");
+        assert_eq!(block.get(b"zzz", 1000).unwrap(), None);
+        assert_eq!(block.get(b"a", 1000).unwrap(), None);
     }
 
     #[test]

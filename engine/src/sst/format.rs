@@ -12,7 +12,9 @@
 //!            | magic:u64 | crc32c:u32        (64 bytes, crc over the first 60)
 //! ```
 
+use crate::key::compare_bytes;
 use bytes::{Buf, BufMut, Bytes};
+use std::cmp::Ordering;
 
 pub const MAGIC: u64 = 0x5445_5353_4552_4131; // "TESSERA1"
 pub const FORMAT_VERSION: u32 = 1;
@@ -106,9 +108,75 @@ pub fn encode_index(out: &mut Vec<u8>, index: &[IndexEntry]) {
     seal(out, start);
 }
 
-pub fn decode_index(raw: &[u8]) -> Option<Vec<IndexEntry>> {
+/// Where one data block is (the in-memory form of an index entry; its
+/// last key lives in [`BlockIndex`]'s flat key buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockHandle {
+    pub last_ts: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A table's decoded index, laid out flat for the binary search of every
+/// point read: the last keys side by side in one buffer, so a probe touches
+/// two small arrays instead of chasing one heap pointer per step (with
+/// ~33k blocks per 1M keys, that chase was ~10% of a read's CPU).
+///
+/// Invariant: `key_ends` is non-decreasing, has one entry per handle, and
+/// its last entry is `keys.len()`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlockIndex {
+    keys: Vec<u8>,
+    key_ends: Vec<u32>,
+    handles: Vec<BlockHandle>,
+}
+
+impl BlockIndex {
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    pub fn handle(&self, i: usize) -> &BlockHandle {
+        &self.handles[i]
+    }
+
+    pub fn last_key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.key_ends[i - 1] as usize };
+        &self.keys[start..self.key_ends[i] as usize]
+    }
+
+    /// Index of the first block whose last version is ≥ (key, ts).
+    pub fn find(&self, key: &[u8], ts: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.handles.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let less = match compare_bytes(self.last_key(mid), key) {
+                Ordering::Less => true,
+                Ordering::Greater => false,
+                Ordering::Equal => self.handles[mid].last_ts > ts,
+            };
+            if less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Memory held by the index.
+    pub fn resident_bytes(&self) -> usize {
+        self.keys.len() + self.handles.len() * (4 + std::mem::size_of::<BlockHandle>())
+    }
+}
+
+pub fn decode_index(raw: &[u8]) -> Option<BlockIndex> {
     let mut b = unseal(raw)?;
-    let mut out = Vec::new();
+    let mut out = BlockIndex::default();
     while b.has_remaining() {
         if b.remaining() < 2 {
             return None;
@@ -117,10 +185,10 @@ pub fn decode_index(raw: &[u8]) -> Option<Vec<IndexEntry>> {
         if b.remaining() < len + 20 {
             return None;
         }
-        let last_key = Bytes::copy_from_slice(&b[..len]);
+        out.keys.extend_from_slice(&b[..len]);
+        out.key_ends.push(u32::try_from(out.keys.len()).ok()?);
         b.advance(len);
-        out.push(IndexEntry {
-            last_key,
+        out.handles.push(BlockHandle {
             last_ts: b.get_u64_le(),
             offset: b.get_u64_le(),
             len: b.get_u32_le(),
@@ -187,8 +255,41 @@ mod tests {
         }];
         let mut raw = Vec::new();
         encode_index(&mut raw, &idx);
-        assert_eq!(decode_index(&raw), Some(idx));
+        let decoded = decode_index(&raw).unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded.last_key(0), b"k");
+        assert_eq!(
+            *decoded.handle(0),
+            BlockHandle {
+                last_ts: 3,
+                offset: 4096,
+                len: 100
+            }
+        );
         raw[0] ^= 1;
         assert_eq!(decode_index(&raw), None);
+    }
+
+    #[test]
+    fn index_find_returns_the_first_block_at_or_after_the_version() {
+        let entry = |k: &'static [u8], ts| IndexEntry {
+            last_key: Bytes::from_static(k),
+            last_ts: ts,
+            offset: 0,
+            len: 1,
+        };
+        // Block 1 ends inside key "b" (at its version 5): older versions of
+        // "b" are in block 2.
+        let idx = vec![entry(b"a", 1), entry(b"b", 5), entry(b"d", 9)];
+        let mut raw = Vec::new();
+        encode_index(&mut raw, &idx);
+        let decoded = decode_index(&raw).unwrap();
+        assert_eq!(decoded.find(b"a", 7), 0);
+        assert_eq!(decoded.find(b"a", 0), 1);
+        assert_eq!(decoded.find(b"b", 9), 1);
+        assert_eq!(decoded.find(b"b", 5), 1);
+        assert_eq!(decoded.find(b"b", 4), 2);
+        assert_eq!(decoded.find(b"c", 100), 2);
+        assert_eq!(decoded.find(b"e", 100), 3);
     }
 }
