@@ -4,9 +4,15 @@
 //! Redis replies come back in order.
 
 use bytes::{Buf, BytesMut};
-use tessera_protocol::frame::{next_frame, put_frame};
+use tessera_protocol::frame::next_frame;
 use tessera_protocol::message::{decode_response, BatchOp};
 use tessera_protocol::{Request, Response};
+
+thread_local! {
+    /// One flatbuffer builder per load thread, reused for every request.
+    static BUILDER: std::cell::RefCell<flatbuffers::FlatBufferBuilder<'static>> =
+        std::cell::RefCell::new(flatbuffers::FlatBufferBuilder::with_capacity(1024));
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -62,19 +68,21 @@ impl Protocol {
                             .collect(),
                     },
                 };
-                put_frame(out, &request.encode(id));
+                BUILDER.with_borrow_mut(|b| request.encode_frame(id, b, out));
             }
             Protocol::Redis => {
-                let parts: Vec<&[u8]> = match command {
-                    Command::Get(k) => vec![b"GET", k],
-                    Command::Set(k, v) => vec![b"SET", k, v],
+                use std::io::Write as _;
+                let parts: &[&[u8]] = match command {
+                    Command::Get(k) => &[b"GET", k],
+                    Command::Set(k, v) => &[b"SET", k, v],
                     Command::Scan(..) | Command::Txn(..) => {
                         panic!("scans and transactions are not supported against Redis")
                     }
                 };
-                out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+                // Writes into a Vec cannot fail.
+                let _ = write!(out, "*{}\r\n", parts.len());
                 for p in parts {
-                    out.extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
+                    let _ = write!(out, "${}\r\n", p.len());
                     out.extend_from_slice(p);
                     out.extend_from_slice(b"\r\n");
                 }
@@ -171,6 +179,7 @@ fn resp_len_at(buf: &[u8], at: usize) -> Result<Option<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_protocol::frame::put_frame;
 
     #[test]
     fn resp_replies_are_framed_whole_and_only_whole() {

@@ -285,9 +285,12 @@ fn thread_main(
     loop {
         let now = Instant::now();
         if !stopping {
-            let out_of_requests = plan
-                .requests
-                .is_some_and(|r| shared.issued.load(Ordering::Relaxed) >= r);
+            // A preload inserts every key, whatever `--requests` says of
+            // the measured phase.
+            let out_of_requests = matches!(mode, Mode::Run)
+                && plan
+                    .requests
+                    .is_some_and(|r| shared.issued.load(Ordering::Relaxed) >= r);
             if end.is_some_and(|e| now >= e) || out_of_requests {
                 stopping = true;
                 stop_at = Some(now);

@@ -138,7 +138,9 @@ fn the_resp_driver_talks_to_a_real_redis_server() {
     p.connections = 4;
     p.pipeline = 8;
     p.duration = None;
-    p.requests = Some(5000);
+    // Fewer measured requests than keys: the preload still writes them all.
+    p.keys = 3000;
+    p.requests = Some(2000);
     p.workload = "mixed:50".parse().unwrap();
     runner::preload(&p).unwrap();
     let results = runner::run(&p, &Shared::new(p.keys)).unwrap();
@@ -152,9 +154,9 @@ fn the_resp_driver_talks_to_a_real_redis_server() {
         .sum();
     let errors: u64 = results.iter().flat_map(|r| r.errors.values()).sum();
     assert_eq!(errors, 0);
-    assert!(reads + updates >= 5000, "{reads} reads + {updates} updates");
+    assert!(reads + updates >= 2000, "{reads} reads + {updates} updates");
     assert!(
-        reads > 2000 && updates > 2000,
+        reads > 800 && updates > 800,
         "{reads} reads, {updates} updates"
     );
     // The preload really wrote every key.
@@ -162,5 +164,5 @@ fn the_resp_driver_talks_to_a_real_redis_server() {
         .args(["-p", &port.to_string(), "dbsize"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
 }

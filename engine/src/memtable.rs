@@ -96,7 +96,10 @@ impl Memtable {
             Bound::Excluded(from)
         };
         let map = self.map.borrow();
-        for (k, (kind, value)) in map.range::<InternalKey, _>((lower, Bound::Unbounded)).take(max) {
+        for (k, (kind, value)) in map
+            .range::<InternalKey, _>((lower, Bound::Unbounded))
+            .take(max)
+        {
             out.push(Entry {
                 key: k.user.clone(),
                 ts: k.ts,

@@ -4,7 +4,7 @@
 //! failure names the request id (0 if it could not be read) and the error
 //! code to answer with.
 
-use crate::frame::Limits;
+use crate::frame::{put_frame, Limits};
 use crate::wire;
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
@@ -464,6 +464,20 @@ impl Request {
     /// Encodes the request as one flatbuffer (the frame payload).
     pub fn encode(&self, id: u64) -> Vec<u8> {
         let mut b = FlatBufferBuilder::with_capacity(128);
+        self.build(id, &mut b);
+        b.finished_data().to_vec()
+    }
+
+    /// Appends the request as one frame to `out`, built in `b` (reset
+    /// first): a connection reuses one builder instead of allocating one
+    /// per message.
+    pub fn encode_frame(&self, id: u64, b: &mut FlatBufferBuilder<'_>, out: &mut Vec<u8>) {
+        b.reset();
+        self.build(id, b);
+        put_frame(out, b.finished_data());
+    }
+
+    fn build(&self, id: u64, b: &mut FlatBufferBuilder<'_>) {
         let (op_type, op) = match self {
             Request::Hello {
                 protocol_version,
@@ -471,7 +485,7 @@ impl Request {
             } => {
                 let name = b.create_string(client_name);
                 let o = wire::Hello::create(
-                    &mut b,
+                    b,
                     &wire::HelloArgs {
                         protocol_version: *protocol_version,
                         client_name: Some(name),
@@ -481,13 +495,13 @@ impl Request {
             }
             Request::Ping => (
                 wire::Op::Ping,
-                wire::Ping::create(&mut b, &wire::PingArgs {}).as_union_value(),
+                wire::Ping::create(b, &wire::PingArgs {}).as_union_value(),
             ),
             Request::Get { key } => {
                 let key = Some(b.create_vector(key));
                 (
                     wire::Op::Get,
-                    wire::Get::create(&mut b, &wire::GetArgs { key }).as_union_value(),
+                    wire::Get::create(b, &wire::GetArgs { key }).as_union_value(),
                 )
             }
             Request::Put { key, value } => {
@@ -495,14 +509,14 @@ impl Request {
                 let value = Some(b.create_vector(value));
                 (
                     wire::Op::Put,
-                    wire::Put::create(&mut b, &wire::PutArgs { key, value }).as_union_value(),
+                    wire::Put::create(b, &wire::PutArgs { key, value }).as_union_value(),
                 )
             }
             Request::Delete { key } => {
                 let key = Some(b.create_vector(key));
                 (
                     wire::Op::Delete,
-                    wire::Delete::create(&mut b, &wire::DeleteArgs { key }).as_union_value(),
+                    wire::Delete::create(b, &wire::DeleteArgs { key }).as_union_value(),
                 )
             }
             Request::Scan {
@@ -514,7 +528,7 @@ impl Request {
                 let start = Some(b.create_vector(start));
                 let end = end.as_ref().map(|e| b.create_vector(e));
                 let o = wire::Scan::create(
-                    &mut b,
+                    b,
                     &wire::ScanArgs {
                         start,
                         end,
@@ -525,18 +539,17 @@ impl Request {
                 (wire::Op::Scan, o.as_union_value())
             }
             Request::Batch { ops } => {
-                let ops = Some(encode_batch_ops(&mut b, ops));
+                let ops = Some(encode_batch_ops(b, ops));
                 (
                     wire::Op::Batch,
-                    wire::Batch::create(&mut b, &wire::BatchArgs { ops }).as_union_value(),
+                    wire::Batch::create(b, &wire::BatchArgs { ops }).as_union_value(),
                 )
             }
             Request::ReadAt { key, ts } => {
                 let key = Some(b.create_vector(key));
                 (
                     wire::Op::ReadAt,
-                    wire::ReadAt::create(&mut b, &wire::ReadAtArgs { key, ts: *ts })
-                        .as_union_value(),
+                    wire::ReadAt::create(b, &wire::ReadAtArgs { key, ts: *ts }).as_union_value(),
                 )
             }
             Request::Txn {
@@ -558,7 +571,7 @@ impl Request {
                         let key = Some(b.create_vector(c.key()));
                         let value = value.map(|v| b.create_vector(v));
                         wire::Condition::create(
-                            &mut b,
+                            b,
                             &wire::ConditionArgs {
                                 kind,
                                 key,
@@ -573,15 +586,15 @@ impl Request {
                     .iter()
                     .map(|k| {
                         let key = Some(b.create_vector(k));
-                        wire::Key::create(&mut b, &wire::KeyArgs { key })
+                        wire::Key::create(b, &wire::KeyArgs { key })
                     })
                     .collect();
                 let reads = Some(b.create_vector(&reads));
-                let writes = Some(encode_batch_ops(&mut b, writes));
+                let writes = Some(encode_batch_ops(b, writes));
                 (
                     wire::Op::Txn,
                     wire::Txn::create(
-                        &mut b,
+                        b,
                         &wire::TxnArgs {
                             conditions,
                             reads,
@@ -593,15 +606,15 @@ impl Request {
             }
             Request::Stats => (
                 wire::Op::Stats,
-                wire::Stats::create(&mut b, &wire::StatsArgs {}).as_union_value(),
+                wire::Stats::create(b, &wire::StatsArgs {}).as_union_value(),
             ),
             Request::Topology => (
                 wire::Op::Topology,
-                wire::Topology::create(&mut b, &wire::TopologyArgs {}).as_union_value(),
+                wire::Topology::create(b, &wire::TopologyArgs {}).as_union_value(),
             ),
         };
         let root = wire::Request::create(
-            &mut b,
+            b,
             &wire::RequestArgs {
                 id,
                 op_type,
@@ -609,7 +622,6 @@ impl Request {
             },
         );
         b.finish(root, None);
-        b.finished_data().to_vec()
     }
 }
 
@@ -617,11 +629,25 @@ impl Response {
     /// Encodes the response as one flatbuffer (the frame payload).
     pub fn encode(&self, id: u64) -> Vec<u8> {
         let mut b = FlatBufferBuilder::with_capacity(128);
+        self.build(id, &mut b);
+        b.finished_data().to_vec()
+    }
+
+    /// Appends the response as one frame to `out`, built in `b` (reset
+    /// first): a connection reuses one builder instead of allocating one
+    /// per message.
+    pub fn encode_frame(&self, id: u64, b: &mut FlatBufferBuilder<'_>, out: &mut Vec<u8>) {
+        b.reset();
+        self.build(id, b);
+        put_frame(out, b.finished_data());
+    }
+
+    fn build(&self, id: u64, b: &mut FlatBufferBuilder<'_>) {
         let (outcome_type, result) = match self {
             Response::Error { code, message } => {
                 let message = Some(b.create_string(message));
                 let o = wire::Error::create(
-                    &mut b,
+                    b,
                     &wire::ErrorArgs {
                         code: code.to_wire(),
                         message,
@@ -637,7 +663,7 @@ impl Response {
             } => {
                 let server_version = Some(b.create_string(server_version));
                 let o = wire::HelloResult::create(
-                    &mut b,
+                    b,
                     &wire::HelloResultArgs {
                         protocol_version: *protocol_version,
                         server_version,
@@ -649,12 +675,12 @@ impl Response {
             }
             Response::Pong => (
                 wire::Outcome::PingResult,
-                wire::PingResult::create(&mut b, &wire::PingResultArgs {}).as_union_value(),
+                wire::PingResult::create(b, &wire::PingResultArgs {}).as_union_value(),
             ),
             Response::Get(value) => {
                 let v = value.as_ref().map(|v| b.create_vector(v));
                 let o = wire::GetResult::create(
-                    &mut b,
+                    b,
                     &wire::GetResultArgs {
                         found: value.is_some(),
                         value: v,
@@ -664,8 +690,7 @@ impl Response {
             }
             Response::Written { ts } => (
                 wire::Outcome::WriteResult,
-                wire::WriteResult::create(&mut b, &wire::WriteResultArgs { ts: *ts })
-                    .as_union_value(),
+                wire::WriteResult::create(b, &wire::WriteResultArgs { ts: *ts }).as_union_value(),
             ),
             Response::Scan { rows, next_start } => {
                 let offsets: Vec<_> = rows
@@ -673,13 +698,12 @@ impl Response {
                     .map(|(k, v)| {
                         let key = Some(b.create_vector(k));
                         let value = Some(b.create_vector(v));
-                        wire::KeyValue::create(&mut b, &wire::KeyValueArgs { key, value })
+                        wire::KeyValue::create(b, &wire::KeyValueArgs { key, value })
                     })
                     .collect();
                 let rows = Some(b.create_vector(&offsets));
                 let next_start = next_start.as_ref().map(|n| b.create_vector(n));
-                let o =
-                    wire::ScanResult::create(&mut b, &wire::ScanResultArgs { rows, next_start });
+                let o = wire::ScanResult::create(b, &wire::ScanResultArgs { rows, next_start });
                 (wire::Outcome::ScanResult, o.as_union_value())
             }
             Response::Stats(metrics) => {
@@ -688,7 +712,7 @@ impl Response {
                     .map(|m| {
                         let name = Some(b.create_string(&m.name));
                         wire::Metric::create(
-                            &mut b,
+                            b,
                             &wire::MetricArgs {
                                 name,
                                 shard: m.shard,
@@ -698,7 +722,7 @@ impl Response {
                     })
                     .collect();
                 let metrics = Some(b.create_vector(&offsets));
-                let o = wire::StatsResult::create(&mut b, &wire::StatsResultArgs { metrics });
+                let o = wire::StatsResult::create(b, &wire::StatsResultArgs { metrics });
                 (wire::Outcome::StatsResult, o.as_union_value())
             }
             Response::Topology {
@@ -712,7 +736,7 @@ impl Response {
                     .map(|(shard, address)| {
                         let address = Some(b.create_string(address));
                         wire::ShardAddress::create(
-                            &mut b,
+                            b,
                             &wire::ShardAddressArgs {
                                 shard: *shard,
                                 address,
@@ -722,7 +746,7 @@ impl Response {
                     .collect();
                 let shards = Some(b.create_vector(&offsets));
                 let o = wire::TopologyResult::create(
-                    &mut b,
+                    b,
                     &wire::TopologyResultArgs {
                         slots: *slots,
                         slot_owner: owner,
@@ -739,7 +763,7 @@ impl Response {
                         let key = Some(b.create_vector(&r.key));
                         let value = r.value.as_ref().map(|v| b.create_vector(v));
                         wire::ReadValue::create(
-                            &mut b,
+                            b,
                             &wire::ReadValueArgs {
                                 key,
                                 found: r.value.is_some(),
@@ -751,7 +775,7 @@ impl Response {
                     .collect();
                 let reads = Some(b.create_vector(&reads));
                 let o = wire::TxnResult::create(
-                    &mut b,
+                    b,
                     &wire::TxnResultArgs {
                         committed: outcome.committed,
                         ts: outcome.ts,
@@ -763,7 +787,7 @@ impl Response {
             }
         };
         let root = wire::Response::create(
-            &mut b,
+            b,
             &wire::ResponseArgs {
                 id,
                 outcome_type,
@@ -771,7 +795,6 @@ impl Response {
             },
         );
         b.finish(root, None);
-        b.finished_data().to_vec()
     }
 }
 
@@ -1002,6 +1025,17 @@ mod tests {
                 reads: vec![],
             }),
         ];
+        // One reused builder appends the same frames `encode` makes.
+        let mut builder = FlatBufferBuilder::with_capacity(16);
+        let mut stream = Vec::new();
+        for (i, r) in cases.iter().enumerate() {
+            r.encode_frame(i as u64, &mut builder, &mut stream);
+        }
+        let mut expected = Vec::new();
+        for (i, r) in cases.iter().enumerate() {
+            crate::frame::put_frame(&mut expected, &r.encode(i as u64));
+        }
+        assert_eq!(stream, expected);
         for (i, r) in cases.into_iter().enumerate() {
             assert_eq!(decode_response(&r.encode(i as u64)), Ok((i as u64, r)));
         }

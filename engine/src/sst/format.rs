@@ -145,7 +145,11 @@ impl BlockIndex {
     }
 
     pub fn last_key(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.key_ends[i - 1] as usize };
+        let start = if i == 0 {
+            0
+        } else {
+            self.key_ends[i - 1] as usize
+        };
         &self.keys[start..self.key_ends[i] as usize]
     }
 
