@@ -20,6 +20,11 @@ use std::rc::Rc;
 use std::time::Instant;
 use tessera_engine::{run_local, Engine, Options, SyncMode};
 
+/// The allocator `tessera-server` runs with, so the engine and the load
+/// generator are measured as they ship.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Tessera engine benchmark (db_bench vocabulary)")]
 struct Args {

@@ -13,6 +13,11 @@ use tessera_bench::report::Summary;
 use tessera_bench::runner::{self, Plan, Shared};
 use tessera_bench::workload::{Distribution, OpKind, ValueSize, Workload};
 
+/// The allocator `tessera-server` runs with, so the engine and the load
+/// generator are measured as they ship.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "tessera-bench", about = "Load generator for Tessera and Redis")]
 struct Args {
