@@ -20,6 +20,7 @@ pub mod io;
 pub mod iter;
 pub mod key;
 pub mod manifest;
+pub mod memory;
 pub mod memtable;
 pub mod options;
 pub mod sst;

@@ -186,6 +186,7 @@ async fn seek_random(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
 }
 
 fn main() {
+    tessera_engine::memory::keep_freed_pages();
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("error: {e:#}");
