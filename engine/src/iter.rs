@@ -191,7 +191,12 @@ impl<F: DiskFile> Source<F> {
 pub struct MergeIter<F: DiskFile> {
     sources: Vec<Source<F>>,
     cache: Rc<BlockCache>,
-    last: Option<(Bytes, u64)>,
+    /// The last version returned, copied into a reused buffer: cloning
+    /// the entry's `Bytes` key instead cost an allocation per entry (a
+    /// key copied out of a block is Vec-backed, and its first clone
+    /// promotes it to a shared buffer).
+    last_key: Vec<u8>,
+    last_ts: Option<u64>,
 }
 
 impl<F: DiskFile> MergeIter<F> {
@@ -199,12 +204,13 @@ impl<F: DiskFile> MergeIter<F> {
         MergeIter {
             sources,
             cache,
-            last: None,
+            last_key: Vec::new(),
+            last_ts: None,
         }
     }
 
     pub async fn seek(&mut self, key: &[u8], ts: u64) -> Result<()> {
-        self.last = None;
+        self.last_ts = None;
         for s in &mut self.sources {
             s.seek(key, ts, &self.cache).await?;
         }
@@ -229,14 +235,16 @@ impl<F: DiskFile> MergeIter<F> {
             }
             let Some(i) = best else { return Ok(None) };
             let e = self.sources[i].pop().expect("head exists");
-            if let Some((k, ts)) = &self.last {
-                match compare(k, *ts, &e.key, e.ts) {
+            if let Some(ts) = self.last_ts {
+                match compare(&self.last_key, ts, &e.key, e.ts) {
                     Ordering::Equal => continue,
                     Ordering::Greater => panic!("merge produced versions out of order"),
                     Ordering::Less => {}
                 }
             }
-            self.last = Some((e.key.clone(), e.ts));
+            self.last_key.clear();
+            self.last_key.extend_from_slice(&e.key);
+            self.last_ts = Some(e.ts);
             return Ok(Some(e));
         }
     }

@@ -131,7 +131,7 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
     }
 }
 
-fn pick_needed<D: Disk>(inner: &Inner<D>) -> bool {
+pub(crate) fn pick_needed<D: Disk>(inner: &Inner<D>) -> bool {
     let version = inner.version.borrow();
     version.levels[0].len() >= inner.opts.l0_compaction_trigger
         || (1..LEVELS - 1)

@@ -14,7 +14,7 @@ use crate::key::{compare, compare_bytes, Entry, Kind, Versioned};
 use bytes::{Buf, BufMut, Bytes};
 use std::cmp::Ordering;
 
-pub const RESTART_INTERVAL: usize = 16;
+pub const RESTART_INTERVAL: usize = 4;
 const ENTRY_HEADER_BYTES: usize = 17;
 
 /// Accumulates one block.
