@@ -127,9 +127,9 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 // transactions are applied when decided.
                 if inner.opts.wal_sync != SyncMode::None {
                     let mem = inner.mem.borrow().clone();
-                    for rec in &batches {
-                        for e in rec.applied_entries() {
-                            mem.insert(e.clone());
+                    for rec in batches {
+                        for e in rec.into_applied_entries() {
+                            mem.insert(e);
                         }
                     }
                 }

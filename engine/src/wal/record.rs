@@ -83,6 +83,20 @@ impl Record {
         }
     }
 
+    /// [`Record::applied_entries`], taken out of the record (it is logged
+    /// and no longer needed), so the memtable gets them without a clone.
+    pub fn into_applied_entries(self) -> Vec<Entry> {
+        match self {
+            Record::Batch { entries, .. }
+            | Record::Decision {
+                commit: true,
+                entries,
+                ..
+            } => entries,
+            _ => Vec::new(),
+        }
+    }
+
     /// Bytes the record takes in the log, header included.
     pub fn logged_len(&self) -> usize {
         HEADER_BYTES
