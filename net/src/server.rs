@@ -148,79 +148,88 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
     let mut builder = FlatBufferBuilder::with_capacity(1024);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    let result =
-        'read: loop {
+    let result = 'read: loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        ShardMetrics::add(&shard.metrics.bytes_in, n as u64);
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            // One read can hold thousands of small requests: the bound
+            // is checked before each, not once per read.
             while outbox.frames.borrow().len() >= OUTBOX_BYTES_MAX {
+                let _ = wake.try_send(());
                 if drains.recv().await.is_none() {
                     break 'read Ok(());
                 }
             }
-            let n = match reader.read(&mut chunk).await {
-                Ok(0) => break Ok(()),
-                Ok(n) => n,
-                Err(e) => break Err(e),
+            let frame = match next_frame(&mut buf, limit) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(too_large) => {
+                    // The stream cannot be resynchronised: answer and close.
+                    let response = Response::error(ErrorCode::BadFrame, too_large.to_string());
+                    let now = Instant::now();
+                    answer(
+                        shard,
+                        OpKind::Invalid,
+                        now,
+                        0,
+                        &response,
+                        &mut builder,
+                        &outbox,
+                    );
+                    break 'read Ok(());
+                }
             };
-            ShardMetrics::add(&shard.metrics.bytes_in, n as u64);
-            buf.extend_from_slice(&chunk[..n]);
-            loop {
-                let frame =
-                    match next_frame(&mut buf, limit) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(too_large) => {
-                            // The stream cannot be resynchronised: answer and close.
-                            shard.metrics.record(OpKind::Invalid, 0, true);
-                            Response::error(ErrorCode::BadFrame, too_large.to_string())
-                                .encode_frame(0, &mut builder, &mut outbox.frames.borrow_mut());
-                            break 'read Ok(());
-                        }
-                    };
-                let start = Instant::now();
-                let (id, request) = match decode_request(&frame, &shard.config.limits) {
-                    Ok(decoded) => decoded,
-                    Err(e) => {
-                        let response = Response::error(e.code, e.message);
-                        answer(
-                            shard,
-                            OpKind::Invalid,
-                            start,
-                            e.id,
-                            &response,
-                            &mut builder,
-                            &outbox,
-                        );
-                        continue;
-                    }
-                };
-                let kind = op_kind(&request);
-                let mut handling = {
-                    let shard = shard.clone();
-                    Box::pin(async move { shard.handle(request).await })
-                };
-                // Most requests complete on their first poll: answer them here,
-                // with no task, channel or allocation per response.
-                if let Some(response) = futures_lite::future::poll_once(&mut handling).await {
-                    answer(shard, kind, start, id, &response, &mut builder, &outbox);
+            let start = Instant::now();
+            let (id, request) = match decode_request(&frame, &shard.config.limits) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    let response = Response::error(e.code, e.message);
+                    answer(
+                        shard,
+                        OpKind::Invalid,
+                        start,
+                        e.id,
+                        &response,
+                        &mut builder,
+                        &outbox,
+                    );
                     continue;
                 }
-                let permit = match inflight.clone().acquire_static_permit(1).await {
-                    Ok(p) => p,
-                    Err(_) => break 'read Ok(()),
-                };
-                let (shard, outbox, wake) = (shard.clone(), outbox.clone(), wake.clone());
-                glommio::spawn_local(async move {
-                    let response = handling.await;
-                    let mut builder = FlatBufferBuilder::with_capacity(256);
-                    answer(&shard, kind, start, id, &response, &mut builder, &outbox);
-                    let _ = wake.try_send(());
-                    drop(permit);
-                })
-                .detach();
+            };
+            let kind = op_kind(&request);
+            let mut handling = {
+                let shard = shard.clone();
+                Box::pin(async move { shard.handle(request).await })
+            };
+            // Most requests complete on their first poll: answer them here,
+            // with no task, channel or allocation per response.
+            if let Some(response) = futures_lite::future::poll_once(&mut handling).await {
+                answer(shard, kind, start, id, &response, &mut builder, &outbox);
+                continue;
             }
-            if !outbox.frames.borrow().is_empty() {
+            let permit = match inflight.clone().acquire_static_permit(1).await {
+                Ok(p) => p,
+                Err(_) => break 'read Ok(()),
+            };
+            let (shard, outbox, wake) = (shard.clone(), outbox.clone(), wake.clone());
+            glommio::spawn_local(async move {
+                let response = handling.await;
+                let mut builder = FlatBufferBuilder::with_capacity(256);
+                answer(&shard, kind, start, id, &response, &mut builder, &outbox);
                 let _ = wake.try_send(());
-            }
-        };
+                drop(permit);
+            })
+            .detach();
+        }
+        if !outbox.frames.borrow().is_empty() {
+            let _ = wake.try_send(());
+        }
+    };
     // Let in-flight requests finish and their responses go out.
     let _ = inflight.acquire_permit(inflight_max as u64).await;
     drop(wake);

@@ -193,3 +193,58 @@ fn connections_over_the_limit_are_refused_and_the_rest_keep_working() {
     assert_eq!(read_response(&mut again), Some((3, Response::Pong)));
     assert!(server.stop());
 }
+
+/// Resident memory of a process in bytes (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_cannot_grow_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &[]);
+    let mut good = Client::connect(server.listen.as_str()).unwrap();
+    let value = vec![b'v'; 64 << 10];
+    good.put("big", value.clone()).unwrap();
+    let before = rss_bytes(server.child.id());
+
+    // 4,000 pipelined GETs of a 64 KiB value: 256 MiB of responses if the
+    // server buffered them. The writer thread blocks once the server stops
+    // reading; the connection is dropped (unread) at the end.
+    let mut greedy = raw(&server.listen);
+    let mut frames = Vec::new();
+    for id in 0..4000u64 {
+        put_frame(&mut frames, &Request::Get { key: "big".into() }.encode(id));
+    }
+    let mut writer = greedy.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&frames);
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_bytes(server.child.id()).saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "server RSS grew by {} MiB for one connection that never reads",
+        grown >> 20
+    );
+    // Everyone else is still served.
+    assert_eq!(good.get("big").unwrap().as_deref(), Some(&value[..]));
+    sender.join().unwrap();
+    // Once it reads, the responses it was owed arrive in order of completion.
+    let (id, response) = read_response(&mut greedy).expect("a response");
+    assert_eq!(id, 0);
+    assert_eq!(response, Response::Get(Some(value.into())));
+    drop(greedy);
+    good.ping().unwrap();
+    assert!(server.stop());
+}
