@@ -460,21 +460,36 @@ fn encode_batch_ops<'b>(
     b.create_vector(&offsets)
 }
 
+/// One message built in a fresh builder, as a frame payload.
+fn encode_payload(build: impl FnOnce(&mut FlatBufferBuilder<'_>)) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::with_capacity(128);
+    build(&mut b);
+    b.finished_data().to_vec()
+}
+
+/// One message built in the reused builder `b`, appended to `out` as a
+/// frame.
+fn append_frame<'b>(
+    b: &mut FlatBufferBuilder<'b>,
+    out: &mut Vec<u8>,
+    build: impl FnOnce(&mut FlatBufferBuilder<'b>),
+) {
+    b.reset();
+    build(b);
+    put_frame(out, b.finished_data());
+}
+
 impl Request {
     /// Encodes the request as one flatbuffer (the frame payload).
     pub fn encode(&self, id: u64) -> Vec<u8> {
-        let mut b = FlatBufferBuilder::with_capacity(128);
-        self.build(id, &mut b);
-        b.finished_data().to_vec()
+        encode_payload(|b| self.build(id, b))
     }
 
     /// Appends the request as one frame to `out`, built in `b` (reset
     /// first): a connection reuses one builder instead of allocating one
     /// per message.
     pub fn encode_frame(&self, id: u64, b: &mut FlatBufferBuilder<'_>, out: &mut Vec<u8>) {
-        b.reset();
-        self.build(id, b);
-        put_frame(out, b.finished_data());
+        append_frame(b, out, |b| self.build(id, b));
     }
 
     fn build(&self, id: u64, b: &mut FlatBufferBuilder<'_>) {
@@ -628,18 +643,14 @@ impl Request {
 impl Response {
     /// Encodes the response as one flatbuffer (the frame payload).
     pub fn encode(&self, id: u64) -> Vec<u8> {
-        let mut b = FlatBufferBuilder::with_capacity(128);
-        self.build(id, &mut b);
-        b.finished_data().to_vec()
+        encode_payload(|b| self.build(id, b))
     }
 
     /// Appends the response as one frame to `out`, built in `b` (reset
     /// first): a connection reuses one builder instead of allocating one
     /// per message.
     pub fn encode_frame(&self, id: u64, b: &mut FlatBufferBuilder<'_>, out: &mut Vec<u8>) {
-        b.reset();
-        self.build(id, b);
-        put_frame(out, b.finished_data());
+        append_frame(b, out, |b| self.build(id, b));
     }
 
     fn build(&self, id: u64, b: &mut FlatBufferBuilder<'_>) {
