@@ -34,6 +34,10 @@ use tessera_protocol::{ErrorCode, Request, Response};
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
+/// Output and builder buffers larger than this are dropped after use
+/// instead of kept for the connection's next responses.
+const BUFFER_KEEP_BYTES_MAX: usize = 256 << 10;
+
 fn op_kind(r: &Request) -> OpKind {
     match r {
         Request::Hello { .. } => OpKind::Hello,
@@ -137,6 +141,10 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                 ShardMetrics::add(&shard.metrics.bytes_out, sending.len() as u64);
                 writer.write_all(&sending).await?;
                 sending.clear();
+                if sending.capacity() > BUFFER_KEEP_BYTES_MAX {
+                    // Idle connections should not each hold a burst's worth.
+                    sending = Vec::with_capacity(READ_CHUNK_BYTES);
+                }
             }
             writer.flush().await?;
             std::io::Result::Ok(())
@@ -244,7 +252,7 @@ fn answer(
     start: Instant,
     id: u64,
     response: &Response,
-    builder: &mut FlatBufferBuilder<'_>,
+    builder: &mut FlatBufferBuilder<'static>,
     outbox: &Outbox,
 ) {
     let error = matches!(response, Response::Error { .. });
@@ -252,6 +260,12 @@ fn answer(
         .metrics
         .record(kind, start.elapsed().as_micros() as u64, error);
     response.encode_frame(id, builder, &mut outbox.frames.borrow_mut());
+    // A builder keeps the capacity of the largest message it built: after a
+    // large scan, start a small one rather than hold it for the
+    // connection's life.
+    if builder.finished_data().len() > BUFFER_KEEP_BYTES_MAX {
+        *builder = FlatBufferBuilder::with_capacity(1024);
+    }
 }
 
 /// Serves `GET /metrics` in Prometheus text format, gathering every shard's
