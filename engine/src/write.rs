@@ -72,7 +72,6 @@ pub(crate) struct Queue {
 /// The writer task. Runs until the engine closes and the queue is empty.
 pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
     let mut chunk = Vec::with_capacity(inner.opts.wal_group_bytes_max + 4096);
-    let mut payload = Vec::new();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
@@ -107,7 +106,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
         };
         inner.events.space.notify(usize::MAX);
         inner.writer_phase.set("write");
-        let mut result = write_group(&inner, &mut wal, &batches, &mut chunk, &mut payload).await;
+        let mut result = write_group(&inner, &mut wal, &batches, &mut chunk).await;
         inner.writer_phase.set("sync");
         if result.is_ok() {
             unsynced = true;
@@ -174,7 +173,6 @@ async fn write_group<D: Disk>(
     wal: &mut Wal<D>,
     batches: &[Record],
     chunk: &mut Vec<u8>,
-    payload: &mut Vec<u8>,
 ) -> Result<()> {
     let needed: usize = batches.iter().map(Record::logged_len).sum();
     if needed > wal.room() {
@@ -183,7 +181,7 @@ async fn write_group<D: Disk>(
     assert!(needed <= wal.room(), "group larger than a segment");
     chunk.clear();
     for rec in batches {
-        rec.encode(chunk, wal.segment_id(), payload);
+        rec.encode(chunk, wal.segment_id());
     }
     inner
         .stats
@@ -255,7 +253,7 @@ async fn maybe_swap_memtable<D: Disk>(inner: &Rc<Inner<D>>, wal: &mut Wal<D>) ->
     let relog = inner.undecided_records();
     if !relog.is_empty() {
         let mut chunk = Vec::new();
-        write_group(inner, wal, &relog, &mut chunk, &mut Vec::new()).await?;
+        write_group(inner, wal, &relog, &mut chunk).await?;
         wal.sync().await?;
     }
     let full = std::mem::replace(&mut *inner.mem.borrow_mut(), Rc::new(Memtable::new()));

@@ -112,29 +112,31 @@ impl Record {
             }
     }
 
-    /// Appends the whole record (header and payload) to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>, segment_id: u64, scratch: &mut Vec<u8>) {
-        scratch.clear();
+    /// Appends the whole record (header and payload) to `out`, the payload
+    /// encoded in place (no staging copy: every logged byte was copied
+    /// twice before).
+    pub fn encode(&self, out: &mut Vec<u8>, segment_id: u64) {
+        let start = begin(out, segment_id, self.record_type());
         match self {
             Record::Batch { ts, entries }
             | Record::Prepare { ts, entries }
-            | Record::Commit { ts, entries } => encode_batch(scratch, *ts, entries),
+            | Record::Commit { ts, entries } => encode_batch(out, *ts, entries),
             Record::Decision {
                 ts,
                 commit,
                 participants,
                 entries,
             } => {
-                scratch.put_u64_le(*ts);
-                scratch.put_u8(*commit as u8);
-                scratch.put_u32_le(participants.len() as u32);
+                out.put_u64_le(*ts);
+                out.put_u8(*commit as u8);
+                out.put_u32_le(participants.len() as u32);
                 for p in participants {
-                    scratch.put_u32_le(*p);
+                    out.put_u32_le(*p);
                 }
-                encode_batch(scratch, *ts, entries);
+                encode_batch(out, *ts, entries);
             }
         }
-        encode(out, segment_id, self.record_type(), scratch);
+        finish(out, start);
     }
 
     /// Decodes a payload whose checksum passed. `None`: malformed, or a type
@@ -183,13 +185,28 @@ impl Record {
 
 /// Appends one record to `out`.
 pub fn encode(out: &mut Vec<u8>, segment_id: u64, record_type: u8, payload: &[u8]) {
+    let start = begin(out, segment_id, record_type);
+    out.extend_from_slice(payload);
+    finish(out, start);
+}
+
+/// Appends a record header whose crc and length are filled in by
+/// [`finish`] once the payload follows it; returns where the record starts.
+fn begin(out: &mut Vec<u8>, segment_id: u64, record_type: u8) -> usize {
     let start = out.len();
     out.put_u32_le(0);
-    out.put_u32_le(payload.len() as u32);
+    out.put_u32_le(0);
     out.put_u8(record_type);
     out.put_bytes(0, 3);
     out.put_u64_le(segment_id);
-    out.extend_from_slice(payload);
+    start
+}
+
+/// Fills in the length and crc of the record that starts at `start` and
+/// runs to the end of `out`.
+fn finish(out: &mut [u8], start: usize) {
+    let len = out.len() - start - HEADER_BYTES;
+    out[start + 4..start + 8].copy_from_slice(&(len as u32).to_le_bytes());
     let crc = crc32c::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -358,8 +375,8 @@ mod tests {
             },
         ];
         for r in records {
-            let (mut out, mut scratch) = (Vec::new(), Vec::new());
-            r.encode(&mut out, 1, &mut scratch);
+            let mut out = Vec::new();
+            r.encode(&mut out, 1);
             assert_eq!(out.len(), r.logged_len());
             let Parsed::Record {
                 record_type,
