@@ -260,7 +260,7 @@ impl Shard {
                 end,
                 limit,
                 ts,
-            } => match self.engine.scan(&start, end.as_deref(), limit, ts).await {
+            } => match Box::pin(self.engine.scan(&start, end.as_deref(), limit, ts)).await {
                 Ok(rows) => ShardReply::Rows(rows),
                 Err(e) => error_reply(&e),
             },
@@ -268,7 +268,9 @@ impl Shard {
                 Ok(v) => ShardReply::Value(v),
                 Err(e) => error_reply(&e),
             },
-            ShardOp::Txn { part, phase } => vote_reply(self, self.engine.txn(part, phase).await),
+            ShardOp::Txn { part, phase } => {
+                vote_reply(self, Box::pin(self.engine.txn(part, phase)).await)
+            }
             ShardOp::TxnCommit(ts) => {
                 self.commit_participant(ts);
                 ShardReply::Done
@@ -289,6 +291,11 @@ impl Shard {
     }
 
     /// Answers one client request, routing by key.
+    ///
+    /// The server boxes this future for every request, so its size is a
+    /// per-request cost: the transaction, scan and cross-shard batch paths
+    /// (several KiB of state) are boxed inside their arms, which keeps the
+    /// future of a plain get or put small.
     pub async fn handle(self: &Rc<Self>, request: Request) -> Response {
         if self.shutting_down.get() {
             return Response::error(ErrorCode::Unavailable, "server is shutting down");
@@ -337,7 +344,7 @@ impl Shard {
                 let owner = self.slots.shard_of(first.key());
                 if ops.iter().any(|op| self.slots.shard_of(op.key()) != owner) {
                     // Atomic across shards through the transaction path.
-                    return self.atomic_batch(ops).await;
+                    return Box::pin(self.atomic_batch(ops)).await;
                 }
                 into_response(self.execute(owner, ShardOp::Write(ops)).await)
             }
@@ -346,7 +353,7 @@ impl Shard {
                 end,
                 limit,
                 ts,
-            } => self.scan(start, end, limit as usize, ts).await,
+            } => Box::pin(self.scan(start, end, limit as usize, ts)).await,
             Request::ReadAt { key, ts } => {
                 let owner = self.slots.shard_of(&key);
                 into_response(self.execute(owner, ShardOp::ReadAt { key, ts }).await)
@@ -356,11 +363,11 @@ impl Shard {
                 reads,
                 writes,
             } => {
-                self.transaction(TxnRequest {
+                Box::pin(self.transaction(TxnRequest {
                     conditions,
                     reads,
                     writes,
-                })
+                }))
                 .await
             }
             Request::Stats => {
