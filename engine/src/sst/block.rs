@@ -14,6 +14,10 @@ use crate::key::{compare, compare_bytes, Entry, Kind, Versioned};
 use bytes::{Buf, BufMut, Bytes};
 use std::cmp::Ordering;
 
+/// Point reads walk at most this many entries after the restart search.
+/// 16 cost ~10% more per point read than 4 at 1M keys (more entries
+/// decoded in a random block); 1 (no prefix compression) measured no
+/// faster than 4 and makes tables larger.
 pub const RESTART_INTERVAL: usize = 4;
 const ENTRY_HEADER_BYTES: usize = 17;
 
