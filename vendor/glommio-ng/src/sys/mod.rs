@@ -375,6 +375,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Tessera patch: orders the caller's earlier writes (a channel push, a
+        // queued waker, a blocking-pool result) before the read of
+        // `should_notify`; pairs with the fence the executor issues between
+        // `prepare_to_sleep` and its last look at those sources.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
