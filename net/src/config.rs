@@ -206,13 +206,15 @@ impl Config {
             ..defaults
         };
         engine.validate()?;
+        let shard_base_port = pick!(shard_base_port).unwrap_or(if listen.port() == 0 {
+            0
+        } else {
+            listen.port() + 1
+        });
+        check_ports_distinct(listen, shard_base_port, shards, metrics)?;
         Ok(Config {
             data: pick!(data).unwrap_or_else(|| PathBuf::from("./data")),
-            shard_base_port: pick!(shard_base_port).unwrap_or(if listen.port() == 0 {
-                0
-            } else {
-                listen.port() + 1
-            }),
+            shard_base_port,
             listen,
             shards,
             placement,
@@ -223,6 +225,40 @@ impl Config {
             inflight_per_connection_max: pick!(inflight_per_connection_max).unwrap_or(256),
         })
     }
+}
+
+/// Refuses a metrics or shard port that another listener of this server
+/// also takes. The listeners set `SO_REUSEPORT`, so the kernel would not
+/// refuse the second bind: it would split incoming connections between the
+/// two, and clients would send requests to the metrics endpoint.
+fn check_ports_distinct(
+    listen: SocketAddr,
+    shard_base_port: u16,
+    shards: usize,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let shard_ports = match shard_base_port {
+        0 => 0..0,
+        base => u32::from(base)..u32::from(base) + shards as u32,
+    };
+    if listen.port() != 0 && shard_ports.contains(&u32::from(listen.port())) {
+        bail!(
+            "listen port {} is also a shard port (shard ports start at {shard_base_port}, one per shard)",
+            listen.port()
+        );
+    }
+    if let Some(m) = metrics {
+        let same_host =
+            m.ip() == listen.ip() || m.ip().is_unspecified() || listen.ip().is_unspecified();
+        let taken = m.port() == listen.port() || shard_ports.contains(&u32::from(m.port()));
+        if m.port() != 0 && same_host && taken {
+            bail!(
+                "metrics port {} is also taken by the client listener or a shard (listen {listen}, shard ports from {shard_base_port})",
+                m.port()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -261,6 +297,29 @@ mod tests {
         assert_eq!(parse_cpus("0-2,5").unwrap(), vec![0, 1, 2, 5]);
         let flags = Flags::parse_from(["tessera-server", "--cpus", "0,1", "--shards", "3"]);
         assert!(Config::resolve(flags).is_err());
+    }
+
+    #[test]
+    fn a_metrics_or_listen_port_that_a_shard_also_takes_is_refused() {
+        let resolve = |args: &[&str]| {
+            let mut all = vec!["tessera-server", "--shards", "2", "--cpus", "any"];
+            all.extend_from_slice(args);
+            Config::resolve(Flags::parse_from(all))
+        };
+        // Shards take 7001 and 7002 after the listen port 7000.
+        let taken = resolve(&["--listen", "127.0.0.1:7000", "--metrics", "127.0.0.1:7002"]);
+        assert!(taken.unwrap_err().to_string().contains("metrics port 7002"));
+        let listen = resolve(&["--listen", "127.0.0.1:7000", "--metrics", "0.0.0.0:7000"]);
+        assert!(listen.is_err());
+        let overlap = resolve(&["--listen", "127.0.0.1:7001", "--shard-base-port", "7000"]);
+        assert!(overlap
+            .unwrap_err()
+            .to_string()
+            .contains("listen port 7001"));
+        let apart = resolve(&["--listen", "127.0.0.1:7000", "--metrics", "127.0.0.1:7003"]);
+        assert_eq!(apart.unwrap().shard_base_port, 7001);
+        // Port 0 everywhere (tests): the kernel picks distinct ports.
+        assert!(resolve(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]).is_ok());
     }
 
     #[test]
