@@ -858,6 +858,9 @@ pub(crate) trait UringCommon {
     fn io_stats_mut(&mut self) -> &mut RingIoStats;
     fn io_stats_for_task_queue_mut(&mut self, handle: TaskQueueHandle) -> &mut RingIoStats;
     fn submitter(&mut self) -> io_uring::Submitter<'_>;
+    /// Tessera patch (see `cooperative_ring`): runs completions the kernel
+    /// deferred to this thread's next kernel transition, if it flagged any.
+    fn run_deferred_task_work(&mut self) {}
     fn may_rush(&self) -> bool {
         true
     }
@@ -900,6 +903,7 @@ pub(crate) trait UringCommon {
     }
 
     fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
+        self.run_deferred_task_work();
         let mut completed = 0;
         loop {
             match self.consume_one_event() {
@@ -1089,9 +1093,23 @@ struct SleepableRing {
 /// task work runs at the thread's next kernel transition (every send, recv
 /// or `io_uring_enter`, and any interrupt), and the ring's sleep in
 /// `io_uring_enter` runs it too, so nothing waits longer than the next
-/// transition. Kernels older than 5.19 reject the flag: fall back.
+/// transition.
+///
+/// An executor that only peeks at its completion queue from user space
+/// makes no kernel transition, so a completion could wait until it next
+/// submits or sleeps. `IORING_SETUP_TASKRUN_FLAG` makes the kernel flag
+/// pending task work in the submission ring, and `consume_completion_queue`
+/// enters the kernel when it is set, as liburing's `io_uring_peek_cqe` does.
+/// Kernels older than 5.19 reject both flags: fall back to a plain ring.
+/// `IORING_ENTER_GETEVENTS` from the kernel's uapi `io_uring.h`.
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
 fn cooperative_ring(size: usize) -> io::Result<IoUring> {
-    match IoUring::builder().setup_coop_taskrun().build(size as _) {
+    match IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(size as _)
+    {
         Ok(ring) => Ok(ring),
         Err(_) => IoUring::new(size as _),
     }
@@ -1327,6 +1345,18 @@ impl SleepableRing {
 }
 
 impl UringCommon for SleepableRing {
+    fn run_deferred_task_work(&mut self) {
+        if self.ring.submission().taskrun() {
+            // SAFETY: submits nothing, waits for nothing, passes no argument;
+            // the kernel runs this thread's pending task work on the way out.
+            let _ = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+            };
+        }
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }
