@@ -3,8 +3,9 @@
 # tessera-server with 2 shards on cores 0-1 (`--wal-sync always`), the load
 # generator floating; 2-key transactions whose keys sit on two shards
 # (workload `txn`) and single-key writes (workload `set`), 100-byte values,
-# 64 connections, PIPELINE-deep pipelines (default 4). Prints medians of RUNS runs (default 3)
-# and the ratio txn/s : write/s.
+# 64 connections, PIPELINE-deep pipelines (default 4), THREADS load
+# generator threads (default 2, one per core it floats over). Prints medians
+# of RUNS runs (default 3) and the ratio txn/s : write/s.
 # Usage: bench/compare-txn.sh [seconds per run, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ grep -q ready "$work/out" || { cat "$work/err" >&2; exit 1; }
 for workload in set txn; do
   for _ in $(seq "$runs"); do
     "$bench" --target "tessera://127.0.0.1:$port" --workload "$workload" --keys "$keys" \
-      --connections 64 --pipeline "${PIPELINE:-4}" --duration "$secs" --warmup 1 --value-size 100 \
+      --connections 64 --pipeline "${PIPELINE:-4}" --threads "${THREADS:-2}" --duration "$secs" --warmup 1 --value-size 100 \
       --json --quiet >"$work/run.json"
     python3 - "$workload" "$work/run.json" >>"$work/results" <<'PY'
 import json, sys
