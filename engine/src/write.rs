@@ -72,6 +72,10 @@ pub(crate) struct Queue {
 /// The writer task. Runs until the engine closes and the queue is empty.
 pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
     let mut chunk = Vec::with_capacity(inner.opts.wal_group_bytes_max + 4096);
+    // The queue's vector goes back to it empty after each group: grown from
+    // nothing each time, it reallocated into fresh pages, and zeroing them
+    // was ~9% of a `none`-mode fill.
+    let mut spare: Vec<Record> = Vec::new();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
@@ -99,10 +103,13 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
             }
             continue;
         }
-        let (batches, group) = {
+        let (mut batches, group) = {
             let mut q = inner.queue.borrow_mut();
             q.bytes = 0;
-            (std::mem::take(&mut q.batches), std::mem::take(&mut q.group))
+            (
+                std::mem::replace(&mut q.batches, std::mem::take(&mut spare)),
+                std::mem::take(&mut q.group),
+            )
         };
         inner.events.space.notify(usize::MAX);
         inner.writer_phase.set("write");
@@ -126,7 +133,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 // transactions are applied when decided.
                 if inner.opts.wal_sync != SyncMode::None {
                     let mem = inner.mem.borrow().clone();
-                    for rec in batches {
+                    for rec in batches.drain(..) {
                         for e in rec.into_applied_entries() {
                             mem.insert(e);
                         }
@@ -140,6 +147,8 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 group.complete(Some(e));
             }
         }
+        batches.clear();
+        spare = batches;
     }
 }
 
