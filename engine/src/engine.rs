@@ -131,6 +131,9 @@ pub(crate) struct Inner<D: Disk> {
     pub manifest: glommio::sync::RwLock<Manifest<D>>,
     pub spares: Rc<Spares<D>>,
     pub queue: RefCell<Queue>,
+    /// The WAL's active segment as the writer last saw it: records encoded
+    /// when queued are stamped with it (and re-stamped if a roll intervenes).
+    pub wal_segment: Cell<u64>,
     pub events: Events,
     pub bg_error: RefCell<Option<String>>,
     pub closed: Cell<bool>,
@@ -323,6 +326,7 @@ impl<D: Disk> Engine<D> {
             levels: RefCell::new(levels),
             manifest: glommio::sync::RwLock::new(manifest),
             queue: RefCell::default(),
+            wal_segment: Cell::new(wal.segment_id()),
             events: Events::default(),
             bg_error: RefCell::default(),
             closed: Cell::new(false),
@@ -530,7 +534,7 @@ impl<D: Disk> Engine<D> {
             i.writer_phase.get(),
             i.mem.borrow().bytes(),
             i.imms.borrow().len(),
-            q.batches.len(),
+            q.len(),
             q.bytes,
             i.swap_requested.get(),
             i.closed.get(),
@@ -661,7 +665,7 @@ impl<D: Disk> Inner<D> {
         let limit = self.opts.wal_group_bytes_max;
         wait_until(&self.events.space, || {
             let q = self.queue.borrow();
-            q.batches.is_empty() || q.bytes + bytes <= limit || self.closed.get()
+            q.is_empty() || q.bytes + bytes <= limit || self.closed.get()
         })
         .await;
         if self.closed.get() {
@@ -676,13 +680,20 @@ impl<D: Disk> Inner<D> {
         let group = {
             let mut q = self.queue.borrow_mut();
             if self.opts.wal_sync == SyncMode::None {
-                let mem = self.mem.borrow();
-                for e in rec.applied_entries() {
-                    mem.insert(e.clone());
+                if q.encoded_count == 0 {
+                    q.encoded_segment = self.wal_segment.get();
                 }
+                let segment = q.encoded_segment;
+                rec.encode(&mut q.encoded, segment);
+                q.encoded_count += 1;
+                let mem = self.mem.borrow();
+                for e in rec.into_applied_entries() {
+                    mem.insert(e);
+                }
+            } else {
+                q.batches.push(rec);
             }
             q.bytes += bytes;
-            q.batches.push(rec);
             q.group.clone()
         };
         self.events.work.notify(1);

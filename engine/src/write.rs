@@ -59,14 +59,34 @@ pub(crate) async fn wait_until(event: &Event, ready: impl Fn() -> bool) {
 
 /// Batches waiting for the writer task.
 ///
-/// Invariant: `bytes` is the WAL payload size of `batches`, at most
-/// `wal_group_bytes_max` unless a single batch is alone. Plain batches are
-/// in timestamp order; transaction records carry their own timestamps.
+/// In `none` mode a record is encoded when queued (`encoded`, stamped for
+/// segment `encoded_segment`) and its writes move into the memtable: no
+/// copy of the entries outlives the call. In the other modes the records
+/// wait whole in `batches`, and their writes move into the memtable once
+/// durable.
+///
+/// Invariant: `bytes` is the WAL size of `batches` and `encoded` together,
+/// at most `wal_group_bytes_max` unless a single batch is alone. Plain
+/// batches are in timestamp order; transaction records carry their own
+/// timestamps.
 #[derive(Default)]
 pub(crate) struct Queue {
     pub batches: Vec<Record>,
+    pub encoded: Vec<u8>,
+    pub encoded_count: usize,
+    pub encoded_segment: u64,
     pub bytes: usize,
     pub group: Rc<Group>,
+}
+
+impl Queue {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.encoded_count == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len() + self.encoded_count
+    }
 }
 
 /// The writer task. Runs until the engine closes and the queue is empty.
@@ -76,6 +96,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
     // nothing each time, it reallocated into fresh pages, and zeroing them
     // was ~9% of a `none`-mode fill.
     let mut spare: Vec<Record> = Vec::new();
+    let mut spare_encoded: Vec<u8> = Vec::new();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
@@ -86,7 +107,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        if inner.queue.borrow().batches.is_empty() {
+        if inner.queue.borrow().is_empty() {
             if inner.closed.get() {
                 if unsynced {
                     let _ = wal.sync().await;
@@ -103,17 +124,24 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
             }
             continue;
         }
-        let (mut batches, group) = {
+        let (mut batches, mut encoded, group) = {
             let mut q = inner.queue.borrow_mut();
             q.bytes = 0;
+            let encoded = Encoded {
+                bytes: std::mem::replace(&mut q.encoded, std::mem::take(&mut spare_encoded)),
+                count: std::mem::take(&mut q.encoded_count),
+                segment: q.encoded_segment,
+            };
             (
                 std::mem::replace(&mut q.batches, std::mem::take(&mut spare)),
+                encoded,
                 std::mem::take(&mut q.group),
             )
         };
         inner.events.space.notify(usize::MAX);
         inner.writer_phase.set("write");
-        let mut result = write_group(&inner, &mut wal, &batches, &mut chunk).await;
+        let mut result = write_group(&inner, &mut wal, &batches, &mut encoded, &mut chunk).await;
+        inner.wal_segment.set(wal.segment_id());
         inner.writer_phase.set("sync");
         if result.is_ok() {
             unsynced = true;
@@ -149,7 +177,16 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
         }
         batches.clear();
         spare = batches;
+        encoded.bytes.clear();
+        spare_encoded = encoded.bytes;
     }
+}
+
+/// Records encoded when queued (see [`Queue`]).
+struct Encoded {
+    bytes: Vec<u8>,
+    count: usize,
+    segment: u64,
 }
 
 fn due<D: Disk>(inner: &Inner<D>, last_sync: Instant) -> bool {
@@ -162,9 +199,8 @@ fn due<D: Disk>(inner: &Inner<D>, last_sync: Instant) -> bool {
 
 /// Waits for work, or for the next interval sync when data is unsynced.
 async fn idle<D: Disk>(inner: &Inner<D>, unsynced: bool, last_sync: Instant) {
-    let has_work = || {
-        !inner.queue.borrow().batches.is_empty() || inner.closed.get() || inner.swap_requested.get()
-    };
+    let has_work =
+        || !inner.queue.borrow().is_empty() || inner.closed.get() || inner.swap_requested.get();
     match inner.opts.wal_sync {
         SyncMode::Interval(every) if unsynced => {
             let left = every.saturating_sub(last_sync.elapsed());
@@ -181,14 +217,23 @@ async fn write_group<D: Disk>(
     inner: &Inner<D>,
     wal: &mut Wal<D>,
     batches: &[Record],
+    encoded: &mut Encoded,
     chunk: &mut Vec<u8>,
 ) -> Result<()> {
-    let needed: usize = batches.iter().map(Record::logged_len).sum();
+    let needed: usize = batches.iter().map(Record::logged_len).sum::<usize>() + encoded.bytes.len();
     if needed > wal.room() {
         wal.roll().await?;
     }
     assert!(needed <= wal.room(), "group larger than a segment");
     chunk.clear();
+    if encoded.count > 0 {
+        if encoded.segment != wal.segment_id() {
+            crate::wal::record::restamp(&mut encoded.bytes, wal.segment_id());
+        }
+        // The queued bytes become the chunk; the chunk's buffer goes back
+        // to the queue.
+        std::mem::swap(chunk, &mut encoded.bytes);
+    }
     for rec in batches {
         rec.encode(chunk, wal.segment_id());
     }
@@ -200,7 +245,7 @@ async fn write_group<D: Disk>(
     inner
         .stats
         .wal_batches
-        .set(inner.stats.wal_batches.get() + batches.len() as u64);
+        .set(inner.stats.wal_batches.get() + (batches.len() + encoded.count) as u64);
     wal.write_chunk(chunk).await
 }
 
@@ -208,10 +253,12 @@ async fn write_group<D: Disk>(
 fn fail_queue<D: Disk>(inner: &Inner<D>, error: Error) {
     let group = {
         let mut q = inner.queue.borrow_mut();
-        if q.batches.is_empty() {
+        if q.is_empty() {
             return;
         }
         q.batches.clear();
+        q.encoded.clear();
+        q.encoded_count = 0;
         q.bytes = 0;
         std::mem::take(&mut q.group)
     };
@@ -262,7 +309,12 @@ async fn maybe_swap_memtable<D: Disk>(inner: &Rc<Inner<D>>, wal: &mut Wal<D>) ->
     let relog = inner.undecided_records();
     if !relog.is_empty() {
         let mut chunk = Vec::new();
-        write_group(inner, wal, &relog, &mut chunk).await?;
+        let mut none = Encoded {
+            bytes: Vec::new(),
+            count: 0,
+            segment: wal.segment_id(),
+        };
+        write_group(inner, wal, &relog, &mut none, &mut chunk).await?;
         wal.sync().await?;
     }
     let full = std::mem::replace(&mut *inner.mem.borrow_mut(), Rc::new(Memtable::new()));

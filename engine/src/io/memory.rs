@@ -132,6 +132,13 @@ impl MemDisk {
         self.crash_with(|_, _| None)
     }
 
+    /// Simulates the process being killed (`kill -9`) while the machine
+    /// stays up: every write reached the OS, synced or not, so every file
+    /// keeps all of it.
+    pub fn kill(&self) -> MemDisk {
+        self.crash_with(|_, pending| Some((pending, 0)))
+    }
+
     /// Like [`crash`](Self::crash), but for each file a random prefix of its
     /// unsynced writes survives, the next one torn at a 512-byte sector
     /// (deterministic for a seed).

@@ -211,6 +211,22 @@ fn finish(out: &mut [u8], start: usize) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Re-stamps whole records laid end to end in `buf` (as [`Record::encode`]
+/// wrote them, no padding) for segment `segment_id`, recomputing each crc.
+/// Records encoded ahead of the write are stamped with the segment active
+/// then; a roll before the write moves them to the next one.
+pub fn restamp(buf: &mut [u8], segment_id: u64) {
+    let mut at = 0;
+    while at < buf.len() {
+        let len = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        let end = at + HEADER_BYTES + len;
+        buf[at + 12..at + 20].copy_from_slice(&segment_id.to_le_bytes());
+        let crc = crc32c::crc32c(&buf[at + 4..end]);
+        buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
+}
+
 /// The outcome of parsing bytes at one position.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
@@ -326,6 +342,46 @@ mod tests {
             kind: Kind::Put,
             value: Bytes::copy_from_slice(v.as_bytes()),
         }
+    }
+
+    #[test]
+    fn restamped_records_parse_for_the_new_segment_only() {
+        let records = [
+            Record::Batch {
+                ts: 3,
+                entries: vec![entry("a", "1", 3)],
+            },
+            Record::Batch {
+                ts: 4,
+                entries: vec![entry("bb", "22", 4), entry("c", "", 4)],
+            },
+        ];
+        let mut buf = Vec::new();
+        for r in &records {
+            r.encode(&mut buf, 5);
+        }
+        restamp(&mut buf, 6);
+        let mut at = 0;
+        for r in &records {
+            assert_eq!(parse(&buf[at..], 5), Parsed::Invalid);
+            match parse(&buf[at..], 6) {
+                Parsed::Record {
+                    record_type,
+                    payload,
+                    len,
+                } => {
+                    assert_eq!(len, r.logged_len());
+                    let Record::Batch { ts, entries } = r else {
+                        unreachable!()
+                    };
+                    assert_eq!(record_type, TYPE_BATCH);
+                    assert_eq!(decode_batch(payload), Some((*ts, entries.clone())));
+                    at += len;
+                }
+                other => panic!("record at {at} did not parse: {other:?}"),
+            }
+        }
+        assert_eq!(at, buf.len());
     }
 
     #[test]
