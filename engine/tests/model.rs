@@ -145,13 +145,24 @@ fn check(ops: Vec<Op>, wal_sync: SyncMode) -> Result<(), TestCaseError> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("TESSERA_MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1000),
+/// `TESSERA_MODEL_CASES` (default 1000) cases, divided by `share`.
+fn config(share: u32) -> ProptestConfig {
+    let cases: u32 = std::env::var("TESSERA_MODEL_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1000);
+    ProptestConfig {
+        cases: cases.div_ceil(share),
         max_shrink_iters: 2000,
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1))]
 
     #[test]
     fn engine_matches_a_btreemap_model(ops in prop::collection::vec(op(), 1..400)) {
@@ -160,12 +171,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("TESSERA_MODEL_CASES").ok().and_then(|c| c.parse::<u32>().ok()).map_or(300, |c| c.div_ceil(3)),
-        max_shrink_iters: 2000,
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(3))]
 
     /// `none` mode queues records already encoded (stamped for the segment
     /// active then) and re-stamps them when a roll intervenes; restarts

@@ -364,24 +364,29 @@ mod tests {
         let mut at = 0;
         for r in &records {
             assert_eq!(parse(&buf[at..], 5), Parsed::Invalid);
-            match parse(&buf[at..], 6) {
-                Parsed::Record {
-                    record_type,
-                    payload,
-                    len,
-                } => {
-                    assert_eq!(len, r.logged_len());
-                    let Record::Batch { ts, entries } = r else {
-                        unreachable!()
-                    };
-                    assert_eq!(record_type, TYPE_BATCH);
-                    assert_eq!(decode_batch(payload), Some((*ts, entries.clone())));
-                    at += len;
-                }
-                other => panic!("record at {at} did not parse: {other:?}"),
-            }
+            let Record::Batch { ts, entries } = r else {
+                unreachable!()
+            };
+            at += parse_batch(&buf[at..], 6, *ts, entries);
         }
         assert_eq!(at, buf.len());
+    }
+
+    /// Parses the batch record at the start of `buf` for `segment`, checks
+    /// it holds (`ts`, `entries`) and returns its length.
+    fn parse_batch(buf: &[u8], segment: u64, ts: u64, entries: &[Entry]) -> usize {
+        match parse(buf, segment) {
+            Parsed::Record {
+                record_type,
+                payload,
+                len,
+            } => {
+                assert_eq!(record_type, TYPE_BATCH);
+                assert_eq!(decode_batch(payload), Some((ts, entries.to_vec())));
+                len
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
@@ -392,18 +397,7 @@ mod tests {
         assert_eq!(payload.len(), batch_payload_len(&entries));
         let mut rec = Vec::new();
         encode(&mut rec, 7, TYPE_BATCH, &payload);
-        match parse(&rec, 7) {
-            Parsed::Record {
-                record_type,
-                payload,
-                len,
-            } => {
-                assert_eq!(record_type, TYPE_BATCH);
-                assert_eq!(len, rec.len());
-                assert_eq!(decode_batch(payload), Some((9, entries)));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        assert_eq!(parse_batch(&rec, 7, 9, &entries), rec.len());
     }
 
     #[test]
