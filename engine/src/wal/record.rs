@@ -69,22 +69,10 @@ impl Record {
         }
     }
 
-    /// The writes the writer task applies to the memtable once the record
-    /// is logged: batches and the coordinator's own writes of a commit.
-    pub fn applied_entries(&self) -> &[Entry] {
-        match self {
-            Record::Batch { entries, .. }
-            | Record::Decision {
-                commit: true,
-                entries,
-                ..
-            } => entries,
-            _ => &[],
-        }
-    }
-
-    /// [`Record::applied_entries`], taken out of the record (it is logged
-    /// and no longer needed), so the memtable gets them without a clone.
+    /// The writes applied to the memtable once the record is queued (`none`
+    /// mode) or logged: batches and the coordinator's own writes of a
+    /// commit. Taken out of the record, so the memtable gets them without a
+    /// clone.
     pub fn into_applied_entries(self) -> Vec<Entry> {
         match self {
             Record::Batch { entries, .. }
