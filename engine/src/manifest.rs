@@ -94,9 +94,9 @@ impl LevelsState {
 }
 
 fn put_key(out: &mut Vec<u8>, k: &InternalKey) {
-    out.put_u16_le(k.user.len() as u16);
-    out.extend_from_slice(&k.user);
-    out.put_u64_le(k.ts);
+    out.put_u16_le(k.user().len() as u16);
+    out.extend_from_slice(k.user());
+    out.put_u64_le(k.ts());
 }
 
 fn get_key(b: &mut &[u8]) -> Option<InternalKey> {

@@ -1,17 +1,17 @@
 //! The in-memory write buffer of one shard. Single-threaded (the shard owns
 //! it), so a plain `BTreeMap` in a `RefCell` is enough: no skiplist, no locks.
 //!
-//! Sketch: a 16-byte key + 100-byte value costs ~190 bytes here (entry plus
-//! B-tree slot), so a 64 MiB memtable holds ~350k versions.
+//! Sketch: a 16-byte key + 100-byte value costs ~210 bytes here (entry plus
+//! B-tree slot), so a 64 MiB memtable holds ~320k versions.
 
-use crate::key::{Entry, InternalKey, KeyRef, Kind, Versioned};
+use crate::key::{Entry, InternalKey, KeyRef, Kind, Probe, Versioned};
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// Approximate per-version overhead of the tree (node slots, `Bytes` headers).
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+const ENTRY_OVERHEAD_BYTES: usize = 80;
 
 /// A sorted set of versions.
 ///
@@ -68,13 +68,13 @@ impl Memtable {
 
     /// The newest version of `key` with ts ≤ `ts`, intents included.
     pub fn get(&self, key: &[u8], ts: u64) -> Option<Versioned> {
-        let probe: &dyn KeyRef = &(key, ts);
+        let probe: &dyn KeyRef = &Probe::new(key, ts);
         let map = self.map.borrow();
         let (k, (kind, value)) = map
             .range::<dyn KeyRef, _>((Bound::Included(probe), Bound::Unbounded))
             .next()?;
-        (k.user.as_ref() == key).then(|| Versioned {
-            ts: k.ts,
+        (k.user().as_ref() == key).then(|| Versioned {
+            ts: k.ts(),
             kind: *kind,
             value: value.clone(),
         })
@@ -101,8 +101,8 @@ impl Memtable {
             .take(max)
         {
             out.push(Entry {
-                key: k.user.clone(),
-                ts: k.ts,
+                key: k.user().clone(),
+                ts: k.ts(),
                 kind: *kind,
                 value: value.clone(),
             });
@@ -114,8 +114,8 @@ impl Memtable {
         let map = self.map.borrow();
         map.iter()
             .map(|(k, (kind, value))| Entry {
-                key: k.user.clone(),
-                ts: k.ts,
+                key: k.user().clone(),
+                ts: k.ts(),
                 kind: *kind,
                 value: value.clone(),
             })
