@@ -99,7 +99,7 @@ impl<F: DiskFile> Source<F> {
                 *current = None;
                 *head = None;
                 *table = tables.partition_point(|t| {
-                    compare(&t.meta.largest.user(), t.meta.largest.ts(), key, ts) == Ordering::Less
+                    compare(t.meta.largest.user(), t.meta.largest.ts(), key, ts) == Ordering::Less
                 });
                 *block = 0;
                 if let Some(t) = tables.get(*table) {
