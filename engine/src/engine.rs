@@ -1032,8 +1032,15 @@ async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: 
     if !mem.is_empty() {
         let id = inner.allocate_table_id();
         let mut builder = inner.create_table(id, true).await?;
-        for e in mem.entries() {
-            builder.add(&e).await?;
+        let mut resume = None;
+        loop {
+            resume = mem.visit_from(resume.as_ref(), |k, kind, value| {
+                !builder.push(k.user(), k.ts(), kind, value)
+            });
+            builder.write_if_due().await?;
+            if resume.is_none() {
+                break;
+            }
         }
         let (meta, file) = builder.finish().await?;
         inner.disk.sync_dir(&inner.sst_dir).await?;

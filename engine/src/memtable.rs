@@ -109,17 +109,20 @@ impl Memtable {
         }
     }
 
-    /// Every version in order (for flushing).
-    pub fn entries(&self) -> Vec<Entry> {
+    /// Calls `f` on each version in order after `after` (from the first
+    /// with `None`) until `f` returns false; returns the version it stopped
+    /// at, to resume after, or `None` at the end. Borrows, never clones,
+    /// the keys and values (a flush streams every version into a table).
+    pub fn visit_from(
+        &self,
+        after: Option<&InternalKey>,
+        mut f: impl FnMut(&InternalKey, Kind, &Bytes) -> bool,
+    ) -> Option<InternalKey> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         let map = self.map.borrow();
-        map.iter()
-            .map(|(k, (kind, value))| Entry {
-                key: k.user().clone(),
-                ts: k.ts(),
-                kind: *kind,
-                value: value.clone(),
-            })
-            .collect()
+        map.range::<InternalKey, _>((lower, Bound::Unbounded))
+            .find(|(k, (kind, value))| !f(k, *kind, value))
+            .map(|(k, _)| k.clone())
     }
 }
 
@@ -147,6 +150,33 @@ mod tests {
         assert_eq!(m.get(b"a", 19).unwrap().value, "a10");
         assert!(m.get(b"a", 9).is_none());
         assert!(m.get(b"b", 100).is_none());
+    }
+
+    #[test]
+    fn visiting_in_runs_sees_every_version_once_in_order() {
+        let m = Memtable::new();
+        for (k, ts) in [("b", 1), ("a", 2), ("a", 3), ("c", 1), ("ab", 9)] {
+            put(&m, k, ts, "v");
+        }
+        let mut seen = Vec::new();
+        let mut resume = None;
+        loop {
+            // Stop after every second version, as a flush stops to write.
+            let mut n = 0;
+            resume = m.visit_from(resume.as_ref(), |k, _, _| {
+                seen.push((k.user().clone(), k.ts()));
+                n += 1;
+                n < 2
+            });
+            if resume.is_none() {
+                break;
+            }
+        }
+        let want: Vec<(Bytes, u64)> = [("a", 3), ("a", 2), ("ab", 9), ("b", 1), ("c", 1)]
+            .iter()
+            .map(|(k, ts)| (Bytes::from_static(k.as_bytes()), *ts))
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

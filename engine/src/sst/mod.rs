@@ -16,7 +16,7 @@ pub mod format;
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::io::{align_up, DiskFile, ALIGN};
-use crate::key::{compare, Entry, InternalKey, Versioned};
+use crate::key::{compare, Entry, InternalKey, Kind, Versioned};
 use block::{Block, BlockBuilder, BlockError};
 use bytes::Bytes;
 use format::{BlockIndex, Footer, IndexEntry, Props, FOOTER_BYTES};
@@ -63,7 +63,12 @@ pub struct TableBuilder<F: DiskFile> {
     index: Vec<IndexEntry>,
     hashes: Vec<u64>,
     first: Option<InternalKey>,
-    last: Option<(Bytes, u64)>,
+    /// The last version added (valid once `props.entries > 0`), copied into
+    /// a reused buffer: cloning the `Bytes` of every key was an atomic
+    /// increment and decrement per version (and an allocation for a key
+    /// not yet shared).
+    last_key: Vec<u8>,
+    last_ts: u64,
     props: Props,
     /// Where finished blocks also go, already verified, so the first reads
     /// of a fresh table hit memory instead of the disk (direct I/O has no
@@ -86,7 +91,8 @@ impl<F: DiskFile> TableBuilder<F> {
             index: Vec::new(),
             hashes: Vec::new(),
             first: None,
-            last: None,
+            last_key: Vec::new(),
+            last_ts: 0,
             props: Props {
                 entries: 0,
                 min_ts: u64::MAX,
@@ -105,45 +111,58 @@ impl<F: DiskFile> TableBuilder<F> {
         self.props.entries == 0
     }
 
-    /// The user key of the last version added.
-    pub fn last_user_key(&self) -> Option<&Bytes> {
-        self.last.as_ref().map(|(k, _)| k)
-    }
-
     /// Adds the next version; versions must come in strictly increasing
     /// (key asc, ts desc) order. Returns the bytes written to disk by this
     /// call (for rate limiting).
     pub async fn add(&mut self, e: &Entry) -> Result<usize> {
-        if let Some((k, ts)) = &self.last {
+        self.push(&e.key, e.ts, e.kind, &e.value);
+        self.write_if_due().await
+    }
+
+    /// [`TableBuilder::add`] without the write: buffers the version and
+    /// returns true once enough is buffered that the caller should call
+    /// [`TableBuilder::write_if_due`] (a memtable flush adds from inside a
+    /// borrow of the memtable and writes between runs).
+    pub fn push(&mut self, key: &[u8], ts: u64, kind: Kind, value: &[u8]) -> bool {
+        if self.props.entries > 0 {
             assert_eq!(
-                compare(k, *ts, &e.key, e.ts),
+                compare(&self.last_key, self.last_ts, key, ts),
                 Ordering::Less,
                 "table input out of order"
             );
-            if k != &e.key {
-                self.hashes.push(bloom::hash(&e.key));
+            if self.last_key != key {
+                self.hashes.push(bloom::hash(key));
             }
         } else {
-            self.hashes.push(bloom::hash(&e.key));
-            self.first = Some(InternalKey::new(e.key.clone(), e.ts));
+            self.hashes.push(bloom::hash(key));
+            self.first = Some(InternalKey::new(Bytes::copy_from_slice(key), ts));
         }
-        let entry_len = 17 + e.key.len() + e.value.len() + 4;
+        let entry_len = 17 + key.len() + value.len() + 4;
         if !self.block.is_empty() && self.block.estimated_len() + entry_len > self.block_bytes {
             self.finish_block();
         }
-        self.block.add(&e.key, e.ts, e.kind, &e.value);
-        self.last = Some((e.key.clone(), e.ts));
+        self.block.add(key, ts, kind, value);
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
+        self.last_ts = ts;
         self.props.entries += 1;
-        self.props.min_ts = self.props.min_ts.min(e.ts);
-        self.props.max_ts = self.props.max_ts.max(e.ts);
-        if self.out.len() >= WRITE_CHUNK_BYTES {
-            return self.write_out().await;
+        self.props.min_ts = self.props.min_ts.min(ts);
+        self.props.max_ts = self.props.max_ts.max(ts);
+        self.out.len() >= WRITE_CHUNK_BYTES
+    }
+
+    /// Writes the buffered blocks once a write's worth is buffered; returns
+    /// the bytes written (0 if not yet due).
+    pub async fn write_if_due(&mut self) -> Result<usize> {
+        match self.out.len() >= WRITE_CHUNK_BYTES {
+            true => self.write_out().await,
+            false => Ok(0),
         }
-        Ok(0)
     }
 
     fn finish_block(&mut self) {
-        let (last_key, last_ts) = self.last.clone().expect("finishing an empty block");
+        assert!(self.props.entries > 0, "finishing an empty block");
+        let (last_key, last_ts) = (Bytes::copy_from_slice(&self.last_key), self.last_ts);
         let offset = self.out_offset + self.out.len() as u64;
         debug_assert_eq!(offset % ALIGN as u64, 0);
         let start = self.out.len();
@@ -201,12 +220,11 @@ impl<F: DiskFile> TableBuilder<F> {
         self.out.extend_from_slice(&footer.encode());
         self.write_out().await?;
         self.file.sync().await?;
-        let (last_key, last_ts) = self.last.expect("non-empty");
         let meta = TableMeta {
             id: self.id,
             file_bytes: self.out_offset,
             smallest: self.first.expect("non-empty"),
-            largest: InternalKey::new(last_key, last_ts),
+            largest: InternalKey::new(Bytes::from(self.last_key), self.last_ts),
             props: self.props,
         };
         Ok((meta, self.file))
