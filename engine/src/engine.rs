@@ -270,8 +270,11 @@ impl<D: Disk> Engine<D> {
                     prepared.insert(ts, entries);
                 }
                 Record::Commit { ts, entries } => {
-                    prepared.remove(&ts);
-                    for e in entries {
+                    // The writes are the prepare's (commits logged before
+                    // 2026-11-26 also repeat them); no prepare replayed
+                    // means they were flushed with an earlier memtable.
+                    let prepared = prepared.remove(&ts).unwrap_or_default();
+                    for e in prepared.into_iter().chain(entries) {
                         mem.insert(e);
                     }
                 }

@@ -238,12 +238,20 @@ impl<D: Disk> Engine<D> {
         let entries = inner.prepared.borrow_mut().remove(&ts)?;
         {
             let mem = inner.mem.borrow();
-            for e in &entries {
-                mem.insert(e.clone());
+            for e in entries {
+                mem.insert(e);
             }
         }
         self.release(ts);
-        Some(CommitRecord(Record::Commit { ts, entries }))
+        // The record names the transaction; replay takes the writes from
+        // its prepare, which is logged at or after every segment replay
+        // reads while it is undecided (prepares are logged again past each
+        // memtable boundary). Once the prepare's segment is recycled, the
+        // memtable these writes went into is flushed.
+        Some(CommitRecord(Record::Commit {
+            ts,
+            entries: Vec::new(),
+        }))
     }
 
     /// The second half: logs the commit record, returning once it is as

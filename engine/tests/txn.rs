@@ -292,6 +292,55 @@ fn undecided_prepares_and_decisions_outlive_flushes_and_recycled_segments() {
     });
 }
 
+/// A participant's commit record names the transaction; replay takes its
+/// writes from the prepare, wherever the two records sit.
+#[test]
+fn committed_writes_survive_crashes_with_the_commit_record_naming_its_prepare() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        // Prepare and commit in the same segment.
+        let first = engine.clock().now();
+        engine
+            .txn(part(first, &[], &[("k1", "v1")]), Phase::Prepare)
+            .await
+            .unwrap();
+        engine.commit_prepared(first).await.unwrap();
+        let disk = disk.crash();
+        let engine = open(&disk).await;
+        assert_eq!(engine.get(b"k1").await.unwrap(), Some(b("v1")));
+        // A flush between them: the prepare is logged again past it.
+        let second = engine.clock().now();
+        engine
+            .txn(part(second, &[], &[("k2", "v2")]), Phase::Prepare)
+            .await
+            .unwrap();
+        engine.put(b("other"), b("1")).await.unwrap();
+        engine.flush().await.unwrap();
+        engine.commit_prepared(second).await.unwrap();
+        let disk = disk.crash();
+        let engine = open(&disk).await;
+        assert!(engine.in_doubt().is_empty());
+        assert_eq!(engine.get(b"k2").await.unwrap(), Some(b("v2")));
+        // Every segment holding either prepare recycled: the writes come
+        // from tables.
+        let value = Bytes::from(vec![b'x'; 2000]);
+        for round in 0..6 {
+            for i in 0..200 {
+                engine
+                    .put(Bytes::from(format!("fill-{round}-{i}")), value.clone())
+                    .await
+                    .unwrap();
+            }
+            engine.flush().await.unwrap();
+        }
+        let engine = open(&disk.crash()).await;
+        assert!(engine.in_doubt().is_empty());
+        assert_eq!(engine.get(b"k1").await.unwrap(), Some(b("v1")));
+        assert_eq!(engine.get(b"k2").await.unwrap(), Some(b("v2")));
+    });
+}
+
 #[test]
 fn a_coordinators_held_part_is_durable_exactly_with_its_decision() {
     run_local(|| async {

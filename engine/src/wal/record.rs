@@ -11,7 +11,9 @@
 //! entry   := kind:u8 | key_len:u32 | value_len:u32 | key | value
 //! seal    := (empty payload)                         (type 2: segment complete)
 //! prepare := batch   (type 3: a transaction's intents, logged before its vote)
-//! commit  := batch   (type 4: a prepared transaction's writes, decided)
+//! commit  := batch   (type 4: prepared transaction `ts` decided to commit;
+//!            written with no entries, its writes are the prepare's; logs
+//!            from before 2026-11-26 repeat them here, and replay takes both)
 //! decision:= ts:u64 | commit:u8 | count:u32 | shard:u32*count | batch
 //!            (type 5: a coordinator's outcome for transaction `ts`, with the
 //!            coordinator's own writes when it takes part: one record, so
@@ -38,7 +40,8 @@ pub enum Record {
     Batch { ts: u64, entries: Vec<Entry> },
     /// Intents of transaction `ts`, not yet decided.
     Prepare { ts: u64, entries: Vec<Entry> },
-    /// The writes of prepared transaction `ts`, decided to commit.
+    /// Prepared transaction `ts` decided to commit. Written with no
+    /// entries (the prepare holds the writes); older logs repeat them.
     Commit { ts: u64, entries: Vec<Entry> },
     /// The coordinator's outcome of transaction `ts`, its participants,
     /// and the coordinator's own writes (applied if `commit`).
