@@ -187,6 +187,15 @@ impl Block {
     /// Position of the last restart whose version is < (user, ts): where a
     /// walk to the first version ≥ (user, ts) starts.
     fn walk_start(&self, user: &[u8], ts: u64) -> Result<usize, BlockError> {
+        // The binary search below reads restart entries one after another,
+        // each a cache miss in a block the CPU has not touched yet (~500
+        // bytes apart): a quarter of a cached point read. Touching every
+        // restart entry's header first issues those misses side by side.
+        let mut touched = 0u8;
+        for i in 0..self.restart_count {
+            touched ^= self.data.get(self.restart(i) + 4).copied().unwrap_or(0);
+        }
+        std::hint::black_box(touched);
         let (mut lo, mut hi) = (0, self.restart_count);
         while lo < hi {
             let mid = (lo + hi) / 2;
