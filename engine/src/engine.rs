@@ -915,9 +915,9 @@ impl<D: Disk> Inner<D> {
                     }
                 }
             } else {
-                let i = tables.partition_point(|t| t.meta.largest.user().as_ref() < key);
+                let i = tables.partition_point(|t| t.meta.largest.user() < key);
                 if let Some(t) = tables.get(i) {
-                    if newer(&best, t.meta.props.max_ts) && t.meta.smallest.user().as_ref() <= key {
+                    if newer(&best, t.meta.props.max_ts) && t.meta.smallest.user() <= key {
                         take(&mut best, t.get(key, ts, &self.cache).await?);
                     }
                 }

@@ -30,38 +30,47 @@ impl Kind {
 /// A user key plus a version timestamp.
 ///
 /// Invariant: ordered by `user` ascending, then `ts` descending. The key's
-/// first sixteen bytes are kept inline as a big-endian word (`prefix`), so
-/// a comparison in a memtable search reads the key's own bytes (a separate
-/// allocation, one cache miss per compared key: a third of a fill's
-/// memtable cost) only when both keys are longer than that and share their
-/// first sixteen bytes.
+/// first sixteen bytes are kept inline (`head`), so a comparison in a
+/// memtable search reads the key's own allocation (one cache miss per
+/// compared key: a third of a fill's memtable cost) only when both keys
+/// are longer than that and share their first sixteen bytes. A key of at
+/// most sixteen bytes has no allocation at all: `user` is then a static
+/// slice of the key's length (no refcount), and the bytes are `head`'s.
+/// The memtable then holds no per-key allocation, and a key it hands out
+/// is a fresh copy instead of a clone whose refcount sits in a cold line.
 #[derive(Debug, Clone)]
 pub struct InternalKey {
-    prefix: Prefix,
+    head: [u8; PREFIX_BYTES],
     user: Bytes,
     ts: u64,
 }
 
-/// Key bytes [`prefix`] holds.
+/// Key bytes kept inline.
 const PREFIX_BYTES: usize = 16;
 
-/// The first sixteen bytes of `key` as a big-endian word, zero-padded.
-/// Zero is the least byte, so `prefix(a) < prefix(b)` implies `a < b`;
-/// equal prefixes of keys no longer than sixteen bytes order by length.
-///
-/// Two words, not a `u128`: its 16-byte alignment would pad every key in a
-/// memtable node from 56 to 64 bytes.
+/// What `user` holds for a key kept wholly in `head`.
+static INLINE: [u8; PREFIX_BYTES] = [0; PREFIX_BYTES];
+
+/// The first sixteen bytes of `key` as a pair of big-endian words,
+/// zero-padded. Zero is the least byte, so `prefix(a) < prefix(b)` implies
+/// `a < b`; equal prefixes of keys no longer than sixteen bytes order by
+/// length.
 #[inline]
 pub fn prefix(key: &[u8]) -> Prefix {
-    let word = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
     match key.get(..PREFIX_BYTES) {
-        Some(head) => (word(&head[..8]), word(&head[8..])),
+        Some(head) => words(head.try_into().expect("16 bytes")),
         None => {
             let mut padded = [0u8; PREFIX_BYTES];
             padded[..key.len()].copy_from_slice(key);
-            (word(&padded[..8]), word(&padded[8..]))
+            words(&padded)
         }
     }
+}
+
+#[inline]
+fn words(head: &[u8; PREFIX_BYTES]) -> Prefix {
+    let word = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
+    (word(&head[..8]), word(&head[8..]))
 }
 
 /// See [`prefix`]; compared as a pair, high word first.
@@ -69,29 +78,41 @@ pub type Prefix = (u64, u64);
 
 impl InternalKey {
     pub fn new(user: Bytes, ts: u64) -> Self {
-        InternalKey {
-            prefix: prefix(&user),
-            user,
-            ts,
+        let mut head = [0u8; PREFIX_BYTES];
+        let inline = user.len().min(PREFIX_BYTES);
+        head[..inline].copy_from_slice(&user[..inline]);
+        let user = match user.len() <= PREFIX_BYTES {
+            true => Bytes::from_static(&INLINE[..user.len()]),
+            false => user,
+        };
+        InternalKey { head, user, ts }
+    }
+
+    /// The user key.
+    #[inline]
+    pub fn user(&self) -> &[u8] {
+        match self.user.len() <= PREFIX_BYTES {
+            true => &self.head[..self.user.len()],
+            false => &self.user,
         }
     }
 
-    pub fn user(&self) -> &Bytes {
-        &self.user
+    /// The user key, owned: a copy for a key kept inline, else a clone.
+    pub fn user_bytes(&self) -> Bytes {
+        match self.user.len() <= PREFIX_BYTES {
+            true => Bytes::copy_from_slice(self.user()),
+            false => self.user.clone(),
+        }
     }
 
     pub fn ts(&self) -> u64 {
         self.ts
     }
-
-    pub fn into_parts(self) -> (Bytes, u64) {
-        (self.user, self.ts)
-    }
 }
 
 impl PartialEq for InternalKey {
     fn eq(&self, other: &Self) -> bool {
-        self.ts == other.ts && self.user == other.user
+        self.ts == other.ts && self.user() == other.user()
     }
 }
 
@@ -99,7 +120,7 @@ impl Eq for InternalKey {}
 
 impl std::hash::Hash for InternalKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.user.hash(state);
+        self.user().hash(state);
         self.ts.hash(state);
     }
 }
@@ -107,10 +128,7 @@ impl std::hash::Hash for InternalKey {
 impl Ord for InternalKey {
     #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
-        compare_prefixed(
-            (self.prefix, &self.user, self.ts),
-            (other.prefix, &other.user, other.ts),
-        )
+        compare_prefixed(self.parts(), other.parts())
     }
 }
 
@@ -132,7 +150,7 @@ pub trait KeyRef {
 impl KeyRef for InternalKey {
     #[inline]
     fn parts(&self) -> (Prefix, &[u8], u64) {
-        (self.prefix, &self.user, self.ts)
+        (words(&self.head), self.user(), self.ts)
     }
 }
 
@@ -263,6 +281,18 @@ mod tests {
     #[test]
     fn a_memtable_key_takes_seven_words() {
         assert_eq!(std::mem::size_of::<InternalKey>(), 56);
+    }
+
+    #[test]
+    fn short_keys_live_inline_and_long_ones_keep_their_bytes() {
+        for len in [0usize, 1, 15, 16, 17, 40] {
+            let user: Bytes = (0..len as u8).map(|b| b.wrapping_mul(37)).collect();
+            let k = InternalKey::new(user.clone(), 7);
+            assert_eq!(k.user(), user.as_ref());
+            assert_eq!(k.user_bytes(), user);
+            assert_eq!(k, InternalKey::new(user.clone(), 7));
+            assert_eq!(k.ts(), 7);
+        }
     }
 
     proptest! {

@@ -73,7 +73,7 @@ impl Memtable {
         let (k, (kind, value)) = map
             .range::<dyn KeyRef, _>((Bound::Included(probe), Bound::Unbounded))
             .next()?;
-        (k.user().as_ref() == key).then(|| Versioned {
+        (k.user() == key).then(|| Versioned {
             ts: k.ts(),
             kind: *kind,
             value: value.clone(),
@@ -101,7 +101,7 @@ impl Memtable {
             .take(max)
         {
             out.push(Entry {
-                key: k.user().clone(),
+                key: k.user_bytes(),
                 ts: k.ts(),
                 kind: *kind,
                 value: value.clone(),
@@ -164,7 +164,7 @@ mod tests {
             // Stop after every second version, as a flush stops to write.
             let mut n = 0;
             resume = m.visit_from(resume.as_ref(), |k, _, _| {
-                seen.push((k.user().clone(), k.ts()));
+                seen.push((k.user_bytes(), k.ts()));
                 n += 1;
                 n < 2
             });

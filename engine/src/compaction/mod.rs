@@ -54,12 +54,12 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
     let range = |tables: &[Rc<Table<D::File>>]| -> (Bytes, Bytes) {
         let lo = tables
             .iter()
-            .map(|t| t.meta.smallest.user().clone())
+            .map(|t| t.meta.smallest.user_bytes())
             .min()
             .expect("non-empty");
         let hi = tables
             .iter()
-            .map(|t| t.meta.largest.user().clone())
+            .map(|t| t.meta.largest.user_bytes())
             .max()
             .expect("non-empty");
         (lo, hi)
@@ -81,13 +81,13 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
         let tables = &version.levels[level];
         let pointer = inner.compaction_pointer.borrow()[level].clone();
         let chosen = pointer
-            .and_then(|p| tables.iter().find(|t| t.meta.smallest.user() > &p))
+            .and_then(|p| tables.iter().find(|t| t.meta.smallest.user() > p.as_ref()))
             .unwrap_or(&tables[0])
             .clone();
-        inner.compaction_pointer.borrow_mut()[level] = Some(chosen.meta.largest.user().clone());
+        inner.compaction_pointer.borrow_mut()[level] = Some(chosen.meta.largest.user_bytes());
         let (lo, hi) = (
-            chosen.meta.smallest.user().clone(),
-            chosen.meta.largest.user().clone(),
+            chosen.meta.smallest.user_bytes(),
+            chosen.meta.largest.user_bytes(),
         );
         return Some(Job {
             level,

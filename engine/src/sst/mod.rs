@@ -39,7 +39,7 @@ pub struct TableMeta {
 impl TableMeta {
     /// True if the table may hold versions of user keys in [lo, hi].
     pub fn overlaps(&self, lo: &[u8], hi: &[u8]) -> bool {
-        self.smallest.user().as_ref() <= hi && self.largest.user().as_ref() >= lo
+        self.smallest.user() <= hi && self.largest.user() >= lo
     }
 }
 
