@@ -15,11 +15,23 @@ work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
 trap 'rm -rf "$work"' EXIT
 common="--num=$num --key_size=16 --value_size=100"
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# Each engine starts from the same memory state: the previous run's files
+# and page cache are dropped (as root; skipped otherwise). Without this,
+# whichever engine ran second met the page cache the first one filled and
+# paid for reclaiming it on every first touch of fresh memory (on this VM
+# ~20% of a fill is the kernel zeroing first-touched pages).
+settle() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+}
 for i in $(seq "$runs"); do
   rm -rf "$work"/rocks "$work"/tess
+  settle
   taskset -c "$cpu" db_bench --benchmarks=fillrandom,readrandom,seekrandom,overwrite $common \
     --compression_type=none --seek_nexts=10 --cache_size=268435456 --threads=1 \
     --db="$work/rocks" 2>/dev/null | grep -E '^(fillrandom|readrandom|seekrandom|overwrite) ' >"$work/rocks.$i"
+  rm -rf "$work"/rocks
+  settle
   mkdir -p "$work/tess"
   taskset -c "$cpu" target/release/tessera-engine-bench --benchmarks=fillrandom,readrandom,seekrandom,overwrite \
     $common --seek_nexts=10 --cache_size=268435456 --db="$work/tess" 2>/dev/null \
