@@ -30,6 +30,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
+/// Rows a scan reserves room for before reading (more grow as needed).
+const SCAN_PREALLOCATE_ROWS: usize = 256;
+
 /// One write of a batch: all entries commit atomically at one timestamp.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
@@ -475,11 +478,13 @@ impl<D: Disk> Engine<D> {
         };
         let mut iter = MergeIter::new(self.inner.sources(), self.inner.cache.clone());
         iter.seek(start, u64::MAX).await?;
-        let mut out: Vec<(Bytes, Bytes)> = Vec::new();
+        // Sized up front: grown from empty, a short scan reallocated its
+        // rows (and the merge its key buffers) several times per call.
+        let mut out: Vec<(Bytes, Bytes)> = Vec::with_capacity(limit.min(SCAN_PREALLOCATE_ROWS));
         // Whether the newest visible version of the last key seen is
         // decided (it was emitted, or it was a tombstone).
         let mut decided = false;
-        let mut decided_key: Vec<u8> = Vec::new();
+        let mut decided_key: Vec<u8> = Vec::with_capacity(start.len() + 16);
         while out.len() < limit {
             let Some(e) = iter.next().await? else { break };
             if end.is_some_and(|end| e.key.as_ref() >= end) {

@@ -207,7 +207,7 @@ impl<F: DiskFile> MergeIter<F> {
         MergeIter {
             sources,
             cache,
-            last_key: Vec::new(),
+            last_key: Vec::with_capacity(64),
             last_ts: None,
         }
     }

@@ -262,7 +262,7 @@ impl Block {
     ) -> Result<(BlockCursor, Option<Entry>), BlockError> {
         let mut cursor = BlockCursor {
             pos: self.walk_start(user, ts)?,
-            key: Vec::new(),
+            key: Vec::with_capacity(user.len() + 16),
         };
         while cursor.pos < self.restarts_at {
             let (next, k_ts, kind, value_at, value_len) =
