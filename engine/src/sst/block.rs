@@ -20,6 +20,7 @@ use std::cmp::Ordering;
 /// faster than 4 and makes tables larger.
 pub const RESTART_INTERVAL: usize = 4;
 const ENTRY_HEADER_BYTES: usize = 17;
+const CACHE_LINE_BYTES: usize = 64;
 
 /// Accumulates one block.
 #[derive(Default)]
@@ -206,11 +207,24 @@ impl Block {
                 hi = mid;
             }
         }
-        Ok(match (self.restart_count, lo) {
+        let start = match (self.restart_count, lo) {
             (0, _) => self.restarts_at,
             (_, 0) => 0,
             (_, lo) => self.restart(lo - 1),
-        })
+        };
+        // The walk decodes the interval's entries one after another, each
+        // header a miss of its own (~130 bytes apart): touch the interval's
+        // cache lines first, for the same reason.
+        let end = match lo < self.restart_count {
+            true => self.restart(lo),
+            false => self.restarts_at,
+        };
+        let mut touched = 0u8;
+        for at in (start + CACHE_LINE_BYTES..end).step_by(CACHE_LINE_BYTES) {
+            touched ^= self.data[at];
+        }
+        std::hint::black_box(touched);
+        Ok(start)
     }
 
     /// The newest version of `user` at or below `ts` in this block: the
