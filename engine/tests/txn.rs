@@ -197,6 +197,21 @@ fn a_wait_for_an_undecided_intent_gives_up_with_a_clear_error() {
     });
 }
 
+/// Enough writes and flushes that every WAL segment written so far is
+/// recycled.
+async fn recycle_every_segment(engine: &Engine<MemDisk>) {
+    let value = Bytes::from(vec![b'x'; 2000]);
+    for round in 0..6 {
+        for i in 0..200 {
+            engine
+                .put(Bytes::from(format!("fill-{round}-{i}")), value.clone())
+                .await
+                .unwrap();
+        }
+        engine.flush().await.unwrap();
+    }
+}
+
 /// Prepares a transaction, crashes, and checks it comes back in doubt with
 /// its intent blocking readers, for `resolve` to decide.
 async fn crash_while_prepared(commit: bool) {
@@ -268,18 +283,7 @@ fn undecided_prepares_and_decisions_outlive_flushes_and_recycled_segments() {
             .log_decision(aborted, false, vec![0, 1])
             .await
             .unwrap();
-        // Enough writes and flushes to recycle every segment the records
-        // were first logged in.
-        let value = Bytes::from(vec![b'x'; 2000]);
-        for round in 0..6 {
-            for i in 0..200 {
-                engine
-                    .put(Bytes::from(format!("fill-{round}-{i}")), value.clone())
-                    .await
-                    .unwrap();
-            }
-            engine.flush().await.unwrap();
-        }
+        recycle_every_segment(&engine).await;
         assert!(engine.stats().flushes >= 6);
         let engine = Rc::new(open(&disk.crash()).await);
         assert_eq!(engine.in_doubt(), vec![prepared]);
@@ -324,16 +328,7 @@ fn committed_writes_survive_crashes_with_the_commit_record_naming_its_prepare() 
         assert_eq!(engine.get(b"k2").await.unwrap(), Some(b("v2")));
         // Every segment holding either prepare recycled: the writes come
         // from tables.
-        let value = Bytes::from(vec![b'x'; 2000]);
-        for round in 0..6 {
-            for i in 0..200 {
-                engine
-                    .put(Bytes::from(format!("fill-{round}-{i}")), value.clone())
-                    .await
-                    .unwrap();
-            }
-            engine.flush().await.unwrap();
-        }
+        recycle_every_segment(&engine).await;
         let engine = open(&disk.crash()).await;
         assert!(engine.in_doubt().is_empty());
         assert_eq!(engine.get(b"k1").await.unwrap(), Some(b("v1")));
