@@ -51,36 +51,31 @@ const PREFIX_BYTES: usize = 16;
 /// What `user` holds for a key kept wholly in `head`.
 static INLINE: [u8; PREFIX_BYTES] = [0; PREFIX_BYTES];
 
-/// The first sixteen bytes of `key` as a pair of big-endian words,
-/// zero-padded. Zero is the least byte, so `prefix(a) < prefix(b)` implies
-/// `a < b`; equal prefixes of keys no longer than sixteen bytes order by
-/// length.
+/// The first sixteen bytes of `key`, zero-padded.
 #[inline]
-pub fn prefix(key: &[u8]) -> Prefix {
-    match key.get(..PREFIX_BYTES) {
-        Some(head) => words(head.try_into().expect("16 bytes")),
-        None => {
-            let mut padded = [0u8; PREFIX_BYTES];
-            padded[..key.len()].copy_from_slice(key);
-            words(&padded)
-        }
-    }
+fn head_of(key: &[u8]) -> [u8; PREFIX_BYTES] {
+    let mut head = [0u8; PREFIX_BYTES];
+    let inline = key.len().min(PREFIX_BYTES);
+    head[..inline].copy_from_slice(&key[..inline]);
+    head
 }
 
+/// A key's head as a pair of big-endian words. Zero is the least byte, so
+/// a smaller pair means a smaller key; equal pairs of keys no longer than
+/// sixteen bytes order by length.
 #[inline]
 fn words(head: &[u8; PREFIX_BYTES]) -> Prefix {
     let word = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
     (word(&head[..8]), word(&head[8..]))
 }
 
-/// See [`prefix`]; compared as a pair, high word first.
+/// A key's first sixteen bytes, zero-padded, as two big-endian words;
+/// compared as a pair, high word first.
 pub type Prefix = (u64, u64);
 
 impl InternalKey {
     pub fn new(user: Bytes, ts: u64) -> Self {
-        let mut head = [0u8; PREFIX_BYTES];
-        let inline = user.len().min(PREFIX_BYTES);
-        head[..inline].copy_from_slice(&user[..inline]);
+        let head = head_of(&user);
         let user = match user.len() <= PREFIX_BYTES {
             true => Bytes::from_static(&INLINE[..user.len()]),
             false => user,
@@ -164,7 +159,7 @@ pub struct Probe<'a> {
 impl<'a> Probe<'a> {
     pub fn new(user: &'a [u8], ts: u64) -> Self {
         Probe {
-            prefix: prefix(user),
+            prefix: words(&head_of(user)),
             user,
             ts,
         }
@@ -204,7 +199,7 @@ impl PartialEq for dyn KeyRef + '_ {
 
 impl Eq for dyn KeyRef + '_ {}
 
-/// [`compare`] of keys that carry their [`prefix`]. Reads the key bytes
+/// [`compare`] of keys that carry their head words. Reads the key bytes
 /// only past equal prefixes of two long keys (a slice's length is in the
 /// slice, not behind it).
 #[inline]
