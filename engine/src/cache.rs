@@ -91,7 +91,8 @@ impl BlockCache {
         let mut map = self.map.borrow_mut();
         if let Some(slot) = map.get_mut(&(table, offset)) {
             // Loaded twice (two readers missed at once): keep one copy.
-            self.used_bytes.set(self.used_bytes.get() - slot.bytes + bytes);
+            self.used_bytes
+                .set(self.used_bytes.get() - slot.bytes + bytes);
             slot.block = block;
             slot.bytes = bytes;
             return;
@@ -191,7 +192,10 @@ mod tests {
         }
         cache.insert(1, 4, block(), 100);
         assert_eq!(cache.used_bytes(), 300);
-        assert!(cache.get(1, 2).is_none(), "after a full turn the hand's first goes");
+        assert!(
+            cache.get(1, 2).is_none(),
+            "after a full turn the hand's first goes"
+        );
         for offset in [0, 3, 4] {
             assert!(cache.get(1, offset).is_some(), "block {offset} is cached");
         }
