@@ -72,8 +72,11 @@ impl<F: DiskFile> Source<F> {
         }
     }
 
-    /// Positions the source at the first version ≥ (key, ts).
-    pub async fn seek(&mut self, key: &[u8], ts: u64, cache: &BlockCache) -> Result<()> {
+    /// The first half of positioning the source at the first version
+    /// ≥ (key, ts): a memtable forgets its position; a run
+    /// finds and loads the block the key falls in and touches the lines
+    /// its search will read (see [`MergeIter::seek`]).
+    async fn seek_start(&mut self, key: &[u8], ts: u64, cache: &BlockCache) -> Result<()> {
         match self {
             Source::Mem {
                 buf,
@@ -106,14 +109,30 @@ impl<F: DiskFile> Source<F> {
                     *block = t.find_block(key, ts);
                     if *block < t.block_count() {
                         let b = t.block(*block, cache).await?;
-                        let (cursor, first) =
-                            b.cursor_at(key, ts).map_err(|_| t.block_error(*block))?;
-                        *head = first;
-                        *current = Some((b, *table, *block, cursor));
+                        b.prefetch_restarts();
+                        *current = Some((b, *table, *block, BlockCursor::default()));
                         *block += 1;
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The second half of a seek: a run searches the loaded block.
+    fn seek_finish(&mut self, key: &[u8], ts: u64) -> Result<()> {
+        if let Source::Run {
+            tables,
+            current: Some((b, t, i, cursor)),
+            head,
+            ..
+        } = self
+        {
+            let (at, first) = b
+                .cursor_at(key, ts)
+                .map_err(|_| tables[*t].block_error(*i))?;
+            *cursor = at;
+            *head = first;
         }
         Ok(())
     }
@@ -212,10 +231,24 @@ impl<F: DiskFile> MergeIter<F> {
         }
     }
 
+    /// Positions every source at the first version ≥ (key, ts). Each
+    /// source's search is a chain of cache misses (B-tree nodes, a block's
+    /// restart entries), so they are interleaved instead of run one after
+    /// another: every run loads its block and touches the lines its search
+    /// will read, the memtables search meanwhile, then the runs search
+    /// lines that have arrived.
     pub async fn seek(&mut self, key: &[u8], ts: u64) -> Result<()> {
         self.last_ts = None;
         for s in &mut self.sources {
-            s.seek(key, ts, &self.cache).await?;
+            s.seek_start(key, ts, &self.cache).await?;
+        }
+        for s in &mut self.sources {
+            if let Source::Mem { .. } = s {
+                s.fill(&self.cache).await?;
+            }
+        }
+        for s in &mut self.sources {
+            s.seek_finish(key, ts)?;
         }
         Ok(())
     }

@@ -22,6 +22,18 @@ pub const RESTART_INTERVAL: usize = 4;
 const ENTRY_HEADER_BYTES: usize = 17;
 const CACHE_LINE_BYTES: usize = 64;
 
+/// Asks the CPU to bring the cache line at `at` in, without waiting for it.
+#[inline]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// Accumulates one block.
 #[derive(Default)]
 pub struct BlockBuilder {
@@ -188,15 +200,7 @@ impl Block {
     /// Position of the last restart whose version is < (user, ts): where a
     /// walk to the first version ≥ (user, ts) starts.
     fn walk_start(&self, user: &[u8], ts: u64) -> Result<usize, BlockError> {
-        // The binary search below reads restart entries one after another,
-        // each a cache miss in a block the CPU has not touched yet (~500
-        // bytes apart): a quarter of a cached point read. Touching every
-        // restart entry's header first issues those misses side by side.
-        let mut touched = 0u8;
-        for i in 0..self.restart_count {
-            touched ^= self.data.get(self.restart(i) + 4).copied().unwrap_or(0);
-        }
-        std::hint::black_box(touched);
+        self.prefetch_restarts();
         let (mut lo, mut hi) = (0, self.restart_count);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -213,18 +217,33 @@ impl Block {
             (_, lo) => self.restart(lo - 1),
         };
         // The walk decodes the interval's entries one after another, each
-        // header a miss of its own (~130 bytes apart): touch the interval's
-        // cache lines first, for the same reason.
+        // header a miss of its own (~130 bytes apart): prefetch the
+        // interval's cache lines first, for the same reason.
         let end = match lo < self.restart_count {
             true => self.restart(lo),
             false => self.restarts_at,
         };
-        let mut touched = 0u8;
         for at in (start + CACHE_LINE_BYTES..end).step_by(CACHE_LINE_BYTES) {
-            touched ^= self.data[at];
+            prefetch(self.data[at..].as_ptr());
         }
-        std::hint::black_box(touched);
         Ok(start)
+    }
+
+    /// Prefetches every restart entry. The binary search of `walk_start`
+    /// reads restart entries one after another, each a cache miss in a
+    /// block the CPU has not touched yet (~500 bytes apart): a quarter of a
+    /// cached point read. Prefetching them all first issues those misses
+    /// side by side; a seek across several sources prefetches each
+    /// source's block before searching any of them. Prefetch instructions,
+    /// not loads: a load that misses holds its place in the reorder buffer
+    /// until it returns, so touching the lines with loads stalled the work
+    /// meant to overlap them (a seek measured ~5% slower that way).
+    pub fn prefetch_restarts(&self) {
+        for i in 0..self.restart_count {
+            if let Some(at) = self.data.get(self.restart(i)..) {
+                prefetch(at.as_ptr());
+            }
+        }
     }
 
     /// The newest version of `user` at or below `ts` in this block: the
