@@ -10,7 +10,6 @@ use crate::key::{compare, Entry, InternalKey};
 use crate::memtable::Memtable;
 use crate::sst::block::{Block, BlockCursor};
 use crate::sst::Table;
-use bytes::Bytes;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -55,7 +54,7 @@ impl<F: DiskFile> Source<F> {
         Source::Mem {
             table,
             buf: VecDeque::new(),
-            cursor: InternalKey::new(Bytes::new(), u64::MAX),
+            cursor: InternalKey::copied(&[], u64::MAX),
             inclusive: true,
             exhausted: false,
             batch: MEM_BATCH_FIRST,
@@ -87,7 +86,7 @@ impl<F: DiskFile> Source<F> {
                 ..
             } => {
                 buf.clear();
-                *cursor = InternalKey::new(Bytes::copy_from_slice(key), ts);
+                *cursor = InternalKey::copied(key, ts);
                 *inclusive = true;
                 *exhausted = false;
                 *batch = MEM_BATCH_FIRST;
@@ -149,17 +148,15 @@ impl<F: DiskFile> Source<F> {
                 batch,
             } => {
                 if buf.is_empty() && !*exhausted {
-                    let mut fetched = Vec::with_capacity(*batch);
-                    table.range_from(cursor, *inclusive, *batch, &mut fetched);
+                    table.range_from(cursor, *inclusive, *batch, buf);
                     *batch = (*batch * 2).min(MEM_BATCH_MAX);
-                    match fetched.last() {
+                    match buf.back() {
                         Some(last) => {
-                            *cursor = InternalKey::new(last.key.clone(), last.ts);
+                            *cursor = InternalKey::of(&last.key, last.ts);
                             *inclusive = false;
                         }
                         None => *exhausted = true,
                     }
-                    buf.extend(fetched);
                 }
             }
             Source::Run {

@@ -100,6 +100,29 @@ impl InternalKey {
         }
     }
 
+    /// A key with a copy of `user`: no allocation when it fits inline.
+    pub fn copied(user: &[u8], ts: u64) -> Self {
+        match len_class(user) == LONG {
+            true => InternalKey::new(Bytes::copy_from_slice(user), ts),
+            false => InternalKey {
+                head: head_of(user),
+                ts,
+                long: None,
+                len: user.len() as u8,
+            },
+        }
+    }
+
+    /// A key sharing `user`'s bytes when they do not fit inline (a clone,
+    /// no copy), else holding them inline (no clone: cloning a `Bytes`
+    /// built from a vector allocates its shared count).
+    pub fn of(user: &Bytes, ts: u64) -> Self {
+        match len_class(user) == LONG {
+            true => InternalKey::new(user.clone(), ts),
+            false => InternalKey::copied(user, ts),
+        }
+    }
+
     /// The user key.
     #[inline]
     pub fn user(&self) -> &[u8] {
@@ -316,6 +339,9 @@ mod tests {
             let user: Bytes = (0..len as u8).map(|b| b.wrapping_mul(37)).collect();
             let k = InternalKey::new(user.clone(), 7);
             assert_eq!(k.user(), user.as_ref());
+            assert_eq!(InternalKey::copied(&user, 7), k);
+            assert_eq!(InternalKey::of(&user, 7), k);
+            assert_eq!(InternalKey::copied(&user, 7).cmp(&k), Ordering::Equal);
             assert_eq!(k.user_bytes(), user);
             assert_eq!(k, InternalKey::new(user.clone(), 7));
             assert_eq!(k.ts(), 7);

@@ -88,7 +88,7 @@ impl Memtable {
         from: &InternalKey,
         inclusive: bool,
         max: usize,
-        out: &mut Vec<Entry>,
+        out: &mut impl Extend<Entry>,
     ) {
         let lower = if inclusive {
             Bound::Included(from)
@@ -96,17 +96,16 @@ impl Memtable {
             Bound::Excluded(from)
         };
         let map = self.map.borrow();
-        for (k, (kind, value)) in map
-            .range::<InternalKey, _>((lower, Bound::Unbounded))
-            .take(max)
-        {
-            out.push(Entry {
-                key: k.user_bytes(),
-                ts: k.ts(),
-                kind: *kind,
-                value: value.clone(),
-            });
-        }
+        out.extend(
+            map.range::<InternalKey, _>((lower, Bound::Unbounded))
+                .take(max)
+                .map(|(k, (kind, value))| Entry {
+                    key: k.user_bytes(),
+                    ts: k.ts(),
+                    kind: *kind,
+                    value: value.clone(),
+                }),
+        );
     }
 
     /// Calls `f` on each version in order after `after` (from the first

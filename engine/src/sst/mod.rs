@@ -135,7 +135,7 @@ impl<F: DiskFile> TableBuilder<F> {
             }
         } else {
             self.hashes.push(bloom::hash(key));
-            self.first = Some(InternalKey::new(Bytes::copy_from_slice(key), ts));
+            self.first = Some(InternalKey::copied(key, ts));
         }
         let entry_len = 17 + key.len() + value.len() + 4;
         if !self.block.is_empty() && self.block.estimated_len() + entry_len > self.block_bytes {
