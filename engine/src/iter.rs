@@ -253,20 +253,18 @@ impl<F: DiskFile> MergeIter<F> {
     pub async fn next(&mut self) -> Result<Option<Entry>> {
         loop {
             for s in &mut self.sources {
-                s.fill(&self.cache).await?;
-            }
-            let mut best: Option<usize> = None;
-            for (i, s) in self.sources.iter().enumerate() {
-                let Some(e) = s.head() else { continue };
-                let better = match best.and_then(|b| self.sources[b].head()) {
-                    None => true,
-                    Some(b) => compare(&e.key, e.ts, &b.key, b.ts) == Ordering::Less,
-                };
-                if better {
-                    best = Some(i);
+                if s.head().is_none() {
+                    s.fill(&self.cache).await?;
                 }
             }
-            let Some(i) = best else { return Ok(None) };
+            let mut best: Option<(usize, &Entry)> = None;
+            for (i, s) in self.sources.iter().enumerate() {
+                let Some(e) = s.head() else { continue };
+                if best.is_none_or(|(_, b)| compare(&e.key, e.ts, &b.key, b.ts) == Ordering::Less) {
+                    best = Some((i, e));
+                }
+            }
+            let Some((i, _)) = best else { return Ok(None) };
             let e = self.sources[i].pop().expect("head exists");
             if let Some(ts) = self.last_ts {
                 match compare(&self.last_key, ts, &e.key, e.ts) {
