@@ -3,7 +3,9 @@
 # core 0, tessera-bench on core 1, 50 connections, 100-byte values, 1M keys
 # preloaded. GET and SET unpipelined and 16-deep; then durable SET (Redis
 # appendfsync always vs Tessera --wal-sync always). Prints one table with
-# medians of RUNS runs (default 3) and the ratios.
+# medians of RUNS runs (default 3) and the ratios. With PLOTS=DIR, the last
+# run of each scenario also draws DIR/<server>-<scenario>.svg (latency by
+# percentile and throughput over time).
 # Usage: bench/compare-redis.sh [seconds per run, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +45,15 @@ stop_tessera() { pkill -TERM -f "tessera-server --data $work" || true; sleep 1; 
 
 # run NAME TARGET WORKLOAD PIPELINE -> appends "name ops p99_ms" per run
 run() {
-  local name=$1 target=$2 workload=$3 pipeline=$4
-  for _ in $(seq "$runs"); do
+  local name=$1 target=$2 workload=$3 pipeline=$4 plot=()
+  for i in $(seq "$runs"); do
+    if [ -n "${PLOTS:-}" ] && [ "$i" = "$runs" ]; then
+      mkdir -p "$PLOTS"
+      plot=(--plot "$PLOTS/$name.svg")
+    fi
     taskset -c 1 "$bench" --target "$target" --workload "$workload" --keys "$keys" \
       --connections 50 --pipeline "$pipeline" --duration "$secs" --warmup 1 --value-size 100 \
-      --cpus 1 --json --quiet >"$work/run.json"
+      --cpus 1 --json --quiet "${plot[@]}" >"$work/run.json"
     python3 - "$name" "$work/run.json" >>"$work/results" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))
