@@ -73,8 +73,8 @@ impl<F: DiskFile> Source<F> {
 
     /// The first half of positioning the source at the first version
     /// ≥ (key, ts): a memtable forgets its position; a run
-    /// finds and loads the block the key falls in and touches the lines
-    /// its search will read (see [`MergeIter::seek`]).
+    /// finds and loads the block the key falls in and prefetches the
+    /// lines its search will read (see [`MergeIter::seek`]).
     async fn seek_start(&mut self, key: &[u8], ts: u64, cache: &BlockCache) -> Result<()> {
         match self {
             Source::Mem {
@@ -231,9 +231,9 @@ impl<F: DiskFile> MergeIter<F> {
     /// Positions every source at the first version ≥ (key, ts). Each
     /// source's search is a chain of cache misses (B-tree nodes, a block's
     /// restart entries), so they are interleaved instead of run one after
-    /// another: every run loads its block and touches the lines its search
-    /// will read, the memtables search meanwhile, then the runs search
-    /// lines that have arrived.
+    /// another: every run loads its block and prefetches the lines its
+    /// search will read, the memtables search meanwhile, then the runs
+    /// search lines that have arrived.
     pub async fn seek(&mut self, key: &[u8], ts: u64) -> Result<()> {
         self.last_ts = None;
         for s in &mut self.sources {
