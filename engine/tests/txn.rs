@@ -37,6 +37,17 @@ fn part(ts: u64, reads: &[&str], writes: &[(&str, &str)]) -> TxnPart {
     }
 }
 
+/// Prepares blind `writes` at a fresh timestamp (a participant that voted
+/// yes and awaits its decision); returns the timestamp.
+async fn prepare(engine: &Engine<MemDisk>, writes: &[(&str, &str)]) -> u64 {
+    let ts = engine.clock().now();
+    engine
+        .txn(part(ts, &[], writes), Phase::Prepare)
+        .await
+        .unwrap();
+    ts
+}
+
 /// A one-phase reader of `key` at `ts`, in its own task (it may wait).
 fn spawn_reader(engine: &Engine<MemDisk>, ts: u64, key: &'static str) -> glommio::Task<Vote> {
     let engine = engine.clone();
@@ -182,11 +193,7 @@ fn a_wait_for_an_undecided_intent_gives_up_with_a_clear_error() {
             ..Options::for_tests()
         };
         let engine = Engine::open_on(disk.clone(), "/db", opts).await.unwrap();
-        let ts = engine.clock().now();
-        engine
-            .txn(part(ts, &[], &[("k", "v")]), Phase::Prepare)
-            .await
-            .unwrap();
+        let ts = prepare(&engine, &[("k", "v")]).await;
         let later = engine.clock().now();
         match engine.read_at(b"k", later).await {
             Err(Error::WaitTimeout { holder, .. }) => assert_eq!(holder, ts),
@@ -218,11 +225,7 @@ async fn crash_while_prepared(commit: bool) {
     let disk = MemDisk::new();
     let engine = open(&disk).await;
     engine.put(b("other"), b("1")).await.unwrap();
-    let ts = engine.clock().now();
-    engine
-        .txn(part(ts, &[], &[("k", "v"), ("k2", "v2")]), Phase::Prepare)
-        .await
-        .unwrap();
+    let ts = prepare(&engine, &[("k", "v"), ("k2", "v2")]).await;
     let disk = disk.crash();
     let engine = open(&disk).await;
     assert_eq!(engine.in_doubt(), vec![ts]);
@@ -268,11 +271,7 @@ fn undecided_prepares_and_decisions_outlive_flushes_and_recycled_segments() {
     run_local(|| async {
         let disk = MemDisk::new();
         let engine = open(&disk).await;
-        let prepared = engine.clock().now();
-        engine
-            .txn(part(prepared, &[], &[("k", "v")]), Phase::Prepare)
-            .await
-            .unwrap();
+        let prepared = prepare(&engine, &[("k", "v")]).await;
         let decided = engine.clock().now();
         engine
             .log_decision(decided, true, vec![0, 1])
@@ -304,21 +303,13 @@ fn committed_writes_survive_crashes_with_the_commit_record_naming_its_prepare() 
         let disk = MemDisk::new();
         let engine = open(&disk).await;
         // Prepare and commit in the same segment.
-        let first = engine.clock().now();
-        engine
-            .txn(part(first, &[], &[("k1", "v1")]), Phase::Prepare)
-            .await
-            .unwrap();
+        let first = prepare(&engine, &[("k1", "v1")]).await;
         engine.commit_prepared(first).await.unwrap();
         let disk = disk.crash();
         let engine = open(&disk).await;
         assert_eq!(engine.get(b"k1").await.unwrap(), Some(b("v1")));
         // A flush between them: the prepare is logged again past it.
-        let second = engine.clock().now();
-        engine
-            .txn(part(second, &[], &[("k2", "v2")]), Phase::Prepare)
-            .await
-            .unwrap();
+        let second = prepare(&engine, &[("k2", "v2")]).await;
         engine.put(b("other"), b("1")).await.unwrap();
         engine.flush().await.unwrap();
         engine.commit_prepared(second).await.unwrap();
