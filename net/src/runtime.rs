@@ -217,8 +217,9 @@ async fn shard_main(
     if let Some(r) = receivers {
         shard.serve_mesh(r);
     }
-    shard
-        .resolve_in_doubt()
+    // Resolving talks to every peer: a peer that failed to start would
+    // never answer, so give up once the server is told to stop.
+    unless_stopped(&shutdown, shard.resolve_in_doubt())
         .await
         .with_context(|| format!("resolving shard {i}'s in-doubt transactions"))?;
     let mut tasks = vec![
@@ -244,4 +245,19 @@ async fn shard_main(
     engine.close().await.context("closing the engine")?;
     tracing::info!(shard = i, "shard stopped");
     Ok(())
+}
+
+/// Runs `work` to its end, or until `shutdown` is set (another shard failed
+/// to start, or a signal came).
+async fn unless_stopped<T>(
+    shutdown: &AtomicBool,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let stopped = async {
+        while !shutdown.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("the server stopped while this shard was starting")
+    };
+    futures_lite::future::or(work, stopped).await
 }

@@ -22,18 +22,17 @@ impl Server {
     }
 
     /// Starts the server; `Err` carries its stderr when it exits instead.
+    /// Shard ports are picked free unless `extra` names a base port.
     pub fn try_start(data: &Path, shards: usize, extra: &[&str]) -> Result<Server, String> {
+        let base_port = match extra.contains(&"--shard-base-port") {
+            true => &[][..],
+            false => &["--shard-base-port", "0"][..],
+        };
         let mut child = Command::new(server_binary())
             .arg("--data")
             .arg(data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--shard-base-port",
-                "0",
-                "--cpus",
-                "any",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--cpus", "any"])
+            .args(base_port)
             .args(["--shards", &shards.to_string(), "--metrics", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
