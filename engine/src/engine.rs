@@ -446,8 +446,10 @@ impl<D: Disk> Engine<D> {
         self.inner.watermark_pin.set(ts);
     }
 
-    /// The newest value of `key`.
+    /// The newest value of `key`. Waits first for transactions that hold
+    /// an intent on `key` (see `Inner::settle_newest`).
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.inner.settle_newest(Some(key)).await?;
         self.inner.get_at(key, u64::MAX).await
     }
 
@@ -474,7 +476,10 @@ impl<D: Disk> Engine<D> {
                 self.inner.settle_read(None, ts).await?;
                 ts
             }
-            None => u64::MAX,
+            None => {
+                self.inner.settle_newest(None).await?;
+                u64::MAX
+            }
         };
         let mut iter = MergeIter::new(self.inner.sources(), self.inner.cache.clone());
         iter.seek(start, u64::MAX).await?;
@@ -821,6 +826,38 @@ impl<D: Disk> Inner<D> {
             match blocker {
                 None => return Ok(()),
                 Some(holder) => self.wait_resolved(started, holder).await?,
+            }
+        }
+    }
+
+    /// Before a read of the newest state: waits until no transaction that
+    /// held an intent on `key` (on any key: `None`) when the call began
+    /// still holds it.
+    ///
+    /// A participant applies a committed transaction's writes when the
+    /// coordinator's commit message arrives, which may be after the client
+    /// heard of the commit. Every intent here has a timestamp at or below
+    /// this shard's clock (a prepare observes its timestamp), so waiting for
+    /// those lets a read that starts after the answer see the writes.
+    /// Intents placed later with a higher timestamp are not waited for.
+    pub(crate) async fn settle_newest(&self, key: Option<&[u8]>) -> Result<()> {
+        if self.cc.borrow().intent_count() == 0 {
+            return Ok(());
+        }
+        let bound = self.clock.last();
+        let hash = key.map(key_hash);
+        let started = std::time::Instant::now();
+        loop {
+            let holder = {
+                let cc = self.cc.borrow();
+                match hash {
+                    Some(h) => cc.intent_on(h),
+                    None => cc.oldest_intent(),
+                }
+            };
+            match holder {
+                Some(t) if t <= bound => self.wait_resolved(started, t).await?,
+                _ => return Ok(()),
             }
         }
     }

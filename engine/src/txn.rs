@@ -224,7 +224,7 @@ impl<D: Disk> Engine<D> {
     /// no-op.
     pub async fn commit_prepared(&self, ts: u64) -> Result<()> {
         match self.apply_prepared(ts) {
-            Some(commit) => self.log_commit(commit).await,
+            Some(commit) => self.log_commits(vec![commit]).await,
             None => Ok(()),
         }
     }
@@ -232,7 +232,7 @@ impl<D: Disk> Engine<D> {
     /// The first half of [`Engine::commit_prepared`]: makes the writes of
     /// prepared transaction `ts` visible and releases its intents, without
     /// awaiting. Returns the commit record to hand to
-    /// [`Engine::log_commit`] (`None`: unknown or already resolved).
+    /// [`Engine::log_commits`] (`None`: unknown or already resolved).
     pub fn apply_prepared(&self, ts: u64) -> Option<CommitRecord> {
         let inner = self.inner();
         let entries = inner.prepared.borrow_mut().remove(&ts)?;
@@ -254,13 +254,25 @@ impl<D: Disk> Engine<D> {
         }))
     }
 
-    /// The second half: logs the commit record, returning once it is as
-    /// durable as the sync mode promises.
-    pub async fn log_commit(&self, commit: CommitRecord) -> Result<()> {
+    /// The second half: logs commit records, returning once they are as
+    /// durable as the sync mode promises. Records queued together share
+    /// their group commit.
+    pub async fn log_commits(&self, commits: Vec<CommitRecord>) -> Result<()> {
         let inner = self.inner();
-        let bytes = commit.0.logged_len();
+        let bytes = commits.iter().map(|c| c.0.logged_len()).sum();
         inner.wait_for_room(bytes).await?;
-        inner.enqueue(commit.0, bytes).wait().await
+        let mut groups: Vec<_> = commits
+            .into_iter()
+            .map(|c| {
+                let bytes = c.0.logged_len();
+                inner.enqueue(c.0, bytes)
+            })
+            .collect();
+        groups.dedup_by(|a, b| std::rc::Rc::ptr_eq(a, b));
+        for group in groups {
+            group.wait().await?;
+        }
+        Ok(())
     }
 
     /// Aborts transaction `ts` here, prepared or held: its intents go.

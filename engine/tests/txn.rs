@@ -3,6 +3,7 @@
 //! recovery of in-doubt transactions through crashes of the in-memory disk.
 
 use bytes::Bytes;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 use tessera_engine::io::MemDisk;
@@ -162,8 +163,6 @@ fn younger_transactions_wait_for_older_intents_and_older_ones_abort() {
             .unwrap();
         assert_eq!(vote, Vote::Yes(vec![]));
         assert_eq!(engine.stats().txn_intents, 1);
-        // Plain reads of the newest value do not see the undecided intent.
-        assert_eq!(engine.get(b"k").await.unwrap(), None);
 
         // An even older writer aborts rather than wait for a younger one.
         let oldest = older - 256;
@@ -181,6 +180,65 @@ fn younger_transactions_wait_for_older_intents_and_older_ones_abort() {
         assert_eq!(values(&reader.await), vec![Some(b("old"))]);
         assert_eq!(engine.stats().txn_intents, 0);
         assert_eq!(engine.get(b"k").await.unwrap(), Some(b("old")));
+    });
+}
+
+/// A plain read of `key` in its own task; `done` says whether it returned.
+fn spawn_get(
+    engine: &Engine<MemDisk>,
+    key: &'static str,
+) -> (glommio::Task<Option<Bytes>>, Rc<Cell<bool>>) {
+    let engine = engine.clone();
+    let done = Rc::new(Cell::new(false));
+    let flag = done.clone();
+    let task = glommio::spawn_local(async move {
+        let value = engine.get(key.as_bytes()).await.unwrap();
+        flag.set(true);
+        value
+    });
+    (task, done)
+}
+
+/// The coordinator answers before a participant applies the commit, so
+/// reads of the newest state wait for the intents on what they read.
+#[test]
+fn reads_of_the_newest_state_wait_for_intents_on_what_they_read() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        let mut batch = WriteBatch::new();
+        batch.put(b("a"), b("a0")).put(b("k"), b("k0"));
+        engine.write(batch).await.unwrap();
+        let ts = prepare(&engine, &[("k", "k1")]).await;
+
+        let (get, get_done) = spawn_get(&engine, "k");
+        let scan_done = Rc::new(Cell::new(false));
+        let scan = {
+            let engine = engine.clone();
+            let flag = scan_done.clone();
+            glommio::spawn_local(async move {
+                let rows = engine.scan(b"", None, 10, None).await.unwrap();
+                flag.set(true);
+                rows
+            })
+        };
+        // A key without an intent is read at once.
+        assert_eq!(engine.get(b"a").await.unwrap(), Some(b("a0")));
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        assert!(!get_done.get(), "a read of k waits for the intent on k");
+        assert!(!scan_done.get(), "a scan waits for every intent");
+
+        engine.commit_prepared(ts).await.unwrap();
+        assert_eq!(get.await, Some(b("k1")));
+        assert_eq!(scan.await, vec![(b("a"), b("a0")), (b("k"), b("k1"))]);
+
+        // An aborted intent releases its readers, who see the old state.
+        let ts = prepare(&engine, &[("k", "k2")]).await;
+        let (get, get_done) = spawn_get(&engine, "k");
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        assert!(!get_done.get());
+        engine.abort_prepared(ts);
+        assert_eq!(get.await, Some(b("k1")));
     });
 }
 
@@ -246,14 +304,15 @@ async fn crash_while_prepared(commit: bool) {
     // Committed data and the commit record survive the next crash; an
     // abort leaves the prepare, so it comes back in doubt to abort again.
     let engine = open(&disk.crash()).await;
-    assert_eq!(engine.get(b"k").await.unwrap(), expected);
-    assert_eq!(engine.get(b"k2").await.unwrap(), commit.then(|| b("v2")));
     assert_eq!(engine.get(b"other").await.unwrap(), Some(b("1")));
     if commit {
         assert!(engine.in_doubt().is_empty());
     } else {
         assert_eq!(engine.in_doubt(), vec![ts]);
+        engine.abort_prepared(ts);
     }
+    assert_eq!(engine.get(b"k").await.unwrap(), expected);
+    assert_eq!(engine.get(b"k2").await.unwrap(), commit.then(|| b("v2")));
 }
 
 #[test]
@@ -338,7 +397,7 @@ fn a_coordinators_held_part_is_durable_exactly_with_its_decision() {
             .txn(part(lost, &[], &[("a", "lost")]), Phase::Hold)
             .await
             .unwrap();
-        assert_eq!(engine.get(b"a").await.unwrap(), None);
+        assert_eq!(engine.stats().txn_intents, 1);
         let disk = disk.crash();
         let engine = open(&disk).await;
         assert!(engine.in_doubt().is_empty());

@@ -19,7 +19,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
-use tessera_engine::{Engine, Error as EngineError, Phase, TxnPart, Vote, WriteBatch};
+use tessera_engine::{
+    CommitRecord, Engine, Error as EngineError, Phase, TxnPart, Vote, WriteBatch,
+};
 use tessera_protocol::message::{BatchOp, Metric};
 use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION, SLOTS};
 
@@ -44,9 +46,6 @@ pub enum ShardOp {
         part: TxnPart,
         phase: Phase,
     },
-    /// Make a prepared transaction's writes visible (reply at once) and log
-    /// its commit (then tell the coordinator with `TxnDurable`).
-    TxnCommit(u64),
     TxnAbort(u64),
     /// Does the coordinator's log hold a commit decision for this ts?
     TxnStatus(u64),
@@ -82,10 +81,16 @@ pub enum MeshMsg {
         tag: u64,
         reply: ShardReply,
     },
-    /// One-way, handled inline: these participants' commit records of
-    /// transaction `ts` are durable (the coordinator may forget its
-    /// decision once every participant has said so).
+    /// One-way, handled inline: the sender's commit records of these
+    /// transactions are durable (the coordinator may forget a decision once
+    /// every participant has said so).
     Durable {
+        ts: Vec<u64>,
+    },
+    /// One-way, handled inline: the coordinator's commit decision for
+    /// transaction `ts` is durable; the participant applies its prepared
+    /// writes and logs its commit (`Shard::commit_participant`).
+    Commit {
         ts: u64,
     },
 }
@@ -121,6 +126,10 @@ pub struct Shard {
     /// Commit decisions waiting for participants' durable commits: ts →
     /// participants still to report.
     pub(crate) pending_durable: RefCell<HashMap<u64, usize>>,
+    /// Commits applied here whose records await logging (see
+    /// `Shard::log_commits`), and whether a task is logging them.
+    pub(crate) unlogged_commits: RefCell<Vec<(u64, CommitRecord)>>,
+    pub(crate) commit_logger: Cell<bool>,
     senders: Option<Senders<MeshMsg>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
     next_tag: Cell<u64>,
@@ -145,6 +154,8 @@ impl Shard {
             shutting_down: Cell::new(false),
             recovered_peers: Cell::new(0),
             pending_durable: RefCell::default(),
+            unlogged_commits: RefCell::default(),
+            commit_logger: Cell::new(false),
             senders,
             pending: RefCell::default(),
             next_tag: Cell::new(0),
@@ -182,7 +193,8 @@ impl Shard {
                                 let _ = tx.send(reply);
                             }
                         }
-                        MeshMsg::Durable { ts } => shard.participant_durable(ts),
+                        MeshMsg::Durable { ts } => shard.participants_durable(&ts),
+                        MeshMsg::Commit { ts } => shard.commit_participant(ts),
                     }
                 }
             })
@@ -193,7 +205,7 @@ impl Shard {
     /// Sends a one-way message to `owner` (itself included).
     pub(crate) async fn notify(&self, owner: usize, msg: MeshMsg) {
         match (&self.senders, msg) {
-            (_, MeshMsg::Durable { ts }) if owner == self.id => self.participant_durable(ts),
+            (_, MeshMsg::Durable { ts }) if owner == self.id => self.participants_durable(&ts),
             (Some(senders), msg) => {
                 if senders.send_to(owner, msg).await.is_err() {
                     tracing::warn!(shard = self.id, peer = owner, "mesh notice dropped");
@@ -270,10 +282,6 @@ impl Shard {
             },
             ShardOp::Txn { part, phase } => {
                 vote_reply(self, Box::pin(self.engine.txn(part, phase)).await)
-            }
-            ShardOp::TxnCommit(ts) => {
-                self.commit_participant(ts);
-                ShardReply::Done
             }
             ShardOp::TxnAbort(ts) => {
                 self.engine.abort_prepared(ts);
