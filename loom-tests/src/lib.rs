@@ -48,9 +48,15 @@ pub enum Msg {
         deltas: Vec<(Key, Value)>,
         reply: Sender<Vote>,
     },
+    /// One-way: the decision is durable; apply the prepared writes.
     Commit {
         ts: u64,
-        reply: Sender<()>,
+    },
+    /// A read of the newest state (a plain get): waits for an intent on
+    /// `key`, as `Engine::get` does.
+    Get {
+        key: Key,
+        reply: Sender<Value>,
     },
     Abort {
         ts: u64,
@@ -138,14 +144,19 @@ impl ShardModel {
                     }
                 }
             }
-            Msg::Commit { ts, reply } => {
+            Msg::Commit { ts } => {
                 for (k, v) in self.prepared.remove(&ts).unwrap_or_default() {
                     self.versions.entry(k).or_default().push((ts, v));
                 }
                 self.cc.release(ts);
                 self.retry_waiting();
-                let _ = reply.send(());
             }
+            Msg::Get { key, reply } => match self.cc.intent_on(key_hash(&[key])) {
+                Some(_) => self.waiting.push(Msg::Get { key, reply }),
+                None => {
+                    let _ = reply.send(self.read_at(key, u64::MAX).0);
+                }
+            },
             Msg::Abort { ts } => {
                 self.prepared.remove(&ts);
                 self.cc.release(ts);
@@ -192,9 +203,11 @@ pub struct Decided {
     pub reads: Vec<(Key, Value, u64)>,
 }
 
-/// The coordinator: prepare everywhere, then commit the writers if every
-/// vote is yes, else abort the yes voters.
-pub fn coordinate(shards: &[Sender<Msg>], txn: &TxnModel) -> Decided {
+/// The coordinator: prepare everywhere; if every vote is yes, answer with
+/// the commit messages for the writers still to deliver (one-way: the
+/// caller delivers them, at once or late, as the mesh may), else abort the
+/// yes voters.
+pub fn coordinate(shards: &[Sender<Msg>], txn: &TxnModel) -> (Decided, Vec<(usize, Msg)>) {
     let mut votes = Vec::new();
     for (shard, reads, deltas) in &txn.parts {
         let (tx, rx) = channel();
@@ -222,33 +235,30 @@ pub fn coordinate(shards: &[Sender<Msg>], txn: &TxnModel) -> Decided {
             Vote::Conflict => all_yes = false,
         }
     }
+    let mut commits = Vec::new();
     if all_yes {
-        // (The decision is logged here, durably, before any commit.)
-        let acks: Vec<_> = yes
+        // (The decision is logged here, durably, before the answer.)
+        commits = yes
             .iter()
-            .map(|&s| {
-                let (tx, rx) = channel();
-                shards[s]
-                    .send(Msg::Commit {
-                        ts: txn.ts,
-                        reply: tx,
-                    })
-                    .unwrap();
-                rx
-            })
+            .map(|&s| (s, Msg::Commit { ts: txn.ts }))
             .collect();
-        for rx in acks {
-            rx.recv().unwrap();
-        }
     } else {
         for &s in &yes {
             shards[s].send(Msg::Abort { ts: txn.ts }).unwrap();
         }
     }
-    Decided {
+    let decided = Decided {
         ts: txn.ts,
         committed: all_yes,
         reads: if all_yes { reads } else { Vec::new() },
+    };
+    (decided, commits)
+}
+
+/// Delivers one-way messages now.
+pub fn deliver(shards: &[Sender<Msg>], messages: Vec<(usize, Msg)>) {
+    for (s, msg) in messages {
+        shards[s].send(msg).unwrap();
     }
 }
 

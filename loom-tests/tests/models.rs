@@ -6,7 +6,9 @@ use loom::sync::mpsc::channel;
 use loom::thread;
 use std::collections::BTreeMap;
 use tessera_engine::clock::HybridClock;
-use tessera_loom_tests::{coordinate, stop, Decided, Key, ShardModel, TxnModel, Value, Versions};
+use tessera_loom_tests::{
+    coordinate, deliver, stop, Decided, Key, Msg, ShardModel, TxnModel, Value, Versions,
+};
 
 const X: Key = 1; // lives on shard 0
 const Y: Key = 2; // lives on shard 1
@@ -75,8 +77,13 @@ fn run_pair(a: TxnModel, b: TxnModel) {
         let shards = vec![s0, s1];
         let other = shards.clone();
         let b2 = b.clone();
-        let hb = thread::spawn(move || coordinate(&other, &b2));
-        let da = coordinate(&shards, &a);
+        let hb = thread::spawn(move || {
+            let (decided, commits) = coordinate(&other, &b2);
+            deliver(&other, commits);
+            decided
+        });
+        let (da, commits) = coordinate(&shards, &a);
+        deliver(&shards, commits);
         let db = hb.join().unwrap();
         let versions = stop(&shards);
         h0.join().unwrap();
@@ -98,6 +105,37 @@ fn an_older_audit_sees_the_state_before_a_younger_transfer() {
 #[test]
 fn a_younger_audit_sees_an_older_transfer_whole_or_not_at_all() {
     run_pair(transfer(10 << 8, 3), audit(20 << 8 | 1));
+}
+
+/// The coordinator answers before its one-way commit messages arrive:
+/// a read of the newest state that starts after the answer still sees the
+/// transaction, whenever the commit is delivered.
+#[test]
+fn a_read_after_the_answer_sees_the_commit_however_late_it_arrives() {
+    builder().check(|| {
+        let (s0, r0) = channel();
+        let (s1, r1) = channel();
+        let h0 = thread::spawn(move || ShardModel::new(&[(X, 5)]).run(r0));
+        let h1 = thread::spawn(move || ShardModel::new(&[(Y, 5)]).run(r1));
+        let shards = vec![s0, s1];
+        let (decided, commits) = coordinate(&shards, &transfer(10 << 8, 3));
+        assert!(decided.committed);
+        let mesh = shards.clone();
+        let late = thread::spawn(move || deliver(&mesh, commits));
+        for (shard, key, expected) in [(1, Y, 8), (0, X, 2)] {
+            let (tx, rx) = channel();
+            shards[shard].send(Msg::Get { key, reply: tx }).unwrap();
+            assert_eq!(
+                rx.recv().unwrap(),
+                expected,
+                "key {key} read before the commit"
+            );
+        }
+        late.join().unwrap();
+        stop(&shards);
+        h0.join().unwrap();
+        h1.join().unwrap();
+    });
 }
 
 #[test]
