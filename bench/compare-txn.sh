@@ -61,6 +61,11 @@ print(f"{'workload':<28}{'ops/s':>10}{'p99 ms':>10}{'errors':>8}")
 for name, label in (("set", "single-key write"), ("txn", "2-key cross-shard txn")):
     ops, p99, errors = med[name]
     print(f"{label:<28}{ops:>10.0f}{p99:>10.2f}{errors:>8}")
+# Each round's own ratio (its write run, then its transaction run): on a
+# noisy machine the spread says how far to trust the median.
+sets = [float(r[1]) for r in rows if r[0] == "set"]
+txns = [float(r[1]) for r in rows if r[0] == "txn"]
+print("per round: " + " ".join(f"{t / w:.2f}" for w, t in zip(sets, txns)))
 print(f"txn/s : write/s = {med['txn'][0] / med['set'][0]:.2f} (target >= 0.5)")
 print(f"txn/s : write/s per shard = {2 * med['txn'][0] / med['set'][0]:.2f}")
 PY
