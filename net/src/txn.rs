@@ -32,6 +32,7 @@
 
 use crate::shard::{error_reply, MeshMsg, Shard, ShardOp, ShardReply};
 use bytes::Bytes;
+use futures_util::future::join_all;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use tessera_engine::txn::coordinator_of;
@@ -333,26 +334,12 @@ impl Shard {
             .collect()
     }
 
-    /// Runs every (owner, op) at once: all but the first in spawned tasks,
-    /// the first in this one; replies in the same order.
+    /// Runs every (owner, op) at once, in this task; replies in the same
+    /// order.
     async fn fan_out(self: &Rc<Self>, ops: Vec<(usize, ShardOp)>) -> Vec<(usize, ShardReply)> {
-        let mut ops = ops.into_iter();
-        let Some((first_owner, first_op)) = ops.next() else {
-            return Vec::new();
-        };
-        let rest: Vec<_> = ops
-            .map(|(owner, op)| {
-                let shard = self.clone();
-                let task = glommio::spawn_local(async move { shard.execute(owner, op).await });
-                (owner, task)
-            })
-            .collect();
-        let mut out = Vec::with_capacity(rest.len() + 1);
-        out.push((first_owner, self.execute(first_owner, first_op).await));
-        for (owner, task) in rest {
-            out.push((owner, task.await));
-        }
-        out
+        let owners: Vec<usize> = ops.iter().map(|(owner, _)| *owner).collect();
+        let replies = join_all(ops.into_iter().map(|(owner, op)| self.execute(owner, op))).await;
+        owners.into_iter().zip(replies).collect()
     }
 
     /// Resolves this shard's in-doubt transactions from their coordinators'
