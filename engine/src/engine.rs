@@ -811,11 +811,7 @@ impl<D: Disk> Inner<D> {
         let started = std::time::Instant::now();
         loop {
             let blocker = {
-                let cc = self.cc.borrow();
-                let intent = match hash {
-                    Some(h) => cc.intent_on(h),
-                    None => cc.oldest_intent(),
-                };
+                let intent = self.intent_holder(hash);
                 let queued = self.inflight.borrow().keys().next().copied();
                 [intent, queued]
                     .into_iter()
@@ -848,17 +844,20 @@ impl<D: Disk> Inner<D> {
         let hash = key.map(key_hash);
         let started = std::time::Instant::now();
         loop {
-            let holder = {
-                let cc = self.cc.borrow();
-                match hash {
-                    Some(h) => cc.intent_on(h),
-                    None => cc.oldest_intent(),
-                }
-            };
-            match holder {
+            match self.intent_holder(hash) {
                 Some(t) if t <= bound => self.wait_resolved(started, t).await?,
                 _ => return Ok(()),
             }
+        }
+    }
+
+    /// The transaction holding an intent on the key with this hash, or
+    /// (`None`) the oldest one holding any intent.
+    fn intent_holder(&self, hash: Option<u64>) -> Option<u64> {
+        let cc = self.cc.borrow();
+        match hash {
+            Some(h) => cc.intent_on(h),
+            None => cc.oldest_intent(),
         }
     }
 
