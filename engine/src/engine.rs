@@ -263,6 +263,7 @@ impl<D: Disk> Engine<D> {
             &wal_dir,
             opts.wal_segment_bytes,
             levels.log_number,
+            opts.wal_sync == SyncMode::Always,
             |rec| match rec {
                 Record::Batch { entries, .. } => {
                     for e in entries {

@@ -8,8 +8,10 @@ use std::time::Duration;
 /// When a write is acknowledged relative to the WAL reaching the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
-    /// Acknowledge after the group's write and fdatasync complete. Loses
-    /// nothing acknowledged, on process crash or power loss. The default.
+    /// Acknowledge once the group's WAL write is durable: segments are
+    /// written through (O_DSYNC), one I/O per group in place of a write
+    /// and an fdatasync. Loses nothing acknowledged, on process crash or
+    /// power loss. The default.
     Always,
     /// Acknowledge after the group's direct write completes; fdatasync at
     /// most every this many ms. A process crash loses nothing acknowledged

@@ -54,3 +54,43 @@ fn engine_on_the_real_disk_survives_close_and_reopen() {
         engine.close().await.unwrap();
     });
 }
+
+/// The `always` WAL's segments are opened O_DSYNC: each completed write is
+/// durable without an fdatasync.
+#[test]
+fn write_through_files_are_opened_o_dsync_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("segment");
+    run_local(move || async move {
+        let disk = DmaDisk;
+        disk.create(&path).await.unwrap();
+        let file = disk.open_write_through(&path).await.unwrap();
+        let block: Vec<u8> = (0..ALIGN).map(|i| (i % 241) as u8).collect();
+        file.write_at(&block, 0).await.unwrap();
+        assert_eq!(open_flags(&path) & libc::O_DSYNC, libc::O_DSYNC);
+        let plain = disk.open(&path).await.unwrap();
+        assert_eq!(plain.read_at(0, ALIGN).await.unwrap().as_ref(), block);
+        drop((file, plain));
+        assert_eq!(std::fs::read(&path).unwrap(), block);
+    });
+}
+
+/// Open flags of this process's one descriptor of `path`, from
+/// /proc/self/fdinfo.
+fn open_flags(path: &std::path::Path) -> i32 {
+    let fds: Vec<_> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).ok().as_deref() == Some(path))
+        .collect();
+    assert_eq!(fds.len(), 1, "descriptors of {}", path.display());
+    let info = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        fds[0].file_name().to_str().unwrap()
+    ))
+    .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| i32::from_str_radix(f.trim(), 8).unwrap())
+        .unwrap()
+}

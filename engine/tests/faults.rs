@@ -1,5 +1,6 @@
 //! Fault injection through the in-memory disk: torn WAL tails, bit flips in
-//! tables and WAL, ENOSPC and EIO during writes, flushes and compactions.
+//! tables and WAL, ENOSPC and EIO during writes, syncs, flushes and
+//! compactions.
 
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -165,8 +166,26 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
     });
 }
 
+/// In `always` mode the WAL is written through (O_DSYNC): acknowledged
+/// writes are durable with no fdatasync at all, and a failure to make a
+/// write durable (EIO where a sync would fail) is not acknowledged.
 #[test]
-fn eio_on_fdatasync_is_not_acknowledged() {
+fn always_mode_writes_are_durable_without_fdatasync() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        let syncs = disk.syncs();
+        put_all(&engine, 0..20).await;
+        assert_eq!(disk.syncs(), syncs, "a group write needed an fdatasync");
+        let disk = disk.crash();
+        let engine = open(&disk).await;
+        assert_all_present(&engine, 0..20).await;
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
+fn eio_making_a_wal_write_durable_is_not_acknowledged() {
     run_local(|| async {
         let disk = MemDisk::new();
         let engine = open(&disk).await;

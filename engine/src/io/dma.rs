@@ -43,16 +43,15 @@ impl Disk for DmaDisk {
     }
 
     async fn open(&self, path: &Path) -> Result<DmaDiskFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(path)
-            .await
-            .map_err(|e| glommio_err("open", path, e))?;
-        Ok(DmaDiskFile {
-            file,
-            path: path.to_path_buf(),
-        })
+        open_with(path, 0).await
+    }
+
+    async fn open_write_through(&self, path: &Path) -> Result<DmaDiskFile> {
+        // With O_DIRECT on a written (not merely allocated) extent, ext4
+        // completes such a write with a FUA write or a cache flush and no
+        // journal commit: 115-140 µs here for 8-64 KiB, the same as a
+        // write followed by fdatasync, in one submission.
+        open_with(path, libc::O_DSYNC).await
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {
@@ -87,6 +86,20 @@ impl Disk for DmaDisk {
     async fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+}
+
+async fn open_with(path: &Path, flags: libc::c_int) -> Result<DmaDiskFile> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .dma_open(path)
+        .await
+        .map_err(|e| glommio_err("open", path, e))?;
+    Ok(DmaDiskFile {
+        file,
+        path: path.to_path_buf(),
+    })
 }
 
 impl DiskFile for DmaDiskFile {

@@ -36,6 +36,13 @@ struct FileData {
 }
 
 impl FileData {
+    /// Applies every pending operation to the durable contents, in order.
+    fn make_durable(&mut self) {
+        for op in std::mem::take(&mut self.pending) {
+            Self::apply(&mut self.durable, &op, None);
+        }
+    }
+
     fn apply(target: &mut Vec<u8>, op: &PendingOp, limit: Option<usize>) {
         match op {
             PendingOp::Write { offset, data } => {
@@ -90,6 +97,9 @@ pub struct MemFile {
     data: FileRef,
     path: PathBuf,
     state: Rc<RefCell<State>>,
+    /// Opened with `open_write_through`: each write also does a `sync`'s
+    /// work (and fails as a sync would).
+    write_through: bool,
 }
 
 fn not_found(op: &'static str, path: &Path) -> Error {
@@ -220,6 +230,22 @@ impl MemDisk {
     }
 }
 
+impl MemDisk {
+    fn open_file(&self, path: &Path, write_through: bool) -> Result<MemFile> {
+        let state = self.state.borrow();
+        let data = state
+            .names
+            .get(path)
+            .ok_or_else(|| not_found("open", path))?;
+        Ok(MemFile {
+            data: data.clone(),
+            path: path.to_path_buf(),
+            state: self.state.clone(),
+            write_through,
+        })
+    }
+}
+
 impl Disk for MemDisk {
     type File = MemFile;
 
@@ -241,20 +267,16 @@ impl Disk for MemDisk {
             data,
             path: path.to_path_buf(),
             state: self.state.clone(),
+            write_through: false,
         })
     }
 
     async fn open(&self, path: &Path) -> Result<MemFile> {
-        let state = self.state.borrow();
-        let data = state
-            .names
-            .get(path)
-            .ok_or_else(|| not_found("open", path))?;
-        Ok(MemFile {
-            data: data.clone(),
-            path: path.to_path_buf(),
-            state: self.state.clone(),
-        })
+        self.open_file(path, false)
+    }
+
+    async fn open_write_through(&self, path: &Path) -> Result<MemFile> {
+        self.open_file(path, true)
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {
@@ -326,6 +348,7 @@ impl DiskFile for MemFile {
         if let Some(err) = state.fault(|f| match f {
             Fault::Writes(code) => Some(*code),
             Fault::WritesTo(m) if marker.contains(m) => Some(libc::EIO),
+            Fault::Syncs(code) if self.write_through => Some(*code),
             _ => None,
         }) {
             return Err(Error::io("write", &self.path, err));
@@ -348,6 +371,11 @@ impl DiskFile for MemFile {
         let mut file = self.data.borrow_mut();
         FileData::apply(&mut file.current, &op, None);
         file.pending.push(op);
+        if self.write_through {
+            // Modelled as write + fdatasync: earlier unsynced writes of
+            // the file become durable too, in order.
+            file.make_durable();
+        }
         Ok(())
     }
 
@@ -373,11 +401,7 @@ impl DiskFile for MemFile {
             return Err(Error::io("fdatasync", &self.path, err));
         }
         state.syncs += 1;
-        let mut file = self.data.borrow_mut();
-        let pending = std::mem::take(&mut file.pending);
-        for op in &pending {
-            FileData::apply(&mut file.durable, op, None);
-        }
+        self.data.borrow_mut().make_durable();
         Ok(())
     }
 

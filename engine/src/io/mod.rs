@@ -3,8 +3,9 @@
 //!
 //! Contract shared by both implementations: writes are whole 4 KiB-aligned
 //! blocks at 4 KiB-aligned offsets (O_DIRECT); data is durable only after
-//! `sync`; a new or renamed directory entry is durable only after `sync_dir`
-//! of its directory. Reads may be unaligned.
+//! `sync`, or once its write completes on a file opened with
+//! `open_write_through`; a new or renamed directory entry is durable only
+//! after `sync_dir` of its directory. Reads may be unaligned.
 
 mod dma;
 mod memory;
@@ -42,6 +43,10 @@ pub trait Disk: Clone + 'static {
     async fn create(&self, path: &Path) -> Result<Self::File>;
     /// Opens an existing file for reading and writing.
     async fn open(&self, path: &Path) -> Result<Self::File>;
+    /// Opens an existing file whose writes are durable when they complete,
+    /// as if each were followed by `sync` (O_DSYNC): one I/O where a write
+    /// and an fdatasync take two round trips through the executor.
+    async fn open_write_through(&self, path: &Path) -> Result<Self::File>;
     async fn remove(&self, path: &Path) -> Result<()>;
     async fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable.

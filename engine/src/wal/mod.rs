@@ -4,7 +4,9 @@
 //! Sketch: one fdatasync of an overwritten block costs ~150 µs on this disk;
 //! one that extends a file ~4 ms (journal commit). So segments are zero-filled
 //! once when created, never extended, and recycled by rename after their data
-//! is flushed. Group commit carries many records per write+sync.
+//! is flushed. Group commit carries many records per durable write (in
+//! `always` mode the active segment is opened write-through, O_DSYNC, so
+//! that is one I/O, not a write and an fdatasync).
 //!
 //! Recovery rules: segments are replayed in id order. A segment ends at its
 //! seal record; the last segment may instead end at the first invalid record
@@ -66,16 +68,21 @@ pub struct Wal<D: Disk> {
     active: D::File,
     offset: u64,
     spares: Rc<Spares<D>>,
+    /// Segments are opened write-through: a chunk is durable once written.
+    write_through: bool,
 }
 
 impl<D: Disk> Wal<D> {
     /// Replays every segment at or above `log_number` into `apply`, seals the
-    /// last one, and opens a new active segment after it.
+    /// last one, and opens a new active segment after it. With
+    /// `write_through`, each written chunk is durable when `write_chunk`
+    /// returns (the `always` sync mode), with no separate `sync`.
     pub async fn open(
         disk: &D,
         dir: &Path,
         segment_bytes: u64,
         log_number: u64,
+        write_through: bool,
         mut apply: impl FnMut(Record),
     ) -> Result<(Wal<D>, ReplayReport)> {
         assert!(segment_bytes as usize >= 4 * ALIGN && segment_bytes.is_multiple_of(ALIGN as u64));
@@ -138,9 +145,10 @@ impl<D: Disk> Wal<D> {
             dir: dir.to_path_buf(),
             segment_bytes,
             active_id: 0,
-            active: take_segment(disk, dir, segment_bytes, &spares, next_id).await?,
+            active: take_segment(disk, dir, segment_bytes, &spares, next_id, write_through).await?,
             offset: 0,
             spares,
+            write_through,
         };
         wal.active_id = next_id;
         Ok((wal, report))
@@ -179,6 +187,11 @@ impl<D: Disk> Wal<D> {
         self.active.sync().await
     }
 
+    /// Whether a written chunk is already durable (see [`Wal::open`]).
+    pub fn write_through(&self) -> bool {
+        self.write_through
+    }
+
     /// Seals the active segment durably and moves to the next id.
     pub async fn roll(&mut self) -> Result<u64> {
         seal_at(&self.active, self.active_id, self.offset).await?;
@@ -190,6 +203,7 @@ impl<D: Disk> Wal<D> {
             self.segment_bytes,
             &self.spares,
             next_id,
+            self.write_through,
         )
         .await?;
         self.active = file;
@@ -295,13 +309,15 @@ async fn seal_at<F: DiskFile>(file: &F, id: u64, offset: u64) -> Result<()> {
     file.write_at(&block, block_start).await
 }
 
-/// Makes segment `id` from a spare, or creates and zero-fills a new one.
+/// Makes segment `id` from a spare, or creates and zero-fills a new one;
+/// opens it write-through if asked.
 async fn take_segment<D: Disk>(
     disk: &D,
     dir: &Path,
     segment_bytes: u64,
     spares: &Spares<D>,
     id: u64,
+    write_through: bool,
 ) -> Result<D::File> {
     let spare = spares.files.borrow_mut().pop();
     let (path, file) = match spare {
@@ -311,6 +327,12 @@ async fn take_segment<D: Disk>(
     let target = dir.join(segment_name(id));
     disk.rename(&path, &target).await?;
     disk.sync_dir(dir).await?;
+    if write_through {
+        // The spare was zero-filled and synced through a plain handle, so
+        // the flag only changes how its records are written.
+        drop(file);
+        return disk.open_write_through(&target).await;
+    }
     Ok(file)
 }
 
