@@ -8,6 +8,7 @@
 use super::staged_wheel::StagedWheel;
 use super::timer_id::TimerId;
 use ahash::AHashMap;
+use std::collections::BTreeSet;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,11 @@ pub(crate) struct ReactorTimers {
     /// TODO: This is the remaining HashMap that could be eliminated by
     /// exposing expiry times from the wheel itself
     id_to_expiry: AHashMap<u64, Instant>,
+
+    /// Tessera patch: the same timers ordered by expiry, so the next one is
+    /// the first entry. Upstream took the minimum over `id_to_expiry` on
+    /// every reactor pass, which walks the map's whole capacity.
+    by_expiry: BTreeSet<(Instant, u64)>,
 }
 
 impl ReactorTimers {
@@ -43,6 +49,7 @@ impl ReactorTimers {
         Self {
             wheel: StagedWheel::new(),
             id_to_expiry: AHashMap::new(),
+            by_expiry: BTreeSet::new(),
         }
     }
 
@@ -56,6 +63,7 @@ impl ReactorTimers {
 
         // Track expiry time (needed for next_timer_duration calculation)
         self.id_to_expiry.insert(internal_id, expires_at);
+        self.by_expiry.insert((expires_at, internal_id));
 
         // Return ID (wrapping the wheel's internal ID)
         // Generation is 0 for now (we don't track reuse yet)
@@ -69,7 +77,9 @@ impl ReactorTimers {
         let internal_id = id.index() as u64;
 
         // Remove from expiry tracking
-        self.id_to_expiry.remove(&internal_id);
+        if let Some(expires_at) = self.id_to_expiry.remove(&internal_id) {
+            self.by_expiry.remove(&(expires_at, internal_id));
+        }
 
         // Remove from wheel
         self.wheel.remove(internal_id)
@@ -103,7 +113,9 @@ impl ReactorTimers {
 
         // Clean up expiry time mappings
         for (internal_id, _) in &expired {
-            self.id_to_expiry.remove(internal_id);
+            if let Some(expires_at) = self.id_to_expiry.remove(internal_id) {
+                self.by_expiry.remove(&(expires_at, *internal_id));
+            }
         }
 
         // Now wake all timers (safe: no longer holding any mutable state)
@@ -113,7 +125,7 @@ impl ReactorTimers {
         }
 
         // Find the next timer expiry
-        let next_expiry = self.id_to_expiry.values().copied().min();
+        let next_expiry = self.by_expiry.first().map(|&(expires_at, _)| expires_at);
 
         let next_duration = next_expiry.map(|expires_at| expires_at.saturating_duration_since(now));
 

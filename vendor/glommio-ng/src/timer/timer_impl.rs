@@ -167,11 +167,16 @@ impl Future for Timer {
             Poll::Ready(inner.when)
         } else {
             // Register the timer and get handle (O(1), no HashMap!)
-            let id = inner
-                .reactor
-                .upgrade()
-                .unwrap()
-                .insert_timer(inner.when, cx.waker().clone());
+            let reactor = inner.reactor.upgrade().unwrap();
+            // Tessera patch: a timer polled again before it fires (a
+            // `select`/`or` re-polls it on every wake of its task) replaces
+            // its registration. Upstream registered another one each poll
+            // and dropped only the last, so the others stayed in the wheel
+            // until their deadline and then woke the task for nothing.
+            if let Some(id) = inner.id.take() {
+                reactor.remove_timer(id);
+            }
+            let id = reactor.insert_timer(inner.when, cx.waker().clone());
             inner.id = Some(id);
             inner.is_charged = true;
             Poll::Pending
