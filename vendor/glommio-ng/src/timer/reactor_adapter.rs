@@ -44,6 +44,11 @@ pub(crate) struct ReactorTimers {
     by_expiry: BTreeSet<(Instant, u64)>,
 }
 
+/// The wheel's id that `id` was made from (see [`ReactorTimers::insert`]).
+fn full_id(id: TimerId) -> u64 {
+    (u64::from(id.generation()) << 32) | u64::from(id.index())
+}
+
 impl ReactorTimers {
     pub(crate) fn new() -> Self {
         Self {
@@ -67,14 +72,17 @@ impl ReactorTimers {
 
         // Return ID (wrapping the wheel's internal ID)
         // Generation is 0 for now (we don't track reuse yet)
-        TimerId::new(internal_id as u32, 0)
+        // Tessera patch: the wheel's ids are u64 and never reused; upstream
+        // kept only the low 32 bits, so after 2^32 timers no removal found
+        // its timer. The high half travels as the generation.
+        TimerId::new(internal_id as u32, (internal_id >> 32) as u32)
     }
 
     /// Remove a timer by ID (O(1) operation, no hashing)
     ///
     /// Returns true if the timer was found and removed
     pub(crate) fn remove(&mut self, id: TimerId) -> bool {
-        let internal_id = id.index() as u64;
+        let internal_id = full_id(id);
 
         // Remove from expiry tracking
         if let Some(expires_at) = self.id_to_expiry.remove(&internal_id) {
@@ -87,7 +95,7 @@ impl ReactorTimers {
 
     /// Check if a timer exists by ID
     pub(crate) fn exists(&self, id: TimerId) -> bool {
-        let internal_id = id.index() as u64;
+        let internal_id = full_id(id);
         self.id_to_expiry.contains_key(&internal_id)
     }
 
