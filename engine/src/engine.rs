@@ -690,6 +690,26 @@ impl<D: Disk> Inner<D> {
 
     /// Queues a record for the writer task without awaiting; in `none` mode
     /// a batch is applied to the memtable here.
+    /// Queues a record that puts nothing into the memtable when durable (a
+    /// prepare): it is encoded now, in any sync mode, so the caller keeps
+    /// its entries instead of a copy.
+    pub(crate) fn enqueue_encoded(&self, rec: &Record, bytes: usize) -> Rc<Group> {
+        debug_assert!(matches!(rec, Record::Prepare { .. }));
+        let group = {
+            let mut q = self.queue.borrow_mut();
+            if q.encoded_count == 0 {
+                q.encoded_segment = self.wal_segment.get();
+            }
+            let segment = q.encoded_segment;
+            rec.encode(&mut q.encoded, segment);
+            q.encoded_count += 1;
+            q.bytes += bytes;
+            q.group.clone()
+        };
+        self.events.work.notify(1);
+        group
+    }
+
     pub(crate) fn enqueue(&self, rec: Record, bytes: usize) -> Rc<Group> {
         let group = {
             let mut q = self.queue.borrow_mut();

@@ -204,8 +204,12 @@ impl<D: Disk> Engine<D> {
                 intents.armed = false;
             }
             Phase::Prepare => {
-                inner.prepared.borrow_mut().insert(ts, entries.clone());
-                let group = inner.enqueue(Record::Prepare { ts, entries }, bytes);
+                let rec = Record::Prepare { ts, entries };
+                let group = inner.enqueue_encoded(&rec, bytes);
+                let Record::Prepare { entries, .. } = rec else {
+                    unreachable!("built as a prepare above")
+                };
+                inner.prepared.borrow_mut().insert(ts, entries);
                 if let Err(e) = group.wait().await {
                     inner.prepared.borrow_mut().remove(&ts);
                     return Err(e);
@@ -289,14 +293,18 @@ impl<D: Disk> Engine<D> {
     /// once it is durable. A commit carries this shard's own held part
     /// ([`Phase::Hold`]), which becomes visible with it. A commit decision
     /// is remembered (and logged again past flushes) until
-    /// [`Engine::forget_decision`]. On error the held part stays held: the
-    /// caller aborts it or leaves it for recovery.
+    /// [`Engine::forget_decision`]. The held part moves into the record: on
+    /// error it is gone from memory (and the record may or may not be
+    /// durable), its intents stay until the caller aborts or recovery
+    /// decides.
     pub async fn log_decision(&self, ts: u64, commit: bool, participants: Vec<u32>) -> Result<()> {
         let inner = self.inner();
-        let entries = match commit {
-            true => inner.held.borrow().get(&ts).cloned().unwrap_or_default(),
-            false => Vec::new(),
+        let held = match commit {
+            true => inner.held.borrow_mut().remove(&ts),
+            false => None,
         };
+        let had_held = held.is_some();
+        let entries = held.unwrap_or_default();
         if commit {
             inner
                 .decisions
@@ -315,11 +323,9 @@ impl<D: Disk> Engine<D> {
             Err(e) => Err(e),
         };
         match &result {
-            Ok(()) if commit => {
+            Ok(()) if commit && had_held => {
                 // The writer task applied the held writes with the record.
-                if inner.held.borrow_mut().remove(&ts).is_some() {
-                    self.release(ts);
-                }
+                self.release(ts);
             }
             Ok(()) => {}
             Err(_) if commit => {
