@@ -688,8 +688,6 @@ impl<D: Disk> Inner<D> {
         Ok(())
     }
 
-    /// Queues a record for the writer task without awaiting; in `none` mode
-    /// a batch is applied to the memtable here.
     /// Queues a record that puts nothing into the memtable when durable (a
     /// prepare): it is encoded now, in any sync mode, so the caller keeps
     /// its entries instead of a copy.
@@ -697,12 +695,7 @@ impl<D: Disk> Inner<D> {
         debug_assert!(matches!(rec, Record::Prepare { .. }));
         let group = {
             let mut q = self.queue.borrow_mut();
-            if q.encoded_count == 0 {
-                q.encoded_segment = self.wal_segment.get();
-            }
-            let segment = q.encoded_segment;
-            rec.encode(&mut q.encoded, segment);
-            q.encoded_count += 1;
+            self.encode_queued(&mut q, rec);
             q.bytes += bytes;
             q.group.clone()
         };
@@ -710,16 +703,22 @@ impl<D: Disk> Inner<D> {
         group
     }
 
+    /// Appends `rec` to the queue's encoded records (see `write::Queue`).
+    fn encode_queued(&self, q: &mut Queue, rec: &Record) {
+        if q.encoded_count == 0 {
+            q.encoded_segment = self.wal_segment.get();
+        }
+        rec.encode(&mut q.encoded, q.encoded_segment);
+        q.encoded_count += 1;
+    }
+
+    /// Queues a record for the writer task without awaiting; in `none` mode
+    /// a batch is applied to the memtable here.
     pub(crate) fn enqueue(&self, rec: Record, bytes: usize) -> Rc<Group> {
         let group = {
             let mut q = self.queue.borrow_mut();
             if self.opts.wal_sync == SyncMode::None {
-                if q.encoded_count == 0 {
-                    q.encoded_segment = self.wal_segment.get();
-                }
-                let segment = q.encoded_segment;
-                rec.encode(&mut q.encoded, segment);
-                q.encoded_count += 1;
+                self.encode_queued(&mut q, &rec);
                 let mem = self.mem.borrow();
                 for e in rec.into_applied_entries() {
                     mem.insert(e);

@@ -228,9 +228,7 @@ impl MemDisk {
     pub fn paths(&self) -> Vec<PathBuf> {
         self.state.borrow().names.keys().cloned().collect()
     }
-}
 
-impl MemDisk {
     fn open_file(&self, path: &Path, write_through: bool) -> Result<MemFile> {
         let state = self.state.borrow();
         let data = state
