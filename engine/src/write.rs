@@ -64,7 +64,9 @@ pub(crate) async fn wait_until(event: &Event, ready: impl Fn() -> bool) {
 /// segment `encoded_segment`) and its writes move into the memtable: no
 /// copy of the entries outlives the call. In the other modes the records
 /// wait whole in `batches`, and their writes move into the memtable once
-/// durable.
+/// durable; prepares, which put nothing into the memtable, are encoded
+/// when queued in every mode. A group writes `encoded` before `batches`:
+/// replay does not depend on the order of records within a group.
 ///
 /// Invariant: `bytes` is the WAL size of `batches` and `encoded` together,
 /// at most `wal_group_bytes_max` unless a single batch is alone. Plain
