@@ -1093,11 +1093,6 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
     }
 }
 
-/// Versions a flush adds to its table between yields (~0.25 ms of the
-/// shard): adding a whole 1 MiB write's worth at once held the shard for
-/// 7-8 ms, and those stalls were the p99.9 of durable writes.
-const FLUSH_SLICE_VERSIONS: usize = 512;
-
 /// Versions freed per slice when a flushed memtable goes (~0.3 ms each).
 const SHED_VERSIONS: usize = 4096;
 
@@ -1129,21 +1124,14 @@ async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: 
         let mut builder = inner.create_table(id, true).await?;
         let mut resume = None;
         loop {
-            let mut n = 0;
             resume = mem.visit_from(resume.as_ref(), |k, kind, value| {
-                n += 1;
-                !builder.push(k.user(), k.ts(), kind, value) && n < FLUSH_SLICE_VERSIONS
+                !builder.push(k.user(), k.ts(), kind, value)
             });
+            builder.write_if_due().await?;
             if resume.is_none() {
                 break;
             }
-            if builder.write_if_due().await? == 0 {
-                // No write to wait on: let the reactor and the foreground
-                // run (see `discard_memtable`).
-                glommio::timer::sleep(Duration::from_micros(1)).await;
-            }
         }
-        builder.write_if_due().await?;
         let (meta, file) = builder.finish().await?;
         inner.disk.sync_dir(&inner.sst_dir).await?;
         fresh.push(Rc::new(Table::open(file, meta.clone()).await?));
