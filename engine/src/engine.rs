@@ -169,9 +169,6 @@ pub(crate) struct Inner<D: Disk> {
     pub open_ts: u64,
     /// Foreground operations so far (see `let_background_run`).
     pub foreground_ops: Cell<u32>,
-    /// A flushed memtable is being freed a slice at a time
-    /// (`discard_memtable`).
-    pub shedding: Cell<bool>,
 }
 
 /// A point-in-time view of the engine's figures.
@@ -359,7 +356,6 @@ impl<D: Disk> Engine<D> {
             inflight: RefCell::default(),
             open_ts: clock.last(),
             foreground_ops: Cell::new(0),
-            shedding: Cell::new(false),
             clock,
         });
         // Flush and compaction run in the shard's own task queue, at its
@@ -763,7 +759,6 @@ impl<D: Disk> Inner<D> {
     /// probed them all).
     fn background_busy(&self) -> bool {
         !self.imms.borrow().is_empty()
-            || self.shedding.get()
             || self.compaction_lock.available() == 0
             || crate::compaction::pick_needed(self)
     }
@@ -1074,7 +1069,6 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
                 *inner.bg_error.borrow_mut() = None;
                 inner.stats.flushes.set(inner.stats.flushes.get() + 1);
                 inner.events.compact.notify(usize::MAX);
-                discard_memtable(&inner, mem).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "memtable flush failed; retrying");
@@ -1091,26 +1085,6 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
         }
         inner.events.flushed.notify(usize::MAX);
     }
-}
-
-/// Versions freed per slice when a flushed memtable goes (~0.3 ms each).
-const SHED_VERSIONS: usize = 4096;
-
-/// Frees a flushed memtable a slice at a time, letting the reactor and
-/// the foreground run between slices: dropped whole, a full 64 MiB one
-/// (~330k versions) held the shard for 21-25 ms, which every request in
-/// flight waited out. A memtable a reader still holds goes with the reader.
-async fn discard_memtable<D: Disk>(inner: &Inner<D>, mem: Rc<Memtable>) {
-    if Rc::strong_count(&mem) > 1 {
-        return;
-    }
-    inner.shedding.set(true);
-    while mem.shed(SHED_VERSIONS) {
-        // A timer, not a yield: it fires on the reactor's next pass, after
-        // the I/O that came in meanwhile is reaped and served.
-        glommio::timer::sleep(Duration::from_micros(1)).await;
-    }
-    inner.shedding.set(false);
 }
 
 async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: u64) -> Result<()> {

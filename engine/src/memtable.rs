@@ -49,20 +49,6 @@ impl Memtable {
         }
     }
 
-    /// Drops up to `max` of the oldest-sorted versions; returns whether any
-    /// remain. For freeing a flushed memtable in slices.
-    pub fn shed(&self, max: usize) -> bool {
-        let mut map = self.map.borrow_mut();
-        for _ in 0..max {
-            let Some((k, (_, value))) = map.pop_first() else {
-                break;
-            };
-            let freed = entry_bytes(k.user(), &value);
-            self.bytes.set(self.bytes.get().saturating_sub(freed));
-        }
-        !map.is_empty()
-    }
-
     /// Approximate memory used.
     pub fn bytes(&self) -> usize {
         self.bytes.get()
@@ -150,24 +136,6 @@ mod tests {
             kind: Kind::Put,
             value: Bytes::copy_from_slice(v.as_bytes()),
         });
-    }
-
-    #[test]
-    fn shedding_frees_a_slice_at_a_time_until_empty() {
-        let m = Memtable::new();
-        for i in 0..10 {
-            put(&m, &format!("k{i}"), 1, "v");
-        }
-        let full = m.bytes();
-        assert!(m.shed(4));
-        assert_eq!(m.len(), 6);
-        assert_eq!(m.bytes(), full / 10 * 6);
-        assert!(m.get(b"k3", 1).is_none(), "the first keys go first");
-        assert!(m.get(b"k4", 1).is_some());
-        assert!(m.shed(5));
-        assert!(!m.shed(5));
-        assert!(m.is_empty());
-        assert_eq!(m.bytes(), 0);
     }
 
     #[test]
