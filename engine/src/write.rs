@@ -127,6 +127,12 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
             }
             continue;
         }
+        // Let every task already runnable queue its record first (requests
+        // woken by the previous group's completion, transactions woken by
+        // mesh replies): they join this group instead of waiting a whole
+        // write for the next one. Two shards, `always`, 256 requests in
+        // flight: +3-4% single-key writes/s, +1-3% transactions/s.
+        futures_lite::future::yield_now().await;
         let (mut batches, mut encoded, group) = {
             let mut q = inner.queue.borrow_mut();
             q.bytes = 0;
