@@ -49,6 +49,10 @@ pub struct Flags {
     /// Block cache per shard in bytes [default: 256 MiB].
     #[arg(long)]
     pub cache_bytes: Option<usize>,
+    /// Touch each shard's memory budget (block cache and memtables) at
+    /// startup, so serving never waits on page faults [default: true].
+    #[arg(long)]
+    pub prefault_memory: Option<bool>,
     /// WAL segment size in bytes [default: 64 MiB].
     #[arg(long)]
     pub wal_segment_bytes: Option<u64>,
@@ -102,6 +106,16 @@ pub struct Config {
     pub limits: Limits,
     pub connections_max: usize,
     pub inflight_per_connection_max: usize,
+    pub prefault_memory: bool,
+}
+
+impl Config {
+    /// Memory a shard's engine may hold at once: its block cache and its
+    /// active and immutable memtables.
+    pub fn shard_memory_budget(&self) -> usize {
+        let e = &self.engine;
+        e.block_cache_bytes + e.memtable_bytes_max * (e.immutable_memtables_max + 1)
+    }
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -223,6 +237,7 @@ impl Config {
             limits,
             connections_max: pick!(connections_max).unwrap_or(10_000),
             inflight_per_connection_max: pick!(inflight_per_connection_max).unwrap_or(256),
+            prefault_memory: pick!(prefault_memory).unwrap_or(true),
         })
     }
 }
@@ -290,6 +305,15 @@ mod tests {
         assert_eq!(c.data, PathBuf::from("./data"));
         assert_eq!(c.listen.port(), 7878);
         assert_eq!(c.shard_base_port, 7879);
+    }
+
+    #[test]
+    fn memory_is_prefaulted_unless_turned_off() {
+        let on = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
+        assert!(on.prefault_memory);
+        assert_eq!(on.shard_memory_budget(), (256 << 20) + 3 * (64 << 20));
+        let off = Flags::parse_from(["tessera-server", "--prefault-memory", "false"]);
+        assert!(!Config::resolve(off).unwrap().prefault_memory);
     }
 
     #[test]

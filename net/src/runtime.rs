@@ -80,6 +80,17 @@ pub fn run(
     }
     let config = Arc::new(config);
     let n = config.shards;
+    if config.prefault_memory {
+        // For all shards before they start, one thread per shard.
+        let started = std::time::Instant::now();
+        let bytes = config.shard_memory_budget() * n;
+        tessera_engine::memory::prefault(bytes, n);
+        tracing::info!(
+            mib = bytes >> 20,
+            ms = started.elapsed().as_millis() as u64,
+            "memory budget prefaulted"
+        );
+    }
     let mesh = (n > 1).then(|| MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_DEPTH));
     let addresses: Arc<OnceLock<Vec<String>>> = Arc::new(OnceLock::new());
     let (started_tx, started_rx) = mpsc::channel();

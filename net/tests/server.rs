@@ -146,6 +146,41 @@ fn two_shards_serve_every_operation_and_metrics() {
     assert!(server.stop());
 }
 
+/// Resident memory of a process, from /proc.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib << 10
+}
+
+#[test]
+fn each_shards_memory_budget_is_resident_once_ready_unless_turned_off() {
+    // Budget per shard: a 64 MiB cache and three 16 MiB memtables.
+    let sizes = ["--cache-bytes", "67108864", "--memtable-bytes", "16777216"];
+    let budget = (2 * (64u64 + 3 * 16)) << 20;
+    // Fresh directories: opening an existing one reads its WAL segments.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("on"), 2, &sizes);
+    let prefaulted = resident_bytes(server.child.id());
+    assert!(server.stop());
+    let mut off = sizes.to_vec();
+    off.extend(["--prefault-memory", "false"]);
+    let server = Server::start(&dir.path().join("off"), 2, &off);
+    let lazy = resident_bytes(server.child.id());
+    assert!(server.stop());
+    // What the engine allocates at startup comes out of the prefaulted
+    // memory, so the difference is less than the budget.
+    assert!(
+        prefaulted >= budget && prefaulted >= lazy + budget / 2,
+        "prefaulted {prefaulted} bytes resident, {lazy} without, budget {budget}"
+    );
+}
+
 #[test]
 fn data_survives_a_restart_and_a_shard_count_change_is_refused() {
     let dir = tempfile::tempdir().unwrap();

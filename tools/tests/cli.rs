@@ -25,6 +25,9 @@ impl InProcessServer {
             shards: Some(2),
             cpus: Some("any".into()),
             metrics: Some("off".into()),
+            // This test binary's allocator returns freed memory to the OS,
+            // so touching the budget up front would only cost time.
+            prefault_memory: Some(false),
             ..Flags::default()
         };
         let config = Config::resolve(flags).unwrap();
