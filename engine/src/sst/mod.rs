@@ -236,7 +236,7 @@ pub struct Table<F: DiskFile> {
     pub meta: TableMeta,
     file: F,
     index: BlockIndex,
-    bloom: Vec<u8>,
+    bloom: bloom::Filter,
 }
 
 impl<F: DiskFile> Table<F> {
@@ -282,8 +282,8 @@ impl<F: DiskFile> Table<F> {
         let index = format::decode_index(at(footer.index_off, footer.index_len))
             .ok_or_else(|| bad("index"))?;
         let bloom = format::unseal(at(footer.bloom_off, footer.bloom_len))
-            .ok_or_else(|| bad("bloom filter"))?
-            .to_vec();
+            .and_then(bloom::Filter::decode)
+            .ok_or_else(|| bad("bloom filter"))?;
         let props = format::decode_props(at(footer.props_off, footer.props_len))
             .ok_or_else(|| bad("props"))?;
         if props != meta.props {
@@ -311,7 +311,7 @@ impl<F: DiskFile> Table<F> {
 
     /// Memory held outside the block cache (index and filter).
     pub fn resident_bytes(&self) -> usize {
-        self.bloom.len() + self.index.resident_bytes()
+        self.bloom.resident_bytes() + self.index.resident_bytes()
     }
 
     /// Index of the first block whose last version is ≥ (key, ts).
@@ -357,7 +357,7 @@ impl<F: DiskFile> Table<F> {
 
     /// The newest version of `key` at or below `ts`, if this table has one.
     pub async fn get(&self, key: &[u8], ts: u64, cache: &BlockCache) -> Result<Option<Versioned>> {
-        if self.meta.props.min_ts > ts || !bloom::may_contain(&self.bloom, bloom::hash(key)) {
+        if self.meta.props.min_ts > ts || !self.bloom.may_contain(bloom::hash(key)) {
             return Ok(None);
         }
         let i = self.find_block(key, ts);
