@@ -5,13 +5,18 @@
 //! B-tree slot), so a 64 MiB memtable holds ~320k versions.
 
 use crate::key::{Entry, InternalKey, KeyRef, Kind, Probe, Versioned};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// Approximate per-version overhead of the tree (node slots, `Bytes` headers).
 const ENTRY_OVERHEAD_BYTES: usize = 80;
+
+/// Values are copied into chunks of this size (see [`Memtable::insert`]).
+const ARENA_CHUNK_BYTES: usize = 256 << 10;
+/// Larger values keep their own buffer.
+const ARENA_VALUE_MAX: usize = 4 << 10;
 
 /// A sorted set of versions.
 ///
@@ -20,6 +25,8 @@ const ENTRY_OVERHEAD_BYTES: usize = 80;
 #[derive(Default)]
 pub struct Memtable {
     map: RefCell<BTreeMap<InternalKey, (Kind, Bytes)>>,
+    /// The chunk values are being copied into.
+    arena: RefCell<BytesMut>,
     bytes: Cell<usize>,
     max_ts: Cell<u64>,
 }
@@ -33,12 +40,23 @@ impl Memtable {
         Self::default()
     }
 
+    /// Adds a version. A value of up to 4 KiB is copied into the
+    /// memtable's current 256 KiB chunk: a version then holds a count on a
+    /// chunk shared with thousands of others, not a buffer of its own.
+    /// Dropping a flushed memtable (~330k versions of 100 bytes) freed each
+    /// version's buffer, a cache miss apiece: ~22 ms in one go on the shard
+    /// that serves requests, the longest stall durable writes saw.
     pub fn insert(&self, entry: Entry) {
         let add = entry_bytes(&entry.key, &entry.value);
-        let old = self.map.borrow_mut().insert(
-            InternalKey::new(entry.key, entry.ts),
-            (entry.kind, entry.value),
-        );
+        let value = match entry.value.len() {
+            0 => Bytes::new(),
+            n if n <= ARENA_VALUE_MAX => self.copy_in(&entry.value),
+            _ => entry.value,
+        };
+        let old = self
+            .map
+            .borrow_mut()
+            .insert(InternalKey::new(entry.key, entry.ts), (entry.kind, value));
         match old {
             // Replaying a WAL record twice stores the same version twice.
             Some(_) => {}
@@ -47,6 +65,15 @@ impl Memtable {
         if entry.ts > self.max_ts.get() {
             self.max_ts.set(entry.ts);
         }
+    }
+
+    fn copy_in(&self, value: &[u8]) -> Bytes {
+        let mut arena = self.arena.borrow_mut();
+        if arena.capacity() - arena.len() < value.len() {
+            *arena = BytesMut::with_capacity(ARENA_CHUNK_BYTES);
+        }
+        arena.extend_from_slice(value);
+        arena.split().freeze()
     }
 
     /// Approximate memory used.
@@ -176,6 +203,31 @@ mod tests {
             .map(|(k, ts)| (Bytes::from_static(k.as_bytes()), *ts))
             .collect();
         assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn small_values_are_copied_into_shared_chunks_and_large_ones_kept() {
+        let m = Memtable::new();
+        let small = Bytes::from(vec![b's'; 100]);
+        let large = Bytes::from(vec![b'l'; ARENA_VALUE_MAX + 1]);
+        for (k, v) in [("a", &small), ("b", &small), ("c", &large)] {
+            m.insert(Entry {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                ts: 1,
+                kind: Kind::Put,
+                value: v.clone(),
+            });
+        }
+        let (a, b, c) = (
+            m.get(b"a", 1).unwrap().value,
+            m.get(b"b", 1).unwrap().value,
+            m.get(b"c", 1).unwrap().value,
+        );
+        assert_eq!((a.clone(), c.clone()), (small.clone(), large.clone()));
+        assert_ne!(a.as_ptr(), small.as_ptr(), "a small value is copied");
+        // Both copies sit back to back in one chunk.
+        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
+        assert_eq!(c.as_ptr(), large.as_ptr(), "a large value is kept");
     }
 
     #[test]

@@ -231,6 +231,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             block_cache_bytes: args.cache_size,
             ..Options::default()
         };
+        // As the server does by default (`--prefault-memory`).
+        tessera_engine::memory::prefault(
+            opts.block_cache_bytes + opts.memtable_bytes_max * (opts.immutable_memtables_max + 1),
+            1,
+        );
         let engine = Engine::open(&dir, opts.clone()).await?;
         let sync_engine = Engine::open(
             dir.join("sync"),
