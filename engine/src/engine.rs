@@ -1032,6 +1032,26 @@ impl<D: Disk> Inner<D> {
 
 /// The flush task: writes the oldest full memtable to a level-0 table,
 /// installs it, then recycles the WAL segments it made obsolete.
+/// Frees a flushed memtable a slice of versions at a time, letting the
+/// shard serve requests in between, when this task holds its last
+/// reference (a reader still holding it frees it whole when done). Freed
+/// in one go, ~330k versions held the shard ~11.5 ms.
+async fn shed(mem: Rc<Memtable>) {
+    /// ~1 ms of freeing.
+    const SLICE: usize = 32 << 10;
+    let Ok(mem) = Rc::try_unwrap(mem) else {
+        return;
+    };
+    let mut versions = mem.into_versions();
+    loop {
+        if versions.by_ref().take(SLICE).count() < SLICE {
+            return;
+        }
+        // A timer, not a yield: the shard polls for I/O before resuming.
+        glommio::timer::sleep(Duration::from_micros(1)).await;
+    }
+}
+
 async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
     let mut backoff = Duration::from_millis(50);
     let spare_target = inner.opts.wal_spare_segments;
@@ -1069,6 +1089,7 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
                 *inner.bg_error.borrow_mut() = None;
                 inner.stats.flushes.set(inner.stats.flushes.get() + 1);
                 inner.events.compact.notify(usize::MAX);
+                shed(mem).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "memtable flush failed; retrying");

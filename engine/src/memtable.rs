@@ -76,6 +76,12 @@ impl Memtable {
         arena.split().freeze()
     }
 
+    /// Consumes the memtable: its versions in order, each freed as the
+    /// iterator moves past it.
+    pub fn into_versions(self) -> impl Iterator<Item = (InternalKey, (Kind, Bytes))> {
+        self.map.into_inner().into_iter()
+    }
+
     /// Approximate memory used.
     pub fn bytes(&self) -> usize {
         self.bytes.get()
