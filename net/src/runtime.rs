@@ -81,15 +81,7 @@ pub fn run(
     let config = Arc::new(config);
     let n = config.shards;
     if config.prefault_memory {
-        // For all shards before they start, one thread per shard.
-        let started = std::time::Instant::now();
-        let bytes = config.shard_memory_budget() * n;
-        tessera_engine::memory::prefault(bytes, n);
-        tracing::info!(
-            mib = bytes >> 20,
-            ms = started.elapsed().as_millis() as u64,
-            "memory budget prefaulted"
-        );
+        prefault(config.shard_memory_budget() * n, n);
     }
     let mesh = (n > 1).then(|| MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_DEPTH));
     let addresses: Arc<OnceLock<Vec<String>>> = Arc::new(OnceLock::new());
@@ -176,6 +168,51 @@ pub fn run(
         bail!(e);
     }
     Ok(())
+}
+
+/// Touches the shards' memory budget before they start, one thread per
+/// shard (see `tessera_engine::memory::prefault`), at most half the memory
+/// the kernel reports available: a budget the machine cannot hold would
+/// otherwise be forced into memory at startup, and a budget is a ceiling
+/// the shards may never reach.
+fn prefault(budget: usize, shards: usize) {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_available(&m));
+    let bytes = prefault_bytes(budget, available);
+    if bytes < budget {
+        tracing::warn!(
+            budget_mib = budget >> 20,
+            available_mib = available.unwrap_or(0) >> 20,
+            prefault_mib = bytes >> 20,
+            "memory budget exceeds half the available memory; prefaulting part of it"
+        );
+    }
+    let started = std::time::Instant::now();
+    tessera_engine::memory::prefault(bytes, shards);
+    tracing::info!(
+        mib = bytes >> 20,
+        ms = started.elapsed().as_millis() as u64,
+        "memory budget prefaulted"
+    );
+}
+
+/// How much of `budget` to prefault given the available memory (`None`:
+/// unknown, so none).
+fn prefault_bytes(budget: usize, available: Option<usize>) -> usize {
+    available.map_or(0, |a| budget.min(a / 2))
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn mem_available(meminfo: &str) -> Option<usize> {
+    let kib: usize = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib << 10)
 }
 
 async fn shard_main(
@@ -271,4 +308,20 @@ async fn unless_stopped<T>(
         bail!("the server stopped while this shard was starting")
     };
     futures_lite::future::or(work, stopped).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefault_stops_at_half_the_available_memory() {
+        let info = "MemTotal:       24000000 kB\nMemAvailable:    2097152 kB\n";
+        let available = mem_available(info);
+        assert_eq!(available, Some(2 << 30));
+        assert_eq!(prefault_bytes(512 << 20, available), 512 << 20);
+        assert_eq!(prefault_bytes(4 << 30, available), 1 << 30);
+        assert_eq!(prefault_bytes(512 << 20, None), 0);
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    }
 }
