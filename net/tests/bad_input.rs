@@ -194,18 +194,6 @@ fn connections_over_the_limit_are_refused_and_the_rest_keep_working() {
     assert!(server.stop());
 }
 
-/// Resident memory of a process in bytes (Linux).
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kb * 1024
-}
-
 #[test]
 fn a_client_that_never_reads_its_responses_cannot_grow_the_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,7 +201,7 @@ fn a_client_that_never_reads_its_responses_cannot_grow_the_server() {
     let mut good = Client::connect(server.listen.as_str()).unwrap();
     let value = vec![b'v'; 64 << 10];
     good.put("big", value.clone()).unwrap();
-    let before = rss_bytes(server.child.id());
+    let before = common::rss_bytes(server.child.id());
 
     // 4,000 pipelined GETs of a 64 KiB value: 256 MiB of responses if the
     // server buffered them. The writer thread blocks once the server stops
@@ -231,7 +219,7 @@ fn a_client_that_never_reads_its_responses_cannot_grow_the_server() {
         let _ = writer.write_all(&frames);
     });
     std::thread::sleep(Duration::from_secs(2));
-    let grown = rss_bytes(server.child.id()).saturating_sub(before);
+    let grown = common::rss_bytes(server.child.id()).saturating_sub(before);
     assert!(
         grown < 48 << 20,
         "server RSS grew by {} MiB for one connection that never reads",

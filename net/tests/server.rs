@@ -146,18 +146,6 @@ fn two_shards_serve_every_operation_and_metrics() {
     assert!(server.stop());
 }
 
-/// Resident memory of a process, from /proc.
-fn resident_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib << 10
-}
-
 #[test]
 fn each_shards_memory_budget_is_resident_once_ready_unless_turned_off() {
     // Budget per shard: a 64 MiB cache and three 16 MiB memtables.
@@ -166,12 +154,12 @@ fn each_shards_memory_budget_is_resident_once_ready_unless_turned_off() {
     // Fresh directories: opening an existing one reads its WAL segments.
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("on"), 2, &sizes);
-    let prefaulted = resident_bytes(server.child.id());
+    let prefaulted = common::rss_bytes(server.child.id());
     assert!(server.stop());
     let mut off = sizes.to_vec();
     off.extend(["--prefault-memory", "false"]);
     let server = Server::start(&dir.path().join("off"), 2, &off);
-    let lazy = resident_bytes(server.child.id());
+    let lazy = common::rss_bytes(server.child.id());
     assert!(server.stop());
     // What the engine allocates at startup comes out of the prefaulted
     // memory, so the difference is less than the budget.
