@@ -205,6 +205,9 @@ impl Shard {
             .detach();
         }
         for (peer, outbox) in self.outboxes.iter().enumerate() {
+            if peer == self.id {
+                continue;
+            }
             if let Some(wakes) = outbox.wakes.borrow_mut().take() {
                 glommio::spawn_local(self.clone().send_posted(peer, wakes)).detach();
             }
