@@ -205,9 +205,6 @@ impl Shard {
             .detach();
         }
         for (peer, outbox) in self.outboxes.iter().enumerate() {
-            if peer == self.id {
-                continue;
-            }
             if let Some(wakes) = outbox.wakes.borrow_mut().take() {
                 glommio::spawn_local(self.clone().send_posted(peer, wakes)).detach();
             }
