@@ -6,10 +6,7 @@
 //!
 //! Sketch: a mesh hop is two cross-core queue pushes and two wakeups
 //! (~2-5 µs here), so shard-aware clients that send each request to the
-//! owner's port skip it. Messages queued for one peer during a scheduling
-//! pass cross together (`Shard::post`): with two shards under the
-//! transaction benchmark that took server CPU per transaction from ~16.0
-//! to ~15.5 µs.
+//! owner's port skip it.
 
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
@@ -18,8 +15,6 @@ use crate::txn::{vote_reply, TxnRequest};
 use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::{GlommioError, ResourceType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -98,17 +93,6 @@ pub enum MeshMsg {
     Commit {
         ts: u64,
     },
-    /// Every message one scheduling pass queued for the same peer, in order
-    /// (see `Shard::post`).
-    Batch(Vec<MeshMsg>),
-}
-
-/// Messages for one peer waiting for the end of the scheduling pass that
-/// queued them, and the wake-up of the task that sends them.
-struct Outbox {
-    msgs: RefCell<Vec<MeshMsg>>,
-    wake: LocalSender<()>,
-    wakes: RefCell<Option<LocalReceiver<()>>>,
 }
 
 /// Maps an engine error to what the client is told.
@@ -147,8 +131,6 @@ pub struct Shard {
     pub(crate) unlogged_commits: RefCell<Vec<(u64, CommitRecord)>>,
     pub(crate) commit_logger: Cell<bool>,
     senders: Option<Senders<MeshMsg>>,
-    /// One per shard (this one's unused), for `Shard::post`.
-    outboxes: Vec<Outbox>,
     pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
     next_tag: Cell<u64>,
 }
@@ -162,17 +144,6 @@ impl Shard {
         addresses: Arc<OnceLock<Vec<String>>>,
         senders: Option<Senders<MeshMsg>>,
     ) -> Rc<Shard> {
-        let peers = senders.as_ref().map_or(0, |s| s.nr_consumers());
-        let outboxes = (0..peers)
-            .map(|_| {
-                let (wake, wakes) = local_channel::new_bounded(1);
-                Outbox {
-                    msgs: RefCell::default(),
-                    wake,
-                    wakes: RefCell::new(Some(wakes)),
-                }
-            })
-            .collect();
         Rc::new(Shard {
             id,
             engine,
@@ -186,115 +157,61 @@ impl Shard {
             unlogged_commits: RefCell::default(),
             commit_logger: Cell::new(false),
             senders,
-            outboxes,
             pending: RefCell::default(),
             next_tag: Cell::new(0),
         })
     }
 
-    /// Serves the mesh: one receiving task per peer, each request in its
-    /// own task, and one sending task per peer (see [`Shard::post`]).
+    /// Serves the mesh: one task per peer, each request in its own task.
     pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<MeshMsg>) {
         for (_, rx) in receivers.streams() {
             let shard = self.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = rx.recv().await {
-                    shard.receive(msg);
+                    match msg {
+                        MeshMsg::Request { from, tag, op } => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let reply = shard.execute_local(op).await;
+                                if let Some(s) = &shard.senders {
+                                    if s.send_to(from, MeshMsg::Reply { tag, reply })
+                                        .await
+                                        .is_err()
+                                    {
+                                        tracing::warn!(
+                                            shard = shard.id,
+                                            peer = from,
+                                            "mesh reply dropped"
+                                        );
+                                    }
+                                }
+                            })
+                            .detach();
+                        }
+                        MeshMsg::Reply { tag, reply } => {
+                            if let Some(tx) = shard.pending.borrow_mut().remove(&tag) {
+                                let _ = tx.send(reply);
+                            }
+                        }
+                        MeshMsg::Durable { ts } => shard.participants_durable(&ts),
+                        MeshMsg::Commit { ts } => shard.commit_participant(ts),
+                    }
                 }
             })
             .detach();
         }
-        for (peer, outbox) in self.outboxes.iter().enumerate() {
-            if let Some(wakes) = outbox.wakes.borrow_mut().take() {
-                glommio::spawn_local(self.clone().send_posted(peer, wakes)).detach();
-            }
-        }
-    }
-
-    fn receive(self: &Rc<Self>, msg: MeshMsg) {
-        match msg {
-            MeshMsg::Request { from, tag, op } => {
-                let shard = self.clone();
-                glommio::spawn_local(async move {
-                    let reply = shard.execute_local(op).await;
-                    shard.post(from, MeshMsg::Reply { tag, reply });
-                })
-                .detach();
-            }
-            MeshMsg::Reply { tag, reply } => {
-                if let Some(tx) = self.pending.borrow_mut().remove(&tag) {
-                    let _ = tx.send(reply);
-                }
-            }
-            MeshMsg::Durable { ts } => self.participants_durable(&ts),
-            MeshMsg::Commit { ts } => self.commit_participant(ts),
-            MeshMsg::Batch(msgs) => {
-                for msg in msgs {
-                    self.receive(msg);
-                }
-            }
-        }
-    }
-
-    /// Queues `msg` for shard `owner` (not this one). Everything queued for
-    /// a peer while tasks run goes out as one batch once the tasks already
-    /// runnable have had their turn: one queue push and at most one wake-up
-    /// of the peer per batch, and a peer handles a burst (a connection's
-    /// pipelined transactions) together, so their WAL records share a
-    /// group commit. The queue is bounded by the requests in flight, each
-    /// of which has at most a few messages out at a time.
-    pub(crate) fn post(&self, owner: usize, msg: MeshMsg) {
-        let Some(outbox) = self.outboxes.get(owner).filter(|_| owner != self.id) else {
-            tracing::error!(shard = self.id, peer = owner, "no mesh route");
-            return;
-        };
-        let mut msgs = outbox.msgs.borrow_mut();
-        msgs.push(msg);
-        if msgs.len() == 1 {
-            // A full channel means a wake-up is already pending.
-            let _ = outbox.wake.try_send(());
-        }
-    }
-
-    /// Sends what [`Shard::post`] queued for `peer`, in order.
-    async fn send_posted(self: Rc<Self>, peer: usize, wakes: LocalReceiver<()>) {
-        let Some(senders) = &self.senders else {
-            return;
-        };
-        while wakes.recv().await.is_some() {
-            let mut msgs = std::mem::take(&mut *self.outboxes[peer].msgs.borrow_mut());
-            let msg = match msgs.len() {
-                0 => continue,
-                1 => msgs.pop().expect("one message"),
-                _ => MeshMsg::Batch(msgs),
-            };
-            match senders.send_to(peer, msg).await {
-                Ok(()) => {}
-                Err(GlommioError::Closed(ResourceType::Channel(msg))) => {
-                    tracing::warn!(shard = self.id, peer, "mesh messages dropped: peer gone");
-                    self.fail_requests(msg);
-                }
-                Err(e) => tracing::error!(shard = self.id, peer, error = %e, "mesh send failed"),
-            }
-        }
-    }
-
-    /// Requests in `msg` will get no reply: their callers hear so.
-    fn fail_requests(&self, msg: MeshMsg) {
-        match msg {
-            // Dropping the reply sender wakes the caller with an error.
-            MeshMsg::Request { tag, .. } => drop(self.pending.borrow_mut().remove(&tag)),
-            MeshMsg::Batch(msgs) => msgs.into_iter().for_each(|m| self.fail_requests(m)),
-            _ => {}
-        }
     }
 
     /// Sends a one-way message to `owner` (itself included).
-    pub(crate) fn notify(&self, owner: usize, msg: MeshMsg) {
-        match msg {
-            MeshMsg::Durable { ts } if owner == self.id => self.participants_durable(&ts),
-            msg if self.senders.is_some() => self.post(owner, msg),
-            _ => {}
+    pub(crate) async fn notify(&self, owner: usize, msg: MeshMsg) {
+        match (&self.senders, msg) {
+            (_, MeshMsg::Durable { ts }) if owner == self.id => self.participants_durable(&ts),
+            (Some(senders), msg) => {
+                if senders.send_to(owner, msg).await.is_err() {
+                    tracing::warn!(shard = self.id, peer = owner, "mesh notice dropped");
+                }
+            }
+            (None, _) => {}
         }
     }
 
@@ -303,25 +220,29 @@ impl Shard {
         if owner == self.id {
             return self.execute_local(op).await;
         }
-        if owner >= self.outboxes.len() {
+        let Some(senders) = &self.senders else {
             return ShardReply::Error(
                 ErrorCode::Internal,
                 format!("no mesh route to shard {owner}"),
             );
-        }
+        };
         let tag = self.next_tag.get();
         self.next_tag.set(tag + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(tag, tx);
         ShardMetrics::add(&self.metrics.forwarded, 1);
-        self.post(
-            owner,
-            MeshMsg::Request {
-                from: self.id,
-                tag,
-                op,
-            },
-        );
+        let msg = MeshMsg::Request {
+            from: self.id,
+            tag,
+            op,
+        };
+        if senders.send_to(owner, msg).await.is_err() {
+            self.pending.borrow_mut().remove(&tag);
+            return ShardReply::Error(
+                ErrorCode::Unavailable,
+                format!("shard {owner} is unavailable"),
+            );
+        }
         rx.await.unwrap_or_else(|_| {
             ShardReply::Error(ErrorCode::Unavailable, format!("shard {owner} went away"))
         })

@@ -236,7 +236,7 @@ impl Shard {
             // Participants apply at once and report durability later.
             self.pending_durable.borrow_mut().insert(ts, remote.len());
             for &owner in &remote {
-                self.notify(owner, MeshMsg::Commit { ts });
+                self.notify(owner, MeshMsg::Commit { ts }).await;
             }
         }
         let m = &self.metrics;
@@ -432,7 +432,7 @@ impl Shard {
                     .push(ts);
             }
             for (coordinator, ts) in by_coordinator {
-                self.notify(coordinator, MeshMsg::Durable { ts });
+                self.notify(coordinator, MeshMsg::Durable { ts }).await;
             }
         }
     }
