@@ -63,6 +63,11 @@ struct Args {
     /// Insert every key once before the run.
     #[arg(long)]
     preload: bool,
+    /// Tessera: send every request to the target address, as a client
+    /// that does not know the shard map would; the shard a connection
+    /// lands on forwards keys it does not own over the mesh.
+    #[arg(long)]
+    no_shard_routing: bool,
     /// Longest scan (ycsb-e), rows.
     #[arg(long, default_value_t = 100)]
     scan_length_max: u32,
@@ -140,34 +145,35 @@ fn run(a: Args) -> anyhow::Result<()> {
     if a.connections == 0 || a.pipeline == 0 || a.threads == 0 || a.threads > a.connections {
         bail!("need connections >= threads >= 1 and pipeline >= 1");
     }
-    let (addresses, slot_owner) = match protocol {
-        Protocol::Redis => (
+    // Redis, or a client that does not know the shard map: every request
+    // goes to the target address.
+    let (addresses, slot_owner) = if protocol == Protocol::Redis || a.no_shard_routing {
+        (
             vec![host
                 .to_socket_addrs()?
                 .next()
                 .context("target resolves to nothing")?],
             Vec::new(),
-        ),
-        Protocol::Tessera => {
-            let mut client = tessera_client::Client::connect(host)
-                .with_context(|| format!("connecting to {host}"))?;
-            let (owner, shards) = match client.entry().call(&tessera_client::Request::Topology)? {
-                tessera_client::Response::Topology {
-                    slot_owner, shards, ..
-                } => (slot_owner, shards),
-                other => bail!("unexpected topology reply {other:?}"),
-            };
-            let addresses = shards
-                .iter()
-                .map(|(_, addr)| {
-                    addr.to_socket_addrs()
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .context("bad shard address")
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            (addresses, owner)
-        }
+        )
+    } else {
+        let mut client = tessera_client::Client::connect(host)
+            .with_context(|| format!("connecting to {host}"))?;
+        let (owner, shards) = match client.entry().call(&tessera_client::Request::Topology)? {
+            tessera_client::Response::Topology {
+                slot_owner, shards, ..
+            } => (slot_owner, shards),
+            other => bail!("unexpected topology reply {other:?}"),
+        };
+        let addresses = shards
+            .iter()
+            .map(|(_, addr)| {
+                addr.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .context("bad shard address")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        (addresses, owner)
     };
     let plan = Plan {
         protocol,
