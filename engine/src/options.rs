@@ -130,6 +130,12 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Memory the engine may hold at once for data: its block cache and
+    /// its active and immutable memtables.
+    pub fn memory_budget(&self) -> usize {
+        self.block_cache_bytes + self.memtable_bytes_max * (self.immutable_memtables_max + 1)
+    }
+
     /// Small sizes that exercise flushes, rolls and compactions quickly.
     pub fn for_tests() -> Self {
         Options {

@@ -109,15 +109,6 @@ pub struct Config {
     pub prefault_memory: bool,
 }
 
-impl Config {
-    /// Memory a shard's engine may hold at once: its block cache and its
-    /// active and immutable memtables.
-    pub fn shard_memory_budget(&self) -> usize {
-        let e = &self.engine;
-        e.block_cache_bytes + e.memtable_bytes_max * (e.immutable_memtables_max + 1)
-    }
-}
-
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
     let mut cpus = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -311,7 +302,7 @@ mod tests {
     fn memory_is_prefaulted_unless_turned_off() {
         let on = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
         assert!(on.prefault_memory);
-        assert_eq!(on.shard_memory_budget(), (256 << 20) + 3 * (64 << 20));
+        assert_eq!(on.engine.memory_budget(), (256 << 20) + 3 * (64 << 20));
         let off = Flags::parse_from(["tessera-server", "--prefault-memory", "false"]);
         assert!(!Config::resolve(off).unwrap().prefault_memory);
     }

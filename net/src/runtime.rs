@@ -81,7 +81,7 @@ pub fn run(
     let config = Arc::new(config);
     let n = config.shards;
     if config.prefault_memory {
-        prefault(config.shard_memory_budget() * n, n);
+        prefault(config.engine.memory_budget() * n, n);
     }
     let mesh = (n > 1).then(|| MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_DEPTH));
     let addresses: Arc<OnceLock<Vec<String>>> = Arc::new(OnceLock::new());

@@ -232,10 +232,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             ..Options::default()
         };
         // As the server does by default (`--prefault-memory`).
-        tessera_engine::memory::prefault(
-            opts.block_cache_bytes + opts.memtable_bytes_max * (opts.immutable_memtables_max + 1),
-            1,
-        );
+        tessera_engine::memory::prefault(opts.memory_budget(), 1);
         let engine = Engine::open(&dir, opts.clone()).await?;
         let sync_engine = Engine::open(
             dir.join("sync"),
