@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use tessera_engine::{
@@ -87,11 +87,11 @@ pub enum MeshMsg {
     Durable {
         ts: Vec<u64>,
     },
-    /// One-way, handled inline: the coordinator's commit decision for
-    /// transaction `ts` is durable; the participant applies its prepared
-    /// writes and logs its commit (`Shard::commit_participant`).
+    /// One-way, handled inline: the coordinator's commit decisions for
+    /// these transactions are durable; the participant applies their
+    /// prepared writes and logs their commits (`Shard::commit_participant`).
     Commit {
-        ts: u64,
+        ts: Vec<u64>,
     },
 }
 
@@ -130,6 +130,10 @@ pub struct Shard {
     /// `Shard::log_commits`), and whether a task is logging them.
     pub(crate) unlogged_commits: RefCell<Vec<(u64, CommitRecord)>>,
     pub(crate) commit_logger: Cell<bool>,
+    /// Commit decisions to tell each participant (see
+    /// `Shard::send_commits`), and whether a task is sending them.
+    pub(crate) commit_outbox: RefCell<BTreeMap<usize, Vec<u64>>>,
+    pub(crate) commit_sender: Cell<bool>,
     senders: Option<Senders<MeshMsg>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
     next_tag: Cell<u64>,
@@ -156,6 +160,8 @@ impl Shard {
             pending_durable: RefCell::default(),
             unlogged_commits: RefCell::default(),
             commit_logger: Cell::new(false),
+            commit_outbox: RefCell::default(),
+            commit_sender: Cell::new(false),
             senders,
             pending: RefCell::default(),
             next_tag: Cell::new(0),
@@ -194,7 +200,11 @@ impl Shard {
                             }
                         }
                         MeshMsg::Durable { ts } => shard.participants_durable(&ts),
-                        MeshMsg::Commit { ts } => shard.commit_participant(ts),
+                        MeshMsg::Commit { ts } => {
+                            for ts in ts {
+                                shard.commit_participant(ts);
+                            }
+                        }
                     }
                 }
             })

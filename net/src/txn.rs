@@ -235,9 +235,7 @@ impl Shard {
         } else {
             // Participants apply at once and report durability later.
             self.pending_durable.borrow_mut().insert(ts, remote.len());
-            for &owner in &remote {
-                self.notify(owner, MeshMsg::Commit { ts }).await;
-            }
+            self.queue_commit(&remote, ts);
         }
         let m = &self.metrics;
         m.txn_two_phase.set(m.txn_two_phase.get() + 1);
@@ -398,6 +396,45 @@ impl Shard {
         }
         let shard = self.clone();
         glommio::spawn_local(async move { shard.log_commits().await }).detach();
+    }
+
+    /// Queues the commit message of `ts` for `owners`. Decisions made
+    /// durable by one group commit wake their coordinators together; their
+    /// commit messages cross as one per participant, sent by a task that
+    /// runs after them.
+    ///
+    /// Sketch: the client is answered once the decision is durable, so the
+    /// message is off its path; one per transaction cost a send, a receive
+    /// and often a wake of the participant each.
+    fn queue_commit(self: &Rc<Self>, owners: &[usize], ts: u64) {
+        {
+            let mut outbox = self.commit_outbox.borrow_mut();
+            for &owner in owners {
+                outbox.entry(owner).or_default().push(ts);
+            }
+        }
+        if self.commit_sender.replace(true) {
+            return;
+        }
+        let shard = self.clone();
+        glommio::spawn_local(async move { shard.send_commits().await }).detach();
+    }
+
+    /// Sends queued commit messages until none is left.
+    async fn send_commits(self: Rc<Self>) {
+        loop {
+            // `spawn_local` runs a task at once: let the coordinators that
+            // are already runnable queue theirs first.
+            futures_lite::future::yield_now().await;
+            let outbox = std::mem::take(&mut *self.commit_outbox.borrow_mut());
+            if outbox.is_empty() {
+                self.commit_sender.set(false);
+                return;
+            }
+            for (owner, ts) in outbox {
+                self.notify(owner, MeshMsg::Commit { ts }).await;
+            }
+        }
     }
 
     /// Logs applied commits until none is left: each round logs every
