@@ -405,7 +405,10 @@ impl Shard {
     ///
     /// Sketch: the client is answered once the decision is durable, so the
     /// message is off its path; one per transaction cost a send, a receive
-    /// and often a wake of the participant each.
+    /// and often a wake of the participant each (batched: ~2% less server
+    /// CPU per cross-shard transaction). Batching the prepares' votes the
+    /// same way measured no change (3 alternating rounds), and batching
+    /// every mesh message cost forwarded reads 4-9%.
     fn queue_commit(self: &Rc<Self>, owners: &[usize], ts: u64) {
         {
             let mut outbox = self.commit_outbox.borrow_mut();
