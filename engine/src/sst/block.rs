@@ -21,6 +21,8 @@ use std::cmp::Ordering;
 pub const RESTART_INTERVAL: usize = 4;
 const ENTRY_HEADER_BYTES: usize = 17;
 const CACHE_LINE_BYTES: usize = 64;
+/// Point reads copy values up to this size out of the block (`Block::get`).
+const COPIED_VALUE_MAX: usize = 512;
 
 /// Asks the CPU to bring the cache line at `at` in, without waiting for it.
 #[inline]
@@ -247,8 +249,14 @@ impl Block {
     }
 
     /// The newest version of `user` at or below `ts` in this block: the
-    /// first entry ≥ (user, ts), if it has that user key. The value is a
-    /// slice of the block; nothing is copied.
+    /// first entry ≥ (user, ts), if it has that user key. A value up to
+    /// `COPIED_VALUE_MAX` bytes is copied out, a larger one is a slice of
+    /// the block.
+    ///
+    /// Sketch: a slice bumps the count in the block buffer's shared header,
+    /// a cache miss on a point read that copying 100 bytes (whose lines
+    /// the walk just read) does not take; and a small value no longer
+    /// keeps its 4 KiB block alive after the cache let it go.
     pub fn get(&self, user: &[u8], ts: u64) -> Result<Option<Versioned>, BlockError> {
         let mut pos = self.walk_start(user, ts)?;
         let mut key = Vec::with_capacity(user.len() + 16);
@@ -260,11 +268,16 @@ impl Block {
                 Ordering::Greater => return Ok(None),
                 Ordering::Equal if k_ts > ts => continue,
                 Ordering::Equal => {
+                    let range = value_at..value_at + value_len;
+                    let value = match value_len <= COPIED_VALUE_MAX {
+                        true => Bytes::copy_from_slice(&self.data[range]),
+                        false => self.data.slice(range),
+                    };
                     return Ok(Some(Versioned {
                         ts: k_ts,
                         kind,
-                        value: self.data.slice(value_at..value_at + value_len),
-                    }))
+                        value,
+                    }));
                 }
             }
         }
@@ -378,6 +391,24 @@ mod tests {
         assert_eq!(block.get(b"key00049", 1000).unwrap().unwrap().value, "v98");
         assert_eq!(block.get(b"zzz", 1000).unwrap(), None);
         assert_eq!(block.get(b"a", 1000).unwrap(), None);
+    }
+
+    #[test]
+    fn get_copies_small_values_out_and_slices_large_ones() {
+        let large = vec![7u8; COPIED_VALUE_MAX + 1];
+        let mut b = BlockBuilder::default();
+        b.add(b"large", 1, Kind::Put, &large);
+        b.add(b"small", 1, Kind::Put, b"tiny");
+        let mut out = Vec::new();
+        b.finish_into(&mut out);
+        let block = Block::parse(Bytes::from(out)).unwrap();
+        let inside = |v: &Bytes| block.data.as_ptr_range().contains(&v.as_ptr());
+        let small = block.get(b"small", 1).unwrap().unwrap().value;
+        assert_eq!(small, "tiny");
+        assert!(!inside(&small), "a small value must not pin its block");
+        let big = block.get(b"large", 1).unwrap().unwrap().value;
+        assert_eq!(big, large);
+        assert!(inside(&big), "a large value is a slice of the block");
     }
 
     #[test]

@@ -364,7 +364,12 @@ impl<F: DiskFile> Table<F> {
         if i >= self.index.len() {
             return Ok(None);
         }
-        let block = self.block(i, cache).await?;
-        block.get(key, ts).map_err(|_| self.block_error(i))
+        let found = match cache.with(self.meta.id, self.index.handle(i).offset, |b| {
+            b.get(key, ts)
+        }) {
+            Some(found) => found,
+            None => self.block(i, cache).await?.get(key, ts),
+        };
+        found.map_err(|_| self.block_error(i))
     }
 }
