@@ -66,6 +66,62 @@ fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
     Ok(StdListener::bind((ip, 0))?.local_addr()?.port())
 }
 
+/// A server running on threads of this process (tests, embedding). It
+/// shuts down cleanly when stopped or dropped.
+pub struct Embedded {
+    pub ready: Ready,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Embedded {
+    /// Starts the server `config` describes and returns once every shard
+    /// listens.
+    pub fn start(config: Config) -> anyhow::Result<Embedded> {
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let stop = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("tessera-embedded".into())
+            .spawn(move || {
+                run(config, stop, |ready| {
+                    let _ = tx.send(ready.clone());
+                })
+            })?;
+        match rx.recv() {
+            Ok(ready) => Ok(Embedded {
+                ready,
+                shutdown,
+                thread: Some(thread),
+            }),
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => bail!("the server stopped before it was ready"),
+                Err(_) => bail!("the server thread panicked while starting"),
+            },
+        }
+    }
+
+    /// Shuts the server down and waits for it.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => bail!("the server thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs the server until `shutdown` becomes true. Calls `on_ready` once
 /// every shard is listening.
 pub fn run(

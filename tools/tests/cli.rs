@@ -4,14 +4,13 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
 use tessera_net::config::{Config, Flags};
+use tessera_net::runtime::Embedded;
 
+/// A two-shard server in this process, and its data directory.
 struct InProcessServer {
     addr: SocketAddr,
-    shutdown: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Embedded,
     _dir: tempfile::TempDir,
 }
 
@@ -30,29 +29,11 @@ impl InProcessServer {
             prefault_memory: Some(false),
             ..Flags::default()
         };
-        let config = Config::resolve(flags).unwrap();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let stop = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            tessera_net::runtime::run(config, stop, |ready| tx.send(ready.listen).unwrap())
-                .unwrap();
-        });
-        let addr = rx.recv().unwrap();
+        let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
         InProcessServer {
-            addr,
-            shutdown,
-            thread: Some(thread),
+            addr: server.ready.listen,
+            _server: server,
             _dir: dir,
-        }
-    }
-}
-
-impl Drop for InProcessServer {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
         }
     }
 }
