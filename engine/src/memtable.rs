@@ -15,6 +15,14 @@ const ENTRY_OVERHEAD_BYTES: usize = 80;
 
 /// Values are copied into chunks of this size (see [`Memtable::insert`]).
 const ARENA_CHUNK_BYTES: usize = 256 << 10;
+/// After each copy, the chunk's lines this far ahead are prefetched: a
+/// chunk is fresh memory the core does not hold, so each copy's stores
+/// waited on its lines, and the count bump that follows (an atomic, which
+/// drains the store buffer) waited with them: `split_to` was ~5% of a
+/// `none`-mode SET's server CPU, ~2% with the prefetch; SETs with 16-deep
+/// pipelines +4% (6 alternating rounds).
+const ARENA_PREFETCH_FROM: usize = 256;
+const ARENA_PREFETCH_TO: usize = 512;
 /// Larger values keep their own buffer.
 const ARENA_VALUE_MAX: usize = 4 << 10;
 
@@ -73,7 +81,12 @@ impl Memtable {
             *arena = BytesMut::with_capacity(ARENA_CHUNK_BYTES);
         }
         arena.extend_from_slice(value);
-        arena.split().freeze()
+        let value = arena.split().freeze();
+        let spare = arena.spare_capacity_mut();
+        for at in (ARENA_PREFETCH_FROM..spare.len().min(ARENA_PREFETCH_TO)).step_by(64) {
+            crate::sst::block::prefetch(spare[at..].as_ptr().cast());
+        }
+        value
     }
 
     /// Consumes the memtable: its versions in order, each freed as the

@@ -26,7 +26,7 @@ const COPIED_VALUE_MAX: usize = 512;
 
 /// Asks the CPU to bring the cache line at `at` in, without waiting for it.
 #[inline]
-fn prefetch(at: *const u8) {
+pub(crate) fn prefetch(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it never faults, whatever the address.
     unsafe {
