@@ -235,11 +235,20 @@ fn thread_main(
     // when there is nothing more to issue.
     macro_rules! issue {
         ($c:expr, $intended:expr) => {{
+            // Claim one of `--requests` before issuing: threads and
+            // connections issue in turn, and a count checked once per pass
+            // overshot the limit by up to connections × pipeline.
+            let claimed = !matches!(mode, Mode::Run)
+                || plan
+                    .requests
+                    .is_none_or(|r| shared.issued.fetch_add(1, Ordering::Relaxed) < r);
             let kind = match mode {
                 Mode::Preload { .. } => OpKind::Insert,
                 Mode::Run => plan.workload.pick(&mut rng),
             };
-            let index = if kind == OpKind::Insert {
+            let index = if !claimed {
+                None
+            } else if kind == OpKind::Insert {
                 let i = shared.next_insert.fetch_add(1, Ordering::Relaxed);
                 match mode {
                     Mode::Preload { keys } if i >= keys => None,
@@ -278,7 +287,6 @@ fn thread_main(
                         },
                     );
                     conns[$c].inflight += 1;
-                    shared.issued.fetch_add(1, Ordering::Relaxed);
                     true
                 }
             }
