@@ -12,8 +12,10 @@ use tessera_net::runtime::Embedded;
 const REQUESTS: u64 = 2000;
 
 /// Requests the shards forwarded to each other so far. A stats request
-/// crosses the mesh itself, once to the other shard, and that crossing may
-/// show in the next stats request's figures.
+/// crosses the mesh itself, once to the other shard, and that crossing
+/// shows in its own figures or in the next request's (whichever shard
+/// took the connection): between two calls, up to two crossings are the
+/// calls' own.
 fn forwarded(addr: SocketAddr) -> f64 {
     let stats = Client::connect(addr).unwrap().stats().unwrap();
     stats
@@ -72,7 +74,7 @@ fn no_shard_routing_sends_every_key_to_the_target_shard() {
     assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
     let routed = forwarded(addr) - before;
     assert!(
-        routed <= 1.0,
+        routed <= 2.0,
         "a shard-aware client sends keys to their owners, yet {routed} were forwarded"
     );
 
