@@ -124,11 +124,31 @@ pub struct BlockHandle {
 ///
 /// Invariant: `key_ends` is non-decreasing, has one entry per handle, and
 /// its last entry is `keys.len()`.
+///
+/// The search compares 8-byte heads first: `heads[i]` holds the 8 bytes of
+/// last key `i` after the prefix every last key shares (`common` bytes),
+/// big-endian and zero-padded, so most steps read one array and compare
+/// one word; only equal heads compare whole keys. Keys like `k0000…123`
+/// share their first bytes, so heads taken from the start would all be
+/// equal.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BlockIndex {
     keys: Vec<u8>,
     key_ends: Vec<u32>,
     handles: Vec<BlockHandle>,
+    common: usize,
+    heads: Vec<u64>,
+}
+
+/// The 8 bytes of `key` after its first `skip`, big-endian, zero-padded.
+/// For two keys that share their first `skip` bytes, unequal heads order
+/// them as the whole keys would be ordered.
+fn head(key: &[u8], skip: usize) -> u64 {
+    let rest = key.get(skip..).unwrap_or_default();
+    let mut word = [0u8; 8];
+    let n = rest.len().min(8);
+    word[..n].copy_from_slice(&rest[..n]);
+    u64::from_be_bytes(word)
 }
 
 impl BlockIndex {
@@ -155,13 +175,31 @@ impl BlockIndex {
 
     /// Index of the first block whose last version is ≥ (key, ts).
     pub fn find(&self, key: &[u8], ts: u64) -> usize {
-        let (mut lo, mut hi) = (0, self.handles.len());
+        let n = self.handles.len();
+        if n == 0 {
+            return 0;
+        }
+        // Every last key starts with `prefix`: a key that does not (a
+        // shorter one included) sorts before or after all of them.
+        let prefix = &self.keys[..self.common];
+        match compare_bytes(&key[..key.len().min(self.common)], prefix) {
+            Ordering::Less => return 0,
+            Ordering::Greater => return n,
+            Ordering::Equal => {}
+        }
+        let probe = head(key, self.common);
+        let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let less = match compare_bytes(self.last_key(mid), key) {
+            let h = self.heads[mid];
+            let less = match h.cmp(&probe) {
                 Ordering::Less => true,
                 Ordering::Greater => false,
-                Ordering::Equal => self.handles[mid].last_ts > ts,
+                Ordering::Equal => match compare_bytes(self.last_key(mid), key) {
+                    Ordering::Less => true,
+                    Ordering::Greater => false,
+                    Ordering::Equal => self.handles[mid].last_ts > ts,
+                },
             };
             if less {
                 lo = mid + 1;
@@ -174,7 +212,7 @@ impl BlockIndex {
 
     /// Memory held by the index.
     pub fn resident_bytes(&self) -> usize {
-        self.keys.len() + self.handles.len() * (4 + std::mem::size_of::<BlockHandle>())
+        self.keys.len() + self.handles.len() * (4 + 8 + std::mem::size_of::<BlockHandle>())
     }
 }
 
@@ -197,6 +235,13 @@ pub fn decode_index(raw: &[u8]) -> Option<BlockIndex> {
             offset: b.get_u64_le(),
             len: b.get_u32_le(),
         });
+    }
+    if let Some(last) = out.handles.len().checked_sub(1) {
+        let (first, last) = (out.last_key(0), out.last_key(last));
+        out.common = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+        out.heads = (0..out.handles.len())
+            .map(|i| head(out.last_key(i), out.common))
+            .collect();
     }
     Some(out)
 }
@@ -247,6 +292,81 @@ mod tests {
         assert_eq!(Footer::decode(&raw), Ok(f));
         raw[5] ^= 1;
         assert!(Footer::decode(&raw).is_err());
+    }
+
+    #[test]
+    fn find_by_heads_agrees_with_comparing_whole_keys() {
+        // Sorted last keys sharing a long prefix, some a prefix of the
+        // next, some with zero bytes where a shorter key is padded, and
+        // repeated keys whose blocks end at different timestamps.
+        let mut keys: Vec<(Vec<u8>, u64)> = Vec::new();
+        for i in 0..300u32 {
+            let mut k = format!("k0000000000{i:05}").into_bytes();
+            if i % 7 == 0 {
+                k.truncate(13);
+            }
+            if i % 11 == 0 {
+                k.push(0);
+            }
+            keys.push((k, 5));
+            if i % 13 == 0 {
+                keys.push((keys.last().unwrap().0.clone(), 2));
+            }
+        }
+        keys.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        keys.dedup();
+        let idx: Vec<IndexEntry> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (k, ts))| IndexEntry {
+                last_key: Bytes::copy_from_slice(k),
+                last_ts: *ts,
+                offset: i as u64 * 4096,
+                len: 100,
+            })
+            .collect();
+        let mut raw = Vec::new();
+        encode_index(&mut raw, &idx);
+        let decoded = decode_index(&raw).unwrap();
+        assert_eq!(decoded.common, 13, "the keys share `k000000000000`");
+        let naive = |key: &[u8], ts: u64| {
+            keys.iter()
+                .position(|(k, kts)| match k.as_slice().cmp(key) {
+                    Ordering::Less => false,
+                    Ordering::Greater => true,
+                    Ordering::Equal => *kts <= ts,
+                })
+                .unwrap_or(keys.len())
+        };
+        let mut probes: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
+        for (k, _) in &keys {
+            let mut shorter = k.clone();
+            shorter.pop();
+            probes.push(shorter);
+            let mut longer = k.clone();
+            longer.push(b'5');
+            probes.push(longer);
+        }
+        probes.extend([
+            b"".to_vec(),
+            b"a".to_vec(),
+            b"k".to_vec(),
+            b"k00000000".to_vec(),
+            b"k000000000".to_vec(),
+            b"k0000000000".to_vec(),
+            b"k1".to_vec(),
+            b"z".to_vec(),
+        ]);
+        for p in &probes {
+            for ts in [1, 2, 3, 5, 9] {
+                assert_eq!(
+                    decoded.find(p, ts),
+                    naive(p, ts),
+                    "key {:?} ts {ts}",
+                    String::from_utf8_lossy(p)
+                );
+            }
+        }
     }
 
     #[test]
