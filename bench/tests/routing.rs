@@ -53,20 +53,8 @@ fn bench(addr: SocketAddr, extra: &[&str]) -> (u64, serde_json::Value) {
 #[test]
 fn no_shard_routing_sends_every_key_to_the_target_shard() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Embedded::start(
-        Config::resolve(Flags {
-            data: Some(dir.path().to_path_buf()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            shard_base_port: Some(0),
-            shards: Some(2),
-            cpus: Some("any".into()),
-            metrics: Some("off".into()),
-            prefault_memory: Some(false),
-            ..Flags::default()
-        })
-        .unwrap(),
-    )
-    .unwrap();
+    let flags = Flags::local(dir.path().to_path_buf(), 2);
+    let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
     let addr = server.ready.listen;
 
     let before = forwarded(addr);

@@ -129,6 +129,25 @@ fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
     Ok(cpus)
 }
 
+impl Flags {
+    /// A server beside other work on this machine: data in `data`, every
+    /// port on 127.0.0.1 picked free, `shards` floating shards, no metrics
+    /// endpoint, and the memory budget not touched at startup. What tests
+    /// and programs embedding a server (`runtime::Embedded`) start from.
+    pub fn local(data: PathBuf, shards: usize) -> Flags {
+        Flags {
+            data: Some(data),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            shard_base_port: Some(0),
+            shards: Some(shards),
+            cpus: Some("any".into()),
+            metrics: Some("off".into()),
+            prefault_memory: Some(false),
+            ..Flags::default()
+        }
+    }
+}
+
 impl Config {
     /// Resolves flags over the `--config` file over defaults.
     pub fn resolve(flags: Flags) -> anyhow::Result<Config> {

@@ -17,18 +17,9 @@ struct InProcessServer {
 impl InProcessServer {
     fn start() -> InProcessServer {
         let dir = tempfile::tempdir().unwrap();
-        let flags = Flags {
-            data: Some(dir.path().to_path_buf()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            shard_base_port: Some(0),
-            shards: Some(2),
-            cpus: Some("any".into()),
-            metrics: Some("off".into()),
-            // This test binary's allocator returns freed memory to the OS,
-            // so touching the budget up front would only cost time.
-            prefault_memory: Some(false),
-            ..Flags::default()
-        };
+        // This test binary's allocator returns freed memory to the OS, so
+        // touching the budget up front (off in `local`) would only cost time.
+        let flags = Flags::local(dir.path().to_path_buf(), 2);
         let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
         InProcessServer {
             addr: server.ready.listen,
