@@ -16,6 +16,7 @@ pub mod clock;
 mod compaction;
 mod engine;
 pub mod error;
+mod hint;
 pub mod io;
 pub mod iter;
 pub mod key;

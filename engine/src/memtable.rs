@@ -84,7 +84,7 @@ impl Memtable {
         let value = arena.split().freeze();
         let spare = arena.spare_capacity_mut();
         for at in (ARENA_PREFETCH_FROM..spare.len().min(ARENA_PREFETCH_TO)).step_by(64) {
-            crate::sst::block::prefetch(spare[at..].as_ptr().cast());
+            crate::hint::prefetch(spare[at..].as_ptr().cast());
         }
         value
     }

@@ -10,6 +10,7 @@
 //! scans at most one interval. The crc covers everything before it; the
 //! block's length in the index includes the crc but not the padding.
 
+use crate::hint::prefetch;
 use crate::key::{compare, compare_bytes, Entry, Kind, Versioned};
 use bytes::{Buf, BufMut, Bytes};
 use std::cmp::Ordering;
@@ -23,18 +24,6 @@ const ENTRY_HEADER_BYTES: usize = 17;
 const CACHE_LINE_BYTES: usize = 64;
 /// Point reads copy values up to this size out of the block (`Block::get`).
 const COPIED_VALUE_MAX: usize = 512;
-
-/// Asks the CPU to bring the cache line at `at` in, without waiting for it.
-#[inline]
-pub(crate) fn prefetch(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
-}
 
 /// Accumulates one block.
 #[derive(Default)]
