@@ -34,9 +34,13 @@ use std::time::Duration;
 const SCAN_PREALLOCATE_ROWS: usize = 256;
 
 /// One write of a batch: all entries commit atomically at one timestamp.
+///
+/// The entries are built as they will be stored, their timestamp stamped
+/// at commit: turning `(kind, key, value)` triples into entries then cost
+/// every write an allocation and a copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
-    ops: Vec<(Kind, Bytes, Bytes)>,
+    ops: Vec<Entry>,
 }
 
 impl WriteBatch {
@@ -44,13 +48,27 @@ impl WriteBatch {
         Self::default()
     }
 
+    pub fn with_capacity(ops: usize) -> Self {
+        WriteBatch {
+            ops: Vec::with_capacity(ops),
+        }
+    }
+
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> &mut Self {
-        self.ops.push((Kind::Put, key.into(), value.into()));
-        self
+        self.push(Kind::Put, key.into(), value.into())
     }
 
     pub fn delete(&mut self, key: impl Into<Bytes>) -> &mut Self {
-        self.ops.push((Kind::Delete, key.into(), Bytes::new()));
+        self.push(Kind::Delete, key.into(), Bytes::new())
+    }
+
+    fn push(&mut self, kind: Kind, key: Bytes, value: Bytes) -> &mut Self {
+        self.ops.push(Entry {
+            key,
+            ts: 0,
+            kind,
+            value,
+        });
         self
     }
 
@@ -62,25 +80,20 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
-    pub(crate) fn ops(&self) -> &[(Kind, Bytes, Bytes)] {
+    pub(crate) fn ops(&self) -> &[Entry] {
         &self.ops
     }
 
     /// The keys written, in order.
     pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
-        self.ops.iter().map(|(_, key, _)| key)
+        self.ops.iter().map(|e| &e.key)
     }
 
-    pub(crate) fn into_entries(self, ts: u64) -> Vec<Entry> {
+    pub(crate) fn into_entries(mut self, ts: u64) -> Vec<Entry> {
+        for e in &mut self.ops {
+            e.ts = ts;
+        }
         self.ops
-            .into_iter()
-            .map(|(kind, key, value)| Entry {
-                key,
-                ts,
-                kind,
-                value,
-            })
-            .collect()
     }
 }
 
@@ -389,13 +402,13 @@ impl<D: Disk> Engine<D> {
     }
 
     pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
-        let mut batch = WriteBatch::new();
+        let mut batch = WriteBatch::with_capacity(1);
         batch.put(key, value);
         self.write(batch).await
     }
 
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<u64> {
-        let mut batch = WriteBatch::new();
+        let mut batch = WriteBatch::with_capacity(1);
         batch.delete(key);
         self.write(batch).await
     }
@@ -628,12 +641,12 @@ impl<D: Disk> Engine<D> {
 impl<D: Disk> Inner<D> {
     /// Checks key, value and batch sizes; returns the batch's WAL payload
     /// bytes.
-    pub(crate) fn check_ops(&self, ops: &[(Kind, Bytes, Bytes)]) -> Result<usize> {
+    pub(crate) fn check_ops(&self, ops: &[Entry]) -> Result<usize> {
         if self.closed.get() {
             return Err(Error::Closed);
         }
         let mut bytes = 12;
-        for (_, key, value) in ops {
+        for Entry { key, value, .. } in ops {
             if key.is_empty() || key.len() > self.opts.key_bytes_max {
                 return Err(Error::TooLarge {
                     what: "key",
