@@ -230,11 +230,24 @@ impl Shard {
         if owner == self.id {
             return self.execute_local(op).await;
         }
+        match self.send_request(owner, op).await {
+            Ok(reply) => Self::await_reply(owner, reply).await,
+            Err(failed) => failed,
+        }
+    }
+
+    /// Sends `op` to shard `owner` (another one) and returns where its
+    /// reply will arrive, or the reply to report if it could not be sent.
+    pub(crate) async fn send_request(
+        &self,
+        owner: usize,
+        op: ShardOp,
+    ) -> Result<oneshot::Receiver<ShardReply>, ShardReply> {
         let Some(senders) = &self.senders else {
-            return ShardReply::Error(
+            return Err(ShardReply::Error(
                 ErrorCode::Internal,
                 format!("no mesh route to shard {owner}"),
-            );
+            ));
         };
         let tag = self.next_tag.get();
         self.next_tag.set(tag + 1);
@@ -248,24 +261,32 @@ impl Shard {
         };
         if senders.send_to(owner, msg).await.is_err() {
             self.pending.borrow_mut().remove(&tag);
-            return ShardReply::Error(
+            return Err(ShardReply::Error(
                 ErrorCode::Unavailable,
                 format!("shard {owner} is unavailable"),
-            );
+            ));
         }
-        rx.await.unwrap_or_else(|_| {
+        Ok(rx)
+    }
+
+    /// The reply of a request [`Shard::send_request`] sent to `owner`.
+    pub(crate) async fn await_reply(
+        owner: usize,
+        reply: oneshot::Receiver<ShardReply>,
+    ) -> ShardReply {
+        reply.await.unwrap_or_else(|_| {
             ShardReply::Error(ErrorCode::Unavailable, format!("shard {owner} went away"))
         })
     }
 
-    async fn execute_local(self: &Rc<Self>, op: ShardOp) -> ShardReply {
+    pub(crate) async fn execute_local(self: &Rc<Self>, op: ShardOp) -> ShardReply {
         match op {
             ShardOp::Get(key) => match self.engine.get(&key).await {
                 Ok(v) => ShardReply::Value(v),
                 Err(e) => error_reply(&e),
             },
             ShardOp::Write(ops) => {
-                let mut batch = WriteBatch::new();
+                let mut batch = WriteBatch::with_capacity(ops.len());
                 for op in ops {
                     match op {
                         BatchOp::Put { key, value } => batch.put(key, value),

@@ -32,7 +32,6 @@
 
 use crate::shard::{error_reply, MeshMsg, Shard, ShardOp, ShardReply};
 use bytes::Bytes;
-use futures_util::future::join_all;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use tessera_engine::txn::coordinator_of;
@@ -128,12 +127,22 @@ impl Shard {
     async fn coordinate(self: &Rc<Self>, req: TxnRequest) -> Outcome {
         let ts = self.engine.clock().now();
         let read_count = req.reads.len();
-        let mut parts: BTreeMap<usize, TxnPart> = BTreeMap::new();
-        fn part_of(parts: &mut BTreeMap<usize, TxnPart>, owner: usize, ts: u64) -> &mut TxnPart {
-            parts.entry(owner).or_insert_with(|| TxnPart {
-                ts,
-                ..TxnPart::default()
-            })
+        // (owner, part), one per participant: a handful at most, so a
+        // vector searched in order beats a map.
+        let mut parts: Vec<(usize, TxnPart)> = Vec::with_capacity(2);
+        fn part_of(parts: &mut Vec<(usize, TxnPart)>, owner: usize, ts: u64) -> &mut TxnPart {
+            let at = match parts.iter().position(|(o, _)| *o == owner) {
+                Some(at) => at,
+                None => {
+                    let part = TxnPart {
+                        ts,
+                        ..TxnPart::default()
+                    };
+                    parts.push((owner, part));
+                    parts.len() - 1
+                }
+            };
+            &mut parts[at].1
         }
         for (i, c) in req.conditions.into_iter().enumerate() {
             let c = match c {
@@ -161,10 +170,10 @@ impl Shard {
                     .delete(key),
             };
         }
+        parts.sort_unstable_by_key(|(owner, _)| *owner);
         let mut reads: Vec<ReadValue> = Vec::with_capacity(read_count);
-        let participants: Vec<usize> = parts.keys().copied().collect();
-        if participants.len() == 1 {
-            let (owner, part) = parts.pop_first().expect("one participant");
+        if parts.len() == 1 {
+            let (owner, part) = parts.pop().expect("one participant");
             let reply = self
                 .execute(
                     owner,
@@ -181,10 +190,10 @@ impl Shard {
         }
         // Participants without writes vote and are done; only writers take
         // part in the decision.
-        let writers: Vec<usize> = parts
+        let writers: Vec<u32> = parts
             .iter()
             .filter(|(_, p)| !p.writes.is_empty())
-            .map(|(&owner, _)| owner)
+            .map(|&(owner, _)| owner as u32)
             .collect();
         // Two-phase commit: prepare everywhere at once. This shard's own
         // part is held, not logged: the decision record carries it.
@@ -207,16 +216,19 @@ impl Shard {
             // Read-only: every read is registered at `ts`; nothing to decide.
             return Outcome::Committed { ts, reads };
         }
-        let ids: Vec<u32> = writers.iter().map(|&p| p as u32).collect();
-        let remote: Vec<usize> = writers.iter().copied().filter(|&w| w != self.id).collect();
-        if let Err(e) = self.engine.log_decision(ts, true, ids.clone()).await {
+        let remote: Vec<usize> = writers
+            .iter()
+            .map(|&w| w as usize)
+            .filter(|&w| w != self.id)
+            .collect();
+        if let Err(e) = self.engine.log_decision(ts, true, writers.clone()).await {
             // The commit decision may or may not be on disk. Only an abort
             // decision that is surely durable lets the others abort now;
             // otherwise they stay prepared and recovery decides (this
             // shard's held part is in the decision record, or nowhere).
             tracing::error!(ts, error = %e, "could not log a commit decision");
             self.engine.abort_prepared(ts);
-            if self.engine.log_decision(ts, false, ids).await.is_ok() {
+            if self.engine.log_decision(ts, false, writers).await.is_ok() {
                 self.broadcast(&remote, || ShardOp::TxnAbort(ts)).await;
                 return Outcome::Failed(ShardReply::Error(
                     ErrorCode::Storage,
@@ -333,11 +345,36 @@ impl Shard {
     }
 
     /// Runs every (owner, op) at once, in this task; replies in the same
-    /// order.
+    /// order. The ops for other shards are sent first, then this shard's
+    /// own run while those travel.
+    ///
+    /// Sketch: gathering `execute` futures with `join_all` moved every
+    /// future (each holds a participant's whole engine step, ~1 KiB) into
+    /// a boxed slice per transaction.
     async fn fan_out(self: &Rc<Self>, ops: Vec<(usize, ShardOp)>) -> Vec<(usize, ShardReply)> {
-        let owners: Vec<usize> = ops.iter().map(|(owner, _)| *owner).collect();
-        let replies = join_all(ops.into_iter().map(|(owner, op)| self.execute(owner, op))).await;
-        owners.into_iter().zip(replies).collect()
+        // Per op: where its reply will arrive, or the reply itself.
+        let mut sent = Vec::with_capacity(ops.len());
+        let mut local = Vec::new();
+        for (i, (owner, op)) in ops.into_iter().enumerate() {
+            if owner == self.id {
+                local.push((i, op));
+                sent.push((owner, Err(ShardReply::Done)));
+            } else {
+                sent.push((owner, self.send_request(owner, op).await));
+            }
+        }
+        for (i, op) in local {
+            sent[i].1 = Err(self.execute_local(op).await);
+        }
+        let mut replies = Vec::with_capacity(sent.len());
+        for (owner, reply) in sent {
+            let reply = match reply {
+                Ok(on_its_way) => Self::await_reply(owner, on_its_way).await,
+                Err(reply) => reply,
+            };
+            replies.push((owner, reply));
+        }
+        replies
     }
 
     /// Resolves this shard's in-doubt transactions from their coordinators'
