@@ -25,6 +25,10 @@ const ARENA_PREFETCH_FROM: usize = 256;
 const ARENA_PREFETCH_TO: usize = 512;
 /// Larger values keep their own buffer.
 const ARENA_VALUE_MAX: usize = 4 << 10;
+/// How many versions ahead [`Memtable::visit_from`] prefetches values,
+/// and how many bytes of each.
+const VISIT_PREFETCH_AHEAD: usize = 4;
+const VISIT_PREFETCH_BYTES: usize = 256;
 
 /// A sorted set of versions.
 ///
@@ -165,9 +169,25 @@ impl Memtable {
     ) -> Option<InternalKey> {
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         let map = self.map.borrow();
-        map.range::<InternalKey, _>((lower, Bound::Unbounded))
-            .find(|(k, (kind, value))| !f(k, *kind, value))
-            .map(|(k, _)| k.clone())
+        let versions = map.range::<InternalKey, _>((lower, Bound::Unbounded));
+        // Values sit in the arena in the order they were written, not in
+        // key order: each one visited was a cache miss, waited on by the
+        // copy into the table being built (about half a flush's CPU).
+        // A second cursor runs ahead and prefetches them.
+        let mut ahead = versions.clone().skip(VISIT_PREFETCH_AHEAD);
+        for (k, (kind, value)) in versions {
+            if let Some((_, (_, upcoming))) = ahead.next() {
+                let (at, len) = (upcoming.as_ptr(), upcoming.len().min(VISIT_PREFETCH_BYTES));
+                // Every line the first `len` bytes touch, the last included.
+                for offset in (0..len).step_by(64).chain(len.checked_sub(1)) {
+                    crate::hint::prefetch(at.wrapping_add(offset));
+                }
+            }
+            if !f(k, *kind, value) {
+                return Some(k.clone());
+            }
+        }
+        None
     }
 }
 
