@@ -96,7 +96,8 @@ pub enum BlockError {
 /// Restart offsets a block keeps beside its buffer (`Block::head`).
 const HEAD_RESTARTS: usize = 16;
 
-/// A verified block. Holding one means its crc passed.
+/// A verified block. Holding one means its crc passed (or it was built in
+/// this process, see [`Block::parse_built`]).
 #[derive(Clone)]
 pub struct Block {
     data: Bytes,
@@ -132,6 +133,22 @@ impl Block {
         if crc32c::crc32c(&raw[..body]) != crc {
             return Err(BlockError::Checksum);
         }
+        Self::parse_layout(raw)
+    }
+
+    /// A block [`BlockBuilder::finish_into`] made in this process, whose
+    /// crc was computed over these very bytes: the restart array is checked,
+    /// the crc is not computed twice (a flush warms the cache with every
+    /// block it writes).
+    pub(crate) fn parse_built(raw: Bytes) -> Result<Block, BlockError> {
+        if raw.len() < 8 {
+            return Err(BlockError::Malformed);
+        }
+        Self::parse_layout(raw)
+    }
+
+    fn parse_layout(raw: Bytes) -> Result<Block, BlockError> {
+        let body = raw.len() - 4;
         let restart_count = u32::from_le_bytes(raw[body - 4..body].try_into().unwrap()) as usize;
         let restarts_at = (body - 4)
             .checked_sub(restart_count * 4)
@@ -388,6 +405,26 @@ mod tests {
         let next = block.seek(b"key00010", 98).unwrap().unwrap();
         assert_eq!((next.key.as_ref(), next.ts), (b"key00011".as_ref(), 100));
         assert!(block.seek(b"zzz", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_block_built_here_parses_the_same_without_its_crc_recomputed() {
+        let mut b = BlockBuilder::default();
+        for i in 0..40u64 {
+            b.add(format!("key{i:05}").as_bytes(), 7, Kind::Put, b"value");
+        }
+        let mut out = Vec::new();
+        b.finish_into(&mut out);
+        let checked = Block::parse(Bytes::from(out.clone())).unwrap();
+        let built = Block::parse_built(Bytes::from(out.clone())).unwrap();
+        assert_eq!(built.entries().unwrap(), checked.entries().unwrap());
+        // The layout is still checked: a restart past the entries is refused.
+        let body = out.len() - 4;
+        out[body - 8..body - 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Block::parse_built(Bytes::from(out)),
+            Err(BlockError::Malformed)
+        ));
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl<F: DiskFile> TableBuilder<F> {
         let len = self.block.finish_into(&mut self.out);
         if let Some(cache) = &self.warm {
             let raw = Bytes::copy_from_slice(&self.out[start..start + len]);
-            let block = Block::parse(raw).expect("a block just built parses");
+            let block = Block::parse_built(raw).expect("a block just built parses");
             cache.insert(self.id, offset, block, len);
         }
         self.out.resize(align_up(self.out.len()), 0);
