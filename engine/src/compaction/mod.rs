@@ -1,5 +1,7 @@
-//! Leveled compaction in a low-share background task queue with a write
-//! rate limit, so foreground latency holds while it runs.
+//! Leveled compaction, run by a background task on the shard's own task
+//! queue and paced by a write rate limit, so foreground latency holds while
+//! it runs (docs/architecture.md says why it has no low-share queue of its
+//! own).
 //!
 //! Shape: level 0 holds flushed tables (overlapping, newest first); once it
 //! has `l0_compaction_trigger` tables they all merge into level 1. Level n
