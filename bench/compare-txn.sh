@@ -12,9 +12,9 @@
 # merges its 4 level-0 tables into level 1 every ~18 s, a 1-2 s burst of
 # CPU on that shard. A run shorter than that cycle measures where the
 # bursts happened to fall: with 5-s runs the first one fell in the second
-# round's transaction run, the lowest round of six passes out of six, and
-# transactions (which wait on both shards) lose more to a burst than
-# writes do.
+# round's transaction run, the lowest round (or tied for it) of each of
+# seven passes, and transactions (which wait on both shards) lose more to
+# a burst than writes do.
 # Usage: bench/compare-txn.sh [seconds per run, default 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
