@@ -1,11 +1,11 @@
 //! Block cache of one shard: verified data blocks by (table id, offset),
-//! evicted by CLOCK once the byte budget is exceeded. Single-threaded, so
-//! `RefCell`s around a hash map and the clock's ring do.
+//! evicted by CLOCK once the byte budget is exceeded. The row cache
+//! (`row_cache.rs`) evicts the same way.
 
 use crate::sst::block::Block;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 type BlockId = (u64, u64);
 
@@ -35,27 +35,101 @@ impl Hasher for BlockIdHasher {
     }
 }
 
-/// A cached block, its charge against the budget, and whether it was read
+/// A cached value, its charge against the budget, and whether it was read
 /// since the clock hand last passed it.
-struct Slot {
-    block: Block,
+struct Slot<V> {
+    value: V,
     bytes: usize,
     referenced: Cell<bool>,
 }
 
-type Map = HashMap<BlockId, Slot, BuildHasherDefault<BlockIdHasher>>;
-
-/// Evicts by CLOCK (second chance): a hit only sets the flag of its slot,
-/// which sits in the bucket the lookup already read. An LRU list moved the
-/// hit to its head on every read, touching its neighbours' nodes as well
-/// (readrandom ran ~7% faster without). The hand sweeps `ring` (blocks in
-/// insertion order): a flagged block loses its flag and goes round again,
-/// an unflagged one is evicted.
-pub struct BlockCache {
-    map: RefCell<Map>,
-    ring: RefCell<VecDeque<BlockId>>,
+/// A byte-budgeted map evicting by CLOCK (second chance): a hit only sets
+/// the flag of its slot, which sits in the bucket the lookup already read.
+/// An LRU list moved the hit to its head on every read, touching its
+/// neighbours' nodes as well (readrandom ran ~7% faster without). The hand
+/// sweeps `ring` (keys in insertion order): a flagged entry loses its flag
+/// and goes round again, an unflagged one is evicted. Single-threaded, so
+/// `RefCell`s do.
+///
+/// Invariant: every key of `map` is in `ring` exactly once; `used_bytes` is
+/// the sum of the slots' charges.
+pub struct ClockCache<K, V, S> {
+    map: RefCell<HashMap<K, Slot<V>, S>>,
+    ring: RefCell<VecDeque<K>>,
     capacity_bytes: usize,
     used_bytes: Cell<usize>,
+}
+
+impl<K: Hash + Eq + Copy, V, S: BuildHasher + Default> ClockCache<K, V, S> {
+    pub fn new(capacity_bytes: usize) -> Self {
+        ClockCache {
+            map: RefCell::new(HashMap::default()),
+            ring: RefCell::default(),
+            capacity_bytes,
+            used_bytes: Cell::new(0),
+        }
+    }
+
+    /// Runs `f` on the cached value and marks it read.
+    pub fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.map.borrow().get(key).map(|slot| {
+            slot.referenced.set(true);
+            f(&slot.value)
+        })
+    }
+
+    /// Caches `value` under `key`, charging `bytes`, in place of any value
+    /// already there. A value larger than the whole budget is not cached.
+    pub fn insert(&self, key: K, value: V, bytes: usize) {
+        if bytes > self.capacity_bytes {
+            return;
+        }
+        let mut map = self.map.borrow_mut();
+        if let Some(slot) = map.get_mut(&key) {
+            self.used_bytes
+                .set(self.used_bytes.get() - slot.bytes + bytes);
+            slot.value = value;
+            slot.bytes = bytes;
+            return;
+        }
+        // Make room first, so the sweep never meets the new entry. Each
+        // key is in the ring once, so it ends within two turns (the first
+        // clears every flag).
+        let mut ring = self.ring.borrow_mut();
+        while self.used_bytes.get() + bytes > self.capacity_bytes {
+            let Some(old) = ring.pop_front() else { break };
+            let referenced = match map.get(&old) {
+                Some(slot) => slot.referenced.replace(false),
+                None => continue,
+            };
+            if referenced {
+                ring.push_back(old);
+            } else if let Some(gone) = map.remove(&old) {
+                self.used_bytes.set(self.used_bytes.get() - gone.bytes);
+            }
+        }
+        let slot = Slot {
+            value,
+            bytes,
+            referenced: Cell::new(false),
+        };
+        map.insert(key, slot);
+        ring.push_back(key);
+        self.used_bytes.set(self.used_bytes.get() + bytes);
+    }
+
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes.get()
+    }
+
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+}
+
+/// Verified data blocks by (table id, offset), with hit and miss counts.
+pub struct BlockCache {
+    blocks: ClockCache<BlockId, Block, BuildHasherDefault<BlockIdHasher>>,
     hits: Cell<u64>,
     misses: Cell<u64>,
 }
@@ -63,10 +137,7 @@ pub struct BlockCache {
 impl BlockCache {
     pub fn new(capacity_bytes: usize) -> Self {
         BlockCache {
-            map: RefCell::new(Map::default()),
-            ring: RefCell::default(),
-            capacity_bytes,
-            used_bytes: Cell::new(0),
+            blocks: ClockCache::new(capacity_bytes),
             hits: Cell::new(0),
             misses: Cell::new(0),
         }
@@ -80,10 +151,7 @@ impl BlockCache {
     /// count in the block buffer's shared header, a cache miss of its own
     /// on a point read (~5% of a cached GET's server CPU).
     pub fn with<R>(&self, table: u64, offset: u64, f: impl FnOnce(&Block) -> R) -> Option<R> {
-        let found = self.map.borrow().get(&(table, offset)).map(|slot| {
-            slot.referenced.set(true);
-            f(&slot.block)
-        });
+        let found = self.blocks.with(&(table, offset), f);
         match found {
             Some(_) => self.hits.set(self.hits.get() + 1),
             None => self.misses.set(self.misses.get() + 1),
@@ -91,51 +159,18 @@ impl BlockCache {
         found
     }
 
+    /// Caches a block (loaded twice when two readers missed at once: the
+    /// second copy replaces the first and is charged the difference).
     pub fn insert(&self, table: u64, offset: u64, block: Block, bytes: usize) {
-        if bytes > self.capacity_bytes {
-            return;
-        }
-        let mut map = self.map.borrow_mut();
-        if let Some(slot) = map.get_mut(&(table, offset)) {
-            // Loaded twice (two readers missed at once): keep one copy.
-            self.used_bytes
-                .set(self.used_bytes.get() - slot.bytes + bytes);
-            slot.block = block;
-            slot.bytes = bytes;
-            return;
-        }
-        // Make room first, so the sweep never meets the new block. Each
-        // block is in the ring once, so it ends within two turns (the
-        // first clears every flag).
-        let mut ring = self.ring.borrow_mut();
-        while self.used_bytes.get() + bytes > self.capacity_bytes {
-            let Some(id) = ring.pop_front() else { break };
-            let referenced = match map.get(&id) {
-                Some(slot) => slot.referenced.replace(false),
-                None => continue,
-            };
-            if referenced {
-                ring.push_back(id);
-            } else if let Some(gone) = map.remove(&id) {
-                self.used_bytes.set(self.used_bytes.get() - gone.bytes);
-            }
-        }
-        let slot = Slot {
-            block,
-            bytes,
-            referenced: Cell::new(false),
-        };
-        map.insert((table, offset), slot);
-        ring.push_back((table, offset));
-        self.used_bytes.set(self.used_bytes.get() + bytes);
+        self.blocks.insert((table, offset), block, bytes);
     }
 
     pub fn used_bytes(&self) -> usize {
-        self.used_bytes.get()
+        self.blocks.used_bytes()
     }
 
     pub fn capacity_bytes(&self) -> usize {
-        self.capacity_bytes
+        self.blocks.capacity_bytes()
     }
 
     pub fn hits(&self) -> u64 {

@@ -18,7 +18,8 @@ use crate::key::{Entry, Kind, Versioned};
 use crate::manifest::{Edit, LevelsState, Manifest, LEVELS};
 use crate::memtable::Memtable;
 use crate::options::{Options, SyncMode};
-use crate::sst::{parse_table_name, table_name, Table, TableBuilder};
+use crate::row_cache::RowCache;
+use crate::sst::{bloom, parse_table_name, table_name, Table, TableBuilder};
 use crate::version::Version;
 use crate::wal::{self, Record, ReplayReport, Spares, Wal};
 use crate::write::{self, wait_until, Group, Queue};
@@ -144,6 +145,7 @@ pub(crate) struct Inner<D: Disk> {
     pub levels: RefCell<LevelsState>,
     pub next_table_id: Cell<u64>,
     pub cache: Rc<BlockCache>,
+    pub rows: RowCache,
     pub manifest: glommio::sync::RwLock<Manifest<D>>,
     pub spares: Rc<Spares<D>>,
     pub queue: RefCell<Queue>,
@@ -193,6 +195,10 @@ pub struct EngineStats {
     pub cache_capacity_bytes: usize,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    pub row_cache_bytes: usize,
+    pub row_cache_capacity_bytes: usize,
+    pub row_cache_hits: u64,
+    pub row_cache_misses: u64,
     pub table_resident_bytes: usize,
     pub level_tables: Vec<usize>,
     pub level_bytes: Vec<u64>,
@@ -334,6 +340,7 @@ impl<D: Disk> Engine<D> {
         );
         let inner = Rc::new(Inner {
             cache: Rc::new(BlockCache::new(opts.block_cache_bytes)),
+            rows: RowCache::new(opts.row_cache_bytes),
             next_table_id: Cell::new(levels.next_table_id),
             spares: wal.spares(),
             opts,
@@ -587,6 +594,10 @@ impl<D: Disk> Engine<D> {
             cache_capacity_bytes: inner.cache.capacity_bytes(),
             cache_hits: inner.cache.hits(),
             cache_misses: inner.cache.misses(),
+            row_cache_bytes: inner.rows.used_bytes(),
+            row_cache_capacity_bytes: inner.rows.capacity_bytes(),
+            row_cache_hits: inner.rows.hits(),
+            row_cache_misses: inner.rows.misses(),
             table_resident_bytes: version
                 .levels
                 .iter()
@@ -957,16 +968,7 @@ impl<D: Disk> Inner<D> {
         // Reads served from memory never block: keep background tasks fed.
         self.let_background_run().await;
         let mut best: Option<Versioned> = None;
-        let newer =
-            |best: &Option<Versioned>, max_ts: u64| best.as_ref().is_none_or(|b| max_ts > b.ts);
-        let take = |best: &mut Option<Versioned>, found: Option<Versioned>| {
-            if let Some(e) = found {
-                if best.as_ref().is_none_or(|b| e.ts > b.ts) {
-                    *best = Some(e);
-                }
-            }
-        };
-        take(&mut best, self.mem.borrow().get(key, ts));
+        take_newer(&mut best, self.mem.borrow().get(key, ts));
         let imms: Vec<Rc<Memtable>> = self
             .imms
             .borrow()
@@ -975,24 +977,51 @@ impl<D: Disk> Inner<D> {
             .map(|(m, _)| m.clone())
             .collect();
         for imm in imms {
-            if newer(&best, imm.max_ts()) {
-                take(&mut best, imm.get(key, ts));
+            if may_be_newer(&best, imm.max_ts()) {
+                take_newer(&mut best, imm.get(key, ts));
             }
         }
         let version = self.version.borrow().clone();
+        if best.is_some() || !self.rows.enabled() {
+            return self.newest_in_tables(&version, key, ts, best).await;
+        }
+        // Nothing in the memtables: the tables' newest version at or below
+        // `ts` is the answer, and the row cache may know it.
+        let hash = bloom::hash(key);
+        if let Some(found) = self.rows.get(key, hash, version.seq, ts) {
+            return Ok(found);
+        }
+        let found = self.newest_in_tables(&version, key, ts, None).await?;
+        // Below the tables' newest timestamp the answer may not be their
+        // newest version.
+        if ts >= version.max_ts {
+            self.rows.insert(key, hash, version.seq, found.as_ref());
+        }
+        Ok(found)
+    }
+
+    /// The newest version of `key` at or below `ts` in `version`'s tables,
+    /// or `best` if none is newer.
+    async fn newest_in_tables(
+        &self,
+        version: &Version<D::File>,
+        key: &[u8],
+        ts: u64,
+        mut best: Option<Versioned>,
+    ) -> Result<Option<Versioned>> {
         for (level, tables) in version.levels.iter().enumerate() {
             if level == 0 {
                 for t in tables {
                     let m = &t.meta;
-                    if newer(&best, m.props.max_ts) && m.overlaps(key, key) {
-                        take(&mut best, t.get(key, ts, &self.cache).await?);
+                    if may_be_newer(&best, m.props.max_ts) && m.overlaps(key, key) {
+                        take_newer(&mut best, t.get(key, ts, &self.cache).await?);
                     }
                 }
             } else {
                 let i = tables.partition_point(|t| t.meta.largest.user() < key);
                 if let Some(t) = tables.get(i) {
-                    if newer(&best, t.meta.props.max_ts) && t.meta.smallest.user() <= key {
-                        take(&mut best, t.get(key, ts, &self.cache).await?);
+                    if may_be_newer(&best, t.meta.props.max_ts) && t.meta.smallest.user() <= key {
+                        take_newer(&mut best, t.get(key, ts, &self.cache).await?);
                     }
                 }
             }
@@ -1001,13 +1030,25 @@ impl<D: Disk> Inner<D> {
     }
 
     /// Applies an edit to the manifest and, once durable, to the in-memory
-    /// level state and version. `fresh` are the newly opened tables.
-    pub(crate) async fn install(&self, edit: Edit, fresh: &[Rc<Table<D::File>>]) -> Result<()> {
+    /// level state and version. `fresh` are the newly opened tables;
+    /// `flushed` says they come from memtables (they may hold versions
+    /// newer than any table had), not from a compaction.
+    pub(crate) async fn install(
+        &self,
+        edit: Edit,
+        fresh: &[Rc<Table<D::File>>],
+        flushed: bool,
+    ) -> Result<()> {
         let mut manifest = self.manifest.write().await.map_err(|_| Error::Closed)?;
         let mut next = self.levels.borrow().clone();
         next.apply(&edit);
         manifest.append(&edit, &next).await?;
         let version = self.version.borrow().rebuild(&next, fresh);
+        let filters = match flushed {
+            true => fresh.iter().map(|t| t.filter().clone()).collect(),
+            false => Vec::new(),
+        };
+        self.rows.installed(version.seq, filters);
         *self.version.borrow_mut() = Rc::new(version);
         *self.levels.borrow_mut() = next;
         Ok(())
@@ -1146,7 +1187,7 @@ async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: 
         edit.added.push((0, meta));
     }
     edit.next_table_id = Some(inner.next_table_id.get());
-    inner.install(edit, &fresh).await?;
+    inner.install(edit, &fresh, true).await?;
     {
         let mut imms = inner.imms.borrow_mut();
         let (front, _) = imms.pop_front().expect("flushed memtable is queued");
@@ -1167,4 +1208,19 @@ async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: 
         tracing::warn!(error = %e, "could not recycle WAL segments");
     }
     Ok(())
+}
+
+/// Whether a source whose newest timestamp is `max_ts` may hold a version
+/// newer than `best`.
+fn may_be_newer(best: &Option<Versioned>, max_ts: u64) -> bool {
+    best.as_ref().is_none_or(|b| max_ts > b.ts)
+}
+
+/// Keeps the newer of `best` and `found`.
+fn take_newer(best: &mut Option<Versioned>, found: Option<Versioned>) {
+    if let Some(e) = found {
+        if best.as_ref().is_none_or(|b| e.ts > b.ts) {
+            *best = Some(e);
+        }
+    }
 }

@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod memory;
 pub mod memtable;
 pub mod options;
+pub mod row_cache;
 pub mod sst;
 pub mod txn;
 pub mod version;

@@ -66,6 +66,10 @@ pub struct Options {
     pub immutable_memtables_max: usize,
     /// Block cache budget. Default 256 MiB.
     pub block_cache_bytes: usize,
+    /// Row cache budget: the newest version of recently read keys, which
+    /// point reads take without touching a table (see `row_cache.rs`).
+    /// Zero turns it off. Default 64 MiB.
+    pub row_cache_bytes: usize,
     /// Target data block size before padding to 4 KiB. Default 4096.
     pub block_bytes: usize,
     pub wal_sync: SyncMode,
@@ -109,6 +113,7 @@ impl Default for Options {
             memtable_bytes_max: 64 << 20,
             immutable_memtables_max: 2,
             block_cache_bytes: 256 << 20,
+            row_cache_bytes: 64 << 20,
             block_bytes: 4096,
             wal_sync: SyncMode::Always,
             wal_segment_bytes: 64 << 20,
@@ -130,10 +135,12 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Memory the engine may hold at once for data: its block cache and
-    /// its active and immutable memtables.
+    /// Memory the engine may hold at once for data: its block and row
+    /// caches and its active and immutable memtables.
     pub fn memory_budget(&self) -> usize {
-        self.block_cache_bytes + self.memtable_bytes_max * (self.immutable_memtables_max + 1)
+        self.block_cache_bytes
+            + self.row_cache_bytes
+            + self.memtable_bytes_max * (self.immutable_memtables_max + 1)
     }
 
     /// Small sizes that exercise flushes, rolls and compactions quickly.
@@ -141,6 +148,7 @@ impl Options {
         Options {
             memtable_bytes_max: 64 << 10,
             block_cache_bytes: 256 << 10,
+            row_cache_bytes: 16 << 10,
             wal_segment_bytes: 128 << 10,
             wal_group_bytes_max: 32 << 10,
             l0_compaction_trigger: 3,

@@ -8,15 +8,23 @@ use crate::sst::Table;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Invariant: mirrors a [`LevelsState`]: the same tables in the same order.
+/// Invariant: mirrors a [`LevelsState`]: the same tables in the same order;
+/// `seq` is one more than the version it was rebuilt from; `max_ts` is the
+/// largest timestamp of any of its tables.
 pub struct Version<F: DiskFile> {
     pub levels: Vec<Vec<Rc<Table<F>>>>,
+    /// Counts installs: the row cache tags what it learned from a version
+    /// with it.
+    pub seq: u64,
+    pub max_ts: u64,
 }
 
 impl<F: DiskFile> Version<F> {
     pub fn empty() -> Self {
         Version {
             levels: (0..LEVELS).map(|_| Vec::new()).collect(),
+            seq: 0,
+            max_ts: 0,
         }
     }
 
@@ -27,7 +35,7 @@ impl<F: DiskFile> Version<F> {
         for t in self.levels.iter().flatten().chain(fresh) {
             open.insert(t.id(), t.clone());
         }
-        let levels = state
+        let levels: Vec<Vec<Rc<Table<F>>>> = state
             .levels
             .iter()
             .map(|metas| {
@@ -41,7 +49,17 @@ impl<F: DiskFile> Version<F> {
                     .collect()
             })
             .collect();
-        Version { levels }
+        let max_ts = levels
+            .iter()
+            .flatten()
+            .map(|t| t.meta.props.max_ts)
+            .max()
+            .unwrap_or(0);
+        Version {
+            levels,
+            seq: self.seq + 1,
+            max_ts,
+        }
     }
 
     pub fn level_bytes(&self, level: usize) -> u64 {

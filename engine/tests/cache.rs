@@ -46,3 +46,76 @@ fn reads_of_a_freshly_flushed_table_hit_the_cache() {
         engine.close().await.unwrap();
     });
 }
+
+/// The row cache answers repeated point reads without the block cache; a
+/// flush of a newer version makes that key's row stale (and only that
+/// key's), a compaction keeps every row, and reads below a row's version
+/// still find the older one.
+#[test]
+fn the_row_cache_answers_repeat_reads_and_never_outlives_a_newer_flush() {
+    run_local(|| async {
+        let opts = Options {
+            row_cache_bytes: 1 << 20,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
+        let n = 200;
+        for i in 0..n {
+            engine.put(key(i), format!("v{i}")).await.unwrap();
+        }
+        engine.flush().await.unwrap();
+        read_all(&engine, n).await; // fills the rows
+        let before = engine.stats();
+        assert_eq!(before.row_cache_misses, n as u64, "the first reads miss");
+        read_all(&engine, n).await;
+        let after = engine.stats();
+        assert_eq!(after.row_cache_hits, n as u64, "the second reads hit");
+        assert_eq!(
+            after.cache_hits + after.cache_misses,
+            before.cache_hits + before.cache_misses,
+            "hits read no block"
+        );
+
+        // Key 7 gets a newer version, flushed into a new table.
+        let new_ts = engine.put(key(7), "newer").await.unwrap();
+        engine.flush().await.unwrap();
+        assert_eq!(
+            engine.get(&key(7)).await.unwrap().as_deref(),
+            Some(&b"newer"[..])
+        );
+        assert_eq!(
+            engine
+                .read_at(&key(7), new_ts - 1)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"v7"[..]),
+            "a read below the row's version walks the tables"
+        );
+        let hits = engine.stats().row_cache_hits;
+        read_all_but(&engine, n, 7).await;
+        assert_eq!(
+            engine.stats().row_cache_hits - hits,
+            n as u64 - 1,
+            "the flush left the other rows valid"
+        );
+
+        // A compaction rewrites every table and adds no version.
+        engine.compact().await.unwrap();
+        let hits = engine.stats().row_cache_hits;
+        read_all_but(&engine, n, 7).await;
+        assert_eq!(engine.stats().row_cache_hits - hits, n as u64 - 1);
+        assert_eq!(
+            engine.get(&key(7)).await.unwrap().as_deref(),
+            Some(&b"newer"[..])
+        );
+        engine.close().await.unwrap();
+    });
+}
+
+async fn read_all_but(engine: &Engine<MemDisk>, n: usize, skip: usize) {
+    for i in (0..n).filter(|&i| i != skip) {
+        let got = engine.get(&key(i)).await.unwrap();
+        assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()), "key {i}");
+    }
+}

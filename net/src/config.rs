@@ -49,7 +49,11 @@ pub struct Flags {
     /// Block cache per shard in bytes [default: 256 MiB].
     #[arg(long)]
     pub cache_bytes: Option<usize>,
-    /// Touch each shard's memory budget (block cache and memtables) at
+    /// Row cache per shard in bytes: the newest version of recently read
+    /// keys; 0 turns it off [default: 64 MiB].
+    #[arg(long)]
+    pub row_cache_bytes: Option<usize>,
+    /// Touch each shard's memory budget (caches and memtables) at
     /// startup, so serving never waits on page faults [default: true].
     #[arg(long)]
     pub prefault_memory: Option<bool>,
@@ -219,6 +223,7 @@ impl Config {
             wal_sync,
             memtable_bytes_max: pick!(memtable_bytes).unwrap_or(defaults.memtable_bytes_max),
             block_cache_bytes: pick!(cache_bytes).unwrap_or(defaults.block_cache_bytes),
+            row_cache_bytes: pick!(row_cache_bytes).unwrap_or(defaults.row_cache_bytes),
             wal_segment_bytes: pick!(wal_segment_bytes).unwrap_or(defaults.wal_segment_bytes),
             compaction_bytes_per_sec: pick!(compaction_bytes_per_sec)
                 .unwrap_or(defaults.compaction_bytes_per_sec),
@@ -321,7 +326,10 @@ mod tests {
     fn memory_is_prefaulted_unless_turned_off() {
         let on = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
         assert!(on.prefault_memory);
-        assert_eq!(on.engine.memory_budget(), (256 << 20) + 3 * (64 << 20));
+        assert_eq!(
+            on.engine.memory_budget(),
+            (256 << 20) + (64 << 20) + 3 * (64 << 20)
+        );
         let off = Flags::parse_from(["tessera-server", "--prefault-memory", "false"]);
         assert!(!Config::resolve(off).unwrap().prefault_memory);
     }

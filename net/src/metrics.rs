@@ -169,6 +169,12 @@ impl ShardMetrics {
         push("cache_bytes".into(), engine.cache_bytes as f64);
         push("cache_hits_total".into(), engine.cache_hits as f64);
         push("cache_misses_total".into(), engine.cache_misses as f64);
+        push("row_cache_bytes".into(), engine.row_cache_bytes as f64);
+        push("row_cache_hits_total".into(), engine.row_cache_hits as f64);
+        push(
+            "row_cache_misses_total".into(),
+            engine.row_cache_misses as f64,
+        );
         push("wal_syncs_total".into(), engine.wal_syncs as f64);
         push("wal_bytes_total".into(), engine.wal_bytes as f64);
         push("wal_groups_total".into(), engine.wal_groups as f64);

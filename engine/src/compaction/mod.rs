@@ -169,7 +169,7 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
         let t = &job.inputs[0];
         edit.added.push((out_level, t.meta.clone()));
         tracing::debug!(table = t.id(), from = job.level, "compaction moved table");
-        return inner.install(edit, &[]).await;
+        return inner.install(edit, &[], false).await;
     }
     for t in &job.next {
         edit.removed.push((out_level, t.id()));
@@ -244,7 +244,7 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
         fresh.push(Rc::new(Table::open(file, meta).await?));
     }
     edit.next_table_id = Some(inner.next_table_id.get());
-    inner.install(edit, &fresh).await?;
+    inner.install(edit, &fresh, false).await?;
     inner
         .stats
         .compaction_bytes_written

@@ -236,7 +236,9 @@ pub struct Table<F: DiskFile> {
     pub meta: TableMeta,
     file: F,
     index: BlockIndex,
-    bloom: bloom::Filter,
+    /// Shared with the row cache, which checks rows against the filters of
+    /// tables flushed since they were cached.
+    bloom: Rc<bloom::Filter>,
 }
 
 impl<F: DiskFile> Table<F> {
@@ -297,12 +299,17 @@ impl<F: DiskFile> Table<F> {
             meta,
             file,
             index,
-            bloom,
+            bloom: Rc::new(bloom),
         })
     }
 
     pub fn id(&self) -> u64 {
         self.meta.id
+    }
+
+    /// The table's bloom filter.
+    pub fn filter(&self) -> &Rc<bloom::Filter> {
+        &self.bloom
     }
 
     pub fn block_count(&self) -> usize {
