@@ -469,6 +469,15 @@ impl<D: Disk> Engine<D> {
 
     /// The newest value of `key`. Waits first for transactions that hold
     /// an intent on `key` (see `Inner::settle_newest`).
+    /// Starts the cache misses a point read of `key` will take (its row
+    /// cache slot and row), without waiting for them.
+    pub fn prefetch_read(&self, key: &[u8]) {
+        let rows = &self.inner.rows;
+        if rows.enabled() {
+            rows.prefetch(bloom::hash(key));
+        }
+    }
+
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.inner.settle_newest(Some(key)).await?;
         self.inner.get_at(key, u64::MAX).await

@@ -102,6 +102,15 @@ impl RowCache {
         found
     }
 
+    /// Looks the slot of `hash` up and starts loading its row's lines.
+    pub fn prefetch(&self, hash: u64) {
+        self.rows.with(&hash, |row| {
+            for at in (0..row.data.len()).step_by(64) {
+                crate::hint::prefetch(row.data[at..].as_ptr());
+            }
+        });
+    }
+
     /// Whether `row` still holds at version `seq`; if so it is marked as
     /// holding there, so the check runs once per install.
     fn holds(&self, row: &Row, hash: u64, seq: u64) -> bool {

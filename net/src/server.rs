@@ -26,6 +26,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
 use tessera_protocol::frame::{next_frame, put_frame};
@@ -33,6 +34,9 @@ use tessera_protocol::message::decode_request;
 use tessera_protocol::{ErrorCode, Request, Response};
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Requests decoded ahead of running them (see `Shard::prefetch`).
+const DECODE_AHEAD: usize = 16;
 
 /// Output and builder buffers larger than this are dropped after use
 /// instead of kept for the connection's next responses.
@@ -156,6 +160,8 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
     let mut builder = FlatBufferBuilder::with_capacity(1024);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut decoded = VecDeque::with_capacity(DECODE_AHEAD);
+    let mut too_large = None;
     let result = 'read: loop {
         let n = match reader.read(&mut chunk).await {
             Ok(0) => break Ok(()),
@@ -173,27 +179,44 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                     break 'read Ok(());
                 }
             }
-            let frame = match next_frame(&mut buf, limit) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(too_large) => {
-                    // The stream cannot be resynchronised: answer and close.
-                    let response = Response::error(ErrorCode::BadFrame, too_large.to_string());
-                    let now = Instant::now();
-                    answer(
-                        shard,
-                        OpKind::Invalid,
-                        now,
-                        0,
-                        &response,
-                        &mut builder,
-                        &outbox,
-                    );
-                    break 'read Ok(());
+            if decoded.is_empty() {
+                // Decode a batch, then let its reads start their cache
+                // misses together before any of them runs.
+                while decoded.len() < DECODE_AHEAD && too_large.is_none() {
+                    match next_frame(&mut buf, limit) {
+                        Ok(Some(frame)) => decoded.push_back((
+                            Instant::now(),
+                            decode_request(&frame, &shard.config.limits),
+                        )),
+                        Ok(None) => break,
+                        Err(e) => too_large = Some(e),
+                    }
                 }
+                for (_, request) in &decoded {
+                    if let Ok((_, request)) = request {
+                        shard.prefetch(request);
+                    }
+                }
+            }
+            let Some((start, request)) = decoded.pop_front() else {
+                let Some(too_large) = too_large.take() else {
+                    break;
+                };
+                // The stream cannot be resynchronised: answer and close.
+                let response = Response::error(ErrorCode::BadFrame, too_large.to_string());
+                let now = Instant::now();
+                answer(
+                    shard,
+                    OpKind::Invalid,
+                    now,
+                    0,
+                    &response,
+                    &mut builder,
+                    &outbox,
+                );
+                break 'read Ok(());
             };
-            let start = Instant::now();
-            let (id, request) = match decode_request(&frame, &shard.config.limits) {
+            let (id, request) = match request {
                 Ok(decoded) => decoded,
                 Err(e) => {
                     let response = Response::error(e.code, e.message);

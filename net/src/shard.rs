@@ -335,6 +335,17 @@ impl Shard {
     /// per-request cost: the transaction, scan and cross-shard batch paths
     /// (several KiB of state) are boxed inside their arms, which keeps the
     /// future of a plain get or put small.
+    /// Starts the cache misses `request` will take on this shard, so that a
+    /// batch of pipelined reads waits for them together rather than one
+    /// after another.
+    pub fn prefetch(&self, request: &Request) {
+        if let Request::Get { key } = request {
+            if self.slots.shard_of(key) == self.id {
+                self.engine.prefetch_read(key);
+            }
+        }
+    }
+
     pub async fn handle(self: &Rc<Self>, request: Request) -> Response {
         if self.shutting_down.get() {
             return Response::error(ErrorCode::Unavailable, "server is shutting down");

@@ -125,6 +125,29 @@ fn bad_input_gets_errors_and_never_hurts_the_server() {
     big.write_all(&100_000u32.to_le_bytes()).unwrap();
     assert_error(read_response(&mut big), 0, ErrorCode::BadFrame);
     assert_eq!(read_response(&mut big), None);
+    // Requests ahead of it in the same write are answered first.
+    let mut late = raw(&server.listen);
+    let mut burst = Vec::new();
+    for id in [21, 22] {
+        let ping = Request::Ping.encode(id);
+        burst.extend_from_slice(&(ping.len() as u32).to_le_bytes());
+        burst.extend_from_slice(&ping);
+    }
+    burst.extend_from_slice(&100_000u32.to_le_bytes());
+    late.write_all(&burst).unwrap();
+    let mut replies = Vec::new();
+    late.read_to_end(&mut replies)
+        .expect("the server closes the connection");
+    let mut replies = bytes::BytesMut::from(&replies[..]);
+    let mut next = || {
+        next_frame(&mut replies, 1 << 20)
+            .unwrap()
+            .map(|f| decode_response(&f).unwrap())
+    };
+    assert_eq!(next(), Some((21, Response::Pong)));
+    assert_eq!(next(), Some((22, Response::Pong)));
+    assert_error(next(), 0, ErrorCode::BadFrame);
+    assert_eq!(next(), None);
 
     // A truncated frame followed by a hang-up.
     let mut cut = raw(&server.listen);

@@ -53,6 +53,10 @@ struct Args {
     /// Block cache bytes.
     #[arg(long = "cache_size", default_value_t = 256 << 20)]
     cache_size: usize,
+    /// Row cache bytes; 0 (off) as in db_bench, so the comparison with
+    /// RocksDB is block cache against block cache.
+    #[arg(long = "row_cache_size", default_value_t = 0)]
+    row_cache_size: usize,
     /// Database directory (default: a fresh temporary directory).
     #[arg(long)]
     db: Option<PathBuf>,
@@ -229,6 +233,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let opts = Options {
             wal_sync,
             block_cache_bytes: args.cache_size,
+            row_cache_bytes: args.row_cache_size,
             ..Options::default()
         };
         // As the server does by default (`--prefault-memory`).
