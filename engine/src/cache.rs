@@ -78,6 +78,17 @@ impl<K: Hash + Eq + Copy, V, S: BuildHasher + Default> ClockCache<K, V, S> {
         })
     }
 
+    /// Runs `f` on the cached value of each key that has one, without
+    /// marking it read.
+    pub fn with_each(&self, keys: &[K], mut f: impl FnMut(&V)) {
+        let map = self.map.borrow();
+        for key in keys {
+            if let Some(slot) = map.get(key) {
+                f(&slot.value);
+            }
+        }
+    }
+
     /// Caches `value` under `key`, charging `bytes`, in place of any value
     /// already there. A value larger than the whole budget is not cached.
     pub fn insert(&self, key: K, value: V, bytes: usize) {
@@ -241,6 +252,21 @@ mod tests {
         for offset in [0, 3, 4] {
             assert!(cache.get(1, offset).is_some(), "block {offset} is cached");
         }
+    }
+
+    #[test]
+    fn visiting_entries_ahead_of_reads_does_not_mark_them_read() {
+        let cache: ClockCache<u64, u64, std::hash::RandomState> = ClockCache::new(300);
+        for k in 0..3 {
+            cache.insert(k, k * 10, 100);
+        }
+        let mut seen = Vec::new();
+        cache.with_each(&[2, 7, 0], |v| seen.push(*v));
+        assert_eq!(seen, [20, 0], "present keys, in the order asked");
+        // Key 0 is still the oldest unread entry: it goes first.
+        cache.insert(3, 30, 100);
+        assert!(cache.with(&0, |_| ()).is_none());
+        assert_eq!(cache.with(&2, |v| *v), Some(20));
     }
 
     #[test]

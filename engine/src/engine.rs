@@ -469,12 +469,13 @@ impl<D: Disk> Engine<D> {
 
     /// The newest value of `key`. Waits first for transactions that hold
     /// an intent on `key` (see `Inner::settle_newest`).
-    /// Starts the cache misses a point read of `key` will take (its row
-    /// cache slot and row), without waiting for them.
-    pub fn prefetch_read(&self, key: &[u8]) {
+    /// Starts the cache misses point reads of the keys with these hashes
+    /// ([`bloom::hash`], the key's `xxh3_64`) will take: their row cache
+    /// slots and rows.
+    pub fn prefetch_reads(&self, hashes: &[u64]) {
         let rows = &self.inner.rows;
         if rows.enabled() {
-            rows.prefetch(bloom::hash(key));
+            rows.prefetch(hashes);
         }
     }
 

@@ -102,9 +102,10 @@ impl RowCache {
         found
     }
 
-    /// Looks the slot of `hash` up and starts loading its row's lines.
-    pub fn prefetch(&self, hash: u64) {
-        self.rows.with(&hash, |row| {
+    /// Looks the slots of `hashes` up and starts loading their rows'
+    /// lines. One tight loop, so the slots' cache misses overlap.
+    pub fn prefetch(&self, hashes: &[u64]) {
+        self.rows.with_each(hashes, |row| {
             for at in (0..row.data.len()).step_by(64) {
                 crate::hint::prefetch(row.data[at..].as_ptr());
             }

@@ -36,7 +36,7 @@ use tessera_protocol::{ErrorCode, Request, Response};
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// Requests decoded ahead of running them (see `Shard::prefetch`).
-const DECODE_AHEAD: usize = 16;
+const DECODE_AHEAD: usize = crate::shard::PREFETCH_MAX;
 
 /// Output and builder buffers larger than this are dropped after use
 /// instead of kept for the connection's next responses.
@@ -192,11 +192,11 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                         Err(e) => too_large = Some(e),
                     }
                 }
-                for (_, request) in &decoded {
-                    if let Ok((_, request)) = request {
-                        shard.prefetch(request);
-                    }
-                }
+                shard.prefetch(
+                    decoded
+                        .iter()
+                        .filter_map(|(_, r)| r.as_ref().ok().map(|(_, r)| r)),
+                );
             }
             let Some((start, request)) = decoded.pop_front() else {
                 let Some(too_large) = too_large.take() else {

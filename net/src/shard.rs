@@ -25,6 +25,9 @@ use tessera_engine::{
 use tessera_protocol::message::{BatchOp, Metric};
 use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION, SLOTS};
 
+/// Most point reads [`Shard::prefetch`] looks ahead over.
+pub const PREFETCH_MAX: usize = 16;
+
 /// Work one shard does for another (or for itself).
 #[derive(Debug)]
 pub enum ShardOp {
@@ -335,14 +338,24 @@ impl Shard {
     /// per-request cost: the transaction, scan and cross-shard batch paths
     /// (several KiB of state) are boxed inside their arms, which keeps the
     /// future of a plain get or put small.
-    /// Starts the cache misses `request` will take on this shard, so that a
-    /// batch of pipelined reads waits for them together rather than one
-    /// after another.
-    pub fn prefetch(&self, request: &Request) {
-        if let Request::Get { key } = request {
-            if self.slots.shard_of(key) == self.id {
-                self.engine.prefetch_read(key);
+    /// Starts the cache misses the point reads among `requests` will take
+    /// on this shard, so that a batch of pipelined reads waits for them
+    /// together rather than one after another.
+    pub fn prefetch<'a>(&self, requests: impl Iterator<Item = &'a Request>) {
+        let mut hashes = [0u64; PREFETCH_MAX];
+        let mut n = 0;
+        for request in requests {
+            if let Request::Get { key } = request {
+                // The routing hash is the engine's key hash.
+                let hash = tessera_protocol::key_hash(key);
+                if n < PREFETCH_MAX && self.slots.shard_of_hash(hash) == self.id {
+                    hashes[n] = hash;
+                    n += 1;
+                }
             }
+        }
+        if n > 0 {
+            self.engine.prefetch_reads(&hashes[..n]);
         }
     }
 

@@ -10,7 +10,7 @@
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::path::Path;
-use tessera_protocol::{slot_of, SLOTS};
+use tessera_protocol::{slot_of, slot_of_hash, SLOTS};
 
 const MAGIC: &[u8; 8] = b"TSLOTMAP";
 const VERSION: u32 = 1;
@@ -43,6 +43,11 @@ impl SlotMap {
     /// The shard owning `key`.
     pub fn shard_of(&self, key: &[u8]) -> usize {
         self.owner[slot_of(key) as usize] as usize
+    }
+
+    /// The shard of a key whose `xxh3_64` is `hash`.
+    pub fn shard_of_hash(&self, hash: u64) -> usize {
+        self.owner[slot_of_hash(hash) as usize] as usize
     }
 
     fn encode(&self) -> Vec<u8> {

@@ -23,7 +23,17 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Number of hash slots keys map to; slots map to shards.
 pub const SLOTS: u32 = 16384;
 
-/// The slot of a key: `xxh3_64(key) % SLOTS`.
+/// The slot of a key: `key_hash(key) % SLOTS`.
 pub fn slot_of(key: &[u8]) -> u16 {
-    (xxhash_rust::xxh3::xxh3_64(key) % SLOTS as u64) as u16
+    slot_of_hash(key_hash(key))
+}
+
+/// The hash keys are routed by: `xxh3_64`.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// The slot of a key whose [`key_hash`] is `hash`.
+pub fn slot_of_hash(hash: u64) -> u16 {
+    (hash % SLOTS as u64) as u16
 }
