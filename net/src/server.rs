@@ -162,6 +162,11 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut decoded = VecDeque::with_capacity(DECODE_AHEAD);
     let mut too_large = None;
+    // The batch's requests arrived together; the answers given inline
+    // leave together once it is done: their latencies are recorded then,
+    // with one clock read for the batch instead of two per request.
+    let mut batch_start = Instant::now();
+    let mut unrecorded: Vec<(OpKind, bool)> = Vec::with_capacity(DECODE_AHEAD);
     let result = 'read: loop {
         let n = match reader.read(&mut chunk).await {
             Ok(0) => break Ok(()),
@@ -180,14 +185,15 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                 }
             }
             if decoded.is_empty() {
+                record_batch(shard, batch_start, &mut unrecorded);
                 // Decode a batch, then let its reads start their cache
                 // misses together before any of them runs.
+                batch_start = Instant::now();
                 while decoded.len() < DECODE_AHEAD && too_large.is_none() {
                     match next_frame(&mut buf, limit) {
-                        Ok(Some(frame)) => decoded.push_back((
-                            Instant::now(),
-                            decode_request(&frame, &shard.config.limits),
-                        )),
+                        Ok(Some(frame)) => {
+                            decoded.push_back(decode_request(&frame, &shard.config.limits))
+                        }
                         Ok(None) => break,
                         Err(e) => too_large = Some(e),
                     }
@@ -195,10 +201,11 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                 shard.prefetch(
                     decoded
                         .iter()
-                        .filter_map(|(_, r)| r.as_ref().ok().map(|(_, r)| r)),
+                        .filter_map(|r| r.as_ref().ok().map(|(_, r)| r)),
                 );
             }
-            let Some((start, request)) = decoded.pop_front() else {
+            let start = batch_start;
+            let Some(request) = decoded.pop_front() else {
                 let Some(too_large) = too_large.take() else {
                     break;
                 };
@@ -240,7 +247,8 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
             // Most requests complete on their first poll: answer them here,
             // with no task, channel or allocation per response.
             if let Some(response) = futures_lite::future::poll_once(&mut handling).await {
-                answer(shard, kind, start, id, &response, &mut builder, &outbox);
+                unrecorded.push((kind, matches!(response, Response::Error { .. })));
+                encode(id, &response, &mut builder, &outbox);
                 continue;
             }
             let permit = match inflight.clone().acquire_static_permit(1).await {
@@ -257,10 +265,12 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
             })
             .detach();
         }
+        record_batch(shard, batch_start, &mut unrecorded);
         if !outbox.frames.borrow().is_empty() {
             let _ = wake.try_send(());
         }
     };
+    record_batch(shard, batch_start, &mut unrecorded);
     // Let in-flight requests finish and their responses go out.
     let _ = inflight.acquire_permit(inflight_max as u64).await;
     drop(wake);
@@ -282,6 +292,23 @@ fn answer(
     shard
         .metrics
         .record(kind, start.elapsed().as_micros() as u64, error);
+    encode(id, response, builder, outbox);
+}
+
+/// Records the outcomes of a batch's inline answers, all as old as the
+/// batch.
+fn record_batch(shard: &Shard, start: Instant, unrecorded: &mut Vec<(OpKind, bool)>) {
+    if unrecorded.is_empty() {
+        return;
+    }
+    let latency_us = start.elapsed().as_micros() as u64;
+    for (kind, error) in unrecorded.drain(..) {
+        shard.metrics.record(kind, latency_us, error);
+    }
+}
+
+/// Appends a response frame.
+fn encode(id: u64, response: &Response, builder: &mut FlatBufferBuilder<'static>, outbox: &Outbox) {
     response.encode_frame(id, builder, &mut outbox.frames.borrow_mut());
     // A builder keeps the capacity of the largest message it built: after a
     // large scan, start a small one rather than hold it for the
