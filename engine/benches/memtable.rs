@@ -90,5 +90,29 @@ fn flush(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, insert, flush);
+fn get(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memtable");
+    group.sample_size(10);
+    let mem = filled(VERSIONS);
+    // Point reads of the newest versions; keys from twice the range, so
+    // about half are absent.
+    const READS: usize = 20_000;
+    let mut rng = StdRng::seed_from_u64(3);
+    let keys: Vec<Bytes> = (0..READS)
+        .map(|_| key(rng.gen_range(0..2 * KEYS)))
+        .collect();
+    group.throughput(Throughput::Elements(READS as u64));
+    group.bench_function("get from 320k versions", |b| {
+        b.iter(|| {
+            let found = keys
+                .iter()
+                .filter(|k| mem.get(k, u64::MAX).is_some())
+                .count();
+            black_box(found)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, insert, flush, get);
 criterion_main!(benches);

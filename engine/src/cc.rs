@@ -120,6 +120,14 @@ impl TsCache {
         self.floor = (self.floor.0.max(ts), self.floor.1.max(ts));
     }
 
+    /// Loads the current generation's buckets of `hashes`, in one tight
+    /// loop so their cache misses overlap (a write records its key here).
+    pub fn prefetch(&self, hashes: &[u64]) {
+        for hash in hashes {
+            std::hint::black_box(self.current.get(hash));
+        }
+    }
+
     fn record(&mut self, hash: u64, read: u64, write: u64) {
         if self.current.len() >= self.capacity && !self.current.contains_key(&hash) {
             // The oldest generation goes; its map, emptied, is the new
@@ -238,6 +246,11 @@ impl Concurrency {
     }
 
     /// A single-key write outside any transaction, at a fresh timestamp.
+    /// See [`TsCache::prefetch`].
+    pub fn prefetch(&self, hashes: &[u64]) {
+        self.ts_cache.prefetch(hashes);
+    }
+
     pub fn record_write(&mut self, hash: u64, ts: u64) {
         self.ts_cache.record_write(hash, ts);
     }

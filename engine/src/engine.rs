@@ -274,7 +274,7 @@ impl<D: Disk> Engine<D> {
             opened.push(Rc::new(Table::open(file, meta.clone()).await?));
         }
         let version = Version::empty().rebuild(&levels, &opened);
-        let mem = Rc::new(Memtable::new());
+        let mem = Rc::new(Memtable::for_bytes(opts.memtable_bytes_max));
         let mut prepared: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
         let mut decisions: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         let (wal, replay) = Wal::open(
@@ -469,14 +469,24 @@ impl<D: Disk> Engine<D> {
 
     /// The newest value of `key`. Waits first for transactions that hold
     /// an intent on `key` (see `Inner::settle_newest`).
-    /// Starts the cache misses point reads of the keys with these hashes
-    /// ([`bloom::hash`], the key's `xxh3_64`) will take: their row cache
-    /// slots and rows.
+    /// Starts the cache misses point reads of keys with these hashes
+    /// ([`bloom::hash`], the key's `xxh3_64`) will take: the memtable
+    /// filter's lines, their row cache slots and rows. (Prefetching their memtable paths as well, as
+    /// writes do, cost what it saved.)
     pub fn prefetch_reads(&self, hashes: &[u64]) {
+        self.inner.mem.borrow().prefetch_filter(hashes);
         let rows = &self.inner.rows;
         if rows.enabled() {
             rows.prefetch(hashes);
         }
+    }
+
+    /// Starts the cache misses writes of these keys (with these hashes,
+    /// their `xxh3_64`) will take: the memtable nodes their inserts walk
+    /// and the slots that record their write timestamps.
+    pub fn prefetch_writes(&self, keys: &[&[u8]], hashes: &[u64]) {
+        self.inner.mem.borrow().prefetch_paths(keys);
+        self.inner.cc.borrow().prefetch(hashes);
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
@@ -978,7 +988,8 @@ impl<D: Disk> Inner<D> {
         // Reads served from memory never block: keep background tasks fed.
         self.let_background_run().await;
         let mut best: Option<Versioned> = None;
-        take_newer(&mut best, self.mem.borrow().get(key, ts));
+        let hash = bloom::hash(key);
+        take_newer(&mut best, self.mem.borrow().get_hashed(key, hash, ts));
         let imms: Vec<Rc<Memtable>> = self
             .imms
             .borrow()
@@ -988,7 +999,7 @@ impl<D: Disk> Inner<D> {
             .collect();
         for imm in imms {
             if may_be_newer(&best, imm.max_ts()) {
-                take_newer(&mut best, imm.get(key, ts));
+                take_newer(&mut best, imm.get_hashed(key, hash, ts));
             }
         }
         let version = self.version.borrow().clone();
@@ -997,7 +1008,6 @@ impl<D: Disk> Inner<D> {
         }
         // Nothing in the memtables: the tables' newest version at or below
         // `ts` is the answer, and the row cache may know it.
-        let hash = bloom::hash(key);
         if let Some(found) = self.rows.get(key, hash, version.seq, ts) {
             return Ok(found);
         }

@@ -327,7 +327,8 @@ async fn maybe_swap_memtable<D: Disk>(inner: &Rc<Inner<D>>, wal: &mut Wal<D>) ->
         write_group(inner, wal, &relog, &mut none, &mut chunk).await?;
         wal.sync().await?;
     }
-    let full = std::mem::replace(&mut *inner.mem.borrow_mut(), Rc::new(Memtable::new()));
+    let fresh = Memtable::for_bytes(inner.opts.memtable_bytes_max);
+    let full = std::mem::replace(&mut *inner.mem.borrow_mut(), Rc::new(fresh));
     inner.imms.borrow_mut().push_back((full, boundary));
     inner.swap_requested.set(false);
     inner.events.flush.notify(usize::MAX);

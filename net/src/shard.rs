@@ -25,8 +25,34 @@ use tessera_engine::{
 use tessera_protocol::message::{BatchOp, Metric};
 use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION, SLOTS};
 
-/// Most point reads [`Shard::prefetch`] looks ahead over.
+/// Most point reads (and most writes) [`Shard::prefetch`] looks ahead over.
 pub const PREFETCH_MAX: usize = 16;
+
+/// Up to [`PREFETCH_MAX`] keys with their hashes.
+#[derive(Default)]
+struct KeyBatch<'a> {
+    keys: [&'a [u8]; PREFETCH_MAX],
+    hashes: [u64; PREFETCH_MAX],
+    len: usize,
+}
+
+impl<'a> KeyBatch<'a> {
+    fn push(&mut self, key: &'a [u8], hash: u64) {
+        if self.len < PREFETCH_MAX {
+            self.keys[self.len] = key;
+            self.hashes[self.len] = hash;
+            self.len += 1;
+        }
+    }
+
+    fn keys(&self) -> &[&'a [u8]] {
+        &self.keys[..self.len]
+    }
+
+    fn hashes(&self) -> &[u64] {
+        &self.hashes[..self.len]
+    }
+}
 
 /// Work one shard does for another (or for itself).
 #[derive(Debug)]
@@ -342,20 +368,24 @@ impl Shard {
     /// on this shard, so that a batch of pipelined reads waits for them
     /// together rather than one after another.
     pub fn prefetch<'a>(&self, requests: impl Iterator<Item = &'a Request>) {
-        let mut hashes = [0u64; PREFETCH_MAX];
-        let mut n = 0;
+        let (mut reads, mut writes) = (KeyBatch::default(), KeyBatch::default());
         for request in requests {
-            if let Request::Get { key } = request {
-                // The routing hash is the engine's key hash.
-                let hash = tessera_protocol::key_hash(key);
-                if n < PREFETCH_MAX && self.slots.shard_of_hash(hash) == self.id {
-                    hashes[n] = hash;
-                    n += 1;
-                }
+            let (key, batch) = match request {
+                Request::Get { key } => (key, &mut reads),
+                Request::Put { key, .. } | Request::Delete { key } => (key, &mut writes),
+                _ => continue,
+            };
+            // The routing hash is the engine's key hash.
+            let hash = tessera_protocol::key_hash(key);
+            if self.slots.shard_of_hash(hash) == self.id {
+                batch.push(key, hash);
             }
         }
-        if n > 0 {
-            self.engine.prefetch_reads(&hashes[..n]);
+        if reads.len > 0 {
+            self.engine.prefetch_reads(reads.hashes());
+        }
+        if writes.len > 0 {
+            self.engine.prefetch_writes(writes.keys(), writes.hashes());
         }
     }
 

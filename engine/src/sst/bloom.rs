@@ -42,22 +42,59 @@ pub enum Filter {
 
 /// Builds the (cache-local) filter bytes for a set of key hashes.
 pub fn build(hashes: &[u64]) -> Vec<u8> {
-    let count = (hashes.len() * BITS_PER_KEY).div_ceil(LINE_BITS).max(1);
-    let mut lines = vec![Line::default(); count];
+    let mut filter = Growing::for_keys(hashes.len());
     for &h in hashes {
-        let line = &mut lines[line_of(h, count)];
-        for (word, mask) in probes(h, BLOCKED_PROBES) {
-            line.0[word] |= mask;
-        }
+        filter.insert(h);
     }
-    let mut out = Vec::with_capacity(1 + count * LINE_BITS / 8);
+    let mut out = Vec::with_capacity(1 + filter.lines.len() * LINE_BITS / 8);
     out.push(BLOCKED | BLOCKED_PROBES);
-    for line in &lines {
+    for line in filter.lines.iter() {
         for word in line.0 {
             out.extend_from_slice(&word.to_le_bytes());
         }
     }
     out
+}
+
+/// A cache-local filter that keys join one at a time (a memtable's), in
+/// the layout of a table's, sized once for the keys expected: past them
+/// its false positives grow.
+#[derive(Debug, Clone)]
+pub struct Growing {
+    lines: Box<[Line]>,
+}
+
+impl Growing {
+    pub fn for_keys(keys: usize) -> Self {
+        let count = (keys * BITS_PER_KEY).div_ceil(LINE_BITS).max(1);
+        Growing {
+            lines: vec![Line::default(); count].into_boxed_slice(),
+        }
+    }
+
+    pub fn insert(&mut self, h: u64) {
+        let count = self.lines.len();
+        let line = &mut self.lines[line_of(h, count)];
+        for (word, mask) in probes(h, BLOCKED_PROBES) {
+            line.0[word] |= mask;
+        }
+    }
+
+    /// Starts loading the line of `h`.
+    pub fn prefetch(&self, h: u64) {
+        let line = &self.lines[line_of(h, self.lines.len())];
+        crate::hint::prefetch((line as *const Line).cast());
+    }
+
+    /// True if the key may have joined; false means it certainly has not.
+    pub fn may_contain(&self, h: u64) -> bool {
+        lines_may_contain(&self.lines, h, BLOCKED_PROBES)
+    }
+}
+
+fn lines_may_contain(lines: &[Line], h: u64, k: u8) -> bool {
+    let line = &lines[line_of(h, lines.len())];
+    probes(h, k).all(|(word, mask)| line.0[word] & mask != 0)
 }
 
 fn line_of(h: u64, lines: usize) -> usize {
@@ -103,10 +140,7 @@ impl Filter {
     /// True if the key may be present; false means it certainly is not.
     pub fn may_contain(&self, h: u64) -> bool {
         match self {
-            Filter::Blocked { probes: k, lines } => {
-                let line = &lines[line_of(h, lines.len())];
-                probes(h, *k).all(|(word, mask)| line.0[word] & mask != 0)
-            }
+            Filter::Blocked { probes: k, lines } => lines_may_contain(lines, h, *k),
             Filter::Classic(filter) => classic_may_contain(filter, h),
         }
     }

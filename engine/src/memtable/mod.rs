@@ -1,17 +1,22 @@
 //! The in-memory write buffer of one shard. Single-threaded (the shard owns
-//! it), so a plain `BTreeMap` in a `RefCell` is enough: no skiplist, no locks.
+//! it), so a B+tree of its own (`tree.rs`) in a `RefCell` is enough: no
+//! skiplist, no locks.
 //!
-//! Sketch: a 16-byte key + 100-byte value costs ~210 bytes here (entry plus
-//! B-tree slot), so a 64 MiB memtable holds ~320k versions.
+//! Sketch: a 16-byte key + 100-byte value costs ~245 bytes here (the value
+//! in a chunk, ~143 bytes of tree per version: a 97-byte leaf slot in
+//! leaves ~70% full), so a 64 MiB memtable holds ~275k versions.
+
+mod tree;
 
 use crate::key::{Entry, InternalKey, KeyRef, Kind, Probe, Versioned};
+use crate::sst::bloom;
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use tree::Tree;
 
-/// Approximate per-version overhead of the tree (node slots, `Bytes` headers).
-const ENTRY_OVERHEAD_BYTES: usize = 80;
+/// Approximate per-version overhead of the tree (node slots at the fill
+/// random inserts leave, `Bytes` headers), besides the key and value.
+const ENTRY_OVERHEAD_BYTES: usize = 120;
 
 /// Values are copied into chunks of this size (see [`Memtable::insert`]).
 const ARENA_CHUNK_BYTES: usize = 256 << 10;
@@ -25,6 +30,8 @@ const ARENA_PREFETCH_FROM: usize = 256;
 const ARENA_PREFETCH_TO: usize = 512;
 /// Larger values keep their own buffer.
 const ARENA_VALUE_MAX: usize = 4 << 10;
+/// Most keys [`Memtable::prefetch_paths`] walks together.
+const PREFETCH_KEYS_MAX: usize = 16;
 /// How many versions ahead [`Memtable::visit_from`] prefetches values,
 /// and how many bytes of each.
 const VISIT_PREFETCH_AHEAD: usize = 4;
@@ -34,9 +41,12 @@ const VISIT_PREFETCH_BYTES: usize = 256;
 ///
 /// Invariant: keys are ordered by (user key asc, ts desc); at most one
 /// version per (key, ts); `bytes` is the sum of `entry_bytes` of all entries.
-#[derive(Default)]
 pub struct Memtable {
-    map: RefCell<BTreeMap<InternalKey, (Kind, Bytes)>>,
+    map: RefCell<Tree>,
+    /// Every key inserted: a read of a key the memtable does not hold (most
+    /// reads, once the data outgrows it) skips the tree, one cache line
+    /// instead of a descent.
+    filter: RefCell<bloom::Growing>,
     /// The chunk values are being copied into.
     arena: RefCell<BytesMut>,
     bytes: Cell<usize>,
@@ -47,9 +57,32 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + 8 + ENTRY_OVERHEAD_BYTES
 }
 
+impl Default for Memtable {
+    fn default() -> Self {
+        Memtable::for_bytes(DEFAULT_BYTES)
+    }
+}
+
+/// The size a memtable made with [`Memtable::new`] expects to reach.
+const DEFAULT_BYTES: usize = 4 << 20;
+
 impl Memtable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A memtable that will be flushed at about `bytes` (its filter is
+    /// sized for the versions of 100-byte values that fit).
+    pub fn for_bytes(bytes: usize) -> Self {
+        Memtable {
+            map: RefCell::default(),
+            filter: RefCell::new(bloom::Growing::for_keys(
+                bytes / entry_bytes(&[0; 16], &[0; 100]),
+            )),
+            arena: RefCell::default(),
+            bytes: Cell::default(),
+            max_ts: Cell::default(),
+        }
     }
 
     /// Adds a version. A value of up to 4 KiB is copied into the
@@ -65,6 +98,7 @@ impl Memtable {
             n if n <= ARENA_VALUE_MAX => self.copy_in(&entry.value),
             _ => entry.value,
         };
+        self.filter.borrow_mut().insert(bloom::hash(&entry.key));
         let old = self
             .map
             .borrow_mut()
@@ -96,7 +130,28 @@ impl Memtable {
     /// Consumes the memtable: its versions in order, each freed as the
     /// iterator moves past it.
     pub fn into_versions(self) -> impl Iterator<Item = (InternalKey, (Kind, Bytes))> {
-        self.map.into_inner().into_iter()
+        self.map.into_inner().into_versions()
+    }
+
+    /// Starts loading the nodes that inserting new versions of `keys` will
+    /// walk (see `Tree::prefetch_paths`).
+    pub fn prefetch_paths(&self, keys: &[&[u8]]) {
+        let mut probes: [Option<Probe>; PREFETCH_KEYS_MAX] = Default::default();
+        for (probe, key) in probes.iter_mut().zip(keys) {
+            // A new version is the key's newest: it goes first among them.
+            *probe = Some(Probe::new(key, u64::MAX));
+        }
+        let n = keys.len().min(PREFETCH_KEYS_MAX);
+        self.map.borrow().prefetch_paths(&probes[..n]);
+    }
+
+    /// Starts loading the filter lines reads of keys with these hashes
+    /// ([`bloom::hash`]) check.
+    pub fn prefetch_filter(&self, hashes: &[u64]) {
+        let filter = self.filter.borrow();
+        for &h in hashes {
+            filter.prefetch(h);
+        }
     }
 
     /// Approximate memory used.
@@ -109,7 +164,7 @@ impl Memtable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.borrow().is_empty()
+        self.map.borrow().len() == 0
     }
 
     pub fn max_ts(&self) -> u64 {
@@ -118,11 +173,17 @@ impl Memtable {
 
     /// The newest version of `key` with ts ≤ `ts`, intents included.
     pub fn get(&self, key: &[u8], ts: u64) -> Option<Versioned> {
+        self.get_hashed(key, bloom::hash(key), ts)
+    }
+
+    /// [`Memtable::get`] of a key whose [`bloom::hash`] is `hash`.
+    pub fn get_hashed(&self, key: &[u8], hash: u64, ts: u64) -> Option<Versioned> {
+        if !self.filter.borrow().may_contain(hash) {
+            return None;
+        }
         let probe: &dyn KeyRef = &Probe::new(key, ts);
         let map = self.map.borrow();
-        let (k, (kind, value)) = map
-            .range::<dyn KeyRef, _>((Bound::Included(probe), Bound::Unbounded))
-            .next()?;
+        let (k, (kind, value)) = map.first_from(probe)?;
         (k.user() == key).then(|| Versioned {
             ts: k.ts(),
             kind: *kind,
@@ -140,14 +201,9 @@ impl Memtable {
         max: usize,
         out: &mut impl Extend<Entry>,
     ) {
-        let lower = if inclusive {
-            Bound::Included(from)
-        } else {
-            Bound::Excluded(from)
-        };
         let map = self.map.borrow();
         out.extend(
-            map.range::<InternalKey, _>((lower, Bound::Unbounded))
+            map.iter_from(Some((from, !inclusive)))
                 .take(max)
                 .map(|(k, (kind, value))| Entry {
                     key: k.user_bytes(),
@@ -167,9 +223,8 @@ impl Memtable {
         after: Option<&InternalKey>,
         mut f: impl FnMut(&InternalKey, Kind, &Bytes) -> bool,
     ) -> Option<InternalKey> {
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         let map = self.map.borrow();
-        let versions = map.range::<InternalKey, _>((lower, Bound::Unbounded));
+        let versions = map.iter_from(after.map(|k| (k as &dyn KeyRef, true)));
         // Values sit in the arena in the order they were written, not in
         // key order: each one visited was a cache miss, waited on by the
         // copy into the table being built (about half a flush's CPU).
@@ -267,6 +322,24 @@ mod tests {
         // Both copies sit back to back in one chunk.
         assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
         assert_eq!(c.as_ptr(), large.as_ptr(), "a large value is kept");
+    }
+
+    #[test]
+    fn the_key_filter_never_hides_a_key_even_past_the_keys_it_was_sized_for() {
+        let m = Memtable::for_bytes(4096); // a filter of one line
+        for i in 0..5000 {
+            put(&m, &format!("key-{i}"), 1, "v");
+        }
+        for i in 0..5000 {
+            assert!(m.get(format!("key-{i}").as_bytes(), 1).is_some(), "key-{i}");
+        }
+        let big = Memtable::for_bytes(64 << 20);
+        put(&big, "present", 1, "v");
+        let absent = (0..10_000)
+            .filter(|i| big.get(format!("absent-{i}").as_bytes(), 1).is_none())
+            .count();
+        assert_eq!(absent, 10_000);
+        assert!(big.get(b"present", 1).is_some());
     }
 
     #[test]

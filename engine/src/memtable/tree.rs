@@ -1,0 +1,592 @@
+//! The memtable's index: a B+tree of versions that are only ever added,
+//! never removed, in fixed-size nodes.
+//!
+//! Each node keeps its keys' 16-byte heads (as two words) in an array of
+//! their own, apart from the keys and values: a search prefetches a node's
+//! heads (eight cache lines, loaded in parallel) and binary-searches them,
+//! then reads a key only where heads tie (versions of one key, or long keys
+//! sharing their head). `std`'s `BTreeMap` holds eleven 40-byte keys per
+//! node and compares them in order: about six levels at 300k versions,
+//! each several dependent cache misses, most of a write's memtable cost.
+//!
+//! With nothing removed there is no merging or rebalancing: a full node
+//! splits in two, and leaves are chained for ordered walks.
+
+use crate::hint::prefetch;
+use crate::key::{InternalKey, KeyRef, Kind, Prefix, Probe};
+use bytes::Bytes;
+use std::cmp::Ordering;
+
+/// Versions per leaf (at most 64: a split tracks slots in a `u64`).
+const LEAF_CAP: usize = 32;
+const _: () = assert!(LEAF_CAP <= 64);
+/// Separators per inner node (children: one more).
+const INNER_CAP: usize = 32;
+/// No leaf.
+const NONE: u32 = u32::MAX;
+/// Levels above the leaves a tree can have: 33^12 versions is beyond any
+/// memtable.
+const MAX_HEIGHT: usize = 12;
+
+pub type Value = (Kind, Bytes);
+
+/// Versions sit in slots in arrival order and stay there; `heads` and
+/// `order` are in key order (`order[i]` is the slot of the `i`th version).
+/// An insert then shifts a head and a byte per later version, not a
+/// 40-byte key and a 40-byte value: shifting those moved ~1.3 KiB per
+/// insert and cost as much as the search it saved.
+///
+/// `len` leads, beside the first heads: a search reads it first, and at
+/// the end of the node it was a cache miss of its own (~30% of an insert).
+#[repr(C)]
+struct Leaf {
+    len: usize,
+    /// The next leaf in key order.
+    next: u32,
+    heads: [Prefix; LEAF_CAP],
+    order: [u8; LEAF_CAP],
+    keys: [InternalKey; LEAF_CAP],
+    vals: [Value; LEAF_CAP],
+}
+
+/// Child `i` holds the keys from separator `i - 1` (inclusive) to
+/// separator `i` (exclusive). Laid out like [`Leaf`]: `len`, then heads.
+#[repr(C)]
+struct Inner {
+    len: usize,
+    heads: [Prefix; INNER_CAP],
+    children: [u32; INNER_CAP + 1],
+    keys: [InternalKey; INNER_CAP],
+}
+
+fn empty_key() -> InternalKey {
+    InternalKey::copied(b"", 0)
+}
+
+fn empty_value() -> Value {
+    (Kind::Put, Bytes::new())
+}
+
+impl Leaf {
+    fn new() -> Box<Leaf> {
+        Box::new(Leaf {
+            heads: [(0, 0); LEAF_CAP],
+            order: [0; LEAF_CAP],
+            keys: std::array::from_fn(|_| empty_key()),
+            vals: std::array::from_fn(|_| empty_value()),
+            len: 0,
+            next: NONE,
+        })
+    }
+
+    /// The `i`th key in order.
+    #[inline]
+    fn key(&self, i: usize) -> &InternalKey {
+        &self.keys[self.order[i] as usize]
+    }
+
+    #[inline]
+    fn val(&self, i: usize) -> &Value {
+        &self.vals[self.order[i] as usize]
+    }
+
+    /// The first position at or after `probe` (after it, with `strict`).
+    #[inline]
+    fn position(&self, probe: &dyn KeyRef, head: Prefix, strict: bool) -> usize {
+        position(
+            &self.heads[..self.len],
+            |i| self.key(i),
+            probe,
+            head,
+            strict,
+        )
+    }
+
+    /// Adds a version as the `i`th in order, in the next free slot.
+    fn insert_at(&mut self, i: usize, head: Prefix, key: InternalKey, val: Value) {
+        debug_assert!(self.len < LEAF_CAP && i <= self.len);
+        let (slot, end) = (self.len, self.len + 1);
+        self.keys[slot] = key;
+        self.vals[slot] = val;
+        self.heads[i..end].rotate_right(1);
+        self.order[i..end].rotate_right(1);
+        self.heads[i] = head;
+        self.order[i] = slot as u8;
+        self.len += 1;
+    }
+}
+
+impl Inner {
+    fn new() -> Box<Inner> {
+        Box::new(Inner {
+            heads: [(0, 0); INNER_CAP],
+            keys: std::array::from_fn(|_| empty_key()),
+            children: [NONE; INNER_CAP + 1],
+            len: 0,
+        })
+    }
+}
+
+/// Starts loading the cache lines of a node's length and heads (and, for
+/// an inner node, its children), all at once: they do not wait on the
+/// length.
+#[inline]
+fn prefetch_node<T>(node: &T) {
+    let at = (node as *const T).cast::<u8>();
+    for offset in (0..HEAD_LINES_BYTES).step_by(64) {
+        prefetch(at.wrapping_add(offset));
+    }
+}
+
+/// A node's bytes up to the end of its heads and children.
+const HEAD_LINES_BYTES: usize = 16 + 16 * INNER_CAP + 4 * (INNER_CAP + 1);
+
+/// The first position whose key is at least `probe` (after it, with
+/// `strict`). `head` is the probe's head; `key(i)` is the `i`th key.
+#[inline]
+fn position<'a>(
+    heads: &[Prefix],
+    key: impl Fn(usize) -> &'a InternalKey,
+    probe: &dyn KeyRef,
+    head: Prefix,
+    strict: bool,
+) -> usize {
+    let mut i = heads.partition_point(|h| *h < head);
+    while i < heads.len() && heads[i] == head {
+        match <dyn KeyRef as Ord>::cmp(key(i), probe) {
+            Ordering::Less => i += 1,
+            Ordering::Equal if strict => i += 1,
+            _ => break,
+        }
+    }
+    i
+}
+
+/// A sorted set of versions with values.
+///
+/// Invariant: every leaf's keys are sorted and below the next leaf's;
+/// each inner node's separators are sorted, and every key under child `i`
+/// is at least separator `i - 1` and below separator `i`; all leaves are
+/// `height` levels below the root; `len` counts the versions.
+pub struct Tree {
+    // Boxed: a growing vector of 3 KiB nodes would copy them all (~45 MB
+    // for a full memtable) in one stall on the shard that serves requests.
+    #[allow(clippy::vec_box)]
+    leaves: Vec<Box<Leaf>>,
+    #[allow(clippy::vec_box)]
+    inners: Vec<Box<Inner>>,
+    root: u32,
+    /// Inner levels above the leaves (0: the root is a leaf).
+    height: usize,
+    len: usize,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree {
+            leaves: vec![Leaf::new()],
+            inners: Vec::new(),
+            root: 0,
+            height: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Tree {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The leaf that holds the first key at or after `probe` (or that key
+    /// is the next leaf's first), recording the path in `path` when given.
+    fn descend(
+        &self,
+        probe: &dyn KeyRef,
+        head: Prefix,
+        mut path: Option<&mut [(u32, usize); MAX_HEIGHT]>,
+    ) -> u32 {
+        let mut node = self.root;
+        for level in 0..self.height {
+            let inner = &self.inners[node as usize];
+            prefetch_node(&**inner);
+            let heads = &inner.heads[..inner.len];
+            // Children left of the probe: the separators at or below it.
+            let c = position(heads, |i| &inner.keys[i], probe, head, true);
+            if let Some(path) = path.as_deref_mut() {
+                path[level] = (node, c);
+            }
+            node = inner.children[c];
+        }
+        node
+    }
+
+    /// The position of the first version at or after `probe` (strictly
+    /// after, with `strict`): (leaf, index), or `None` past the end.
+    fn seek(&self, probe: &dyn KeyRef, strict: bool) -> Option<(u32, usize)> {
+        let head = probe.parts().0;
+        let mut leaf = self.descend(probe, head, None);
+        let node = &self.leaves[leaf as usize];
+        prefetch_node(&**node);
+        let mut i = node.position(probe, head, strict);
+        if i == node.len {
+            // Every key here is below the probe: the next leaf's first is
+            // above it (it is at least the separator that bounds this one).
+            leaf = node.next;
+            i = 0;
+        }
+        (leaf != NONE).then_some((leaf, i))
+    }
+
+    /// The first version at or after `probe`.
+    pub fn first_from(&self, probe: &dyn KeyRef) -> Option<(&InternalKey, &Value)> {
+        let (leaf, i) = self.seek(probe, false)?;
+        let node = &self.leaves[leaf as usize];
+        Some((node.key(i), node.val(i)))
+    }
+
+    /// The versions from `from` on (after it, with `strict`), in order.
+    pub fn iter_from(
+        &self,
+        from: Option<(&dyn KeyRef, bool)>,
+    ) -> impl Iterator<Item = (&InternalKey, &Value)> + Clone {
+        let start = match from {
+            Some((probe, strict)) => self.seek(probe, strict),
+            None => Some((self.first_leaf(), 0)).filter(|_| self.len > 0),
+        };
+        Cursor {
+            tree: self,
+            at: start.unwrap_or((NONE, 0)),
+        }
+    }
+
+    fn first_leaf(&self) -> u32 {
+        let mut node = self.root;
+        for _ in 0..self.height {
+            node = self.inners[node as usize].children[0];
+        }
+        node
+    }
+
+    /// Starts loading the nodes searches for `probes` will read, walking
+    /// down level by level across all of them: each level's nodes are
+    /// prefetched together and searched a round later, so their cache
+    /// misses overlap instead of queueing one per level per search. Ends
+    /// with the leaves' free slots, which inserts write.
+    pub fn prefetch_paths(&self, probes: &[Option<Probe>]) {
+        let mut at = [self.root; 16];
+        let probes = &probes[..probes.len().min(at.len())];
+        for level in 0..self.height {
+            for (node, probe) in at.iter_mut().zip(probes) {
+                let Some(probe) = probe else { continue };
+                let inner = &self.inners[*node as usize];
+                let heads = &inner.heads[..inner.len];
+                let c = position(heads, |i| &inner.keys[i], probe, probe.parts().0, true);
+                *node = inner.children[c];
+                match level + 1 < self.height {
+                    true => prefetch_node(&*self.inners[*node as usize]),
+                    false => prefetch_node(&*self.leaves[*node as usize]),
+                }
+            }
+        }
+        for (node, probe) in at.iter().zip(probes) {
+            if probe.is_some() {
+                let leaf = &self.leaves[*node as usize];
+                let slot = leaf.len.min(LEAF_CAP - 1);
+                prefetch((&leaf.keys[slot] as *const InternalKey).cast());
+                prefetch((&leaf.vals[slot] as *const Value).cast());
+            }
+        }
+    }
+
+    /// Adds a version; an equal one already there gets `val` and its old
+    /// value is returned.
+    pub fn insert(&mut self, key: InternalKey, val: Value) -> Option<Value> {
+        let head = key.parts().0;
+        let mut path = [(0u32, 0usize); MAX_HEIGHT];
+        let leaf = self.descend(&key, head, Some(&mut path));
+        let node = &mut self.leaves[leaf as usize];
+        prefetch_node(&**node);
+        // The free slot the version will take.
+        prefetch((&node.keys[node.len.min(LEAF_CAP - 1)] as *const InternalKey).cast());
+        let i = node.position(&key, head, false);
+        if i < node.len && *node.key(i) == key {
+            let slot = node.order[i] as usize;
+            return Some(std::mem::replace(&mut node.vals[slot], val));
+        }
+        self.len += 1;
+        if node.len < LEAF_CAP {
+            node.insert_at(i, head, key, val);
+            return None;
+        }
+        let (mut sep, mut right) = self.split_leaf(leaf, i, head, key, val);
+        for level in (0..self.height).rev() {
+            let (inner, c) = path[level];
+            match self.insert_separator(inner, c, sep, right) {
+                None => return None,
+                Some((up, new)) => (sep, right) = (up, new),
+            }
+        }
+        // The root split: a new root above both halves.
+        let mut root = Inner::new();
+        root.heads[0] = sep.0;
+        root.keys[0] = sep.1;
+        root.children[0] = self.root;
+        root.children[1] = right;
+        root.len = 1;
+        self.inners.push(root);
+        self.root = (self.inners.len() - 1) as u32;
+        self.height += 1;
+        assert!(self.height < MAX_HEIGHT, "memtable tree too deep");
+        None
+    }
+
+    /// Splits full leaf `leaf` in two and adds the version at `i`. Returns
+    /// the separator (the right half's first key) and the right half.
+    fn split_leaf(
+        &mut self,
+        leaf: u32,
+        i: usize,
+        head: Prefix,
+        key: InternalKey,
+        val: Value,
+    ) -> ((Prefix, InternalKey), u32) {
+        let right_id = self.leaves.len() as u32;
+        let mut right = Leaf::new();
+        let left = &mut self.leaves[leaf as usize];
+        let mid = LEAF_CAP / 2;
+        for (j, at) in (mid..LEAF_CAP).enumerate() {
+            let slot = left.order[at] as usize;
+            right.keys[j] = std::mem::replace(&mut left.keys[slot], empty_key());
+            right.vals[j] = std::mem::replace(&mut left.vals[slot], empty_value());
+            right.heads[j] = left.heads[at];
+            right.order[j] = j as u8;
+        }
+        right.len = LEAF_CAP - mid;
+        left.len = mid;
+        // The versions left sit in scattered slots, and inserts take the
+        // slots from `len` on: move those past it into the emptied ones.
+        let mut used = 0u64;
+        for &slot in &left.order[..mid] {
+            used |= 1 << slot;
+        }
+        for at in 0..mid {
+            let slot = left.order[at] as usize;
+            if slot >= mid {
+                let free = (!used).trailing_zeros() as usize;
+                debug_assert!(free < mid);
+                left.keys.swap(free, slot);
+                left.vals.swap(free, slot);
+                left.order[at] = free as u8;
+                used |= 1 << free;
+            }
+        }
+        right.next = left.next;
+        left.next = right_id;
+        match i <= mid {
+            true => left.insert_at(i, head, key, val),
+            false => right.insert_at(i - mid, head, key, val),
+        }
+        let sep = (right.heads[0], right.key(0).clone());
+        self.leaves.push(right);
+        (sep, right_id)
+    }
+
+    /// Adds separator `sep` at position `c` of inner node `inner`, with
+    /// `right` as the child after it. If the node was full it splits:
+    /// returns the separator that moves up and the new right node.
+    fn insert_separator(
+        &mut self,
+        inner: u32,
+        c: usize,
+        sep: (Prefix, InternalKey),
+        right: u32,
+    ) -> Option<((Prefix, InternalKey), u32)> {
+        let node = &mut self.inners[inner as usize];
+        if node.len < INNER_CAP {
+            let n = node.len;
+            node.heads[c..=n].rotate_right(1);
+            node.keys[c..=n].rotate_right(1);
+            node.children[c + 1..=n + 1].rotate_right(1);
+            node.heads[c] = sep.0;
+            node.keys[c] = sep.1;
+            node.children[c + 1] = right;
+            node.len += 1;
+            return None;
+        }
+        // Full: lay out all separators and children, then cut in two
+        // around the middle separator, which moves up.
+        let mut seps: Vec<(Prefix, InternalKey)> = (0..INNER_CAP)
+            .map(|j| {
+                let key = std::mem::replace(&mut node.keys[j], empty_key());
+                (node.heads[j], key)
+            })
+            .collect();
+        let mut children: Vec<u32> = node.children.to_vec();
+        seps.insert(c, sep);
+        children.insert(c + 1, right);
+        let mid = seps.len() / 2;
+        let right_seps = seps.split_off(mid + 1);
+        let up = seps.pop().expect("the middle separator");
+        let right_children = children.split_off(mid + 1);
+        let fill = |node: &mut Inner, seps: Vec<(Prefix, InternalKey)>, children: Vec<u32>| {
+            node.len = seps.len();
+            for (j, (head, key)) in seps.into_iter().enumerate() {
+                node.heads[j] = head;
+                node.keys[j] = key;
+            }
+            node.children = [NONE; INNER_CAP + 1];
+            node.children[..children.len()].copy_from_slice(&children);
+        };
+        fill(node, seps, children);
+        let mut new = Inner::new();
+        fill(&mut new, right_seps, right_children);
+        self.inners.push(new);
+        Some((up, (self.inners.len() - 1) as u32))
+    }
+
+    /// Every version in order, moved out.
+    pub fn into_versions(mut self) -> impl Iterator<Item = (InternalKey, Value)> {
+        let mut leaf = match self.len {
+            0 => NONE,
+            _ => self.first_leaf(),
+        };
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            while leaf != NONE {
+                let node = &mut self.leaves[leaf as usize];
+                if i < node.len {
+                    let slot = node.order[i] as usize;
+                    i += 1;
+                    let key = std::mem::replace(&mut node.keys[slot], empty_key());
+                    let val = std::mem::replace(&mut node.vals[slot], empty_value());
+                    return Some((key, val));
+                }
+                leaf = node.next;
+                i = 0;
+            }
+            None
+        })
+    }
+}
+
+/// An ordered walk: (leaf, index) of the next version.
+#[derive(Clone)]
+struct Cursor<'a> {
+    tree: &'a Tree,
+    at: (u32, usize),
+}
+
+impl<'a> Iterator for Cursor<'a> {
+    type Item = (&'a InternalKey, &'a Value);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (mut leaf, mut i) = self.at;
+        while leaf != NONE {
+            let node = &self.tree.leaves[leaf as usize];
+            if i < node.len {
+                self.at = (leaf, i + 1);
+                return Some((node.key(i), node.val(i)));
+            }
+            leaf = node.next;
+            i = 0;
+        }
+        self.at = (NONE, 0);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Probe;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// Short keys, keys of exactly 16 bytes, and long keys sharing their
+    /// 16-byte head, so heads tie across keys as well as across versions.
+    fn key(k: u16) -> Bytes {
+        Bytes::from(match k % 3 {
+            0 => format!("k{k}"),
+            1 => format!("{k:016}"),
+            _ => format!("a-long-shared-head-{k:05}"),
+        })
+    }
+
+    fn value(v: u32) -> Value {
+        (Kind::Put, Bytes::from(v.to_string()))
+    }
+
+    fn check(ops: &[(u16, u64, u32)]) -> Result<(), TestCaseError> {
+        let mut tree = Tree::default();
+        let mut model: BTreeMap<InternalKey, Value> = BTreeMap::new();
+        for &(k, ts, v) in ops {
+            let ik = InternalKey::new(key(k), ts);
+            prop_assert_eq!(
+                tree.insert(ik.clone(), value(v)),
+                model.insert(ik, value(v))
+            );
+        }
+        prop_assert_eq!(tree.len(), model.len());
+        let all: Vec<_> = tree.iter_from(None).collect();
+        let want: Vec<_> = model.iter().collect();
+        prop_assert_eq!(all, want);
+        // Seeks at, between and past the versions, inclusive and not.
+        for &(k, ts, _) in ops.iter().take(50) {
+            for ts in [ts.saturating_sub(1), ts, ts + 1] {
+                let user = key(k);
+                let probe = Probe::new(&user, ts);
+                let ik = InternalKey::new(key(k), ts);
+                let got: Vec<_> = tree.iter_from(Some((&probe, false))).take(3).collect();
+                let want: Vec<_> = model.range::<InternalKey, _>(&ik..).take(3).collect();
+                prop_assert_eq!(got, want);
+                let got: Vec<_> = tree.iter_from(Some((&probe, true))).take(3).collect();
+                let want: Vec<_> = model
+                    .range::<InternalKey, _>((
+                        std::ops::Bound::Excluded(&ik),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take(3)
+                    .collect();
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(
+                    tree.first_from(&probe),
+                    model.range::<InternalKey, _>(&ik..).next()
+                );
+            }
+        }
+        let moved: Vec<_> = tree.into_versions().collect();
+        let want: Vec<_> = model.into_iter().collect();
+        prop_assert_eq!(moved, want);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn matches_a_btreemap(ops in prop::collection::vec((0u16..400, 1u64..6, any::<u32>()), 0..3000)) {
+            check(&ops)?;
+        }
+    }
+
+    #[test]
+    fn ascending_descending_and_one_key_inserts_stay_ordered() {
+        let up: Vec<_> = (0..5000u16).map(|k| (k, 1, k as u32)).collect();
+        let down: Vec<_> = (0..5000u16).rev().map(|k| (k, 1, k as u32)).collect();
+        let versions: Vec<_> = (1..3000u64).map(|ts| (7, ts, ts as u32)).collect();
+        for ops in [up, down, versions] {
+            check(&ops).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_empty_tree_has_nothing_to_walk() {
+        let tree = Tree::default();
+        assert_eq!(tree.iter_from(None).count(), 0);
+        let probe = Probe::new(b"a", 1);
+        assert!(tree.first_from(&probe).is_none());
+        assert!(tree.iter_from(Some((&probe, false))).next().is_none());
+        assert_eq!(tree.into_versions().count(), 0);
+    }
+}
