@@ -469,16 +469,21 @@ impl<D: Disk> Engine<D> {
 
     /// The newest value of `key`. Waits first for transactions that hold
     /// an intent on `key` (see `Inner::settle_newest`).
-    /// Starts the cache misses point reads of keys with these hashes
-    /// ([`bloom::hash`], the key's `xxh3_64`) will take: the memtable
-    /// filter's lines, their row cache slots and rows. (Prefetching their memtable paths as well, as
+    /// Starts the cache misses point reads of `keys` (with these hashes:
+    /// [`bloom::hash`], the key's `xxh3_64`) will take: the memtable
+    /// filter's lines, their row cache slots and rows, and the memtable
+    /// paths of the keys it may hold. (Prefetching their memtable paths as well, as
     /// writes do, cost what it saved.)
-    pub fn prefetch_reads(&self, hashes: &[u64]) {
-        self.inner.mem.borrow().prefetch_filter(hashes);
+    pub fn prefetch_reads(&self, keys: &[&[u8]], hashes: &[u64]) {
+        let mem = self.inner.mem.borrow();
+        mem.prefetch_filter(hashes);
         let rows = &self.inner.rows;
         if rows.enabled() {
             rows.prefetch(hashes);
         }
+        // By now the filter's lines are in: walk down only for the keys
+        // the memtable may hold (walking for every key cost what it saved).
+        mem.prefetch_paths_of_held(keys, hashes);
     }
 
     /// Starts the cache misses writes of these keys (with these hashes,

@@ -382,7 +382,7 @@ impl Shard {
             }
         }
         if reads.len > 0 {
-            self.engine.prefetch_reads(reads.hashes());
+            self.engine.prefetch_reads(reads.keys(), reads.hashes());
         }
         if writes.len > 0 {
             self.engine.prefetch_writes(writes.keys(), writes.hashes());

@@ -136,13 +136,32 @@ impl Memtable {
     /// Starts loading the nodes that inserting new versions of `keys` will
     /// walk (see `Tree::prefetch_paths`).
     pub fn prefetch_paths(&self, keys: &[&[u8]]) {
+        self.prefetch_paths_where(keys, |_| true);
+    }
+
+    /// [`Memtable::prefetch_paths`] of those of `keys` (with these
+    /// [`bloom::hash`]es) the memtable may hold: the paths a read of their
+    /// newest versions walks.
+    pub fn prefetch_paths_of_held(&self, keys: &[&[u8]], hashes: &[u64]) {
+        let filter = self.filter.borrow();
+        self.prefetch_paths_where(keys, |i| filter.may_contain(hashes[i]));
+    }
+
+    fn prefetch_paths_where(&self, keys: &[&[u8]], held: impl Fn(usize) -> bool) {
         let mut probes: [Option<Probe>; PREFETCH_KEYS_MAX] = Default::default();
-        for (probe, key) in probes.iter_mut().zip(keys) {
-            // A new version is the key's newest: it goes first among them.
-            *probe = Some(Probe::new(key, u64::MAX));
+        let mut any = false;
+        for (i, (probe, key)) in probes.iter_mut().zip(keys).enumerate() {
+            if held(i) {
+                // A new version is the key's newest: it goes first among
+                // them, where a read of the newest looks.
+                *probe = Some(Probe::new(key, u64::MAX));
+                any = true;
+            }
         }
-        let n = keys.len().min(PREFETCH_KEYS_MAX);
-        self.map.borrow().prefetch_paths(&probes[..n]);
+        if any {
+            let n = keys.len().min(PREFETCH_KEYS_MAX);
+            self.map.borrow().prefetch_paths(&probes[..n]);
+        }
     }
 
     /// Starts loading the filter lines reads of keys with these hashes
