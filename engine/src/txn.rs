@@ -233,6 +233,23 @@ impl<D: Disk> Engine<D> {
         }
     }
 
+    /// Starts loading the memtable paths that applying prepared
+    /// transactions `ts` will walk, all of them together.
+    pub fn prefetch_prepared(&self, ts: &[u64]) {
+        let inner = self.inner();
+        let prepared = inner.prepared.borrow();
+        let keys: Vec<&[u8]> = ts
+            .iter()
+            .filter_map(|ts| prepared.get(ts))
+            .flatten()
+            .map(|e| &e.key[..])
+            .collect();
+        let mem = inner.mem.borrow();
+        for chunk in keys.chunks(16) {
+            mem.prefetch_paths(chunk);
+        }
+    }
+
     /// The first half of [`Engine::commit_prepared`]: makes the writes of
     /// prepared transaction `ts` visible and releases its intents, without
     /// awaiting. Returns the commit record to hand to
@@ -240,12 +257,7 @@ impl<D: Disk> Engine<D> {
     pub fn apply_prepared(&self, ts: u64) -> Option<CommitRecord> {
         let inner = self.inner();
         let entries = inner.prepared.borrow_mut().remove(&ts)?;
-        {
-            let mem = inner.mem.borrow();
-            for e in entries {
-                mem.insert(e);
-            }
-        }
+        inner.mem.borrow().insert_all(entries);
         self.release(ts);
         // The record names the transaction; replay takes the writes from
         // its prepare, which is logged at or after every segment replay

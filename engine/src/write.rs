@@ -171,11 +171,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 // transactions are applied when decided.
                 if inner.opts.wal_sync != SyncMode::None {
                     let mem = inner.mem.borrow().clone();
-                    for rec in batches.drain(..) {
-                        for e in rec.into_applied_entries() {
-                            mem.insert(e);
-                        }
-                    }
+                    mem.insert_all(batches.drain(..).flat_map(Record::into_applied_entries));
                 }
                 group.complete(None);
             }

@@ -230,6 +230,7 @@ impl Shard {
                         }
                         MeshMsg::Durable { ts } => shard.participants_durable(&ts),
                         MeshMsg::Commit { ts } => {
+                            shard.engine.prefetch_prepared(&ts);
                             for ts in ts {
                                 shard.commit_participant(ts);
                             }

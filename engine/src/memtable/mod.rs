@@ -133,6 +133,30 @@ impl Memtable {
         self.map.into_inner().into_versions()
     }
 
+    /// Inserts `entries` a few at a time, each few after prefetching the
+    /// paths their inserts walk (see `Tree::prefetch_paths`), so that
+    /// their cache misses overlap.
+    pub fn insert_all(&self, entries: impl IntoIterator<Item = Entry>) {
+        let mut entries = entries.into_iter();
+        let mut chunk: Vec<Entry> = Vec::with_capacity(PREFETCH_KEYS_MAX);
+        loop {
+            chunk.extend(entries.by_ref().take(PREFETCH_KEYS_MAX));
+            if chunk.is_empty() {
+                return;
+            }
+            if chunk.len() > 1 {
+                let mut keys: [&[u8]; PREFETCH_KEYS_MAX] = [&[]; PREFETCH_KEYS_MAX];
+                for (key, e) in keys.iter_mut().zip(&chunk) {
+                    *key = &e.key;
+                }
+                self.prefetch_paths(&keys[..chunk.len()]);
+            }
+            for e in chunk.drain(..) {
+                self.insert(e);
+            }
+        }
+    }
+
     /// Starts loading the nodes that inserting new versions of `keys` will
     /// walk (see `Tree::prefetch_paths`).
     pub fn prefetch_paths(&self, keys: &[&[u8]]) {
