@@ -120,11 +120,13 @@ impl TsCache {
         self.floor = (self.floor.0.max(ts), self.floor.1.max(ts));
     }
 
-    /// Loads the current generation's buckets of `hashes`, in one tight
-    /// loop so their cache misses overlap (a write records its key here).
+    /// Loads the buckets of `hashes` ([`TsCache::get`] reads both
+    /// generations, a write records in the current one), in one tight
+    /// loop so their cache misses overlap.
     pub fn prefetch(&self, hashes: &[u64]) {
         for hash in hashes {
             std::hint::black_box(self.current.get(hash));
+            std::hint::black_box(self.previous.get(hash));
         }
     }
 

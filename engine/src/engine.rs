@@ -486,6 +486,12 @@ impl<D: Disk> Engine<D> {
         mem.prefetch_paths_of_held(keys, hashes);
     }
 
+    /// Starts the cache misses admitting a transaction's keys here (with
+    /// these hashes, their `xxh3_64`) will take: their ts-cache slots.
+    pub fn prefetch_admissions(&self, hashes: &[u64]) {
+        self.inner.cc.borrow().prefetch(hashes);
+    }
+
     /// Starts the cache misses writes of these keys (with these hashes,
     /// their `xxh3_64`) will take: the memtable nodes their inserts walk
     /// and the slots that record their write timestamps.

@@ -370,10 +370,22 @@ impl Shard {
     /// together rather than one after another.
     pub fn prefetch<'a>(&self, requests: impl Iterator<Item = &'a Request>) {
         let (mut reads, mut writes) = (KeyBatch::default(), KeyBatch::default());
+        let mut admissions = KeyBatch::default();
         for request in requests {
             let (key, batch) = match request {
                 Request::Get { key } => (key, &mut reads),
                 Request::Put { key, .. } | Request::Delete { key } => (key, &mut writes),
+                Request::Txn { writes: ops, .. } => {
+                    // Its admission here reads the ts cache of its keys.
+                    for op in ops {
+                        let (BatchOp::Put { key, .. } | BatchOp::Delete { key }) = op;
+                        let hash = tessera_protocol::key_hash(key);
+                        if self.slots.shard_of_hash(hash) == self.id {
+                            admissions.push(key, hash);
+                        }
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             // The routing hash is the engine's key hash.
@@ -387,6 +399,9 @@ impl Shard {
         }
         if writes.len > 0 {
             self.engine.prefetch_writes(writes.keys(), writes.hashes());
+        }
+        if admissions.len > 0 {
+            self.engine.prefetch_admissions(admissions.hashes());
         }
     }
 
