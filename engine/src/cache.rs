@@ -138,19 +138,56 @@ impl<K: Hash + Eq + Copy, V, S: BuildHasher + Default> ClockCache<K, V, S> {
     }
 }
 
+/// What a cache holds and how often it answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub bytes: usize,
+    pub capacity_bytes: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// How often a cache answered.
+#[derive(Default)]
+pub struct Counts {
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl Counts {
+    pub fn record(&self, hit: bool) {
+        let counter = match hit {
+            true => &self.hits,
+            false => &self.misses,
+        };
+        counter.set(counter.get() + 1);
+    }
+
+    /// These counts with what `cache` holds.
+    pub fn stats<K: Hash + Eq + Copy, V, S: BuildHasher + Default>(
+        &self,
+        cache: &ClockCache<K, V, S>,
+    ) -> CacheStats {
+        CacheStats {
+            bytes: cache.used_bytes(),
+            capacity_bytes: cache.capacity_bytes(),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+        }
+    }
+}
+
 /// Verified data blocks by (table id, offset), with hit and miss counts.
 pub struct BlockCache {
     blocks: ClockCache<BlockId, Block, BuildHasherDefault<BlockIdHasher>>,
-    hits: Cell<u64>,
-    misses: Cell<u64>,
+    counts: Counts,
 }
 
 impl BlockCache {
     pub fn new(capacity_bytes: usize) -> Self {
         BlockCache {
             blocks: ClockCache::new(capacity_bytes),
-            hits: Cell::new(0),
-            misses: Cell::new(0),
+            counts: Counts::default(),
         }
     }
 
@@ -163,10 +200,7 @@ impl BlockCache {
     /// on a point read (~5% of a cached GET's server CPU).
     pub fn with<R>(&self, table: u64, offset: u64, f: impl FnOnce(&Block) -> R) -> Option<R> {
         let found = self.blocks.with(&(table, offset), f);
-        match found {
-            Some(_) => self.hits.set(self.hits.get() + 1),
-            None => self.misses.set(self.misses.get() + 1),
-        }
+        self.counts.record(found.is_some());
         found
     }
 
@@ -176,20 +210,8 @@ impl BlockCache {
         self.blocks.insert((table, offset), block, bytes);
     }
 
-    pub fn used_bytes(&self) -> usize {
-        self.blocks.used_bytes()
-    }
-
-    pub fn capacity_bytes(&self) -> usize {
-        self.blocks.capacity_bytes()
-    }
-
-    pub fn hits(&self) -> u64 {
-        self.hits.get()
-    }
-
-    pub fn misses(&self) -> u64 {
-        self.misses.get()
+    pub fn stats(&self) -> CacheStats {
+        self.counts.stats(&self.blocks)
     }
 }
 
@@ -214,18 +236,18 @@ mod tests {
         for offset in 0..3 {
             cache.insert(1, offset, block(), 100);
         }
-        assert_eq!(cache.used_bytes(), 300);
+        assert_eq!(cache.stats().bytes, 300);
         cache.insert(1, 3, block(), 100);
-        assert_eq!(cache.used_bytes(), 300);
+        assert_eq!(cache.stats().bytes, 300);
         assert!(cache.get(1, 0).is_none(), "the oldest block was evicted");
         for offset in 1..4 {
             assert!(cache.get(1, offset).is_some(), "block {offset} is cached");
         }
         // Loading a block again charges the difference only.
         cache.insert(1, 3, block(), 50);
-        assert_eq!(cache.used_bytes(), 250);
+        assert_eq!(cache.stats().bytes, 250);
         assert!(cache.get(1, 3).is_some());
-        assert_eq!((cache.hits(), cache.misses()), (4, 1));
+        assert_eq!((cache.stats().hits, cache.stats().misses), (4, 1));
     }
 
     #[test]
@@ -244,7 +266,7 @@ mod tests {
             assert!(cache.get(1, offset).is_some());
         }
         cache.insert(1, 4, block(), 100);
-        assert_eq!(cache.used_bytes(), 300);
+        assert_eq!(cache.stats().bytes, 300);
         assert!(
             cache.get(1, 2).is_none(),
             "after a full turn the hand's first goes"
@@ -273,7 +295,7 @@ mod tests {
     fn a_block_larger_than_the_budget_is_not_cached() {
         let cache = BlockCache::new(100);
         cache.insert(1, 0, block(), 101);
-        assert_eq!(cache.used_bytes(), 0);
+        assert_eq!(cache.stats().bytes, 0);
         assert!(cache.get(1, 0).is_none());
     }
 }

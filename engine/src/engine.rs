@@ -618,17 +618,18 @@ impl<D: Disk> Engine<D> {
         let inner = &self.inner;
         let version = inner.version.borrow().clone();
         let s = &inner.stats;
+        let (blocks, rows) = (inner.cache.stats(), inner.rows.stats());
         EngineStats {
             memtable_bytes: inner.mem.borrow().bytes(),
             immutable_memtables: inner.imms.borrow().len(),
-            cache_bytes: inner.cache.used_bytes(),
-            cache_capacity_bytes: inner.cache.capacity_bytes(),
-            cache_hits: inner.cache.hits(),
-            cache_misses: inner.cache.misses(),
-            row_cache_bytes: inner.rows.used_bytes(),
-            row_cache_capacity_bytes: inner.rows.capacity_bytes(),
-            row_cache_hits: inner.rows.hits(),
-            row_cache_misses: inner.rows.misses(),
+            cache_bytes: blocks.bytes,
+            cache_capacity_bytes: blocks.capacity_bytes,
+            cache_hits: blocks.hits,
+            cache_misses: blocks.misses,
+            row_cache_bytes: rows.bytes,
+            row_cache_capacity_bytes: rows.capacity_bytes,
+            row_cache_hits: rows.hits,
+            row_cache_misses: rows.misses,
             table_resident_bytes: version
                 .levels
                 .iter()

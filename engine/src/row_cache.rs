@@ -17,7 +17,7 @@
 //! (its allocation, the map slot and the ring entry), so 256 MiB hold ~1.1M
 //! rows.
 
-use crate::cache::ClockCache;
+use crate::cache::{CacheStats, ClockCache, Counts};
 use crate::key::{Kind, Versioned};
 use crate::sst::bloom::Filter;
 use bytes::Bytes;
@@ -52,8 +52,7 @@ pub struct RowCache {
     /// The latest installs, oldest first: (the version's seq, the filters
     /// of the tables it flushed). Consecutive seqs.
     installs: RefCell<VecDeque<(u64, Vec<Rc<Filter>>)>>,
-    hits: Cell<u64>,
-    misses: Cell<u64>,
+    counts: Counts,
 }
 
 impl RowCache {
@@ -62,8 +61,7 @@ impl RowCache {
         RowCache {
             rows: ClockCache::new(capacity_bytes),
             installs: RefCell::default(),
-            hits: Cell::new(0),
-            misses: Cell::new(0),
+            counts: Counts::default(),
         }
     }
 
@@ -95,10 +93,7 @@ impl RowCache {
                 }
             })
             .flatten();
-        match found {
-            Some(_) => self.hits.set(self.hits.get() + 1),
-            None => self.misses.set(self.misses.get() + 1),
-        }
+        self.counts.record(found.is_some());
         found
     }
 
@@ -176,20 +171,8 @@ impl RowCache {
         }
     }
 
-    pub fn used_bytes(&self) -> usize {
-        self.rows.used_bytes()
-    }
-
-    pub fn capacity_bytes(&self) -> usize {
-        self.rows.capacity_bytes()
-    }
-
-    pub fn hits(&self) -> u64 {
-        self.hits.get()
-    }
-
-    pub fn misses(&self) -> u64 {
-        self.misses.get()
+    pub fn stats(&self) -> CacheStats {
+        self.counts.stats(&self.rows)
     }
 }
 
@@ -229,7 +212,7 @@ mod tests {
         );
         assert_eq!(get(&cache, b"b", 1, 1), Some(None));
         assert!(get(&cache, b"c", 1, 10).is_none());
-        assert_eq!((cache.hits(), cache.misses()), (2, 2));
+        assert_eq!((cache.stats().hits, cache.stats().misses), (2, 2));
     }
 
     #[test]
@@ -244,7 +227,7 @@ mod tests {
             cache.insert(b"k", bloom::hash(b"k"), 1, Some(&v));
             assert!(get(&cache, b"k", 1, 9).is_none(), "{kind:?} was cached");
         }
-        assert_eq!(cache.used_bytes(), 0);
+        assert_eq!(cache.stats().bytes, 0);
     }
 
     #[test]
@@ -314,11 +297,11 @@ mod tests {
         for k in 0u8..10 {
             cache.insert(&[k], bloom::hash(&[k]), 1, Some(&put(1, b"vv")));
         }
-        assert_eq!(cache.used_bytes(), 3 * row_bytes);
+        assert_eq!(cache.stats().bytes, 3 * row_bytes);
         assert!(get(&cache, &[9], 1, 9).is_some(), "the newest row stays");
         let off = RowCache::new(0);
         off.insert(b"a", bloom::hash(b"a"), 1, None);
         assert!(get(&off, b"a", 1, 9).is_none());
-        assert_eq!(off.used_bytes(), 0);
+        assert_eq!(off.stats().bytes, 0);
     }
 }
