@@ -165,6 +165,10 @@ pub(crate) struct Inner<D: Disk> {
     pub watermark_pin: Cell<Option<u64>>,
     pub compaction_lock: glommio::sync::Semaphore,
     pub compaction_pointer: RefCell<Vec<Option<Bytes>>>,
+    /// Tables compacted away whose files await removal (see
+    /// [`Inner::retire`]), and whether a task is removing them.
+    pub retired: RefCell<Vec<Retired<D::File>>>,
+    pub reaping: Cell<bool>,
     pub replay: ReplayReport,
     /// Intents and read/write timestamps (see `cc.rs`).
     pub cc: RefCell<Concurrency>,
@@ -367,6 +371,8 @@ impl<D: Disk> Engine<D> {
             watermark_pin: Cell::new(None),
             compaction_lock: glommio::sync::Semaphore::new(1),
             compaction_pointer: RefCell::new(vec![None; LEVELS]),
+            retired: RefCell::default(),
+            reaping: Cell::new(false),
             replay,
             cc: RefCell::new(cc),
             in_doubt: prepared.keys().copied().collect(),
@@ -1121,9 +1127,83 @@ impl<D: Disk> Inner<D> {
         Ok(TableBuilder::new(file, id, self.opts.block_bytes, warm))
     }
 
+    /// Removes the files of tables a compaction replaced, each once no
+    /// reader holds the table any more and its file is closed.
+    ///
+    /// Unlinked while still open (as they were, right after the compaction
+    /// installed), their blocks were freed when the last reader dropped the
+    /// table and the file closed: in that close, on the shard's thread,
+    /// 3-4 ms per 64 MiB table here. After a level-0 compaction that held
+    /// the shard ~24 ms. Closed first, the unlink frees them, on the
+    /// blocking thread pool ([`Disk::remove`]).
+    pub(crate) fn retire<'a>(
+        self: &Rc<Self>,
+        tables: impl IntoIterator<Item = &'a Rc<Table<D::File>>>,
+    ) where
+        D::File: 'a,
+    {
+        self.retired
+            .borrow_mut()
+            .extend(tables.into_iter().map(|t| Retired {
+                id: t.id(),
+                table: Rc::downgrade(t),
+                closed: false,
+            }));
+        if !self.reaping.replace(true) {
+            glommio::spawn_local(reap(self.clone())).detach();
+        }
+    }
+
     pub(crate) async fn remove_table_file(&self, id: u64) {
         if let Err(e) = self.disk.remove(&self.sst_dir.join(table_name(id))).await {
             tracing::warn!(table = id, error = %e, "could not remove obsolete table");
+        }
+    }
+}
+
+/// A table a compaction replaced (see [`Inner::retire`]).
+pub(crate) struct Retired<F: crate::io::DiskFile> {
+    id: u64,
+    table: std::rc::Weak<Table<F>>,
+    /// Seen dropped on an earlier pass: its file's close has been
+    /// submitted since (a dropped file closes at the next submission).
+    closed: bool,
+}
+
+/// How often retired tables are checked.
+const REAP_EVERY: Duration = Duration::from_millis(20);
+
+/// Removes retired tables' files once closed, until none is left or the
+/// engine closes (what is left then, the next open removes: every table
+/// file the manifest does not list goes).
+async fn reap<D: Disk>(inner: Rc<Inner<D>>) {
+    loop {
+        glommio::timer::sleep(REAP_EVERY).await;
+        if inner.closed.get() {
+            inner.reaping.set(false);
+            return;
+        }
+        let mut due = Vec::new();
+        inner.retired.borrow_mut().retain_mut(|r| {
+            if r.table.strong_count() > 0 {
+                return true;
+            }
+            if r.closed {
+                due.push(r.id);
+                return false;
+            }
+            r.closed = true;
+            true
+        });
+        for id in due {
+            if inner.closed.get() {
+                break;
+            }
+            inner.remove_table_file(id).await;
+        }
+        if inner.retired.borrow().is_empty() {
+            inner.reaping.set(false);
+            return;
         }
     }
 }

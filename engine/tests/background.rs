@@ -86,3 +86,45 @@ fn a_flush_lets_other_tasks_run_while_it_builds_its_table() {
         engine.close().await.unwrap();
     });
 }
+
+/// Compacted tables' files are removed after the compaction, once no
+/// reader holds the tables (`Inner::retire`): none is left behind.
+#[test]
+fn compacted_tables_files_are_removed_once_unread() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let opts = Options {
+            l0_compaction_trigger: 3,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(disk.clone(), "/db", opts).await.unwrap();
+        let tables_on_disk = || {
+            disk.paths()
+                .iter()
+                .filter(|p| p.to_string_lossy().ends_with(".sst"))
+                .count()
+        };
+        for round in 0..4 {
+            for i in 0..200 {
+                engine.put(key(i), format!("v{round}-{i}")).await.unwrap();
+            }
+            engine.flush().await.unwrap();
+        }
+        engine.compact().await.unwrap();
+        let live: usize = engine.stats().level_tables.iter().sum();
+        assert!(engine.stats().compactions > 0, "nothing was compacted");
+        // Removal waits until the replaced tables are dropped and their
+        // files closed (two passes of the reaper, 20 ms apart).
+        let mut waited = Duration::ZERO;
+        while tables_on_disk() > live && waited < Duration::from_secs(5) {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        }
+        assert_eq!(tables_on_disk(), live, "files of compacted tables remain");
+        for i in [0, 123, 199] {
+            let got = engine.get(&key(i)).await.unwrap();
+            assert_eq!(got.as_deref(), Some(format!("v3-{i}").as_bytes()));
+        }
+        engine.close().await.unwrap();
+    });
+}

@@ -252,9 +252,7 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
         .stats
         .compaction_bytes_written
         .set(inner.stats.compaction_bytes_written.get() + written);
-    for t in job.inputs.iter().chain(&job.next) {
-        inner.remove_table_file(t.id()).await;
-    }
+    inner.retire(job.inputs.iter().chain(&job.next));
     tracing::debug!(
         level = job.level,
         inputs = job.inputs.len() + job.next.len(),

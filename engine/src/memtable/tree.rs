@@ -446,15 +446,21 @@ impl Tree {
     }
 
     /// Every version in order, moved out.
-    pub fn into_versions(mut self) -> impl Iterator<Item = (InternalKey, Value)> {
+    pub fn into_versions(self) -> impl Iterator<Item = (InternalKey, Value)> {
         let mut leaf = match self.len {
             0 => NONE,
             _ => self.first_leaf(),
         };
+        // Each leaf is freed once walked: freed together at the end, a full
+        // memtable's ~12k leaves (and their 64 emptied slots each) held the
+        // shard 5-7 ms after the rest of it was freed a slice at a time.
+        let mut leaves: Vec<Option<Box<Leaf>>> = self.leaves.into_iter().map(Some).collect();
         let mut i = 0;
         std::iter::from_fn(move || {
             while leaf != NONE {
-                let node = &mut self.leaves[leaf as usize];
+                let node = leaves[leaf as usize]
+                    .as_mut()
+                    .expect("each leaf is walked once");
                 if i < node.len {
                     let slot = node.order[i] as usize;
                     i += 1;
@@ -462,7 +468,9 @@ impl Tree {
                     let val = std::mem::replace(&mut node.vals[slot], empty_value());
                     return Some((key, val));
                 }
-                leaf = node.next;
+                let next = node.next;
+                leaves[leaf as usize] = None;
+                leaf = next;
                 i = 0;
             }
             None
