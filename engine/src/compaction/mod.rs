@@ -196,7 +196,7 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
     // A merged version is well under a microsecond of work.
     let mut slices = Slices::new(64);
     while let Some(e) = iter.next().await? {
-        slices.tick(inner).await;
+        slices.tick(|| inner.background_behind()).await;
         if inner.closed.get() {
             // Outputs so far are orphans; the next open removes them.
             return Err(Error::Closed);
