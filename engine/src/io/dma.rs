@@ -21,10 +21,11 @@ pub struct DmaDiskFile {
 }
 
 /// Runs a blocking file-system call on glommio's blocking thread pool, off
-/// the shard's thread. Made on it, unlinking a flushed or compacted 64 MiB
-/// table (3-4 ms here) or fsyncing a directory (~1 ms, a journal commit)
-/// held every request on the shard as long: p99.9 of unpipelined SETs was
-/// 3-4 ms.
+/// the shard's thread. Made on it, unlinking a closed 64 MiB table (3-4 ms
+/// here: the unlink frees its blocks) or fsyncing a directory (~1 ms, a
+/// journal commit) held every request on the shard as long. (An open
+/// file's blocks are freed at its last close instead: see
+/// `Inner::retire`.)
 async fn off_thread<T: Send + 'static>(
     op: &'static str,
     path: &Path,
