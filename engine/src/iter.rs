@@ -9,7 +9,7 @@ use crate::io::DiskFile;
 use crate::key::{compare, Entry, InternalKey};
 use crate::memtable::Memtable;
 use crate::sst::block::{Block, BlockCursor};
-use crate::sst::Table;
+use crate::sst::{ReadAhead, Table};
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -46,6 +46,9 @@ pub enum Source<F: DiskFile> {
         /// The loaded block, where it is in `tables`, and the cursor in it.
         current: Option<(Block, usize, usize, BlockCursor)>,
         head: Option<Entry>,
+        /// For a pass over the whole run (compaction): blocks read ahead,
+        /// past the cache. `None`: blocks come through the cache.
+        ahead: Option<Box<ReadAhead>>,
     },
 }
 
@@ -68,6 +71,20 @@ impl<F: DiskFile> Source<F> {
             block: 0,
             current: None,
             head: None,
+            ahead: None,
+        }
+    }
+
+    /// A run read from its start to its end in large reads that bypass
+    /// the cache ([`Table::block_read_ahead`]): for compaction.
+    pub fn run_read_ahead(tables: Vec<Rc<Table<F>>>) -> Self {
+        Source::Run {
+            tables,
+            table: 0,
+            block: 0,
+            current: None,
+            head: None,
+            ahead: Some(Box::default()),
         }
     }
 
@@ -97,6 +114,7 @@ impl<F: DiskFile> Source<F> {
                 block,
                 current,
                 head,
+                ..
             } => {
                 *current = None;
                 *head = None;
@@ -165,6 +183,7 @@ impl<F: DiskFile> Source<F> {
                 block,
                 current,
                 head,
+                ahead,
             } => {
                 while head.is_none() {
                     if let Some((b, t, i, cursor)) = current.as_mut() {
@@ -181,7 +200,10 @@ impl<F: DiskFile> Source<F> {
                         *block = 0;
                         continue;
                     }
-                    let b = t.block(*block, cache).await?;
+                    let b = match ahead {
+                        Some(ahead) => t.block_read_ahead(*block, ahead).await?,
+                        None => t.block(*block, cache).await?,
+                    };
                     *current = Some((b, *table, *block, BlockCursor::default()));
                     *block += 1;
                 }

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use tessera_engine::io::MemDisk;
+use tessera_engine::sst::READ_AHEAD_BYTES;
 use tessera_engine::{run_local, Engine, Options};
 
 fn key(i: usize) -> Bytes {
@@ -118,4 +119,70 @@ async fn read_all_but(engine: &Engine<MemDisk>, n: usize, skip: usize) {
         let got = engine.get(&key(i)).await.unwrap();
         assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()), "key {i}");
     }
+}
+
+/// Compaction reads its inputs in large reads that go past the block cache:
+/// a table's blocks are about to be replaced, and caching them would evict
+/// the blocks requests read.
+#[test]
+fn compaction_reads_ahead_past_the_block_cache() {
+    run_local(|| async {
+        let opts = Options {
+            memtable_bytes_max: 4 << 20,
+            block_cache_bytes: 1 << 20,
+            l0_compaction_trigger: 100,
+            level_base_bytes: 1 << 30,
+            ..Options::for_tests()
+        };
+        let value = |i: usize, round: usize| format!("{i}-{round}-{}", "v".repeat(200));
+        let disk = MemDisk::new();
+        let engine = Engine::open_on(disk.clone(), "/db", opts.clone())
+            .await
+            .unwrap();
+        let (n, rounds) = (5000, 3);
+        for round in 0..rounds {
+            for i in 0..n {
+                engine.put(key(i), value(i, round)).await.unwrap();
+            }
+            engine.flush().await.unwrap();
+        }
+        engine.close().await.unwrap();
+
+        let engine = Engine::open_on(
+            disk.clone(),
+            "/db",
+            Options {
+                l0_compaction_trigger: 2,
+                ..opts
+            },
+        )
+        .await
+        .unwrap();
+        let before = engine.stats();
+        assert_eq!(before.level_tables[0], rounds, "one table per flush");
+        let input_bytes = before.level_bytes[0];
+        // Several read-ahead windows per table, so windows follow each other.
+        assert!(input_bytes > 3 * rounds as u64 * READ_AHEAD_BYTES as u64);
+        let reads = disk.reads();
+        engine.compact().await.unwrap();
+        let after = engine.stats();
+        assert_eq!(after.level_tables[0], 0);
+        // Each input is read in windows (the last one of a table partial);
+        // each output table is opened with a read of its footer and one of
+        // its index. Block by block it would be ~input_bytes / 4 KiB reads.
+        let windows = input_bytes / READ_AHEAD_BYTES as u64 + rounds as u64;
+        let opens = 2 * after.level_tables[1] as u64;
+        let made = disk.reads() - reads;
+        assert!(
+            made <= windows + opens,
+            "{made} reads for {input_bytes} bytes in, {} tables out",
+            after.level_tables[1]
+        );
+        assert_eq!(after.cache_misses, before.cache_misses, "cache consulted");
+        for i in 0..n {
+            let got = engine.get(&key(i)).await.unwrap();
+            assert_eq!(got.as_deref(), Some(value(i, rounds - 1).as_bytes()));
+        }
+        engine.close().await.unwrap();
+    });
 }

@@ -3,6 +3,7 @@
 //! case that broke glommio 0.9 (the first DMA file opened is empty).
 
 use tessera_engine::io::{Disk, DiskFile, DmaDisk, ALIGN};
+use tessera_engine::sst::READ_AHEAD_BYTES;
 use tessera_engine::{run_local, Engine, Options};
 
 #[test]
@@ -51,6 +52,48 @@ fn engine_on_the_real_disk_survives_close_and_reopen() {
             .unwrap();
         let keys: Vec<_> = scanned.iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(keys, vec!["key00010", "key00011", "key00012"]);
+        engine.close().await.unwrap();
+    });
+}
+
+/// Compaction reads tables in windows of many blocks
+/// (`Table::block_read_ahead`); on the real disk those are direct reads of
+/// whole aligned blocks.
+#[test]
+fn compaction_on_the_real_disk_reads_its_inputs_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_local(move || async move {
+        let opts = |trigger| Options {
+            memtable_bytes_max: 4 << 20,
+            l0_compaction_trigger: trigger,
+            ..Options::for_tests()
+        };
+        let value = |i: u32, round: u32| format!("{i}-{round}-{}", "v".repeat(150));
+        let engine = Engine::open(&path, opts(100)).await.unwrap();
+        for round in 0..3 {
+            for i in 0..3000u32 {
+                engine
+                    .put(format!("key{i:05}"), value(i, round))
+                    .await
+                    .unwrap();
+            }
+            engine.flush().await.unwrap();
+        }
+        let stats = engine.stats();
+        // Each table spans several windows.
+        assert!(stats.level_bytes[0] > 3 * 2 * READ_AHEAD_BYTES as u64);
+        engine.close().await.unwrap();
+        let engine = Engine::open(&path, opts(2)).await.unwrap();
+        engine.compact().await.unwrap();
+        assert_eq!(engine.stats().level_tables[0], 0);
+        engine.close().await.unwrap();
+        // Cold: every read below comes from the compacted tables on disk.
+        let engine = Engine::open(&path, opts(2)).await.unwrap();
+        for i in 0..3000u32 {
+            let got = engine.get(format!("key{i:05}").as_bytes()).await.unwrap();
+            assert_eq!(got.as_deref(), Some(value(i, 2).as_bytes()), "key {i}");
+        }
         engine.close().await.unwrap();
     });
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use std::path::PathBuf;
 use std::time::Duration;
 use tessera_engine::io::{Fault, MemDisk};
+use tessera_engine::sst::READ_AHEAD_BYTES;
 use tessera_engine::{run_local, Engine, Error, Options, SyncMode};
 
 fn key(i: usize) -> Bytes {
@@ -119,6 +120,46 @@ fn a_bit_flip_in_a_table_block_is_a_corruption_error_never_wrong_data() {
         assert!(err.is_corruption(), "expected corruption, got {err}");
         // Keys in other blocks are still served, correctly.
         assert_eq!(engine.get(&key(150)).await.unwrap(), Some(value(150)));
+        engine.close().await.unwrap();
+    });
+}
+
+/// Compaction reads tables in windows of many blocks
+/// (`Table::block_read_ahead`); a block deep in one fails its checksum
+/// there too, and the inputs stay.
+#[test]
+fn a_bit_flip_in_a_block_compaction_reads_ahead_fails_the_compaction() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let opts = Options {
+            memtable_bytes_max: 4 << 20,
+            l0_compaction_trigger: 100,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(disk.clone(), "/db", opts.clone())
+            .await
+            .unwrap();
+        for round in 0..2 {
+            put_all(&engine, (0..4000).map(|i| i + round)).await;
+            engine.flush().await.unwrap();
+        }
+        engine.close().await.unwrap();
+        let tables = paths_with(&disk, ".sst");
+        assert_eq!(tables.len(), 2);
+        // In the second read-ahead window of the table, past its first.
+        let at = READ_AHEAD_BYTES as u64 + 5000;
+        assert!(disk.file_len(&tables[0]).unwrap() > at + 64 * 1024);
+        disk.flip_bit(&tables[0], at, 5);
+        let low = Options {
+            l0_compaction_trigger: 2,
+            ..opts
+        };
+        let engine = Engine::open_on(disk.clone(), "/db", low).await.unwrap();
+        let err = engine.compact().await.unwrap_err();
+        assert!(err.is_corruption(), "expected corruption, got {err}");
+        assert_eq!(engine.stats().level_tables[0], 2, "the inputs stay");
+        // Keys in intact blocks are still served, correctly.
+        assert_eq!(engine.get(&key(1)).await.unwrap(), Some(value(1)));
         engine.close().await.unwrap();
     });
 }

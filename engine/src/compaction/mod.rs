@@ -177,13 +177,13 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
     let mut sources: Vec<Source<D::File>> = if job.level == 0 {
         job.inputs
             .iter()
-            .map(|t| Source::run(vec![t.clone()]))
+            .map(|t| Source::run_read_ahead(vec![t.clone()]))
             .collect()
     } else {
-        vec![Source::run(job.inputs.clone())]
+        vec![Source::run_read_ahead(job.inputs.clone())]
     };
     if !job.next.is_empty() {
-        sources.push(Source::run(job.next.clone()));
+        sources.push(Source::run_read_ahead(job.next.clone()));
     }
     let mut iter = MergeIter::new(sources, inner.cache.clone());
     let watermark = inner.watermark();

@@ -68,6 +68,7 @@ struct State {
     capacity_bytes: Option<u64>,
     faults: Vec<Fault>,
     syncs: u64,
+    reads: u64,
 }
 
 impl State {
@@ -131,6 +132,11 @@ impl MemDisk {
     /// Number of successful fdatasync calls so far.
     pub fn syncs(&self) -> u64 {
         self.state.borrow().syncs
+    }
+
+    /// Number of reads so far, failed ones included.
+    pub fn reads(&self) -> u64 {
+        self.state.borrow().reads
     }
 
     /// Simulates power loss: returns the disk as a restarted machine sees
@@ -200,6 +206,7 @@ impl MemDisk {
                 capacity_bytes: state.capacity_bytes,
                 faults: Vec::new(),
                 syncs: 0,
+                reads: 0,
             })),
         }
     }
@@ -378,6 +385,7 @@ impl DiskFile for MemFile {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes> {
+        self.state.borrow_mut().reads += 1;
         if let Some(err) = self.state.borrow().fault(|f| match f {
             Fault::Reads(code) => Some(*code),
             _ => None,
