@@ -499,10 +499,13 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Starts the cache misses writes of these keys (with these hashes,
-    /// their `xxh3_64`) will take: the memtable nodes their inserts walk
-    /// and the slots that record their write timestamps.
+    /// their `xxh3_64`) will take: the memtable nodes their inserts walk,
+    /// the memtable filter's lines they set, and the slots that record
+    /// their write timestamps.
     pub fn prefetch_writes(&self, keys: &[&[u8]], hashes: &[u64]) {
-        self.inner.mem.borrow().prefetch_paths(keys);
+        let mem = self.inner.mem.borrow();
+        mem.prefetch_filter(hashes);
+        mem.prefetch_paths(keys);
         self.inner.cc.borrow().prefetch(hashes);
     }
 
