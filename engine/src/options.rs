@@ -98,9 +98,10 @@ pub struct Options {
     pub manifest_roll_bytes: usize,
     /// Low bits of every timestamp this engine issues (the shard id).
     pub clock_node: u8,
-    /// Keys whose last read and write timestamps transactions remember,
-    /// per generation (two generations, 24 bytes each). Older keys share
-    /// one floor, which can abort transactions needlessly. Default 131072.
+    /// Keys whose last read and write timestamps transactions remember
+    /// (32 bytes each, rounded up to a power of two). Keys map to sets of
+    /// two; a key evicted from its set raises a floor the set's other keys
+    /// share, which can abort transactions needlessly. Default 262144.
     pub txn_ts_cache_keys: usize,
     /// How long a transaction or timestamped read waits for an older
     /// transaction's intent before giving up. Default 10 s.
@@ -128,7 +129,7 @@ impl Default for Options {
             value_bytes_max: 1 << 20,
             manifest_roll_bytes: 1 << 20,
             clock_node: 0,
-            txn_ts_cache_keys: 1 << 17,
+            txn_ts_cache_keys: 1 << 18,
             txn_wait_ms: 10_000,
         }
     }
@@ -157,6 +158,7 @@ impl Options {
             compaction_bytes_per_sec: 1 << 30,
             manifest_roll_bytes: 16 << 10,
             value_bytes_max: 16 << 10,
+            txn_ts_cache_keys: 1 << 12,
             ..Options::default()
         }
     }
