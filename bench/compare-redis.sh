@@ -6,6 +6,13 @@
 # medians of RUNS runs (default 3) and the ratios. With PLOTS=DIR, the last
 # run of each scenario also draws DIR/<server>-<scenario>.svg (latency by
 # percentile and throughput over time).
+# The two servers run side by side and the runs alternate (Redis, then
+# Tessera, per run), so a drift in the machine's speed lands on both: run
+# all of Redis's scenarios and then all of Tessera's, Redis's own speed
+# swung 20-40% between passes and the ratios with it. Before each run
+# the script waits until Tessera's process has used under 2% of a core
+# for a second, so its flushes and compactions do not run beside Redis's
+# runs; the table reports the most CPU Tessera used during any Redis run.
 # Tessera runs with a 256 MiB row cache (ROW_CACHE bytes; the default is 64
 # MiB): enough for the rows of 1M keys (~230 bytes each), as Redis holds the
 # whole data set in memory. ROW_CACHE=0 measures the tables' read path.
@@ -44,53 +51,77 @@ start_tessera() { # sync mode
   rm -rf "$work/tessera"
   taskset -c 0 target/release/tessera-server --data "$work/tessera" --listen "127.0.0.1:$tport" \
     --shards 1 --cpus 0 --metrics off --wal-sync "$1" --row-cache-bytes "$row_cache" >"$work/tessera.out" 2>"$work/tessera.err" &
+  tpid=$!
   for _ in $(seq 100); do grep -q ready "$work/tessera.out" 2>/dev/null && return; sleep 0.1; done
   cat "$work/tessera.err" >&2; exit 1
 }
 stop_tessera() { pkill -TERM -f "tessera-server --data $work" || true; sleep 1; }
+# CPU time (clock ticks) Tessera's process has used so far.
+tessera_ticks() { awk '{print $14 + $15}' "/proc/$tpid/stat"; }
+# Waits (up to 60 s) until Tessera uses under 2% of a core over a second.
+tessera_idle() {
+  local hz before after
+  hz=$(getconf CLK_TCK)
+  for _ in $(seq 60); do
+    before=$(tessera_ticks); sleep 1; after=$(tessera_ticks)
+    [ $((after - before)) -le $((hz / 50)) ] && return
+  done
+  echo "note: tessera-server still busy after 60 s" >&2
+}
 
-# run NAME TARGET WORKLOAD PIPELINE -> appends "name ops p99_ms" per run
+# run NAME TARGET WORKLOAD PIPELINE RUN -> appends "name ops p99_ms saturated"
 run() {
   local name=$1 target=$2 workload=$3 pipeline=$4 plot=()
-  for i in $(seq "$runs"); do
-    if [ -n "${PLOTS:-}" ] && [ "$i" = "$runs" ]; then
-      mkdir -p "$PLOTS"
-      plot=(--plot "$PLOTS/$name.svg")
-    fi
-    taskset -c 1 "$bench" --target "$target" --workload "$workload" --keys "$keys" \
-      --connections 50 --pipeline "$pipeline" --duration "$secs" --warmup 1 --value-size 100 \
-      --cpus 1 --json --quiet "${plot[@]}" >"$work/run.json"
-    python3 - "$name" "$work/run.json" >>"$work/results" <<'PY'
+  local i=$5
+  if [ -n "${PLOTS:-}" ] && [ "$i" = "$runs" ]; then
+    mkdir -p "$PLOTS"
+    plot=(--plot "$PLOTS/$name.svg")
+  fi
+  taskset -c 1 "$bench" --target "$target" --workload "$workload" --keys "$keys" \
+    --connections 50 --pipeline "$pipeline" --duration "$secs" --warmup 1 --value-size 100 \
+    --cpus 1 --json --quiet "${plot[@]}" >"$work/run.json"
+  python3 - "$name" "$work/run.json" >>"$work/results" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))
 op = next(iter(r["operations"].values()))
 print(sys.argv[1], round(r["ops_per_sec"]), op["p99_us"] / 1000.0, int(r["load_generator_saturated"]))
 PY
+}
+
+# both SCENARIO WORKLOAD PIPELINE: RUNS runs on each server, alternating.
+both() {
+  local scenario=$1 workload=$2 pipeline=$3 before after
+  for i in $(seq "$runs"); do
+    tessera_idle
+    before=$(tessera_ticks)
+    run "redis-$scenario" "redis://127.0.0.1:$port" "$workload" "$pipeline" "$i"
+    after=$(tessera_ticks)
+    echo $((after - before)) >>"$work/beside"
+    tessera_idle
+    run "tessera-$scenario" "tessera://127.0.0.1:$tport" "$workload" "$pipeline" "$i"
   done
 }
 preload() { taskset -c 1 "$bench" --target "$1" --workload set --keys "$keys" --preload --requests 1 \
   --connections 50 --pipeline 16 --cpus 1 --quiet >/dev/null; }
 
 : >"$work/results"
+: >"$work/beside"
 start_redis --appendonly no
-preload "redis://127.0.0.1:$port"
-# Reads first, on both servers: run after the SET scenarios, Tessera's
-# reads met the compaction of the ~2M writes those had just made (GET p16
-# fell from ~330k/s to ~240k/s, with a 8 ms p99), and each scenario is
-# meant to measure the operation it names against the preloaded store.
-for p in 1 16; do run "redis-get-p$p" "redis://127.0.0.1:$port" get $p; done
-for p in 1 16; do run "redis-set-p$p" "redis://127.0.0.1:$port" set $p; done
-stop_redis
 start_tessera none
+preload "redis://127.0.0.1:$port"
 preload "tessera://127.0.0.1:$tport"
-for p in 1 16; do run "tessera-get-p$p" "tessera://127.0.0.1:$tport" get $p; done
-for p in 1 16; do run "tessera-set-p$p" "tessera://127.0.0.1:$tport" set $p; done
+# Reads first: run after the SET scenarios, Tessera's reads met the
+# compaction of the ~2M writes those had just made (GET p16 fell from
+# ~330k/s to ~240k/s, with a 8 ms p99), and each scenario is meant to
+# measure the operation it names against the preloaded store.
+for p in 1 16; do both "get-p$p" get $p; done
+for p in 1 16; do both "set-p$p" set $p; done
+stop_redis
 stop_tessera
 start_redis --appendonly yes --appendfsync always
-for p in 1 16; do run "redis-durable-set-p$p" "redis://127.0.0.1:$port" set $p; done
-stop_redis
 start_tessera always
-for p in 1 16; do run "tessera-durable-set-p$p" "tessera://127.0.0.1:$tport" set $p; done
+for p in 1 16; do both "durable-set-p$p" set $p; done
+stop_redis
 stop_tessera
 
 python3 - "$work/results" "$runs" "$secs" <<'PY'
@@ -108,5 +139,8 @@ for s in ["get-p1", "set-p1", "get-p16", "set-p16", "durable-set-p1", "durable-s
     to, tp, ts = med("tessera-" + s)
     flag = "  (load generator saturated)" if rs or ts else ""
     print(f"{s:<18} {ro:>12,.0f} {rp:>8.2f} {to:>14,.0f} {tp:>8.2f} {to / ro:>6.2f}{flag}")
-print(f"(medians of {sys.argv[2]} runs of {sys.argv[3]} s; 50 connections, 100-byte values, server on cpu 0, load on cpu 1)")
+print(f"(medians of {sys.argv[2]} runs of {sys.argv[3]} s, the servers alternating; 50 connections, 100-byte values, server on cpu 0, load on cpu 1)")
 PY
+hz=$(getconf CLK_TCK)
+most=$(sort -n "$work/beside" | tail -1)
+echo "tessera-server's CPU during any one Redis run: at most $((most * 1000 / hz)) ms"
