@@ -364,12 +364,13 @@ impl<F: DiskFile> Table<F> {
         let held = e.offset >= ahead.offset
             && e.offset + e.len as u64 <= ahead.offset + ahead.data.len() as u64;
         if ahead.table != self.meta.id || !held {
-            // Blocks are aligned and back to back: read whole blocks only.
+            // Blocks are aligned and back to back: read whole blocks only
+            // (one that does not follow on is read on its own).
             let mut end = e.offset + align_up(e.len as usize) as u64;
             for j in i + 1..self.index.len() {
                 let next = self.index.handle(j);
                 let next_end = next.offset + align_up(next.len as usize) as u64;
-                if next_end - e.offset > READ_AHEAD_BYTES as u64 {
+                if next.offset != end || next_end - e.offset > READ_AHEAD_BYTES as u64 {
                     break;
                 }
                 end = next_end;
