@@ -70,6 +70,11 @@ pub struct Flags {
     /// transaction's intent before failing with Conflict, in ms [default: 10000].
     #[arg(long)]
     pub txn_wait_ms: Option<u64>,
+    /// Keys per shard whose latest read and write timestamps transactions
+    /// remember, 32 bytes each; an evicted key can abort a transaction
+    /// needlessly [default: 262144].
+    #[arg(long)]
+    pub txn_ts_cache_keys: Option<usize>,
     /// Open connections per shard before new ones are refused [default: 10000].
     #[arg(long)]
     pub connections_max: Option<usize>,
@@ -229,6 +234,7 @@ impl Config {
                 .unwrap_or(defaults.compaction_bytes_per_sec),
             retention_ms: pick!(retention_ms).unwrap_or(defaults.retention_ms),
             txn_wait_ms: pick!(txn_wait_ms).unwrap_or(defaults.txn_wait_ms),
+            txn_ts_cache_keys: pick!(txn_ts_cache_keys).unwrap_or(defaults.txn_ts_cache_keys),
             key_bytes_max: limits.key_bytes_max,
             value_bytes_max: limits.value_bytes_max,
             wal_group_bytes_max: defaults.wal_group_bytes_max.max(limits.frame_bytes_max),
@@ -302,7 +308,7 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(
             &path,
-            "shards = 3\ncpus = \"any\"\nwal-sync = \"none\"\nmetrics = \"off\"\n",
+            "shards = 3\ncpus = \"any\"\nwal-sync = \"none\"\nmetrics = \"off\"\ntxn-ts-cache-keys = 1024\n",
         )
         .unwrap();
         let flags = Flags::parse_from([
@@ -320,6 +326,17 @@ mod tests {
         assert_eq!(c.data, PathBuf::from("./data"));
         assert_eq!(c.listen.port(), 7878);
         assert_eq!(c.shard_base_port, 7879);
+        assert_eq!(c.engine.txn_ts_cache_keys, 1024);
+        let flags = Flags::parse_from(["tessera-server", "--txn-ts-cache-keys", "4096"]);
+        assert_eq!(
+            Config::resolve(flags).unwrap().engine.txn_ts_cache_keys,
+            4096
+        );
+        let defaults = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
+        assert_eq!(
+            defaults.engine.txn_ts_cache_keys,
+            Options::default().txn_ts_cache_keys
+        );
     }
 
     #[test]
