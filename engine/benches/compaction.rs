@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tessera_engine::{run_local, Engine, Options};
+use tessera_engine::{run_local, thread_cpu_time, Engine, Options};
 
 const TABLES: usize = 4;
 const VERSIONS_PER_TABLE: u64 = 100_000;
@@ -65,17 +65,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn thread_cpu() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
 /// Opens a copy of the tables with a trigger they meet and compacts them;
 /// returns (elapsed, thread CPU time).
 fn compact_copy(template: &Path, scratch: &Path) -> (Duration, Duration) {
@@ -83,10 +72,10 @@ fn compact_copy(template: &Path, scratch: &Path) -> (Duration, Duration) {
     copy_dir(template, scratch);
     let dir = scratch.to_path_buf();
     run_local(move || async move {
-        let (start, cpu) = (Instant::now(), thread_cpu());
+        let (start, cpu) = (Instant::now(), thread_cpu_time());
         let engine = Engine::open(&dir, opts(TABLES)).await.unwrap();
         engine.compact().await.unwrap();
-        let took = (start.elapsed(), thread_cpu() - cpu);
+        let took = (start.elapsed(), thread_cpu_time() - cpu);
         let stats = engine.stats();
         assert_eq!(stats.level_tables[0], 0);
         assert!(stats.compactions >= 1);

@@ -65,26 +65,23 @@ impl<F: DiskFile> Source<F> {
     }
 
     pub fn run(tables: Vec<Rc<Table<F>>>) -> Self {
-        Source::Run {
-            tables,
-            table: 0,
-            block: 0,
-            current: None,
-            head: None,
-            ahead: None,
-        }
+        Self::run_with(tables, None)
     }
 
     /// A run read from its start to its end in large reads that bypass
     /// the cache ([`Table::block_read_ahead`]): for compaction.
     pub fn run_read_ahead(tables: Vec<Rc<Table<F>>>) -> Self {
+        Self::run_with(tables, Some(Box::default()))
+    }
+
+    fn run_with(tables: Vec<Rc<Table<F>>>, ahead: Option<Box<ReadAhead>>) -> Self {
         Source::Run {
             tables,
             table: 0,
             block: 0,
             current: None,
             head: None,
-            ahead: Some(Box::default()),
+            ahead,
         }
     }
 

@@ -8,20 +8,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 use tessera_engine::io::MemDisk;
-use tessera_engine::{run_local, Engine, Options, SyncMode, WriteBatch};
-
-/// CPU time this thread has used: unlike wall time, it does not grow while
-/// the tests running beside this one hold the cores.
-fn thread_cpu() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime");
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
+use tessera_engine::{run_local, thread_cpu_time, Engine, Options, SyncMode, WriteBatch};
 
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("key-{i:08}"))
@@ -59,9 +46,9 @@ fn a_flush_lets_other_tasks_run_while_it_builds_its_table() {
                 }
             }
         });
-        let started = thread_cpu();
+        let started = thread_cpu_time();
         engine.flush().await.unwrap();
-        let took = thread_cpu() - started;
+        let took = thread_cpu_time() - started;
         let during = ticks.get();
         stop.set(true);
         ticker.await;
