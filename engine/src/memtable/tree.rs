@@ -106,8 +106,12 @@ impl Leaf {
     fn insert_at(&mut self, i: usize, head: Prefix, key: InternalKey, val: Value) {
         debug_assert!(self.len < LEAF_CAP && i <= self.len);
         let (slot, end) = (self.len, self.len + 1);
-        self.keys[slot] = key;
-        self.vals[slot] = val;
+        // Slots from `len` on hold empty keys and values, which own
+        // nothing: overwrite them without the drop, whose read of the
+        // slot was a cache miss (~2% of the server's CPU under SETs).
+        debug_assert!(self.keys[slot].user().is_empty() && self.vals[slot].1.is_empty());
+        std::mem::forget(std::mem::replace(&mut self.keys[slot], key));
+        std::mem::forget(std::mem::replace(&mut self.vals[slot], val));
         self.heads[i..end].rotate_right(1);
         self.order[i..end].rotate_right(1);
         self.heads[i] = head;
@@ -310,7 +314,10 @@ impl Tree {
         // The free slot the version will take.
         prefetch((&node.keys[node.len.min(LEAF_CAP - 1)] as *const InternalKey).cast());
         let i = node.position(&key, head, false);
-        if i < node.len && *node.key(i) == key {
+        // Equal keys have equal heads: a head that differs settles it
+        // without reading the key, whose slot no prefetch reached (it
+        // was ~4% of the server's CPU under 16-deep SETs).
+        if i < node.len && node.heads[i] == head && *node.key(i) == key {
             let slot = node.order[i] as usize;
             return Some(std::mem::replace(&mut node.vals[slot], val));
         }
