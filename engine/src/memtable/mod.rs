@@ -267,12 +267,18 @@ impl Memtable {
         mut f: impl FnMut(&InternalKey, Kind, &Bytes) -> bool,
     ) -> Option<InternalKey> {
         let map = self.map.borrow();
-        let versions = map.iter_from(after.map(|k| (k as &dyn KeyRef, true)));
+        let from = after.map(|k| (k as &dyn KeyRef, true));
+        let versions = map.iter_from(from);
         // Values sit in the arena in the order they were written, not in
         // key order: each one visited was a cache miss, waited on by the
         // copy into the table being built (about half a flush's CPU).
-        // A second cursor runs ahead and prefetches them.
-        let mut ahead = versions.clone().skip(VISIT_PREFETCH_AHEAD);
+        // A second cursor runs ahead and prefetches them. Leaves are
+        // scattered too: the cursor ahead loads each leaf a leaf before
+        // it reads the leaf's values (its own misses were ~60% of a
+        // walk's time, and the keys read behind it another ~25%).
+        let mut ahead = map
+            .iter_from_loading_leaves(from)
+            .skip(VISIT_PREFETCH_AHEAD);
         for (k, (kind, value)) in versions {
             if let Some((_, (_, upcoming))) = ahead.next() {
                 let (at, len) = (upcoming.as_ptr(), upcoming.len().min(VISIT_PREFETCH_BYTES));

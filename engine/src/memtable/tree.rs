@@ -254,6 +254,21 @@ impl Tree {
         &self,
         from: Option<(&dyn KeyRef, bool)>,
     ) -> impl Iterator<Item = (&InternalKey, &Value)> + Clone {
+        self.cursor(from, false)
+    }
+
+    /// [`Tree::iter_from`] that, each time it steps into a leaf, starts
+    /// loading the whole leaf after it: a walk that runs ahead of another
+    /// (a flush's prefetching cursor) then finds its leaves in cache, and
+    /// the walk behind it finds their keys there too.
+    pub fn iter_from_loading_leaves(
+        &self,
+        from: Option<(&dyn KeyRef, bool)>,
+    ) -> impl Iterator<Item = (&InternalKey, &Value)> + Clone {
+        self.cursor(from, true)
+    }
+
+    fn cursor(&self, from: Option<(&dyn KeyRef, bool)>, load_leaves: bool) -> Cursor<'_> {
         let start = match from {
             Some((probe, strict)) => self.seek(probe, strict),
             None => Some((self.first_leaf(), 0)).filter(|_| self.len > 0),
@@ -261,6 +276,7 @@ impl Tree {
         Cursor {
             tree: self,
             at: start.unwrap_or((NONE, 0)),
+            load_leaves,
         }
     }
 
@@ -490,6 +506,8 @@ impl Tree {
 struct Cursor<'a> {
     tree: &'a Tree,
     at: (u32, usize),
+    /// Prefetch the leaf after each leaf stepped into.
+    load_leaves: bool,
 }
 
 impl<'a> Iterator for Cursor<'a> {
@@ -505,6 +523,15 @@ impl<'a> Iterator for Cursor<'a> {
             }
             leaf = node.next;
             i = 0;
+            if self.load_leaves && leaf != NONE {
+                let after = self.tree.leaves[leaf as usize].next;
+                if after != NONE {
+                    let at = (&*self.tree.leaves[after as usize] as *const Leaf).cast::<u8>();
+                    for offset in (0..std::mem::size_of::<Leaf>()).step_by(64) {
+                        prefetch(at.wrapping_add(offset));
+                    }
+                }
+            }
         }
         self.at = (NONE, 0);
         None
