@@ -28,6 +28,7 @@ pub enum Command<'a> {
     Scan(&'a [u8], u32),
     /// One transaction putting `value` under both keys.
     Txn(&'a [u8], &'a [u8], &'a [u8]),
+    Ping,
 }
 
 /// The outcome of one request.
@@ -67,6 +68,7 @@ impl Protocol {
                             })
                             .collect(),
                     },
+                    Command::Ping => Request::Ping,
                 };
                 BUILDER.with_borrow_mut(|b| request.encode_frame(id, b, out));
             }
@@ -75,6 +77,7 @@ impl Protocol {
                 let parts: &[&[u8]] = match command {
                     Command::Get(k) => &[b"GET", k],
                     Command::Set(k, v) => &[b"SET", k, v],
+                    Command::Ping => &[b"PING"],
                     Command::Scan(..) | Command::Txn(..) => {
                         panic!("scans and transactions are not supported against Redis")
                     }
@@ -208,6 +211,22 @@ mod tests {
         let mut out = Vec::new();
         Protocol::Redis.encode(0, &Command::Set(b"k", b"vv"), &mut out);
         assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n".to_vec());
+    }
+
+    #[test]
+    fn pings_encode_as_each_protocol_s_ping() {
+        let mut out = Vec::new();
+        Protocol::Redis.encode(0, &Command::Ping, &mut out);
+        assert_eq!(out, b"*1\r\n$4\r\nPING\r\n".to_vec());
+        out.clear();
+        Protocol::Tessera.encode(9, &Command::Ping, &mut out);
+        let frame = next_frame(&mut BytesMut::from(&out[..]), 1 << 20)
+            .unwrap()
+            .unwrap();
+        let limits = tessera_protocol::frame::Limits::default();
+        let (id, request) = tessera_protocol::message::decode_request(&frame, &limits).unwrap();
+        assert_eq!(id, 9);
+        assert!(matches!(request, Request::Ping), "{request:?}");
     }
 
     #[test]

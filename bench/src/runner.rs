@@ -272,6 +272,7 @@ fn thread_main(
                         OpKind::Read | OpKind::ReadModifyWrite => Command::Get(&k),
                         OpKind::Update | OpKind::Insert => Command::Set(&k, value),
                         OpKind::Scan => Command::Scan(&k, rng.gen_range(1..=plan.scan_length_max)),
+                        OpKind::Ping => Command::Ping,
                     };
                     let rmw_key = (kind == OpKind::ReadModifyWrite).then(|| k.clone());
                     let s = route(plan, &conns[$c], &k);

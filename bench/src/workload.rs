@@ -20,16 +20,20 @@ pub enum OpKind {
     ReadModifyWrite,
     /// A transaction writing two keys on two different shards.
     Txn,
+    /// A round trip that touches no data: the cost of the request path
+    /// alone (Redis `PING`).
+    Ping,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 6] = [
+    pub const ALL: [OpKind; 7] = [
         OpKind::Read,
         OpKind::Update,
         OpKind::Insert,
         OpKind::Scan,
         OpKind::ReadModifyWrite,
         OpKind::Txn,
+        OpKind::Ping,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +44,7 @@ impl OpKind {
             OpKind::Scan => "scan",
             OpKind::ReadModifyWrite => "rmw",
             OpKind::Txn => "txn",
+            OpKind::Ping => "ping",
         }
     }
 
@@ -84,6 +89,7 @@ impl FromStr for Workload {
             "set" => (vec![(Update, 1.0)], Distribution::Uniform),
             "get" => (vec![(Read, 1.0)], Distribution::Uniform),
             "txn" => (vec![(Txn, 1.0)], Distribution::Uniform),
+            "ping" => (vec![(Ping, 1.0)], Distribution::Uniform),
             "a" | "ycsb-a" => (vec![(Read, 0.5), (Update, 0.5)], Distribution::Zipfian),
             "b" | "ycsb-b" => (vec![(Read, 0.95), (Update, 0.05)], Distribution::Zipfian),
             "c" | "ycsb-c" => (vec![(Read, 1.0)], Distribution::Zipfian),
@@ -105,7 +111,9 @@ impl FromStr for Workload {
                     )
                 }
                 None => {
-                    bail!("unknown workload {s:?} (set, get, txn, mixed:<read%>, ycsb-a .. ycsb-f)")
+                    bail!(
+                        "unknown workload {s:?} (set, get, txn, ping, mixed:<read%>, ycsb-a .. ycsb-f)"
+                    )
                 }
             },
         };

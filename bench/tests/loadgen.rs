@@ -165,4 +165,14 @@ fn the_resp_driver_talks_to_a_real_redis_server() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
+
+    // PING: every request answered, none an error.
+    p.workload = "ping".parse().unwrap();
+    let results = runner::run(&p, &Shared::new(p.keys)).unwrap();
+    let pings: u64 = results
+        .iter()
+        .map(|r| r.histograms[OpKind::Ping.index()].len())
+        .sum();
+    let errors: u64 = results.iter().flat_map(|r| r.errors.values()).sum();
+    assert_eq!((pings, errors), (2000, 0));
 }

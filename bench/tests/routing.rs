@@ -25,11 +25,19 @@ fn forwarded(addr: SocketAddr) -> f64 {
         .sum()
 }
 
-/// Runs `REQUESTS` SETs; returns how many the report counts and its errors.
-fn bench(addr: SocketAddr, extra: &[&str]) -> (u64, serde_json::Value) {
+/// Runs `REQUESTS` of `workload`; returns how many the report counts and
+/// its errors.
+fn bench(addr: SocketAddr, workload: &str, extra: &[&str]) -> (u64, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
         .args(["--target", &format!("tessera://{addr}")])
-        .args(["--workload", "set", "--keys", "1000", "--connections", "4"])
+        .args([
+            "--workload",
+            workload,
+            "--keys",
+            "1000",
+            "--connections",
+            "4",
+        ])
         .args(["--threads", "1", "--requests", &REQUESTS.to_string()])
         .args(["--warmup", "0", "--json", "--quiet"])
         .args(extra)
@@ -58,7 +66,7 @@ fn no_shard_routing_sends_every_key_to_the_target_shard() {
     let addr = server.ready.listen;
 
     let before = forwarded(addr);
-    let (ops, errors) = bench(addr, &[]);
+    let (ops, errors) = bench(addr, "set", &[]);
     assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
     let routed = forwarded(addr) - before;
     assert!(
@@ -66,7 +74,7 @@ fn no_shard_routing_sends_every_key_to_the_target_shard() {
         "a shard-aware client sends keys to their owners, yet {routed} were forwarded"
     );
 
-    let (ops, errors) = bench(addr, &["--no-shard-routing"]);
+    let (ops, errors) = bench(addr, "set", &["--no-shard-routing"]);
     assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
     let unrouted = forwarded(addr) - before - routed;
     // About half the keys live on the other shard.
@@ -74,5 +82,11 @@ fn no_shard_routing_sends_every_key_to_the_target_shard() {
         unrouted > REQUESTS as f64 * 0.3 && unrouted < REQUESTS as f64 * 0.7,
         "forwarded {unrouted} of {REQUESTS}"
     );
+    // Pings touch no data and are not forwarded either.
+    let before = forwarded(addr);
+    let (ops, errors) = bench(addr, "ping", &[]);
+    assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
+    let pinged = forwarded(addr) - before;
+    assert!(pinged <= 2.0, "{pinged} pings were forwarded");
     server.stop().unwrap();
 }

@@ -24,7 +24,7 @@ struct Args {
     /// tessera://HOST:PORT or redis://HOST:PORT
     #[arg(long, default_value = "tessera://127.0.0.1:7878")]
     target: String,
-    /// set | get | txn | mixed:<read%> | ycsb-a .. ycsb-f
+    /// set | get | txn | ping | mixed:<read%> | ycsb-a .. ycsb-f
     #[arg(long, default_value = "ycsb-a")]
     workload: String,
     /// uniform | zipfian | latest [default: the workload's own]
