@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tessera (1 shard) against Redis with the same load generator: server on
 # core 0, tessera-bench on core 1, 50 connections, 100-byte values, 1M keys
-# preloaded. GET and SET unpipelined and 16-deep; then durable SET (Redis
+# preloaded. PING (the request path alone) unpipelined, GET and SET
+# unpipelined and 16-deep; then durable SET (Redis
 # appendfsync always vs Tessera --wal-sync always). Prints one table with
 # medians of RUNS runs (default 3) and the ratios. With PLOTS=DIR, the last
 # run of each scenario also draws DIR/<server>-<scenario>.svg (latency by
@@ -114,6 +115,9 @@ preload "tessera://127.0.0.1:$tport"
 # compaction of the ~2M writes those had just made (GET p16 fell from
 # ~330k/s to ~240k/s, with a 8 ms p99), and each scenario is meant to
 # measure the operation it names against the preloaded store.
+# PING first: the request path alone (no data touched), the floor under
+# every unpipelined row.
+both ping-p1 ping 1
 for p in 1 16; do both "get-p$p" get $p; done
 for p in 1 16; do both "set-p$p" set $p; done
 stop_redis
@@ -134,7 +138,7 @@ def med(name):
     v = rows[name]
     return statistics.median(o for o, _, _ in v), statistics.median(p for _, p, _ in v), max(s for _, _, s in v)
 print(f"{'scenario':<18} {'redis ops/s':>12} {'p99 ms':>8} {'tessera ops/s':>14} {'p99 ms':>8} {'ratio':>6}")
-for s in ["get-p1", "set-p1", "get-p16", "set-p16", "durable-set-p1", "durable-set-p16"]:
+for s in ["ping-p1", "get-p1", "set-p1", "get-p16", "set-p16", "durable-set-p1", "durable-set-p16"]:
     ro, rp, rs = med("redis-" + s)
     to, tp, ts = med("tessera-" + s)
     flag = "  (load generator saturated)" if rs or ts else ""
