@@ -7,7 +7,9 @@ mod common;
 use bytes::Bytes;
 use common::Server;
 use std::io::{Read, Write};
-use tessera_client::{BatchOp, Client};
+use tessera_client::{BatchOp, Client, Request, Response};
+use tessera_protocol::frame::{next_frame, put_frame};
+use tessera_protocol::message::decode_response;
 
 fn exercise_every_operation(server: &Server, shards: usize) {
     let mut client = Client::connect(server.listen.as_str()).unwrap();
@@ -217,4 +219,146 @@ fn a_taken_shard_port_stops_the_server_with_a_clear_error() {
         "the server took {:?} to give up",
         started.elapsed()
     );
+}
+
+/// One raw connection's framing, for tests that control how request bytes
+/// reach the server.
+struct RawConnection {
+    stream: std::net::TcpStream,
+    received: bytes::BytesMut,
+    next_id: u64,
+}
+
+impl RawConnection {
+    fn open(addr: &str) -> RawConnection {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawConnection {
+            stream,
+            received: bytes::BytesMut::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Frames `requests` with fresh ids; returns the bytes and the ids.
+    fn frames(&mut self, requests: &[Request]) -> (Vec<u8>, Vec<u64>) {
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        for r in requests {
+            put_frame(&mut out, &r.encode(self.next_id));
+            ids.push(self.next_id);
+            self.next_id += 1;
+        }
+        (out, ids)
+    }
+
+    /// Reads `n` responses, in the order they arrive.
+    fn responses(&mut self, n: usize) -> Vec<(u64, Response)> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            if let Some(frame) = next_frame(&mut self.received, 1 << 24).unwrap() {
+                got.push(decode_response(&frame).unwrap());
+                continue;
+            }
+            let mut chunk = [0u8; 16 << 10];
+            let read = self.stream.read(&mut chunk).unwrap();
+            assert!(read > 0, "server closed the connection");
+            self.received.extend_from_slice(&chunk[..read]);
+        }
+        got
+    }
+
+    /// Sends `requests` as one write and checks every response is a write
+    /// acknowledgement for its id.
+    fn put_all(&mut self, requests: &[Request]) {
+        let (bytes, ids) = self.frames(requests);
+        self.stream.write_all(&bytes).unwrap();
+        let mut answered: Vec<u64> = self
+            .responses(ids.len())
+            .into_iter()
+            .map(|(id, r)| {
+                assert!(matches!(r, Response::Written { .. }), "id {id}: {r:?}");
+                id
+            })
+            .collect();
+        answered.sort_unstable();
+        assert_eq!(answered, ids);
+    }
+}
+
+fn put(key: String, value: Vec<u8>) -> Request {
+    Request::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// The server reads a quiet connection and a streaming one differently
+/// (a completion read per small request, readiness and `recv` once a read
+/// brings a burst). On one connection, small requests one at a time, a
+/// burst of 500, a large value written in pieces and a frame written a byte
+/// at a time all arrive whole and in order, and every value reads back.
+#[test]
+fn frames_arrive_whole_however_their_bytes_are_split_or_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &[]);
+    let mut c = RawConnection::open(&server.listen);
+    let value = |i: usize, len: usize| -> Vec<u8> { (0..len).map(|j| (i * 7 + j) as u8).collect() };
+    let mut expected = Vec::new();
+    for i in 0..50 {
+        expected.push((format!("quiet{i}"), value(i, 20)));
+        c.put_all(&[put(format!("quiet{i}"), value(i, 20))]);
+    }
+    let burst: Vec<Request> = (0..500)
+        .map(|i| put(format!("burst{i}"), value(i, 100)))
+        .collect();
+    expected.extend((0..500).map(|i| (format!("burst{i}"), value(i, 100))));
+    c.put_all(&burst);
+    // A large value in 1000-byte pieces, each its own segment.
+    let (bytes, _) = c.frames(&[put("large".into(), value(9, 300 << 10))]);
+    for piece in bytes.chunks(1000) {
+        c.stream.write_all(piece).unwrap();
+    }
+    assert!(matches!(c.responses(1)[0].1, Response::Written { .. }));
+    expected.push(("large".into(), value(9, 300 << 10)));
+    // A small frame a byte at a time, after the burst.
+    let (bytes, _) = c.frames(&[put("trickle".into(), value(3, 30))]);
+    for byte in bytes.chunks(1) {
+        c.stream.write_all(byte).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(matches!(c.responses(1)[0].1, Response::Written { .. }));
+    expected.push(("trickle".into(), value(3, 30)));
+    // Read back one at a time (quiet again), then all in one write.
+    for (key, v) in expected.iter().take(20) {
+        let (bytes, _) = c.frames(&[Request::Get {
+            key: key.clone().into(),
+        }]);
+        c.stream.write_all(&bytes).unwrap();
+        assert_eq!(
+            c.responses(1)[0].1,
+            Response::Get(Some(v.clone().into())),
+            "{key}"
+        );
+    }
+    let gets: Vec<Request> = expected
+        .iter()
+        .map(|(key, _)| Request::Get {
+            key: key.clone().into(),
+        })
+        .collect();
+    let (bytes, ids) = c.frames(&gets);
+    c.stream.write_all(&bytes).unwrap();
+    let mut by_id: std::collections::HashMap<u64, Response> =
+        c.responses(ids.len()).into_iter().collect();
+    for (id, (key, v)) in ids.iter().zip(&expected) {
+        assert_eq!(
+            by_id.remove(id),
+            Some(Response::Get(Some(v.clone().into()))),
+            "{key}"
+        );
+    }
 }

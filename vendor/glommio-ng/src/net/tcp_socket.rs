@@ -1282,6 +1282,62 @@ mod tests {
     }
 
     #[test]
+    fn a_buffered_stream_switches_read_modes_and_loses_no_bytes() {
+        // Small messages one at a time use completion reads; a burst of at
+        // least STREAMING_BYTES switches to readiness reads, and a small
+        // read switches back. Every byte must arrive, in order, either way.
+        test_executor!(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let sizes = [10usize, 20, 5000, 3000, 7, 64 << 10, 3, 1];
+            let total: usize = sizes.iter().sum();
+
+            let reader = crate::spawn_local(async move {
+                let mut stream = listener.accept().await.unwrap().buffered();
+                let mut got = Vec::new();
+                let mut modes = Vec::new();
+                let mut buf = [0u8; 4096];
+                while got.len() < total {
+                    let read = stream.read(&mut buf).await.unwrap();
+                    assert!(read > 0, "early end of stream");
+                    got.extend_from_slice(&buf[..read]);
+                    modes.push(stream.stream.is_streaming());
+                    // Tells the writer how much has arrived, so it sends
+                    // the next message only once this one is read whole.
+                    stream
+                        .write_all(&(got.len() as u64).to_le_bytes())
+                        .await
+                        .unwrap();
+                }
+                (got, modes)
+            })
+            .detach();
+
+            let mut writer = TcpStream::connect(addr).await.unwrap();
+            let mut sent = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let message: Vec<u8> = (0..*size).map(|j| (i * 31 + j) as u8).collect();
+                writer.write_all(&message).await.unwrap();
+                sent.extend_from_slice(&message);
+                let mut arrived = [0u8; 8];
+                while u64::from_le_bytes(arrived) < sent.len() as u64 {
+                    writer.read_exact(&mut arrived).await.unwrap();
+                }
+            }
+            let (got, modes) = reader.await.unwrap();
+            assert_eq!(got, sent);
+            assert!(
+                modes.iter().any(|m| *m),
+                "a large read never switched to streaming"
+            );
+            assert!(
+                !modes.last().unwrap(),
+                "the last, small read did not switch back"
+            );
+        });
+    }
+
+    #[test]
     fn dropping_a_stream_with_a_read_in_flight_is_safe() {
         // The buffer belongs to the kernel until the completion arrives, so
         // dropping the stream must not take it back. Repeated, because a
