@@ -6,9 +6,9 @@
 use crate::cache::BlockCache;
 use crate::error::Result;
 use crate::io::DiskFile;
-use crate::key::{compare, Entry, InternalKey};
+use crate::key::{compare, Entry, InternalKey, Kind};
 use crate::memtable::Memtable;
-use crate::sst::block::{Block, BlockCursor};
+use crate::sst::block::{Block, BlockCursor, Slot};
 use crate::sst::{ReadAhead, Table};
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -43,9 +43,13 @@ pub enum Source<F: DiskFile> {
         /// The table and block index of the next block to load.
         table: usize,
         block: usize,
-        /// The loaded block, where it is in `tables`, and the cursor in it.
-        current: Option<(Block, usize, usize, BlockCursor)>,
-        head: Option<Entry>,
+        /// The loaded block and where it is in `tables` (table, block).
+        current: Option<(Block, usize, usize)>,
+        /// The position in `current`; its key buffer serves every block.
+        cursor: BlockCursor,
+        /// The next version, decoded in place: its key is `cursor.key()`
+        /// and its value in `current`'s block. Some only with `current`.
+        head: Option<Slot>,
         /// For a pass over the whole run (compaction): blocks read ahead,
         /// past the cache. `None`: blocks come through the cache.
         ahead: Option<Box<ReadAhead>>,
@@ -80,6 +84,7 @@ impl<F: DiskFile> Source<F> {
             table: 0,
             block: 0,
             current: None,
+            cursor: BlockCursor::default(),
             head: None,
             ahead,
         }
@@ -124,7 +129,7 @@ impl<F: DiskFile> Source<F> {
                     if *block < t.block_count() {
                         let b = t.block(*block, cache).await?;
                         b.prefetch_restarts();
-                        *current = Some((b, *table, *block, BlockCursor::default()));
+                        *current = Some((b, *table, *block));
                         *block += 1;
                     }
                 }
@@ -137,7 +142,8 @@ impl<F: DiskFile> Source<F> {
     fn seek_finish(&mut self, key: &[u8], ts: u64) -> Result<()> {
         if let Source::Run {
             tables,
-            current: Some((b, t, i, cursor)),
+            current: Some((b, t, i)),
+            cursor,
             head,
             ..
         } = self
@@ -179,13 +185,14 @@ impl<F: DiskFile> Source<F> {
                 table,
                 block,
                 current,
+                cursor,
                 head,
                 ahead,
             } => {
                 while head.is_none() {
-                    if let Some((b, t, i, cursor)) = current.as_mut() {
-                        match b.next(cursor) {
-                            Ok(Some(e)) => *head = Some(e),
+                    if let Some((b, t, i)) = current.as_ref() {
+                        match b.step(cursor) {
+                            Ok(Some(slot)) => *head = Some(slot),
                             Ok(None) => *current = None,
                             Err(_) => return Err(tables[*t].block_error(*i)),
                         }
@@ -201,7 +208,8 @@ impl<F: DiskFile> Source<F> {
                         Some(ahead) => t.block_read_ahead(*block, ahead).await?,
                         None => t.block(*block, cache).await?,
                     };
-                    *current = Some((b, *table, *block, BlockCursor::default()));
+                    *current = Some((b, *table, *block));
+                    cursor.rewind();
                     *block += 1;
                 }
             }
@@ -209,19 +217,68 @@ impl<F: DiskFile> Source<F> {
         Ok(())
     }
 
-    fn head(&self) -> Option<&Entry> {
+    /// The next version's key and timestamp.
+    fn head_key(&self) -> Option<(&[u8], u64)> {
         match self {
-            Source::Mem { buf, .. } => buf.front(),
-            Source::Run { head, .. } => head.as_ref(),
+            Source::Mem { buf, .. } => buf.front().map(|e| (&e.key[..], e.ts)),
+            Source::Run { cursor, head, .. } => head.as_ref().map(|h| (cursor.key(), h.ts)),
         }
     }
 
+    /// The next version's kind and value (the source has a head).
+    fn head_value(&self) -> (Kind, &[u8]) {
+        match self {
+            Source::Mem { buf, .. } => {
+                let e = buf.front().expect("a head");
+                (e.kind, &e.value[..])
+            }
+            Source::Run { current, head, .. } => {
+                let (b, _, _) = current.as_ref().expect("a head's block");
+                let slot = head.as_ref().expect("a head");
+                (slot.kind, b.value(slot))
+            }
+        }
+    }
+
+    /// Takes the head as an owned entry.
     fn pop(&mut self) -> Option<Entry> {
         match self {
             Source::Mem { buf, .. } => buf.pop_front(),
-            Source::Run { head, .. } => head.take(),
+            Source::Run {
+                current,
+                cursor,
+                head,
+                ..
+            } => {
+                let slot = head.take()?;
+                let (b, _, _) = current.as_ref().expect("a head's block");
+                Some(b.entry(cursor, &slot))
+            }
         }
     }
+
+    /// Drops the head.
+    fn skip(&mut self) {
+        match self {
+            Source::Mem { buf, .. } => {
+                buf.pop_front();
+            }
+            Source::Run { head, .. } => *head = None,
+        }
+    }
+}
+
+/// A version [`MergeIter::next_ref`] returned, borrowed from the merge
+/// until its next call.
+#[derive(Debug)]
+pub struct VersionRef<'a> {
+    pub key: &'a [u8],
+    pub ts: u64,
+    pub kind: Kind,
+    pub value: &'a [u8],
+    /// Whether the key differs from the previous version's (the first
+    /// version of each key, the newest, comes first).
+    pub new_key: bool,
 }
 
 /// The merged stream. Exact duplicates (same key and ts, e.g. a version
@@ -235,6 +292,8 @@ pub struct MergeIter<F: DiskFile> {
     /// promotes it to a shared buffer).
     last_key: Vec<u8>,
     last_ts: Option<u64>,
+    /// The source whose head `next_ref` lent out: dropped on the next call.
+    lent: Option<usize>,
 }
 
 impl<F: DiskFile> MergeIter<F> {
@@ -244,6 +303,7 @@ impl<F: DiskFile> MergeIter<F> {
             cache,
             last_key: Vec::with_capacity(64),
             last_ts: None,
+            lent: None,
         }
     }
 
@@ -255,6 +315,7 @@ impl<F: DiskFile> MergeIter<F> {
     /// search lines that have arrived.
     pub async fn seek(&mut self, key: &[u8], ts: u64) -> Result<()> {
         self.last_ts = None;
+        self.lent = None;
         for s in &mut self.sources {
             s.seek_start(key, ts, &self.cache).await?;
         }
@@ -269,33 +330,200 @@ impl<F: DiskFile> MergeIter<F> {
         Ok(())
     }
 
+    /// The next version, owned.
     pub async fn next(&mut self) -> Result<Option<Entry>> {
+        let Some((i, _)) = self.advance().await? else {
+            return Ok(None);
+        };
+        Ok(self.sources[i].pop())
+    }
+
+    /// The next version, borrowed: no key is copied and no refcount
+    /// touched, where [`MergeIter::next`] allocates each version's key
+    /// (for compaction, which copies each version into a block anyway).
+    pub async fn next_ref(&mut self) -> Result<Option<VersionRef<'_>>> {
+        let Some((i, new_key)) = self.advance().await? else {
+            return Ok(None);
+        };
+        self.lent = Some(i);
+        let (kind, value) = self.sources[i].head_value();
+        Ok(Some(VersionRef {
+            key: &self.last_key,
+            ts: self.last_ts.expect("just set"),
+            kind,
+            value,
+            new_key,
+        }))
+    }
+
+    /// Finds the source whose head is the next version and records it as
+    /// the last returned; returns that source and whether its key is new.
+    async fn advance(&mut self) -> Result<Option<(usize, bool)>> {
+        if let Some(i) = self.lent.take() {
+            self.sources[i].skip();
+        }
         loop {
             for s in &mut self.sources {
-                if s.head().is_none() {
+                if s.head_key().is_none() {
                     s.fill(&self.cache).await?;
                 }
             }
-            let mut best: Option<(usize, &Entry)> = None;
+            let mut best: Option<(usize, &[u8], u64)> = None;
             for (i, s) in self.sources.iter().enumerate() {
-                let Some(e) = s.head() else { continue };
-                if best.is_none_or(|(_, b)| compare(&e.key, e.ts, &b.key, b.ts) == Ordering::Less) {
-                    best = Some((i, e));
+                let Some((k, ts)) = s.head_key() else {
+                    continue;
+                };
+                if best.is_none_or(|(_, bk, bts)| compare(k, ts, bk, bts) == Ordering::Less) {
+                    best = Some((i, k, ts));
                 }
             }
-            let Some((i, _)) = best else { return Ok(None) };
-            let e = self.sources[i].pop().expect("head exists");
-            if let Some(ts) = self.last_ts {
-                match compare(&self.last_key, ts, &e.key, e.ts) {
-                    Ordering::Equal => continue,
+            let Some((i, key, ts)) = best else {
+                return Ok(None);
+            };
+            // `None`: an exact duplicate of the last version, which came
+            // out once already.
+            let verdict = match self.last_ts {
+                None => Some(true),
+                Some(last_ts) => match compare(&self.last_key, last_ts, key, ts) {
+                    Ordering::Equal => None,
                     Ordering::Greater => panic!("merge produced versions out of order"),
-                    Ordering::Less => {}
-                }
-            }
+                    Ordering::Less => Some(self.last_key.as_slice() != key),
+                },
+            };
+            let Some(new_key) = verdict else {
+                self.sources[i].skip();
+                continue;
+            };
             self.last_key.clear();
-            self.last_key.extend_from_slice(&e.key);
-            self.last_ts = Some(e.ts);
-            return Ok(Some(e));
+            self.last_key.extend_from_slice(key);
+            self.last_ts = Some(ts);
+            return Ok(Some((i, new_key)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{Disk, MemDisk};
+    use crate::sst::TableBuilder;
+    use bytes::Bytes;
+    use std::path::Path;
+
+    type Version = (String, u64, Kind, String);
+
+    fn version(key: usize, ts: u64, value: &str) -> Version {
+        (format!("key{key:04}"), ts, Kind::Put, value.to_string())
+    }
+
+    /// A table of `versions` (sorted) in blocks of a few entries each, so
+    /// a run crosses many block boundaries.
+    async fn table(
+        disk: &MemDisk,
+        id: u64,
+        versions: &[Version],
+    ) -> Rc<Table<<MemDisk as Disk>::File>> {
+        let file = disk
+            .create(&Path::new("/t").join(id.to_string()))
+            .await
+            .unwrap();
+        let mut b = TableBuilder::new(file, id, 128, None);
+        for (k, ts, kind, v) in versions {
+            b.push(k.as_bytes(), *ts, *kind, v.as_bytes());
+            b.write_if_due().await.unwrap();
+        }
+        let (meta, file) = b.finish().await.unwrap();
+        Rc::new(Table::open(file, meta).await.unwrap())
+    }
+
+    /// Two runs (one of two tables), a memtable, overlapping keys and an
+    /// exact duplicate in two sources: `next` and `next_ref` return the
+    /// same versions in (key asc, ts desc) order, the duplicate once, and
+    /// `new_key` marks exactly the first version of each key.
+    #[test]
+    fn both_ways_of_iterating_merge_the_same_versions() {
+        crate::run_local(|| async {
+            let disk = MemDisk::new();
+            disk.create_dir_all(Path::new("/t")).await.unwrap();
+            let a: Vec<Version> = (0..60).map(|k| version(k * 2, 10, "a")).collect();
+            let (b1, b2): (Vec<Version>, Vec<Version>) = (0..80)
+                .map(|k| version(k, 20 + (k % 3) as u64, "b"))
+                .partition(|v| v.0.as_str() < "key0040");
+            let mem = Rc::new(Memtable::new());
+            for k in (0..100).step_by(7) {
+                let (key, ts, kind, value) = version(k, 30, "m");
+                mem.insert(Entry {
+                    key: key.into(),
+                    ts,
+                    kind,
+                    value: value.into(),
+                });
+            }
+            // The same version as run b holds: it must come out once.
+            let (key, ts, kind, value) = version(41, 20 + 41 % 3, "b");
+            mem.insert(Entry {
+                key: key.into(),
+                ts,
+                kind,
+                value: value.into(),
+            });
+            let ta = table(&disk, 1, &a).await;
+            let (tb1, tb2) = (table(&disk, 2, &b1).await, table(&disk, 3, &b2).await);
+            let sources = || {
+                vec![
+                    Source::mem(mem.clone()),
+                    Source::run_read_ahead(vec![ta.clone()]),
+                    Source::run(vec![tb1.clone(), tb2.clone()]),
+                ]
+            };
+            let mut expected: Vec<Version> = a.iter().chain(&b1).chain(&b2).cloned().collect();
+            for k in (0..100).step_by(7) {
+                expected.push(version(k, 30, "m"));
+            }
+            expected.sort_by(|x, y| compare(x.0.as_bytes(), x.1, y.0.as_bytes(), y.1));
+
+            let cache = Rc::new(BlockCache::new(1 << 20));
+            let mut owned = Vec::new();
+            let mut iter = MergeIter::new(sources(), cache.clone());
+            while let Some(e) = iter.next().await.unwrap() {
+                let value = String::from_utf8(e.value.to_vec()).unwrap();
+                owned.push((
+                    String::from_utf8(e.key.to_vec()).unwrap(),
+                    e.ts,
+                    e.kind,
+                    value,
+                ));
+            }
+            assert_eq!(owned, expected);
+
+            let mut borrowed = Vec::new();
+            let mut firsts = Vec::new();
+            let mut iter = MergeIter::new(sources(), cache);
+            while let Some(e) = iter.next_ref().await.unwrap() {
+                let key = String::from_utf8(e.key.to_vec()).unwrap();
+                let value = String::from_utf8(e.value.to_vec()).unwrap();
+                if e.new_key {
+                    firsts.push(key.clone());
+                }
+                borrowed.push((key, e.ts, e.kind, value));
+            }
+            assert_eq!(borrowed, expected);
+            let mut keys: Vec<String> = expected.iter().map(|v| v.0.clone()).collect();
+            keys.dedup();
+            assert_eq!(firsts, keys);
+
+            // A seek, then both again from there.
+            let from = expected.iter().position(|v| v.0 == "key0041").unwrap();
+            let mut iter = MergeIter::new(sources(), Rc::new(BlockCache::new(1 << 20)));
+            iter.seek(b"key0041", u64::MAX).await.unwrap();
+            let e = iter.next_ref().await.unwrap().unwrap();
+            assert_eq!(
+                (e.key, e.ts, e.new_key),
+                (b"key0041".as_slice(), expected[from].1, true)
+            );
+            let e = iter.next().await.unwrap().unwrap();
+            assert_eq!(e.key, Bytes::from(expected[from + 1].0.clone()));
+            assert_eq!(e.ts, expected[from + 1].1);
+        });
     }
 }

@@ -122,6 +122,30 @@ pub struct BlockCursor {
     key: Vec<u8>,
 }
 
+impl BlockCursor {
+    /// Back to the start of a block, keeping the key buffer's capacity.
+    pub fn rewind(&mut self) {
+        self.pos = 0;
+        self.key.clear();
+    }
+
+    /// The key of the entry last decoded.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+/// An entry decoded in place ([`Block::step`]): its key is in the cursor
+/// that decoded it, its value a range of the block. Iterating so copies no
+/// key and touches no refcount per version (a compaction merges millions).
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub ts: u64,
+    pub kind: Kind,
+    value_at: usize,
+    value_len: usize,
+}
+
 impl Block {
     /// Verifies the crc and the restart array of `raw` (length from the index).
     pub fn parse(raw: Bytes) -> Result<Block, BlockError> {
@@ -315,7 +339,8 @@ impl Block {
 
     /// The first entry ≥ (key, ts), if any in this block.
     pub fn seek(&self, user: &[u8], ts: u64) -> Result<Option<Entry>, BlockError> {
-        Ok(self.cursor_at(user, ts)?.1)
+        let (cursor, slot) = self.cursor_at(user, ts)?;
+        Ok(slot.map(|slot| self.entry(&cursor, &slot)))
     }
 
     /// Every entry, in order. Values are slices of the block (no copy).
@@ -334,41 +359,57 @@ impl Block {
         &self,
         user: &[u8],
         ts: u64,
-    ) -> Result<(BlockCursor, Option<Entry>), BlockError> {
+    ) -> Result<(BlockCursor, Option<Slot>), BlockError> {
         let mut cursor = BlockCursor {
             pos: self.walk_start(user, ts)?,
             key: Vec::with_capacity(user.len() + 16),
         };
-        while cursor.pos < self.restarts_at {
-            let (next, k_ts, kind, value_at, value_len) =
-                self.decode(cursor.pos, &mut cursor.key)?;
-            cursor.pos = next;
-            if compare(&cursor.key, k_ts, user, ts) != Ordering::Less {
-                let e = Entry {
-                    key: Bytes::copy_from_slice(&cursor.key),
-                    ts: k_ts,
-                    kind,
-                    value: self.data.slice(value_at..value_at + value_len),
-                };
-                return Ok((cursor, Some(e)));
+        while let Some(slot) = self.step(&mut cursor)? {
+            if compare(&cursor.key, slot.ts, user, ts) != Ordering::Less {
+                return Ok((cursor, Some(slot)));
             }
         }
         Ok((cursor, None))
     }
 
-    /// The entry at the cursor, moving it on; `None` at the block's end.
-    pub fn next(&self, cursor: &mut BlockCursor) -> Result<Option<Entry>, BlockError> {
+    /// Decodes the entry at the cursor in place, moving the cursor on: its
+    /// key is then [`BlockCursor::key`] and its value [`Block::value`].
+    /// `None` at the block's end.
+    pub fn step(&self, cursor: &mut BlockCursor) -> Result<Option<Slot>, BlockError> {
         if cursor.pos >= self.restarts_at {
             return Ok(None);
         }
         let (next, ts, kind, value_at, value_len) = self.decode(cursor.pos, &mut cursor.key)?;
         cursor.pos = next;
-        Ok(Some(Entry {
-            key: Bytes::copy_from_slice(&cursor.key),
+        Ok(Some(Slot {
             ts,
             kind,
-            value: self.data.slice(value_at..value_at + value_len),
+            value_at,
+            value_len,
         }))
+    }
+
+    /// The value of an entry [`Block::step`] decoded from this block.
+    pub fn value(&self, slot: &Slot) -> &[u8] {
+        &self.data[slot.value_at..slot.value_at + slot.value_len]
+    }
+
+    /// The entry `slot` names, with the key the cursor holds for it, as an
+    /// owned entry (the key copied, the value a slice of the block).
+    pub fn entry(&self, cursor: &BlockCursor, slot: &Slot) -> Entry {
+        Entry {
+            key: Bytes::copy_from_slice(&cursor.key),
+            ts: slot.ts,
+            kind: slot.kind,
+            value: self
+                .data
+                .slice(slot.value_at..slot.value_at + slot.value_len),
+        }
+    }
+
+    /// The entry at the cursor, moving it on; `None` at the block's end.
+    pub fn next(&self, cursor: &mut BlockCursor) -> Result<Option<Entry>, BlockError> {
+        Ok(self.step(cursor)?.map(|slot| self.entry(cursor, &slot)))
     }
 }
 
