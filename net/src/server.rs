@@ -20,7 +20,7 @@
 
 use crate::metrics::{render_prometheus, OpKind, ShardMetrics};
 use crate::shard::Shard;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
-use tessera_protocol::frame::{next_frame, put_frame};
+use tessera_protocol::frame::{peek_frame, put_frame, LENGTH_BYTES};
 use tessera_protocol::message::decode_request;
 use tessera_protocol::{ErrorCode, Request, Response};
 
@@ -203,9 +203,12 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                 // misses together before any of them runs.
                 batch_start = Instant::now();
                 while decoded.len() < DECODE_AHEAD && too_large.is_none() {
-                    match next_frame(&mut buf, limit) {
-                        Ok(Some(frame)) => {
-                            decoded.push_back(decode_request(&frame, &shard.config.limits))
+                    // Decoded in place: the request copies what it keeps.
+                    match peek_frame(&mut buf, limit) {
+                        Ok(Some(len)) => {
+                            let frame = &buf[LENGTH_BYTES..LENGTH_BYTES + len];
+                            decoded.push_back(decode_request(frame, &shard.config.limits));
+                            buf.advance(LENGTH_BYTES + len);
                         }
                         Ok(None) => break,
                         Err(e) => too_large = Some(e),

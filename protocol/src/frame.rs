@@ -38,6 +38,21 @@ pub struct FrameTooLarge {
 
 /// Takes the next whole frame out of `buf`, if one is there.
 pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, FrameTooLarge> {
+    let Some(len) = peek_frame(buf, limit)? else {
+        return Ok(None);
+    };
+    buf.advance(LENGTH_BYTES);
+    Ok(Some(buf.split_to(len)))
+}
+
+/// The payload length of the frame at the start of `buf` if all of it is
+/// there: the payload is `buf[LENGTH_BYTES..LENGTH_BYTES + len]`, and the
+/// caller advances past it once done. Unlike [`next_frame`], nothing is
+/// split off: a split shares `buf`'s memory (the first one allocates the
+/// shared header), where a server that copies what it decodes needs no
+/// frame to outlive the buffer. Reserves room for the rest of a partial
+/// frame.
+pub fn peek_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<usize>, FrameTooLarge> {
     if buf.len() < LENGTH_BYTES {
         return Ok(None);
     }
@@ -49,8 +64,7 @@ pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, 
         buf.reserve(LENGTH_BYTES + len - buf.len());
         return Ok(None);
     }
-    buf.advance(LENGTH_BYTES);
-    Ok(Some(buf.split_to(len)))
+    Ok(Some(len))
 }
 
 /// Appends one frame holding `payload` to `out`.
@@ -62,6 +76,36 @@ pub fn put_frame(out: &mut Vec<u8>, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peeked_frames_split_across_reads_come_out_whole_and_in_place() {
+        let mut wire = Vec::new();
+        put_frame(&mut wire, b"hello");
+        put_frame(&mut wire, b"");
+        put_frame(&mut wire, &[7u8; 300]);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in wire.chunks(7) {
+            buf.extend_from_slice(chunk);
+            while let Some(len) = peek_frame(&mut buf, 1000).unwrap() {
+                frames.push(buf[LENGTH_BYTES..LENGTH_BYTES + len].to_vec());
+                buf.advance(LENGTH_BYTES + len);
+            }
+        }
+        assert_eq!(frames, vec![b"hello".to_vec(), vec![], vec![7u8; 300]]);
+        assert!(buf.is_empty());
+        // Over the limit: an error, and the bytes stay for the caller.
+        let mut big = BytesMut::new();
+        big.extend_from_slice(&wire[wire.len() - 304..]);
+        assert_eq!(
+            peek_frame(&mut big, 299),
+            Err(FrameTooLarge {
+                len: 300,
+                limit: 299
+            })
+        );
+        assert_eq!(big.len(), 304);
+    }
 
     #[test]
     fn frames_split_across_reads_come_out_whole() {
