@@ -119,6 +119,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// others run in their own task and append when done.
 struct Outbox {
     frames: RefCell<Vec<u8>>,
+    /// Builds every response of the connection (a builder per blocked
+    /// request's response was an allocation each).
+    builder: RefCell<FlatBufferBuilder<'static>>,
     /// The socket's sending half. The writer task holds it while it sends
     /// (what it sends was queued before anything still in `frames`); it is
     /// here otherwise, for [`Outbox::send_now`].
@@ -177,6 +180,7 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
     let (mut reader, writer) = futures_lite::io::split(stream);
     let outbox = Rc::new(Outbox {
         frames: RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES)),
+        builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
         socket: Cell::new(Some(writer)),
     });
     // Wake-ups only: a full channel means a wake-up is already pending.
@@ -219,7 +223,6 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
     let inflight_max = shard.config.inflight_per_connection_max;
     let inflight = Rc::new(glommio::sync::Semaphore::new(inflight_max as u64));
     let limit = shard.config.limits.frame_bytes_max;
-    let mut builder = FlatBufferBuilder::with_capacity(1024);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; COPY_CHUNK_BYTES];
     let mut decoded = VecDeque::with_capacity(DECODE_AHEAD);
@@ -292,30 +295,14 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                 // The stream cannot be resynchronised: answer and close.
                 let response = Response::error(ErrorCode::BadFrame, too_large.to_string());
                 let now = Instant::now();
-                answer(
-                    shard,
-                    OpKind::Invalid,
-                    now,
-                    0,
-                    &response,
-                    &mut builder,
-                    &outbox,
-                );
+                answer(shard, OpKind::Invalid, now, 0, &response, &outbox);
                 break 'read Ok(());
             };
             let (id, request) = match request {
                 Ok(decoded) => decoded,
                 Err(e) => {
                     let response = Response::error(e.code, e.message);
-                    answer(
-                        shard,
-                        OpKind::Invalid,
-                        start,
-                        e.id,
-                        &response,
-                        &mut builder,
-                        &outbox,
-                    );
+                    answer(shard, OpKind::Invalid, start, e.id, &response, &outbox);
                     continue;
                 }
             };
@@ -328,7 +315,7 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
             // with no task, channel or allocation per response.
             if let Some(response) = futures_lite::future::poll_once(&mut handling).await {
                 unrecorded.push((kind, matches!(response, Response::Error { .. })));
-                encode(id, &response, &mut builder, &outbox);
+                encode(id, &response, &outbox);
                 continue;
             }
             let permit = match inflight.clone().acquire_static_permit(1).await {
@@ -338,8 +325,7 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
             let (shard, outbox, wake) = (shard.clone(), outbox.clone(), wake.clone());
             glommio::spawn_local(async move {
                 let response = handling.await;
-                let mut builder = FlatBufferBuilder::with_capacity(256);
-                answer(&shard, kind, start, id, &response, &mut builder, &outbox);
+                answer(&shard, kind, start, id, &response, &outbox);
                 let _ = wake.try_send(());
                 drop(permit);
             })
@@ -362,14 +348,13 @@ fn answer(
     start: Instant,
     id: u64,
     response: &Response,
-    builder: &mut FlatBufferBuilder<'static>,
     outbox: &Outbox,
 ) {
     let error = matches!(response, Response::Error { .. });
     shard
         .metrics
         .record(kind, start.elapsed().as_micros() as u64, error);
-    encode(id, response, builder, outbox);
+    encode(id, response, outbox);
 }
 
 /// Records the outcomes of a batch's inline answers, all as old as the
@@ -385,8 +370,9 @@ fn record_batch(shard: &Shard, start: Instant, unrecorded: &mut Vec<(OpKind, boo
 }
 
 /// Appends a response frame.
-fn encode(id: u64, response: &Response, builder: &mut FlatBufferBuilder<'static>, outbox: &Outbox) {
-    response.encode_frame(id, builder, &mut outbox.frames.borrow_mut());
+fn encode(id: u64, response: &Response, outbox: &Outbox) {
+    let mut builder = outbox.builder.borrow_mut();
+    response.encode_frame(id, &mut builder, &mut outbox.frames.borrow_mut());
     // A builder keeps the capacity of the largest message it built: after a
     // large scan, start a small one rather than hold it for the
     // connection's life.
