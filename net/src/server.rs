@@ -113,8 +113,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-/// Response frames waiting for the connection's writer, in completion
-/// order. Requests the shard answers without blocking (reads from memory,
+/// Response frames waiting to be sent, in completion order, by the read
+/// loop ([`Outbox::send_now`]) or the connection's writer task. Requests the shard answers without blocking (reads from memory,
 /// writes in `none` mode) encode here straight from the read loop; the
 /// others run in their own task and append when done.
 struct Outbox {
@@ -154,6 +154,10 @@ impl Outbox {
             frames.drain(..n);
         }
         let all_sent = frames.is_empty();
+        if all_sent && frames.capacity() > BUFFER_KEEP_BYTES_MAX {
+            // Idle connections should not each hold a burst's worth.
+            frames = Vec::with_capacity(READ_CHUNK_BYTES);
+        }
         let mut queued = self.frames.borrow_mut();
         if !queued.is_empty() {
             frames.extend_from_slice(&queued);
