@@ -361,4 +361,5 @@ fn frames_arrive_whole_however_their_bytes_are_split_or_batched() {
             "{key}"
         );
     }
+    assert!(server.stop(), "clean shutdown exits 0");
 }

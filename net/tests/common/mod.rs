@@ -72,6 +72,17 @@ impl Server {
     }
 }
 
+/// A test that fails (or forgets to stop its server) leaves no server
+/// running after it.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn parse_ready(child: Child, line: &str) -> Server {
     // tessera-server ready: listen A shards N (S1 S2 ...) data D wal-sync M metrics URL
     assert!(
