@@ -429,8 +429,7 @@ mod tests {
             .unwrap();
         let mut b = TableBuilder::new(file, id, 128, None);
         for (k, ts, kind, v) in versions {
-            b.push(k.as_bytes(), *ts, *kind, v.as_bytes());
-            b.write_if_due().await.unwrap();
+            b.add(k.as_bytes(), *ts, *kind, v.as_bytes()).await.unwrap();
         }
         let (meta, file) = b.finish().await.unwrap();
         Rc::new(Table::open(file, meta).await.unwrap())

@@ -180,7 +180,7 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
     // unpipelined requests a second on one core. A connection that streams
     // (reads of 1 KiB and more) stays on readiness and `recv`, which
     // coalesces bursts better (docs/architecture.md, vendor PATCHES.md).
-    let stream = stream.buffered_with(glommio::net::Preallocated::new(READ_CHUNK_BYTES));
+    let stream = stream.buffered_with(Preallocated::new(READ_CHUNK_BYTES));
     let (mut reader, writer) = futures_lite::io::split(stream);
     let outbox = Rc::new(Outbox {
         frames: RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES)),

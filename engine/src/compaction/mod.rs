@@ -230,8 +230,7 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
             );
         }
         let b = builder.as_mut().expect("just created");
-        b.push(e.key, e.ts, e.kind, e.value);
-        let flushed = b.write_if_due().await?;
+        let flushed = b.add(e.key, e.ts, e.kind, e.value).await?;
         limiter.consume(flushed as u64).await;
     }
     if let Some(b) = builder {

@@ -16,7 +16,7 @@ pub mod format;
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::io::{align_up, DiskFile, ALIGN};
-use crate::key::{compare, Entry, InternalKey, Kind, Versioned};
+use crate::key::{compare, InternalKey, Kind, Versioned};
 use block::{Block, BlockBuilder, BlockError};
 use bytes::Bytes;
 use format::{BlockIndex, Footer, IndexEntry, Props, FOOTER_BYTES};
@@ -114,8 +114,8 @@ impl<F: DiskFile> TableBuilder<F> {
     /// Adds the next version; versions must come in strictly increasing
     /// (key asc, ts desc) order. Returns the bytes written to disk by this
     /// call (for rate limiting).
-    pub async fn add(&mut self, e: &Entry) -> Result<usize> {
-        self.push(&e.key, e.ts, e.kind, &e.value);
+    pub async fn add(&mut self, key: &[u8], ts: u64, kind: Kind, value: &[u8]) -> Result<usize> {
+        self.push(key, ts, kind, value);
         self.write_if_due().await
     }
 
