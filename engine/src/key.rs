@@ -143,6 +143,13 @@ impl InternalKey {
     pub fn ts(&self) -> u64 {
         self.ts
     }
+
+    /// Whether the key's bytes sit behind a pointer (it owns an
+    /// allocation), not inline.
+    #[inline]
+    pub fn is_long(&self) -> bool {
+        self.long.is_some()
+    }
 }
 
 impl PartialEq for InternalKey {

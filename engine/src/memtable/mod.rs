@@ -2,9 +2,10 @@
 //! it), so a B+tree of its own (`tree.rs`) in a `RefCell` is enough: no
 //! skiplist, no locks.
 //!
-//! Sketch: a 16-byte key + 100-byte value costs ~245 bytes here (the value
-//! in a chunk, ~143 bytes of tree per version: a 97-byte leaf slot in
-//! leaves ~70% full), so a 64 MiB memtable holds ~275k versions.
+//! Sketch: a 16-byte key + 100-byte value costs ~260 bytes here (measured:
+//! resident memory over 300k versions of random keys): the value in a
+//! chunk, a 74-byte leaf slot in leaves ~70% full, the inner nodes and the
+//! allocator's rounding. A 64 MiB memtable holds ~260k such versions.
 
 mod tree;
 
@@ -12,20 +13,21 @@ use crate::key::{Entry, InternalKey, KeyRef, Kind, Probe, Versioned};
 use crate::sst::bloom;
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
-use tree::Tree;
+use tree::{Tree, Value};
 
 /// Approximate per-version overhead of the tree (node slots at the fill
-/// random inserts leave, `Bytes` headers), besides the key and value.
-const ENTRY_OVERHEAD_BYTES: usize = 120;
+/// random inserts leave, allocator rounding), besides the key and value.
+/// (120 with 40-byte values in the slots, when a version measured ~300
+/// bytes: memtables overran their budget by ~20%.)
+const ENTRY_OVERHEAD_BYTES: usize = 135;
 
 /// Values are copied into chunks of this size (see [`Memtable::insert`]).
 const ARENA_CHUNK_BYTES: usize = 256 << 10;
 /// After each copy, the chunk's lines this far ahead are prefetched: a
 /// chunk is fresh memory the core does not hold, so each copy's stores
-/// waited on its lines, and the count bump that follows (an atomic, which
-/// drains the store buffer) waited with them: `split_to` was ~5% of a
-/// `none`-mode SET's server CPU, ~2% with the prefetch; SETs with 16-deep
-/// pipelines +4% (6 alternating rounds).
+/// waited on its lines (measured when each value also bumped a count on
+/// its chunk, an atomic that drained the store buffer: SETs with 16-deep
+/// pipelines +4% over 6 alternating rounds).
 const ARENA_PREFETCH_FROM: usize = 256;
 const ARENA_PREFETCH_TO: usize = 512;
 /// Larger values keep their own buffer.
@@ -47,8 +49,7 @@ pub struct Memtable {
     /// reads, once the data outgrows it) skips the tree, one cache line
     /// instead of a descent.
     filter: RefCell<bloom::Growing>,
-    /// The chunk values are being copied into.
-    arena: RefCell<BytesMut>,
+    chunks: RefCell<Chunks>,
     bytes: Cell<usize>,
     max_ts: Cell<u64>,
 }
@@ -79,30 +80,26 @@ impl Memtable {
             filter: RefCell::new(bloom::Growing::for_keys(
                 bytes / entry_bytes(&[0; 16], &[0; 100]),
             )),
-            arena: RefCell::default(),
+            chunks: RefCell::new(Chunks::new()),
             bytes: Cell::default(),
             max_ts: Cell::default(),
         }
     }
 
     /// Adds a version. A value of up to 4 KiB is copied into the
-    /// memtable's current 256 KiB chunk: a version then holds a count on a
-    /// chunk shared with thousands of others, not a buffer of its own.
-    /// Dropping a flushed memtable (~330k versions of 100 bytes) freed each
-    /// version's buffer, a cache miss apiece: ~22 ms in one go on the shard
-    /// that serves requests, the longest stall durable writes saw.
+    /// memtable's current chunk (see [`Chunks`]). Dropping a flushed
+    /// memtable (~330k versions of 100 bytes) whose versions each held a
+    /// buffer of their own freed each, a cache miss apiece: ~22 ms in one
+    /// go on the shard that serves requests, the longest stall durable
+    /// writes saw.
     pub fn insert(&self, entry: Entry) {
         let add = entry_bytes(&entry.key, &entry.value);
-        let value = match entry.value.len() {
-            0 => Bytes::new(),
-            n if n <= ARENA_VALUE_MAX => self.copy_in(&entry.value),
-            _ => entry.value,
-        };
+        let value = self.chunks.borrow_mut().add(entry.kind, entry.value);
         self.filter.borrow_mut().insert(bloom::hash(&entry.key));
         let old = self
             .map
             .borrow_mut()
-            .insert(InternalKey::new(entry.key, entry.ts), (entry.kind, value));
+            .insert(InternalKey::new(entry.key, entry.ts), value);
         match old {
             // Replaying a WAL record twice stores the same version twice.
             Some(_) => {}
@@ -113,24 +110,12 @@ impl Memtable {
         }
     }
 
-    fn copy_in(&self, value: &[u8]) -> Bytes {
-        let mut arena = self.arena.borrow_mut();
-        if arena.capacity() - arena.len() < value.len() {
-            *arena = BytesMut::with_capacity(ARENA_CHUNK_BYTES);
+    /// Consumes the memtable, to free it a few pieces at a time.
+    pub fn into_pieces(self) -> Pieces {
+        Pieces {
+            nodes: self.map.into_inner().into_nodes(),
+            chunks: self.chunks.into_inner().done,
         }
-        arena.extend_from_slice(value);
-        let value = arena.split().freeze();
-        let spare = arena.spare_capacity_mut();
-        for at in (ARENA_PREFETCH_FROM..spare.len().min(ARENA_PREFETCH_TO)).step_by(64) {
-            crate::hint::prefetch(spare[at..].as_ptr().cast());
-        }
-        value
-    }
-
-    /// Consumes the memtable: its versions in order, each freed as the
-    /// iterator moves past it.
-    pub fn into_versions(self) -> impl Iterator<Item = (InternalKey, (Kind, Bytes))> {
-        self.map.into_inner().into_versions()
     }
 
     /// Inserts `entries` a few at a time, each few after prefetching the
@@ -226,11 +211,11 @@ impl Memtable {
         }
         let probe: &dyn KeyRef = &Probe::new(key, ts);
         let map = self.map.borrow();
-        let (k, (kind, value)) = map.first_from(probe)?;
+        let (k, value) = map.first_from(probe)?;
         (k.user() == key).then(|| Versioned {
             ts: k.ts(),
-            kind: *kind,
-            value: value.clone(),
+            kind: value.kind,
+            value: self.chunks.borrow().bytes(value),
         })
     }
 
@@ -245,14 +230,15 @@ impl Memtable {
         out: &mut impl Extend<Entry>,
     ) {
         let map = self.map.borrow();
+        let chunks = self.chunks.borrow();
         out.extend(
             map.iter_from(Some((from, !inclusive)))
                 .take(max)
-                .map(|(k, (kind, value))| Entry {
+                .map(|(k, value)| Entry {
                     key: k.user_bytes(),
                     ts: k.ts(),
-                    kind: *kind,
-                    value: value.clone(),
+                    kind: value.kind,
+                    value: chunks.bytes(value),
                 }),
         );
     }
@@ -264,12 +250,13 @@ impl Memtable {
     pub fn visit_from(
         &self,
         after: Option<&InternalKey>,
-        mut f: impl FnMut(&InternalKey, Kind, &Bytes) -> bool,
+        mut f: impl FnMut(&InternalKey, Kind, &[u8]) -> bool,
     ) -> Option<InternalKey> {
         let map = self.map.borrow();
+        let chunks = self.chunks.borrow();
         let from = after.map(|k| (k as &dyn KeyRef, true));
         let versions = map.iter_from(from);
-        // Values sit in the arena in the order they were written, not in
+        // Values sit in their chunks in the order they were written, not in
         // key order: each one visited was a cache miss, waited on by the
         // copy into the table being built (about half a flush's CPU).
         // A second cursor runs ahead and prefetches them. Leaves are
@@ -279,19 +266,124 @@ impl Memtable {
         let mut ahead = map
             .iter_from_loading_leaves(from)
             .skip(VISIT_PREFETCH_AHEAD);
-        for (k, (kind, value)) in versions {
-            if let Some((_, (_, upcoming))) = ahead.next() {
+        for (k, value) in versions {
+            if let Some((_, upcoming)) = ahead.next() {
+                let upcoming = chunks.slice(upcoming);
                 let (at, len) = (upcoming.as_ptr(), upcoming.len().min(VISIT_PREFETCH_BYTES));
                 // Every line the first `len` bytes touch, the last included.
                 for offset in (0..len).step_by(64).chain(len.checked_sub(1)) {
                     crate::hint::prefetch(at.wrapping_add(offset));
                 }
             }
-            if !f(k, *kind, value) {
+            if !f(k, value.kind, chunks.slice(value)) {
                 return Some(k.clone());
             }
         }
         None
+    }
+}
+
+/// Where a memtable's values sit. Values of up to [`ARENA_VALUE_MAX`] are
+/// copied back to back into chunks of [`ARENA_CHUNK_BYTES`]; a larger one
+/// is a chunk of its own, kept, not copied. Versions refer to their values
+/// by chunk number and offset ([`Value`]), so that freeing the memtable
+/// frees its chunks and nodes, and nothing per version.
+struct Chunks {
+    /// Filled chunks and large values; at `filling`, an empty placeholder
+    /// for the chunk being filled.
+    done: Vec<Bytes>,
+    filling: BytesMut,
+    filling_at: u32,
+}
+
+impl Chunks {
+    fn new() -> Self {
+        Chunks {
+            done: vec![Bytes::new()],
+            filling: BytesMut::new(),
+            filling_at: 0,
+        }
+    }
+
+    /// Stores `value` (shorter than 4 GiB, as the engine's value limit
+    /// ensures).
+    fn add(&mut self, kind: Kind, value: Bytes) -> Value {
+        let len = u32::try_from(value.len()).expect("values are shorter than 4 GiB");
+        let (chunk, offset) = match value.len() {
+            0 => (0, 0),
+            n if n > ARENA_VALUE_MAX => {
+                self.done.push(value);
+                (self.done.len() - 1, 0)
+            }
+            n => {
+                if self.filling.capacity() - self.filling.len() < n {
+                    let full = std::mem::replace(
+                        &mut self.filling,
+                        BytesMut::with_capacity(ARENA_CHUNK_BYTES),
+                    );
+                    self.done[self.filling_at as usize] = full.freeze();
+                    self.filling_at = self.done.len() as u32;
+                    self.done.push(Bytes::new());
+                }
+                let offset = self.filling.len();
+                self.filling.extend_from_slice(&value);
+                let spare = self.filling.spare_capacity_mut();
+                for at in (ARENA_PREFETCH_FROM..spare.len().min(ARENA_PREFETCH_TO)).step_by(64) {
+                    crate::hint::prefetch(spare[at..].as_ptr().cast());
+                }
+                (self.filling_at as usize, offset)
+            }
+        };
+        Value {
+            kind,
+            chunk: chunk as u32,
+            offset: offset as u32,
+            len,
+        }
+    }
+
+    /// A value's bytes.
+    fn slice(&self, value: &Value) -> &[u8] {
+        if value.len == 0 {
+            return &[];
+        }
+        let chunk: &[u8] = match value.chunk == self.filling_at {
+            true => &self.filling,
+            false => &self.done[value.chunk as usize],
+        };
+        &chunk[value.offset as usize..][..value.len as usize]
+    }
+
+    /// A value, owned: a share of its chunk, or a copy while its chunk is
+    /// still being filled.
+    fn bytes(&self, value: &Value) -> Bytes {
+        match value.len != 0 && value.chunk != self.filling_at {
+            true => {
+                let start = value.offset as usize;
+                self.done[value.chunk as usize].slice(start..start + value.len as usize)
+            }
+            false => Bytes::copy_from_slice(self.slice(value)),
+        }
+    }
+}
+
+/// A memtable being freed (see [`Memtable::into_pieces`]).
+pub struct Pieces {
+    nodes: tree::Nodes,
+    chunks: Vec<Bytes>,
+}
+
+impl Pieces {
+    /// Frees up to `n` tree nodes, or one chunk of values in place of 64
+    /// of them; returns whether any pieces are left.
+    pub fn free(&mut self, n: usize) -> bool {
+        if self.nodes.free(n) {
+            return true;
+        }
+        for _ in 0..n.div_ceil(64) {
+            self.chunks.pop();
+        }
+        !self.chunks.is_empty()
     }
 }
 
@@ -353,24 +445,35 @@ mod tests {
         let m = Memtable::new();
         let small = Bytes::from(vec![b's'; 100]);
         let large = Bytes::from(vec![b'l'; ARENA_VALUE_MAX + 1]);
-        for (k, v) in [("a", &small), ("b", &small), ("c", &large)] {
+        let insert = |k: &str, v: &Bytes| {
             m.insert(Entry {
                 key: Bytes::copy_from_slice(k.as_bytes()),
                 ts: 1,
                 kind: Kind::Put,
                 value: v.clone(),
-            });
+            })
+        };
+        for (k, v) in [("a", &small), ("b", &small), ("c", &large)] {
+            insert(k, v);
         }
-        let (a, b, c) = (
-            m.get(b"a", 1).unwrap().value,
-            m.get(b"b", 1).unwrap().value,
-            m.get(b"c", 1).unwrap().value,
-        );
+        let get = |k: &str| m.get(k.as_bytes(), 1).unwrap().value;
+        // While their chunk fills, reads get copies.
+        let (a, c) = (get("a"), get("c"));
         assert_eq!((a.clone(), c.clone()), (small.clone(), large.clone()));
         assert_ne!(a.as_ptr(), small.as_ptr(), "a small value is copied");
-        // Both copies sit back to back in one chunk.
-        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
         assert_eq!(c.as_ptr(), large.as_ptr(), "a large value is kept");
+        // Fill the chunk and start the next: reads of its values now share
+        // it, the two copies back to back.
+        for i in 0..ARENA_CHUNK_BYTES / small.len() {
+            insert(&format!("fill-{i}"), &small);
+        }
+        let (a, b) = (get("a"), get("b"));
+        assert_eq!((&a, &b), (&small, &small));
+        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
+        assert_eq!(get("a").as_ptr(), a.as_ptr(), "reads share, not copy");
+        assert_eq!(get("c").as_ptr(), large.as_ptr());
+        let mut pieces = m.into_pieces();
+        while pieces.free(3) {}
     }
 
     #[test]
@@ -399,5 +502,26 @@ mod tests {
         put(&m, "a", 1, "x");
         assert_eq!(m.bytes(), bytes);
         assert_eq!(m.len(), 1);
+    }
+}
+#[cfg(test)]
+mod rss_probe {
+    use super::*;
+    fn rss() -> usize {
+        let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+        s.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
+    }
+    #[test]
+    fn rss_per_version() {
+        let n = 300_000u64;
+        let keys: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("user{:012}", (i * 2654435761) % 1_000_000_007))).collect();
+        let val = Bytes::from(vec![7u8; 100]);
+        let before = rss();
+        let m = Memtable::for_bytes(64 << 20);
+        for (i, k) in keys.iter().enumerate() {
+            m.insert(Entry { key: k.clone(), ts: i as u64 + 1, kind: Kind::Put, value: val.clone() });
+        }
+        let after = rss();
+        eprintln!("RSS per version {} accounted {}", (after - before) / n as usize, m.bytes() / n as usize);
     }
 }
