@@ -49,8 +49,17 @@ impl HybridClock {
 
     /// A fresh timestamp, greater than every one seen before.
     pub fn now(&self) -> u64 {
+        self.now_at(wall_ms())
+    }
+
+    /// [`HybridClock::now`] from a wall-clock reading (`wall_ms`) taken
+    /// since the event the timestamp is for: a server reads the clock once
+    /// for a batch of requests, after they all arrived. The timestamp is
+    /// then at or past the wall-clock time the event happened, as with a
+    /// fresh reading.
+    pub fn now_at(&self, wall_ms: u64) -> u64 {
         let last = self.last.get();
-        let physical = ts_from_ms(wall_ms());
+        let physical = ts_from_ms(wall_ms);
         let last_hl = last >> NODE_BITS;
         let candidate_hl = physical >> NODE_BITS;
         let hl = if candidate_hl > last_hl {
@@ -109,6 +118,27 @@ mod tests {
         let ts = clock.now();
         assert!(ts > far);
         assert_eq!(ts & 0xff, 1);
+    }
+
+    #[test]
+    fn a_reading_shared_by_a_batch_gives_each_write_its_own_later_timestamp() {
+        let clock = HybridClock::new(2);
+        let reading = wall_ms();
+        let first = clock.now_at(reading);
+        assert_eq!(ms_of_ts(first), reading);
+        // The batch's other writes: same reading, each a later timestamp.
+        let mut prev = first;
+        for _ in 0..100 {
+            let ts = clock.now_at(reading);
+            assert!(ts > prev);
+            assert_eq!(ts & 0xff, 2);
+            prev = ts;
+        }
+        // A later batch's reading moves the physical part on.
+        let later = clock.now_at(reading + 5);
+        assert_eq!(ms_of_ts(later), reading + 5);
+        // A stale reading never takes the clock back.
+        assert!(clock.now_at(reading - 1000) > later);
     }
 
     #[test]

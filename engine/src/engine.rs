@@ -42,6 +42,7 @@ const SCAN_PREALLOCATE_ROWS: usize = 256;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     ops: Vec<Entry>,
+    arrived_ms: Option<u64>,
 }
 
 impl WriteBatch {
@@ -52,7 +53,16 @@ impl WriteBatch {
     pub fn with_capacity(ops: usize) -> Self {
         WriteBatch {
             ops: Vec::with_capacity(ops),
+            arrived_ms: None,
         }
+    }
+
+    /// Takes the batch's timestamp from `wall_ms`, a wall-clock reading
+    /// made after the request that asked for the batch arrived, instead of
+    /// a fresh reading (see [`HybridClock::now_at`]).
+    pub fn arrived_at(&mut self, wall_ms: u64) -> &mut Self {
+        self.arrived_ms = Some(wall_ms);
+        self
     }
 
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> &mut Self {
@@ -437,7 +447,10 @@ impl<D: Disk> Engine<D> {
         inner.wait_for_room(bytes).await?;
         // No await between taking the timestamp and queueing: queue order is
         // timestamp order.
-        let ts = inner.clock.now();
+        let ts = match batch.arrived_ms {
+            Some(ms) => inner.clock.now_at(ms),
+            None => inner.clock.now(),
+        };
         let entries = batch.into_entries(ts);
         let tracked = inner.opts.wal_sync != SyncMode::None;
         {

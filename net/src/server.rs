@@ -235,6 +235,7 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
     // leave together once it is done: their latencies are recorded then,
     // with one clock read for the batch instead of two per request.
     let mut batch_start = Instant::now();
+    let mut arrived_ms = None;
     let mut unrecorded: Vec<(OpKind, bool)> = Vec::with_capacity(DECODE_AHEAD);
     let result = 'read: loop {
         let mut read = reader.read(&mut chunk);
@@ -290,6 +291,23 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                         .iter()
                         .filter_map(|r| r.as_ref().ok().map(|(_, r)| r)),
                 );
+                // One wall-clock reading for the batch's writes, made after
+                // they all arrived (a reading per write was ~1.5% of the
+                // CPU under 16-deep SETs).
+                arrived_ms = decoded
+                    .iter()
+                    .any(|r| {
+                        matches!(
+                            r,
+                            Ok((
+                                _,
+                                Request::Put { .. }
+                                    | Request::Delete { .. }
+                                    | Request::Batch { .. }
+                            ))
+                        )
+                    })
+                    .then(tessera_engine::clock::wall_ms);
             }
             let start = batch_start;
             let Some(request) = decoded.pop_front() else {
@@ -313,7 +331,7 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
             let kind = op_kind(&request);
             let mut handling = {
                 let shard = shard.clone();
-                Box::pin(async move { shard.handle(request).await })
+                Box::pin(async move { shard.handle(request, arrived_ms).await })
             };
             // Most requests complete on their first poll: answer them here,
             // with no task, channel or allocation per response.
@@ -403,7 +421,7 @@ pub async fn metrics_loop(shard: Rc<Shard>, listener: TcpListener) {
                 }
             }
             let (status, body) = if request.starts_with(b"GET /metrics ") {
-                match shard.handle(Request::Stats).await {
+                match shard.handle(Request::Stats, None).await {
                     Response::Stats(m) => ("200 OK", render_prometheus(&m)),
                     other => ("500 Internal Server Error", format!("{other:?}\n")),
                 }

@@ -58,7 +58,12 @@ impl<'a> KeyBatch<'a> {
 #[derive(Debug)]
 pub enum ShardOp {
     Get(Bytes),
-    Write(Vec<BatchOp>),
+    /// `arrived_ms`: a wall-clock reading made after the request arrived
+    /// (see [`tessera_engine::WriteBatch::arrived_at`]).
+    Write {
+        ops: Vec<BatchOp>,
+        arrived_ms: Option<u64>,
+    },
     Scan {
         start: Bytes,
         end: Option<Bytes>,
@@ -315,8 +320,11 @@ impl Shard {
                 Ok(v) => ShardReply::Value(v),
                 Err(e) => error_reply(&e),
             },
-            ShardOp::Write(ops) => {
+            ShardOp::Write { ops, arrived_ms } => {
                 let mut batch = WriteBatch::with_capacity(ops.len());
+                if let Some(ms) = arrived_ms {
+                    batch.arrived_at(ms);
+                }
                 for op in ops {
                     match op {
                         BatchOp::Put { key, value } => batch.put(key, value),
@@ -359,12 +367,6 @@ impl Shard {
         }
     }
 
-    /// Answers one client request, routing by key.
-    ///
-    /// The server boxes this future for every request, so its size is a
-    /// per-request cost: the transaction, scan and cross-shard batch paths
-    /// (several KiB of state) are boxed inside their arms, which keeps the
-    /// future of a plain get or put small.
     /// Starts the cache misses the point reads among `requests` will take
     /// on this shard, so that a batch of pipelined reads waits for them
     /// together rather than one after another.
@@ -405,7 +407,17 @@ impl Shard {
         }
     }
 
-    pub async fn handle(self: &Rc<Self>, request: Request) -> Response {
+    /// Answers one client request, routing by key.
+    ///
+    /// The server boxes this future for every request, so its size is a
+    /// per-request cost: the transaction, scan and cross-shard batch paths
+    /// (several KiB of state) are boxed inside their arms, which keeps the
+    /// future of a plain get or put small.
+    ///
+    /// `arrived_ms` is a wall-clock reading made after the request arrived
+    /// (the server reads the clock once per batch of requests): writes
+    /// take their timestamps from it.
+    pub async fn handle(self: &Rc<Self>, request: Request, arrived_ms: Option<u64>) -> Response {
         if self.shutting_down.get() {
             return Response::error(ErrorCode::Unavailable, "server is shutting down");
         }
@@ -435,15 +447,27 @@ impl Shard {
             Request::Put { key, value } => {
                 let owner = self.slots.shard_of(&key);
                 into_response(
-                    self.execute(owner, ShardOp::Write(vec![BatchOp::Put { key, value }]))
-                        .await,
+                    self.execute(
+                        owner,
+                        ShardOp::Write {
+                            ops: vec![BatchOp::Put { key, value }],
+                            arrived_ms,
+                        },
+                    )
+                    .await,
                 )
             }
             Request::Delete { key } => {
                 let owner = self.slots.shard_of(&key);
                 into_response(
-                    self.execute(owner, ShardOp::Write(vec![BatchOp::Delete { key }]))
-                        .await,
+                    self.execute(
+                        owner,
+                        ShardOp::Write {
+                            ops: vec![BatchOp::Delete { key }],
+                            arrived_ms,
+                        },
+                    )
+                    .await,
                 )
             }
             Request::Batch { ops } => {
@@ -455,7 +479,10 @@ impl Shard {
                     // Atomic across shards through the transaction path.
                     return Box::pin(self.atomic_batch(ops)).await;
                 }
-                into_response(self.execute(owner, ShardOp::Write(ops)).await)
+                into_response(
+                    self.execute(owner, ShardOp::Write { ops, arrived_ms })
+                        .await,
+                )
             }
             Request::Scan {
                 start,

@@ -509,19 +509,35 @@ mod rss_probe {
     use super::*;
     fn rss() -> usize {
         let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-        s.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
+        s.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            * 4096
     }
     #[test]
     fn rss_per_version() {
         let n = 300_000u64;
-        let keys: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("user{:012}", (i * 2654435761) % 1_000_000_007))).collect();
+        let keys: Vec<Bytes> = (0..n)
+            .map(|i| Bytes::from(format!("user{:012}", (i * 2654435761) % 1_000_000_007)))
+            .collect();
         let val = Bytes::from(vec![7u8; 100]);
         let before = rss();
         let m = Memtable::for_bytes(64 << 20);
         for (i, k) in keys.iter().enumerate() {
-            m.insert(Entry { key: k.clone(), ts: i as u64 + 1, kind: Kind::Put, value: val.clone() });
+            m.insert(Entry {
+                key: k.clone(),
+                ts: i as u64 + 1,
+                kind: Kind::Put,
+                value: val.clone(),
+            });
         }
         let after = rss();
-        eprintln!("RSS per version {} accounted {}", (after - before) / n as usize, m.bytes() / n as usize);
+        eprintln!(
+            "RSS per version {} accounted {}",
+            (after - before) / n as usize,
+            m.bytes() / n as usize
+        );
     }
 }
