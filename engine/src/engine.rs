@@ -971,7 +971,9 @@ impl<D: Disk> Inner<D> {
         let started = std::time::Instant::now();
         loop {
             match self.intent_holder(hash) {
-                Some(t) if t <= bound => self.wait_resolved(started, t).await?,
+                // Boxed: rare, and its state would otherwise be part of
+                // every read's future, which the server boxes per request.
+                Some(t) if t <= bound => Box::pin(self.wait_resolved(started, t)).await?,
                 _ => return Ok(()),
             }
         }
@@ -1065,6 +1067,13 @@ impl<D: Disk> Inner<D> {
             }
         }
         let version = self.version.borrow().clone();
+        // Nothing in the tables is newer than a version the memtables hold
+        // at or past their newest timestamp (the usual case): skip the walk.
+        if let Some(found) = &best {
+            if found.ts >= version.max_ts {
+                return Ok(best);
+            }
+        }
         if best.is_some() || !self.rows.enabled() {
             return self.newest_in_tables(&version, key, ts, best).await;
         }

@@ -425,7 +425,10 @@ impl<F: DiskFile> Table<F> {
             b.get(key, ts)
         }) {
             Some(found) => found,
-            None => self.block(i, cache).await?.get(key, ts),
+            // Boxed: the read's state (~0.5 KiB) would otherwise be part of
+            // every point read's future, which the server boxes and copies
+            // per request, though most are answered from memory.
+            None => Box::pin(self.block(i, cache)).await?.get(key, ts),
         };
         found.map_err(|_| self.block_error(i))
     }
