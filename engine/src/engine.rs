@@ -1253,7 +1253,7 @@ async fn reap<D: Disk>(inner: Rc<Inner<D>>) {
 /// requests in between, when this task holds its last reference (a reader
 /// still holding it frees it whole when done). Freed in one go, ~330k
 /// versions held the shard ~11.5 ms when each held a share of its value's
-/// chunk; now its ~12k nodes and ~200 chunks are freed, nothing per
+/// chunk; now its ~12k nodes and ~100 value chunks are freed, nothing per
 /// version.
 async fn shed(mem: Rc<Memtable>) {
     /// Nodes freed per slice, a cache miss each.
