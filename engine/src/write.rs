@@ -15,28 +15,32 @@ use crate::memtable::Memtable;
 use crate::options::SyncMode;
 use crate::wal::{Record, Wal};
 use event_listener::Event;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Writers that share one WAL write. Completed exactly once.
 #[derive(Default)]
 pub(crate) struct Group {
-    done: Cell<bool>,
     error: RefCell<Option<Error>>,
-    event: Event,
+    /// Set ("cancelled") when the group completes: a one-shot flag whose
+    /// waiters are a plain list of wakers on this executor. An
+    /// `event_listener::Event` took a lock three times per waiter (listen,
+    /// poll, drop) and allocated each listener: waiting and waking were
+    /// 7.1% of a shard's CPU under 16-deep durable writes (a group wakes
+    /// ~400 writers), 3.9% with this (`perf`).
+    done: glommio::sync::CancellationToken,
 }
 
 impl Group {
     fn complete(&self, error: Option<Error>) {
-        assert!(!self.done.get(), "group completed twice");
+        assert!(!self.done.is_cancelled(), "group completed twice");
         *self.error.borrow_mut() = error;
-        self.done.set(true);
-        self.event.notify(usize::MAX);
+        self.done.cancel();
     }
 
     pub(crate) async fn wait(&self) -> Result<()> {
-        wait_until(&self.event, || self.done.get()).await;
+        self.done.cancelled().await;
         match &*self.error.borrow() {
             None => Ok(()),
             Some(e) => Err(e.duplicate()),
