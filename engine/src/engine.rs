@@ -19,7 +19,7 @@ use crate::manifest::{Edit, LevelsState, Manifest, LEVELS};
 use crate::memtable::Memtable;
 use crate::options::{Options, SyncMode};
 use crate::row_cache::RowCache;
-use crate::sst::{bloom, parse_table_name, table_name, Table, TableBuilder};
+use crate::sst::{bloom, parse_table_name, table_name, Table, TableBuilder, TableMeta};
 use crate::version::Version;
 use crate::wal::{self, Record, ReplayReport, Spares, Wal};
 use crate::write::{self, wait_until, Group, Queue};
@@ -1200,6 +1200,22 @@ impl<D: Disk> Inner<D> {
             tracing::warn!(table = id, error = %e, "could not remove obsolete table");
         }
     }
+
+    /// Removes the files of tables a failed flush or compaction wrote
+    /// before installing them (none is in the manifest, so none is read).
+    /// Left for the next open to collect, a partial output held its space
+    /// meanwhile: on a full disk, the space the retry needed, so writes
+    /// failed until a restart even after space was freed.
+    pub(crate) async fn discard_tables(&self, ids: &[u64]) {
+        for &id in ids {
+            match self.disk.remove(&self.sst_dir.join(table_name(id))).await {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    tracing::warn!(table = id, error = %e, "could not remove a failed table");
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// A table a compaction replaced (see [`Inner::retire`]).
@@ -1385,28 +1401,21 @@ async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: 
     };
     if !mem.is_empty() {
         let id = inner.allocate_table_id();
-        let mut builder = inner.create_table(id, true).await?;
-        let mut resume = None;
-        // A step of versions is some 10 µs of work.
-        let mut slices = Slices::new(4);
-        loop {
-            let mut budget = FLUSH_STEP_VERSIONS;
-            resume = mem.visit_from(resume.as_ref(), |k, kind, value| {
-                budget -= 1;
-                !builder.push(k.user(), k.ts(), kind, value) && budget > 0
-            });
-            builder.write_if_due().await?;
-            if resume.is_none() {
-                break;
+        match write_flushed_table(inner, mem, id).await {
+            Ok((table, meta)) => {
+                fresh.push(table);
+                edit.added.push((0, meta));
             }
-            slices.tick(|| inner.background_behind()).await;
+            Err(e) => {
+                inner.discard_tables(&[id]).await;
+                return Err(e);
+            }
         }
-        let (meta, file) = builder.finish().await?;
-        inner.disk.sync_dir(&inner.sst_dir).await?;
-        fresh.push(Rc::new(Table::open(file, meta.clone()).await?));
-        edit.added.push((0, meta));
     }
     edit.next_table_id = Some(inner.next_table_id.get());
+    // A failed install leaves the table's file: the manifest record may
+    // have reached the disk even though its sync failed, and then the file
+    // is in use after a restart. If it did not, the next open removes it.
     inner.install(edit, &fresh, true).await?;
     {
         let mut imms = inner.imms.borrow_mut();
@@ -1428,6 +1437,34 @@ async fn flush_one<D: Disk>(inner: &Rc<Inner<D>>, mem: &Rc<Memtable>, boundary: 
         tracing::warn!(error = %e, "could not recycle WAL segments");
     }
     Ok(())
+}
+
+/// Writes `mem` into table `id` and opens it.
+async fn write_flushed_table<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    mem: &Memtable,
+    id: u64,
+) -> Result<(Rc<Table<D::File>>, TableMeta)> {
+    let mut builder = inner.create_table(id, true).await?;
+    let mut resume = None;
+    // A step of versions is some 10 µs of work.
+    let mut slices = Slices::new(4);
+    loop {
+        let mut budget = FLUSH_STEP_VERSIONS;
+        resume = mem.visit_from(resume.as_ref(), |k, kind, value| {
+            budget -= 1;
+            !builder.push(k.user(), k.ts(), kind, value) && budget > 0
+        });
+        builder.write_if_due().await?;
+        if resume.is_none() {
+            break;
+        }
+        slices.tick(|| inner.background_behind()).await;
+    }
+    let (meta, file) = builder.finish().await?;
+    inner.disk.sync_dir(&inner.sst_dir).await?;
+    let table = Rc::new(Table::open(file, meta.clone()).await?);
+    Ok((table, meta))
 }
 
 /// Whether a source whose newest timestamp is `max_ts` may hold a version

@@ -254,6 +254,9 @@ fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
         let err = engine.flush().await.unwrap_err();
         assert!(matches!(err, Error::Stalled(_)), "{err}");
         assert!(engine.stats().background_error.is_some());
+        // The failed flush removed its partial table (kept, it would hold
+        // space a full disk needs for the retry).
+        assert_eq!(paths_with(&disk, ".sst"), Vec::<PathBuf>::new());
         // Writes go on into the WAL and the next memtable meanwhile.
         put_all(&engine, 100..150).await;
         disk.clear_faults();
@@ -298,6 +301,8 @@ fn enospc_during_compaction_keeps_the_old_tables_and_recovers() {
             .unwrap();
         let err = engine.compact().await.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        // Only the inputs: the failed compaction removed its partial output.
+        assert_eq!(paths_with(&disk, ".sst").len(), 3);
         for i in 0..100 {
             assert_eq!(engine.get(&key(i)).await.unwrap(), Some(value(i + 2)));
         }

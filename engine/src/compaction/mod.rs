@@ -174,6 +174,45 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
     for t in &job.next {
         edit.removed.push((out_level, t.id()));
     }
+    // Every table this compaction creates, to remove if it fails before
+    // installing them (see `Inner::discard_tables`).
+    let mut created = Vec::new();
+    let (fresh, written) =
+        match write_outputs(inner, &job, out_level, &mut edit, &mut created).await {
+            Ok(done) => done,
+            // Closing: the outputs so far are orphans; the next open removes them.
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(e) => {
+                inner.discard_tables(&created).await;
+                return Err(e);
+            }
+        };
+    edit.next_table_id = Some(inner.next_table_id.get());
+    inner.install(edit, &fresh, false).await?;
+    inner
+        .stats
+        .compaction_bytes_written
+        .set(inner.stats.compaction_bytes_written.get() + written);
+    inner.retire(job.inputs.iter().chain(&job.next));
+    tracing::debug!(
+        level = job.level,
+        inputs = job.inputs.len() + job.next.len(),
+        outputs = fresh.len(),
+        "compaction done"
+    );
+    Ok(())
+}
+
+/// Merges the job's inputs into new tables for `out_level`, adds them to
+/// `edit` and opens them; returns them and the bytes written. Records
+/// each table's id in `created` as soon as it is allocated.
+async fn write_outputs<D: Disk>(
+    inner: &Rc<Inner<D>>,
+    job: &Job<D::File>,
+    out_level: usize,
+    edit: &mut Edit,
+    created: &mut Vec<u64>,
+) -> Result<(Vec<Rc<Table<D::File>>>, u64)> {
     let mut sources: Vec<Source<D::File>> = if job.level == 0 {
         job.inputs
             .iter()
@@ -199,7 +238,6 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
     while let Some(e) = iter.next_ref().await? {
         slices.tick(|| inner.background_behind()).await;
         if inner.closed.get() {
-            // Outputs so far are orphans; the next open removes them.
             return Err(Error::Closed);
         }
         if e.new_key {
@@ -223,11 +261,9 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
             }
         }
         if builder.is_none() {
-            builder = Some(
-                inner
-                    .create_table(inner.allocate_table_id(), out_level <= 1)
-                    .await?,
-            );
+            let id = inner.allocate_table_id();
+            created.push(id);
+            builder = Some(inner.create_table(id, out_level <= 1).await?);
         }
         let b = builder.as_mut().expect("just created");
         let flushed = b.add(e.key, e.ts, e.kind, e.value).await?;
@@ -246,18 +282,5 @@ async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
         edit.added.push((out_level, meta.clone()));
         fresh.push(Rc::new(Table::open(file, meta).await?));
     }
-    edit.next_table_id = Some(inner.next_table_id.get());
-    inner.install(edit, &fresh, false).await?;
-    inner
-        .stats
-        .compaction_bytes_written
-        .set(inner.stats.compaction_bytes_written.get() + written);
-    inner.retire(job.inputs.iter().chain(&job.next));
-    tracing::debug!(
-        level = job.level,
-        inputs = job.inputs.len() + job.next.len(),
-        outputs = fresh.len(),
-        "compaction done"
-    );
-    Ok(())
+    Ok((fresh, written))
 }

@@ -347,14 +347,23 @@ pub async fn make_spare<D: Disk>(
     spares.next_name.set(n + 1);
     let tmp = dir.join(format!("spare-{}.tmp", segment_name(n)));
     let file = disk.create(&tmp).await?;
-    let zeros = vec![0u8; FILL_CHUNK_BYTES.min(segment_bytes as usize)];
-    let mut offset = 0u64;
-    while offset < segment_bytes {
-        let len = zeros.len().min((segment_bytes - offset) as usize);
-        file.write_at(&zeros[..len], offset).await?;
-        offset += len as u64;
+    let filled = async {
+        let zeros = vec![0u8; FILL_CHUNK_BYTES.min(segment_bytes as usize)];
+        let mut offset = 0u64;
+        while offset < segment_bytes {
+            let len = zeros.len().min((segment_bytes - offset) as usize);
+            file.write_at(&zeros[..len], offset).await?;
+            offset += len as u64;
+        }
+        file.sync().await
+    };
+    if let Err(e) = filled.await {
+        // A partial spare would hold its space until the next open: on a
+        // full disk, space a flush may need to free the WAL.
+        drop(file);
+        let _ = disk.remove(&tmp).await;
+        return Err(e);
     }
-    file.sync().await?;
     let path = dir.join(format!("spare-{}", segment_name(n)));
     disk.rename(&tmp, &path).await?;
     disk.sync_dir(dir).await?;
