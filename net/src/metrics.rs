@@ -181,7 +181,12 @@ impl ShardMetrics {
         push("wal_errors_total".into(), engine.wal_errors as f64);
         push("write_stalls_total".into(), engine.write_stalls as f64);
         push("flushes_total".into(), engine.flushes as f64);
+        push("flush_errors_total".into(), engine.flush_errors as f64);
         push("compactions_total".into(), engine.compactions as f64);
+        push(
+            "compaction_errors_total".into(),
+            engine.compaction_errors as f64,
+        );
         push(
             "compaction_bytes_written_total".into(),
             engine.compaction_bytes_written as f64,

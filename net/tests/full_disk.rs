@@ -161,6 +161,17 @@ fn a_full_disk_fails_writes_clearly_and_loses_no_acknowledged_write() {
     // Full, the server still answers, and reads see every acknowledged write.
     let mut client = Client::connect(server.listen.as_str()).unwrap();
     client.ping().unwrap();
+    let failures: f64 = client
+        .stats()
+        .unwrap()
+        .iter()
+        .filter(|m| m.name == "flush_errors_total" || m.name == "compaction_errors_total")
+        .map(|m| m.value)
+        .sum();
+    assert!(
+        failures > 0.0,
+        "the metrics show no failed flush or compaction"
+    );
     for key in &acked {
         assert_eq!(
             client.get(key.clone()).unwrap(),
