@@ -5,8 +5,9 @@
 //! `engine/tests/faults.rs` injects the same errors into an in-memory disk;
 //! this test checks that the real one reports them the same way.
 //!
-//! Mounting needs root (CI runs as root). As another user the test says so
-//! and returns.
+//! Mounting needs root and loop devices (CI runs as root on a VM that has
+//! them). Where either is missing, or the mount is refused, the test says
+//! why and returns.
 
 mod common;
 
@@ -33,7 +34,16 @@ struct LoopMount {
 }
 
 impl LoopMount {
-    fn new(mib: u64) -> LoopMount {
+    /// `Err` says why this machine cannot mount one (not root, no loop
+    /// devices, the mount refused); anything else failing fails the test.
+    fn new(mib: u64) -> Result<LoopMount, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("mounting needs root".into());
+        }
+        if !Path::new("/dev/loop-control").exists() {
+            return Err("no loop devices (/dev/loop-control)".into());
+        }
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("ext4.img");
         std::fs::File::create(&image)
@@ -43,11 +53,17 @@ impl LoopMount {
         run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
         let at = dir.path().join("mnt");
         std::fs::create_dir(&at).unwrap();
-        run(
-            "mount",
-            &["-o", "loop", image.to_str().unwrap(), at.to_str().unwrap()],
-        );
-        LoopMount { _dir: dir, at }
+        let mount = Command::new("mount")
+            .args(["-o", "loop", image.to_str().unwrap(), at.to_str().unwrap()])
+            .output()
+            .expect("mount runs");
+        if !mount.status.success() {
+            return Err(format!(
+                "mount -o loop failed: {}",
+                String::from_utf8_lossy(&mount.stderr).trim()
+            ));
+        }
+        Ok(LoopMount { _dir: dir, at })
     }
 }
 
@@ -109,12 +125,13 @@ fn start(data: &Path) -> (Server, std::thread::JoinHandle<String>) {
 
 #[test]
 fn a_full_disk_fails_writes_clearly_and_loses_no_acknowledged_write() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a loop device needs root");
-        return;
-    }
-    let disk = LoopMount::new(IMAGE_MIB);
+    let disk = match LoopMount::new(IMAGE_MIB) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
     let filler = disk.at.join("filler");
     std::fs::write(&filler, vec![0xa5u8; FILLER_MIB << 20]).unwrap();
     let data = disk.at.join("data");
