@@ -271,6 +271,35 @@ fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
 }
 
 #[test]
+fn a_spare_wal_segment_that_fails_to_fill_leaves_no_file() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        disk.inject(Fault::WritesTo(".log.tmp"));
+        // Writes through several 128 KiB segments: once the spares made at
+        // open are used, each new one fails while being zero-filled.
+        let mut failed = 0;
+        for i in 0..4000 {
+            failed += engine.put(key(i), value(i)).await.is_err() as usize;
+        }
+        assert!(failed > 0, "no write needed a new WAL segment");
+        // Kept, a partial spare would hold its space until the next open
+        // (one was left per failed write before they were removed).
+        let left = paths_with(&disk, ".tmp");
+        assert!(
+            left.is_empty(),
+            "{} partial spares left, e.g. {:?}",
+            left.len(),
+            left.first()
+        );
+        disk.clear_faults();
+        put_all(&engine, 4000..4100).await;
+        assert_all_present(&engine, 4000..4100).await;
+        engine.close().await.unwrap();
+    });
+}
+
+#[test]
 fn enospc_during_compaction_keeps_the_old_tables_and_recovers() {
     run_local(|| async {
         let disk = MemDisk::new();
