@@ -1195,9 +1195,13 @@ impl<D: Disk> Inner<D> {
         }
     }
 
+    /// Removes a table's file; one already gone is not an error.
     pub(crate) async fn remove_table_file(&self, id: u64) {
-        if let Err(e) = self.disk.remove(&self.sst_dir.join(table_name(id))).await {
-            tracing::warn!(table = id, error = %e, "could not remove obsolete table");
+        match self.disk.remove(&self.sst_dir.join(table_name(id))).await {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                tracing::warn!(table = id, error = %e, "could not remove a table file");
+            }
+            _ => {}
         }
     }
 
@@ -1208,12 +1212,7 @@ impl<D: Disk> Inner<D> {
     /// failed until a restart even after space was freed.
     pub(crate) async fn discard_tables(&self, ids: &[u64]) {
         for &id in ids {
-            match self.disk.remove(&self.sst_dir.join(table_name(id))).await {
-                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-                    tracing::warn!(table = id, error = %e, "could not remove a failed table");
-                }
-                _ => {}
-            }
+            self.remove_table_file(id).await;
         }
     }
 }
