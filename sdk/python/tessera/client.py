@@ -1,0 +1,821 @@
+"""The client: framing, pipelining, typed errors and shard-aware routing.
+
+Every type on the wire comes from the code flatc generates from
+``protocol/schema/tessera.fbs`` (``tessera.wire``); this module only builds
+requests with it and turns responses into Python values.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import flatbuffers
+import flatbuffers.table
+import xxhash
+
+from .wire import Batch as _batch
+from .wire import BatchOp as _batch_op
+from .wire import BatchOpKind as _batch_op_kind
+from .wire import Condition as _condition
+from .wire import ConditionKind as _condition_kind
+from .wire import Delete as _delete
+from .wire import Error as _error
+from .wire import ErrorCode as _error_code
+from .wire import Get as _get
+from .wire import GetResult as _get_result
+from .wire import Hello as _hello
+from .wire import HelloResult as _hello_result
+from .wire import Key as _key
+from .wire import KeyValue as _key_value
+from .wire import Metric as _metric
+from .wire import Op as _op
+from .wire import Outcome as _outcome
+from .wire import Ping as _ping
+from .wire import Put as _put
+from .wire import ReadAt as _read_at
+from .wire import ReadValue as _read_value
+from .wire import Request as _request
+from .wire import Response as _response
+from .wire import Scan as _scan
+from .wire import ScanResult as _scan_result
+from .wire import Stats as _stats
+from .wire import StatsResult as _stats_result
+from .wire import Topology as _topology
+from .wire import TopologyResult as _topology_result
+from .wire import Txn as _txn
+from .wire import TxnResult as _txn_result
+from .wire import WriteResult as _write_result
+
+#: The protocol version this client speaks (``Hello.protocol_version``).
+PROTOCOL_VERSION = 1
+
+#: Largest response frame the client accepts.
+RESPONSE_BYTES_MAX = 64 << 20
+
+_LENGTH = struct.Struct("<I")
+
+#: The server's error codes, named as in the schema.
+ErrorCode = enum.IntEnum(
+    "ErrorCode",
+    {
+        name: value
+        for name, value in vars(_error_code.ErrorCode).items()
+        if not name.startswith("_")
+    },
+)
+
+Bytes = Union[bytes, bytearray, memoryview, str]
+
+
+def _b(value: Bytes) -> bytes:
+    """Keys and values: bytes as they are, str as UTF-8."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"expected bytes or str, got {type(value).__name__}")
+
+
+# --- errors -----------------------------------------------------------------
+
+
+class TesseraError(Exception):
+    """Base of every error this package raises (besides ``OSError``)."""
+
+
+class ServerError(TesseraError):
+    """The server answered with an error; ``code`` says which kind."""
+
+    def __init__(self, code: Union[ErrorCode, int], message: str):
+        self.code = code
+        self.message = message
+        name = code.name if isinstance(code, ErrorCode) else f"code {code}"
+        super().__init__(f"server error {name}: {message}")
+
+
+class ProtocolError(TesseraError):
+    """The server sent something this client cannot understand."""
+
+
+class Timeout(TesseraError):
+    """No answer from the server within the connection's timeout."""
+
+
+class ConnectionClosed(TesseraError):
+    """The server closed the connection."""
+
+
+# --- requests ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PutOp:
+    """A put inside a batch or a transaction."""
+
+    key: Bytes
+    value: Bytes
+
+
+@dataclass(frozen=True)
+class DeleteOp:
+    """A delete inside a batch or a transaction."""
+
+    key: Bytes
+
+
+WriteOp = Union[PutOp, DeleteOp]
+
+
+def _vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
+    b.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        b.PrependUOffsetTRelative(offset)
+    return b.EndVector()
+
+
+def _write_ops(b: flatbuffers.Builder, ops: Sequence[WriteOp]) -> int:
+    built = []
+    for op in ops:
+        key = b.CreateByteVector(_b(op.key))
+        value = b.CreateByteVector(_b(op.value)) if isinstance(op, PutOp) else None
+        _batch_op.Start(b)
+        if isinstance(op, PutOp):
+            _batch_op.AddKind(b, _batch_op_kind.BatchOpKind.Put)
+            _batch_op.AddValue(b, value)
+        elif isinstance(op, DeleteOp):
+            _batch_op.AddKind(b, _batch_op_kind.BatchOpKind.Delete)
+        else:
+            raise TypeError(f"expected PutOp or DeleteOp, got {type(op).__name__}")
+        _batch_op.AddKey(b, key)
+        built.append(_batch_op.End(b))
+    return _vector(b, built)
+
+
+@dataclass(frozen=True)
+class Hello:
+    protocol_version: int = PROTOCOL_VERSION
+    client_name: str = "tessera-python"
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        name = b.CreateString(self.client_name)
+        _hello.Start(b)
+        _hello.AddProtocolVersion(b, self.protocol_version)
+        _hello.AddClientName(b, name)
+        return _op.Op.Hello, _hello.End(b)
+
+
+@dataclass(frozen=True)
+class Ping:
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        _ping.Start(b)
+        return _op.Op.Ping, _ping.End(b)
+
+
+@dataclass(frozen=True)
+class Get:
+    key: Bytes
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        key = b.CreateByteVector(_b(self.key))
+        _get.Start(b)
+        _get.AddKey(b, key)
+        return _op.Op.Get, _get.End(b)
+
+
+@dataclass(frozen=True)
+class Put:
+    key: Bytes
+    value: Bytes
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        key = b.CreateByteVector(_b(self.key))
+        value = b.CreateByteVector(_b(self.value))
+        _put.Start(b)
+        _put.AddKey(b, key)
+        _put.AddValue(b, value)
+        return _op.Op.Put, _put.End(b)
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: Bytes
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        key = b.CreateByteVector(_b(self.key))
+        _delete.Start(b)
+        _delete.AddKey(b, key)
+        return _op.Op.Delete, _delete.End(b)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Keys in ``[start, end)`` (``end`` None: to the last key), at most
+    ``limit`` rows, as of timestamp ``ts`` (0: the newest state)."""
+
+    start: Bytes
+    end: Optional[Bytes] = None
+    limit: int = 1000
+    ts: int = 0
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        start = b.CreateByteVector(_b(self.start))
+        end = None if self.end is None else b.CreateByteVector(_b(self.end))
+        _scan.Start(b)
+        _scan.AddStart(b, start)
+        if end is not None:
+            _scan.AddEnd(b, end)
+        _scan.AddLimit(b, self.limit)
+        _scan.AddTs(b, self.ts)
+        return _op.Op.Scan, _scan.End(b)
+
+
+@dataclass(frozen=True)
+class ReadAt:
+    key: Bytes
+    ts: int
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        key = b.CreateByteVector(_b(self.key))
+        _read_at.Start(b)
+        _read_at.AddKey(b, key)
+        _read_at.AddTs(b, self.ts)
+        return _op.Op.ReadAt, _read_at.End(b)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Puts and deletes applied atomically at one timestamp."""
+
+    ops: Sequence[WriteOp]
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        ops = _write_ops(b, self.ops)
+        _batch.Start(b)
+        _batch.AddOps(b, ops)
+        return _op.Op.Batch, _batch.End(b)
+
+
+@dataclass(frozen=True)
+class Stats:
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        _stats.Start(b)
+        return _op.Op.Stats, _stats.End(b)
+
+
+@dataclass(frozen=True)
+class Topology:
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        _topology.Start(b)
+        return _op.Op.Topology, _topology.End(b)
+
+
+@dataclass(frozen=True)
+class _Check:
+    kind: int
+    key: bytes
+    value: Optional[bytes] = None
+    version: int = 0
+
+
+@dataclass
+class Txn:
+    """A one-shot transaction: conditions, reads and writes on any keys of
+    any shards, executed atomically at one timestamp with serializable
+    isolation. Build it by chaining::
+
+        Txn().equals("a", "100").put("a", "90").put("b", "10").read("b")
+    """
+
+    conditions: List[_Check] = field(default_factory=list)
+    reads: List[bytes] = field(default_factory=list)
+    writes: List[WriteOp] = field(default_factory=list)
+
+    def exists(self, key: Bytes) -> "Txn":
+        """Requires ``key`` to have a live value."""
+        self.conditions.append(_Check(_condition_kind.ConditionKind.Exists, _b(key)))
+        return self
+
+    def missing(self, key: Bytes) -> "Txn":
+        """Requires ``key`` to have no live value."""
+        self.conditions.append(_Check(_condition_kind.ConditionKind.Missing, _b(key)))
+        return self
+
+    def equals(self, key: Bytes, value: Bytes) -> "Txn":
+        """Requires ``key``'s value to equal ``value``."""
+        self.conditions.append(
+            _Check(_condition_kind.ConditionKind.Equals, _b(key), value=_b(value))
+        )
+        return self
+
+    def version_is(self, key: Bytes, version: int) -> "Txn":
+        """Requires ``key``'s newest version to have timestamp ``version``
+        (as a read returned it; 0: never written)."""
+        self.conditions.append(
+            _Check(_condition_kind.ConditionKind.VersionIs, _b(key), version=version)
+        )
+        return self
+
+    def read(self, key: Bytes) -> "Txn":
+        self.reads.append(_b(key))
+        return self
+
+    def put(self, key: Bytes, value: Bytes) -> "Txn":
+        self.writes.append(PutOp(_b(key), _b(value)))
+        return self
+
+    def delete(self, key: Bytes) -> "Txn":
+        self.writes.append(DeleteOp(_b(key)))
+        return self
+
+    def home_key(self) -> Optional[bytes]:
+        """The key whose shard should coordinate: the first written, else
+        the first read or checked."""
+        if self.writes:
+            return _b(self.writes[0].key)
+        if self.reads:
+            return self.reads[0]
+        if self.conditions:
+            return self.conditions[0].key
+        return None
+
+    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+        conditions = []
+        for c in self.conditions:
+            key = b.CreateByteVector(c.key)
+            value = None if c.value is None else b.CreateByteVector(c.value)
+            _condition.Start(b)
+            _condition.AddKind(b, c.kind)
+            _condition.AddKey(b, key)
+            if value is not None:
+                _condition.AddValue(b, value)
+            _condition.AddVersion(b, c.version)
+            conditions.append(_condition.End(b))
+        reads = []
+        for k in self.reads:
+            key = b.CreateByteVector(k)
+            _key.Start(b)
+            _key.AddKey(b, key)
+            reads.append(_key.End(b))
+        writes = _write_ops(b, self.writes)
+        conditions_vector = _vector(b, conditions)
+        reads_vector = _vector(b, reads)
+        _txn.Start(b)
+        _txn.AddConditions(b, conditions_vector)
+        _txn.AddReads(b, reads_vector)
+        _txn.AddWrites(b, writes)
+        return _op.Op.Txn, _txn.End(b)
+
+
+Request = Union[Hello, Ping, Get, Put, Delete, Scan, ReadAt, Batch, Stats, Topology, Txn]
+
+
+def encode_request(request: Request, request_id: int) -> bytes:
+    """One frame (length prefix included) holding ``request``."""
+    b = flatbuffers.Builder(64)
+    op_type, op = request._build(b)
+    _request.Start(b)
+    _request.AddId(b, request_id)
+    _request.AddOpType(b, op_type)
+    _request.AddOp(b, op)
+    b.Finish(_request.End(b))
+    payload = b.Output()
+    return _LENGTH.pack(len(payload)) + payload
+
+
+# --- responses --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HelloInfo:
+    protocol_version: int
+    server_version: str
+    shards: int
+    #: How far back ``read_at`` and scans at a timestamp can go.
+    retention_ms: int
+
+
+@dataclass(frozen=True)
+class ScanPage:
+    """One page of a scan; send ``next_start`` as the next start to go on
+    (None: the range is exhausted)."""
+
+    rows: List[Tuple[bytes, bytes]]
+    next_start: Optional[bytes]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    shard: int
+    value: float
+
+
+@dataclass(frozen=True)
+class TopologyInfo:
+    slots: int
+    slot_owner: List[int]
+    #: Each shard's own address, by shard number.
+    addresses: List[str]
+
+
+@dataclass(frozen=True)
+class ReadValue:
+    key: bytes
+    #: None if the key had no live value at the transaction's timestamp.
+    value: Optional[bytes]
+    #: Timestamp of the key's newest put or delete at or below the
+    #: transaction's timestamp (0 if never written).
+    version: int
+
+
+@dataclass(frozen=True)
+class TxnOutcome:
+    committed: bool
+    ts: int
+    #: Index of the condition that did not hold (nothing was written).
+    failed_condition: Optional[int]
+    reads: List[ReadValue]
+
+
+class _Table(flatbuffers.table.Table):
+    """A table whose byte vectors come back as ``bytes``, one slice each.
+
+    flatc's Python code reads a ``[ubyte]`` one element per call, or as a
+    numpy array; its ``...AsNumpy`` accessors call ``GetVectorAsNumpy``,
+    which this table answers with a slice instead, so values need neither
+    a loop nor numpy.
+    """
+
+    __slots__ = ()
+
+    def GetVectorAsNumpy(self, flags, off):  # noqa: N802 (flatbuffers' name)
+        start = self.Vector(off)
+        return bytes(self.Bytes[start : start + self.VectorLen(off)])
+
+
+def _init(self, buf, pos):
+    self._tab = _Table(buf, pos)
+
+
+# Only this package's generated classes: other flatbuffers users in the
+# process keep the library's behaviour.
+for _cls in (
+    _get_result.GetResult,
+    _key_value.KeyValue,
+    _scan_result.ScanResult,
+    _read_value.ReadValue,
+):
+    _cls.Init = _init
+
+
+def _vec(value) -> Optional[bytes]:
+    """A ``...AsNumpy()`` result: bytes, or the int 0 when absent."""
+    return value if isinstance(value, bytes) else None
+
+
+def _as(cls, table: flatbuffers.table.Table):
+    obj = cls()
+    obj.Init(table.Bytes, table.Pos)
+    return obj
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def decode_response(payload: bytes):
+    """``(id, value)`` from one response frame's payload; an error response
+    gives a ``ServerError`` as the value (not raised)."""
+    try:
+        r = _response.Response.GetRootAs(payload, 0)
+        request_id = r.Id()
+        kind = r.OutcomeType()
+        table = r.Outcome()
+        if table is None:
+            raise ProtocolError(f"response {request_id} has no outcome")
+        return request_id, _outcome_value(kind, table)
+    except (IndexError, struct.error, UnicodeDecodeError) as e:
+        raise ProtocolError(f"malformed response: {e}") from e
+
+
+def _outcome_value(kind: int, table: flatbuffers.table.Table):
+    o = _outcome.Outcome
+    if kind == o.Error:
+        e = _as(_error.Error, table)
+        code = e.Code()
+        try:
+            code = ErrorCode(code)
+        except ValueError:
+            pass
+        return ServerError(code, _text(e.Message()))
+    if kind == o.GetResult:
+        g = _as(_get_result.GetResult, table)
+        return (_vec(g.ValueAsNumpy()) or b"") if g.Found() else None
+    if kind == o.WriteResult:
+        return _as(_write_result.WriteResult, table).Ts()
+    if kind == o.PingResult:
+        return None
+    if kind == o.ScanResult:
+        s = _as(_scan_result.ScanResult, table)
+        rows = []
+        for i in range(s.RowsLength()):
+            row = s.Rows(i)
+            rows.append((_vec(row.KeyAsNumpy()) or b"", _vec(row.ValueAsNumpy()) or b""))
+        return ScanPage(rows, _vec(s.NextStartAsNumpy()))
+    if kind == o.TxnResult:
+        t = _as(_txn_result.TxnResult, table)
+        reads = []
+        for i in range(t.ReadsLength()):
+            rv = t.Reads(i)
+            value = (_vec(rv.ValueAsNumpy()) or b"") if rv.Found() else None
+            reads.append(ReadValue(_vec(rv.KeyAsNumpy()) or b"", value, rv.Version()))
+        failed = t.FailedCondition()
+        return TxnOutcome(t.Committed(), t.Ts(), None if failed < 0 else failed, reads)
+    if kind == o.HelloResult:
+        h = _as(_hello_result.HelloResult, table)
+        return HelloInfo(
+            h.ProtocolVersion(), _text(h.ServerVersion()), h.Shards(), h.RetentionMs()
+        )
+    if kind == o.StatsResult:
+        s = _as(_stats_result.StatsResult, table)
+        out = []
+        for i in range(s.MetricsLength()):
+            m = s.Metrics(i)
+            out.append(Metric(_text(m.Name()), m.Shard(), m.Value()))
+        return out
+    if kind == o.TopologyResult:
+        t = _as(_topology_result.TopologyResult, table)
+        owners = [t.SlotOwner(i) for i in range(t.SlotOwnerLength())]
+        listed = sorted(
+            (t.Shards(i).Shard(), _text(t.Shards(i).Address())) for i in range(t.ShardsLength())
+        )
+        if [shard for shard, _ in listed] != list(range(len(listed))):
+            raise ProtocolError(f"topology lists shards {[s for s, _ in listed]}")
+        return TopologyInfo(t.Slots(), owners, [address for _, address in listed])
+    raise ProtocolError(f"unknown outcome type {kind}")
+
+
+# --- connections ------------------------------------------------------------
+
+
+def _host_port(address: str) -> Tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class Connection:
+    """One TCP connection. Requests may be pipelined: ``send`` many, then
+    ``wait`` for each id; responses arriving out of order are kept until
+    asked for. Not safe to share between threads."""
+
+    def __init__(self, address: str, timeout: float = 10.0):
+        self.address = address
+        try:
+            self._sock = socket.create_connection(_host_port(address), timeout=timeout)
+        except socket.timeout as e:
+            raise Timeout(f"connecting to {address}") from e
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._next_id = 1
+        self._buf = bytearray()
+        self._arrived: Dict[int, object] = {}
+
+    def send(self, request: Request) -> int:
+        """Sends a request; returns its id."""
+        return self.send_many([request])[0]
+
+    def send_many(self, requests: Sequence[Request]) -> List[int]:
+        """Sends requests in one write; returns their ids."""
+        ids = list(range(self._next_id, self._next_id + len(requests)))
+        self._next_id += len(requests)
+        frames = b"".join(encode_request(r, i) for r, i in zip(requests, ids))
+        try:
+            self._sock.sendall(frames)
+        except socket.timeout as e:
+            raise Timeout(f"sending to {self.address}") from e
+        return ids
+
+    def recv(self):
+        """The next response off the wire: ``(id, value)``, where an error
+        response's value is a ``ServerError`` (not raised)."""
+        while True:
+            need = _LENGTH.size
+            if len(self._buf) >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(self._buf)
+                if length > RESPONSE_BYTES_MAX:
+                    raise ProtocolError(
+                        f"response frame of {length} bytes exceeds {RESPONSE_BYTES_MAX}"
+                    )
+                need = _LENGTH.size + length
+                if len(self._buf) >= need:
+                    payload = bytes(self._buf[_LENGTH.size : need])
+                    del self._buf[:need]
+                    return decode_response(payload)
+            try:
+                chunk = self._sock.recv(max(1 << 16, need - len(self._buf)))
+            except socket.timeout as e:
+                raise Timeout(f"waiting for {self.address}") from e
+            if not chunk:
+                raise ConnectionClosed(f"{self.address} closed the connection")
+            self._buf += chunk
+
+    def wait(self, request_id: int):
+        """The result of request ``request_id``; raises ``ServerError`` if
+        the server answered with an error."""
+        while True:
+            if request_id in self._arrived:
+                value = self._arrived.pop(request_id)
+            else:
+                got, value = self.recv()
+                # Id 0: the server could not read a request's id, so the
+                # error belongs to whichever request is waited for.
+                if got not in (request_id, 0):
+                    self._arrived[got] = value
+                    continue
+            if isinstance(value, ServerError):
+                raise value
+            return value
+
+    def call(self, request: Request):
+        """Sends one request and waits for its result."""
+        return self.wait(self.send(request))
+
+    def pipeline(self, requests: Sequence[Request]) -> list:
+        """Sends all ``requests`` at once and returns their results in
+        order; a request the server refused has its ``ServerError`` in its
+        place (not raised), so one failure does not hide the others."""
+        results = []
+        for request_id in self.send_many(requests):
+            try:
+                results.append(self.wait(request_id))
+            except ServerError as e:
+                results.append(e)
+        return results
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _expect(value, kind, what: str):
+    if not isinstance(value, kind):
+        raise ProtocolError(f"expected {what}, got {value!r}")
+    return value
+
+
+class Client:
+    """A shard-aware client: it asks the server for its slot map and sends
+    each key's request straight to the shard that owns it.
+
+    ::
+
+        with tessera.Client("127.0.0.1:7878") as db:
+            db.put("user:1", "ada")
+            assert db.get("user:1") == b"ada"
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:7878",
+        timeout: float = 10.0,
+        client_name: str = "tessera-python",
+    ):
+        self.entry = Connection(address, timeout)
+        try:
+            hello = _expect(
+                self.entry.call(Hello(PROTOCOL_VERSION, client_name)), HelloInfo, "a hello"
+            )
+            topology = _expect(self.entry.call(Topology()), TopologyInfo, "a topology")
+            if not topology.addresses or topology.slots != len(topology.slot_owner):
+                raise ProtocolError(f"topology without shards or slots: {topology}")
+            if any(owner >= len(topology.addresses) for owner in topology.slot_owner):
+                raise ProtocolError("topology names a shard it does not list")
+            self.shards = [Connection(a, timeout) for a in topology.addresses]
+        except BaseException:
+            self.entry.close()
+            raise
+        self.server_version = hello.server_version
+        #: How far back ``read_at`` and scans at a timestamp can go.
+        self.retention_ms = hello.retention_ms
+        self._slot_owner = topology.slot_owner
+
+    def shard_of(self, key: Bytes) -> int:
+        """The shard that owns ``key``: ``slot_owner[xxh3_64(key) % slots]``."""
+        owners = self._slot_owner
+        return owners[xxhash.xxh3_64_intdigest(_b(key)) % len(owners)]
+
+    def connection_for(self, key: Bytes) -> Connection:
+        """The connection to the shard owning ``key`` (for pipelining)."""
+        return self.shards[self.shard_of(key)]
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.shards)
+
+    def get(self, key: Bytes) -> Optional[bytes]:
+        """The newest value of ``key``, or None."""
+        return self.connection_for(key).call(Get(key))
+
+    def put(self, key: Bytes, value: Bytes) -> int:
+        """Writes ``key``; returns the commit timestamp."""
+        return self.connection_for(key).call(Put(key, value))
+
+    def delete(self, key: Bytes) -> int:
+        """Deletes ``key`` (a missing key too); returns the timestamp."""
+        return self.connection_for(key).call(Delete(key))
+
+    def batch(self, ops: Sequence[WriteOp]) -> int:
+        """Applies puts and deletes atomically at one timestamp, returned.
+        Keys on several shards commit through a transaction."""
+        if not ops:
+            raise ValueError("empty batch")
+        return self.connection_for(ops[0].key).call(Batch(ops))
+
+    def scan(
+        self, start: Bytes, end: Optional[Bytes] = None, limit: int = 1000, ts: int = 0
+    ) -> ScanPage:
+        """One page of keys in ``[start, end)`` in key order across all
+        shards, as of ``ts`` (0: the newest state)."""
+        return self.entry.call(Scan(start, end, limit, ts))
+
+    def scan_all(
+        self, start: Bytes, end: Optional[Bytes] = None, page: int = 1000, ts: int = 0
+    ) -> Iterator[Tuple[bytes, bytes]]:
+        """Every row in ``[start, end)``, fetched a page at a time. With a
+        ``ts`` every page is of one snapshot; with 0 each page is of the
+        newest state when it is fetched."""
+        while True:
+            result = self.scan(start, end, page, ts)
+            yield from result.rows
+            if result.next_start is None:
+                return
+            start = result.next_start
+
+    def read_at(self, key: Bytes, ts: int) -> Optional[bytes]:
+        """The value of ``key`` as of timestamp ``ts`` (inside the retention
+        window, ``retention_ms``)."""
+        return self.connection_for(key).call(ReadAt(key, ts))
+
+    def txn(self, txn: Txn) -> TxnOutcome:
+        """Runs a transaction once. A conflict raises ``ServerError`` with
+        code ``ErrorCode.Conflict``; a condition that does not hold gives an
+        outcome with ``committed`` False."""
+        home = txn.home_key()
+        if home is None:
+            raise ValueError("empty transaction")
+        return self.connection_for(home).call(txn)
+
+    def txn_with_retry(
+        self,
+        txn: Txn,
+        attempts: int = 20,
+        backoff: float = 0.0002,
+        backoff_max: float = 0.05,
+    ) -> TxnOutcome:
+        """Runs a transaction, retrying conflicts up to ``attempts`` tries,
+        sleeping a random time up to ``backoff`` seconds, doubling each time
+        up to ``backoff_max``."""
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.txn(txn)
+            except ServerError as e:
+                if e.code != ErrorCode.Conflict or attempt == attempts:
+                    raise
+            time.sleep(random.uniform(0, backoff))
+            backoff = min(backoff * 2, backoff_max)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def stats(self) -> List[Metric]:
+        """The server's metrics (the figures of its ``/metrics``)."""
+        return self.entry.call(Stats())
+
+    def ping(self) -> None:
+        self.entry.call(Ping())
+
+    def close(self) -> None:
+        for c in [self.entry, *self.shards]:
+            c.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
