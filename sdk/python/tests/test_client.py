@@ -238,6 +238,42 @@ class ClientTest(unittest.TestCase):
             self.assertIsNone(db.read_at(k, ts - 1))
 
 
+class RetryTest(unittest.TestCase):
+    """``txn_with_retry`` against a stand-in whose ``txn`` fails as told."""
+
+    class Flaky:
+        def __init__(self, errors):
+            self.errors = list(errors)
+            self.calls = 0
+
+        def txn(self, txn):
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+            return "committed"
+
+    def conflict(self):
+        return tessera.ServerError(tessera.ErrorCode.Conflict, "younger write")
+
+    def test_conflicts_are_retried_until_one_commits(self):
+        flaky = self.Flaky([self.conflict(), self.conflict()])
+        outcome = tessera.Client.txn_with_retry(flaky, tessera.Txn().put("k", "v"))
+        self.assertEqual((outcome, flaky.calls), ("committed", 3))
+
+    def test_the_last_conflict_is_raised_after_the_attempts(self):
+        flaky = self.Flaky([self.conflict()] * 5)
+        with self.assertRaises(tessera.ServerError) as e:
+            tessera.Client.txn_with_retry(flaky, tessera.Txn().put("k", "v"), attempts=3)
+        self.assertEqual((e.exception.code, flaky.calls), (tessera.ErrorCode.Conflict, 3))
+
+    def test_other_errors_are_not_retried(self):
+        storage = tessera.ServerError(tessera.ErrorCode.Storage, "No space left on device")
+        flaky = self.Flaky([storage])
+        with self.assertRaises(tessera.ServerError) as e:
+            tessera.Client.txn_with_retry(flaky, tessera.Txn().put("k", "v"))
+        self.assertEqual((e.exception.code, flaky.calls), (tessera.ErrorCode.Storage, 1))
+
+
 class ConnectionTest(unittest.TestCase):
     def test_a_closed_server_is_an_error_not_a_hang(self):
         server = Server(1)
