@@ -13,7 +13,8 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Union
+from collections.abc import Iterator, Sequence
 
 import flatbuffers
 import flatbuffers.table
@@ -33,7 +34,6 @@ from .wire import Hello as _hello
 from .wire import HelloResult as _hello_result
 from .wire import Key as _key
 from .wire import KeyValue as _key_value
-from .wire import Metric as _metric
 from .wire import Op as _op
 from .wire import Outcome as _outcome
 from .wire import Ping as _ping
@@ -94,7 +94,7 @@ class TesseraError(Exception):
 class ServerError(TesseraError):
     """The server answered with an error; ``code`` says which kind."""
 
-    def __init__(self, code: Union[ErrorCode, int], message: str):
+    def __init__(self, code: ErrorCode | int, message: str):
         self.code = code
         self.message = message
         name = code.name if isinstance(code, ErrorCode) else f"code {code}"
@@ -105,11 +105,11 @@ class ProtocolError(TesseraError):
     """The server sent something this client cannot understand."""
 
 
-class Timeout(TesseraError):
+class Timeout(TesseraError, TimeoutError):
     """No answer from the server within the connection's timeout."""
 
 
-class ConnectionClosed(TesseraError):
+class ConnectionClosed(TesseraError, ConnectionError):
     """The server closed the connection."""
 
 
@@ -164,7 +164,7 @@ class Hello:
     protocol_version: int = PROTOCOL_VERSION
     client_name: str = "tessera-python"
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         name = b.CreateString(self.client_name)
         _hello.Start(b)
         _hello.AddProtocolVersion(b, self.protocol_version)
@@ -174,7 +174,7 @@ class Hello:
 
 @dataclass(frozen=True)
 class Ping:
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         _ping.Start(b)
         return _op.Op.Ping, _ping.End(b)
 
@@ -183,7 +183,7 @@ class Ping:
 class Get:
     key: Bytes
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         key = b.CreateByteVector(_b(self.key))
         _get.Start(b)
         _get.AddKey(b, key)
@@ -195,7 +195,7 @@ class Put:
     key: Bytes
     value: Bytes
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         key = b.CreateByteVector(_b(self.key))
         value = b.CreateByteVector(_b(self.value))
         _put.Start(b)
@@ -208,7 +208,7 @@ class Put:
 class Delete:
     key: Bytes
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         key = b.CreateByteVector(_b(self.key))
         _delete.Start(b)
         _delete.AddKey(b, key)
@@ -221,11 +221,11 @@ class Scan:
     ``limit`` rows, as of timestamp ``ts`` (0: the newest state)."""
 
     start: Bytes
-    end: Optional[Bytes] = None
+    end: Bytes | None = None
     limit: int = 1000
     ts: int = 0
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         start = b.CreateByteVector(_b(self.start))
         end = None if self.end is None else b.CreateByteVector(_b(self.end))
         _scan.Start(b)
@@ -242,7 +242,7 @@ class ReadAt:
     key: Bytes
     ts: int
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         key = b.CreateByteVector(_b(self.key))
         _read_at.Start(b)
         _read_at.AddKey(b, key)
@@ -256,7 +256,7 @@ class Batch:
 
     ops: Sequence[WriteOp]
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         ops = _write_ops(b, self.ops)
         _batch.Start(b)
         _batch.AddOps(b, ops)
@@ -265,14 +265,14 @@ class Batch:
 
 @dataclass(frozen=True)
 class Stats:
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         _stats.Start(b)
         return _op.Op.Stats, _stats.End(b)
 
 
 @dataclass(frozen=True)
 class Topology:
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         _topology.Start(b)
         return _op.Op.Topology, _topology.End(b)
 
@@ -281,7 +281,7 @@ class Topology:
 class _Check:
     kind: int
     key: bytes
-    value: Optional[bytes] = None
+    value: bytes | None = None
     version: int = 0
 
 
@@ -294,28 +294,28 @@ class Txn:
         Txn().equals("a", "100").put("a", "90").put("b", "10").read("b")
     """
 
-    conditions: List[_Check] = field(default_factory=list)
-    reads: List[bytes] = field(default_factory=list)
-    writes: List[WriteOp] = field(default_factory=list)
+    conditions: list[_Check] = field(default_factory=list)
+    reads: list[bytes] = field(default_factory=list)
+    writes: list[WriteOp] = field(default_factory=list)
 
-    def exists(self, key: Bytes) -> "Txn":
+    def exists(self, key: Bytes) -> Txn:
         """Requires ``key`` to have a live value."""
         self.conditions.append(_Check(_condition_kind.ConditionKind.Exists, _b(key)))
         return self
 
-    def missing(self, key: Bytes) -> "Txn":
+    def missing(self, key: Bytes) -> Txn:
         """Requires ``key`` to have no live value."""
         self.conditions.append(_Check(_condition_kind.ConditionKind.Missing, _b(key)))
         return self
 
-    def equals(self, key: Bytes, value: Bytes) -> "Txn":
+    def equals(self, key: Bytes, value: Bytes) -> Txn:
         """Requires ``key``'s value to equal ``value``."""
         self.conditions.append(
             _Check(_condition_kind.ConditionKind.Equals, _b(key), value=_b(value))
         )
         return self
 
-    def version_is(self, key: Bytes, version: int) -> "Txn":
+    def version_is(self, key: Bytes, version: int) -> Txn:
         """Requires ``key``'s newest version to have timestamp ``version``
         (as a read returned it; 0: never written)."""
         self.conditions.append(
@@ -323,19 +323,19 @@ class Txn:
         )
         return self
 
-    def read(self, key: Bytes) -> "Txn":
+    def read(self, key: Bytes) -> Txn:
         self.reads.append(_b(key))
         return self
 
-    def put(self, key: Bytes, value: Bytes) -> "Txn":
+    def put(self, key: Bytes, value: Bytes) -> Txn:
         self.writes.append(PutOp(_b(key), _b(value)))
         return self
 
-    def delete(self, key: Bytes) -> "Txn":
+    def delete(self, key: Bytes) -> Txn:
         self.writes.append(DeleteOp(_b(key)))
         return self
 
-    def home_key(self) -> Optional[bytes]:
+    def home_key(self) -> bytes | None:
         """The key whose shard should coordinate: the first written, else
         the first read or checked."""
         if self.writes:
@@ -346,7 +346,7 @@ class Txn:
             return self.conditions[0].key
         return None
 
-    def _build(self, b: flatbuffers.Builder) -> Tuple[int, int]:
+    def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         conditions = []
         for c in self.conditions:
             key = b.CreateByteVector(c.key)
@@ -407,8 +407,8 @@ class ScanPage:
     """One page of a scan; send ``next_start`` as the next start to go on
     (None: the range is exhausted)."""
 
-    rows: List[Tuple[bytes, bytes]]
-    next_start: Optional[bytes]
+    rows: list[tuple[bytes, bytes]]
+    next_start: bytes | None
 
 
 @dataclass(frozen=True)
@@ -421,16 +421,16 @@ class Metric:
 @dataclass(frozen=True)
 class TopologyInfo:
     slots: int
-    slot_owner: List[int]
+    slot_owner: list[int]
     #: Each shard's own address, by shard number.
-    addresses: List[str]
+    addresses: list[str]
 
 
 @dataclass(frozen=True)
 class ReadValue:
     key: bytes
     #: None if the key had no live value at the transaction's timestamp.
-    value: Optional[bytes]
+    value: bytes | None
     #: Timestamp of the key's newest put or delete at or below the
     #: transaction's timestamp (0 if never written).
     version: int
@@ -441,8 +441,8 @@ class TxnOutcome:
     committed: bool
     ts: int
     #: Index of the condition that did not hold (nothing was written).
-    failed_condition: Optional[int]
-    reads: List[ReadValue]
+    failed_condition: int | None
+    reads: list[ReadValue]
 
 
 class _Table(flatbuffers.table.Table):
@@ -476,7 +476,7 @@ for _cls in (
     _cls.Init = _init
 
 
-def _vec(value) -> Optional[bytes]:
+def _vec(value) -> bytes | None:
     """A ``...AsNumpy()`` result: bytes, or the int 0 when absent."""
     return value if isinstance(value, bytes) else None
 
@@ -543,9 +543,7 @@ def _outcome_value(kind: int, table: flatbuffers.table.Table):
         return TxnOutcome(t.Committed(), t.Ts(), None if failed < 0 else failed, reads)
     if kind == o.HelloResult:
         h = _as(_hello_result.HelloResult, table)
-        return HelloInfo(
-            h.ProtocolVersion(), _text(h.ServerVersion()), h.Shards(), h.RetentionMs()
-        )
+        return HelloInfo(h.ProtocolVersion(), _text(h.ServerVersion()), h.Shards(), h.RetentionMs())
     if kind == o.StatsResult:
         s = _as(_stats_result.StatsResult, table)
         out = []
@@ -568,7 +566,7 @@ def _outcome_value(kind: int, table: flatbuffers.table.Table):
 # --- connections ------------------------------------------------------------
 
 
-def _host_port(address: str) -> Tuple[str, int]:
+def _host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected HOST:PORT, got {address!r}")
@@ -589,13 +587,13 @@ class Connection:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._next_id = 1
         self._buf = bytearray()
-        self._arrived: Dict[int, object] = {}
+        self._arrived: dict[int, object] = {}
 
     def send(self, request: Request) -> int:
         """Sends a request; returns its id."""
         return self.send_many([request])[0]
 
-    def send_many(self, requests: Sequence[Request]) -> List[int]:
+    def send_many(self, requests: Sequence[Request]) -> list[int]:
         """Sends requests in one write; returns their ids."""
         ids = list(range(self._next_id, self._next_id + len(requests)))
         self._next_id += len(requests)
@@ -666,7 +664,7 @@ class Connection:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -728,7 +726,7 @@ class Client:
     def shard_count(self) -> int:
         return len(self.shards)
 
-    def get(self, key: Bytes) -> Optional[bytes]:
+    def get(self, key: Bytes) -> bytes | None:
         """The newest value of ``key``, or None."""
         return self.connection_for(key).call(Get(key))
 
@@ -748,15 +746,15 @@ class Client:
         return self.connection_for(ops[0].key).call(Batch(ops))
 
     def scan(
-        self, start: Bytes, end: Optional[Bytes] = None, limit: int = 1000, ts: int = 0
+        self, start: Bytes, end: Bytes | None = None, limit: int = 1000, ts: int = 0
     ) -> ScanPage:
         """One page of keys in ``[start, end)`` in key order across all
         shards, as of ``ts`` (0: the newest state)."""
         return self.entry.call(Scan(start, end, limit, ts))
 
     def scan_all(
-        self, start: Bytes, end: Optional[Bytes] = None, page: int = 1000, ts: int = 0
-    ) -> Iterator[Tuple[bytes, bytes]]:
+        self, start: Bytes, end: Bytes | None = None, page: int = 1000, ts: int = 0
+    ) -> Iterator[tuple[bytes, bytes]]:
         """Every row in ``[start, end)``, fetched a page at a time. With a
         ``ts`` every page is of one snapshot; with 0 each page is of the
         newest state when it is fetched."""
@@ -767,7 +765,7 @@ class Client:
                 return
             start = result.next_start
 
-    def read_at(self, key: Bytes, ts: int) -> Optional[bytes]:
+    def read_at(self, key: Bytes, ts: int) -> bytes | None:
         """The value of ``key`` as of timestamp ``ts`` (inside the retention
         window, ``retention_ms``)."""
         return self.connection_for(key).call(ReadAt(key, ts))
@@ -803,7 +801,7 @@ class Client:
             backoff = min(backoff * 2, backoff_max)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def stats(self) -> List[Metric]:
+    def stats(self) -> list[Metric]:
         """The server's metrics (the figures of its ``/metrics``)."""
         return self.entry.call(Stats())
 
@@ -814,7 +812,7 @@ class Client:
         for c in [self.entry, *self.shards]:
             c.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:

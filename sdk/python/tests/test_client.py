@@ -202,7 +202,12 @@ class ClientTest(unittest.TestCase):
 
     def test_transactions_across_shards(self):
         db = self.db
-        a, b = "txn:a", next(f"txn:b{i}" for i in range(100) if db.shard_of(f"txn:b{i}") != db.shard_of("txn:a"))
+        a, b = (
+            "txn:a",
+            next(
+                f"txn:b{i}" for i in range(100) if db.shard_of(f"txn:b{i}") != db.shard_of("txn:a")
+            ),
+        )
         db.put(a, "100")
         db.delete(b)
         moved = db.txn(tessera.Txn().equals(a, "100").missing(b).put(a, "90").put(b, "10").read(b))
@@ -282,7 +287,8 @@ class ConnectionTest(unittest.TestCase):
             db.put("k", "v")
         finally:
             server.stop()
-        with self.assertRaises((tessera.ConnectionClosed, ConnectionError)):
+        # A reset (the server died with the request unread) or a close.
+        with self.assertRaises(ConnectionError):
             db.get("k")
         db.close()
 
