@@ -10,6 +10,9 @@ command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y
 command -v mkfs.ext4 >/dev/null || { apt-get update -qq && apt-get install -y -qq e2fsprogs >/dev/null; }
 protocol/generate.sh --check
 cargo fmt --all -- --check
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ruff==0.17.6
+python3 -m ruff check --quiet sdk/python
+python3 -m ruff format --check --quiet sdk/python
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./sdk/python

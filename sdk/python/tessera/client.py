@@ -141,6 +141,14 @@ def _vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
     return b.EndVector()
 
 
+def _key_table(b: flatbuffers.Builder, module, key: Bytes) -> int:
+    """A table whose one field is ``key`` (``Get``, ``Delete``, ``Key``)."""
+    key = b.CreateByteVector(_b(key))
+    module.Start(b)
+    module.AddKey(b, key)
+    return module.End(b)
+
+
 def _write_ops(b: flatbuffers.Builder, ops: Sequence[WriteOp]) -> int:
     built = []
     for op in ops:
@@ -184,10 +192,7 @@ class Get:
     key: Bytes
 
     def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
-        key = b.CreateByteVector(_b(self.key))
-        _get.Start(b)
-        _get.AddKey(b, key)
-        return _op.Op.Get, _get.End(b)
+        return _op.Op.Get, _key_table(b, _get, self.key)
 
 
 @dataclass(frozen=True)
@@ -209,10 +214,7 @@ class Delete:
     key: Bytes
 
     def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
-        key = b.CreateByteVector(_b(self.key))
-        _delete.Start(b)
-        _delete.AddKey(b, key)
-        return _op.Op.Delete, _delete.End(b)
+        return _op.Op.Delete, _key_table(b, _delete, self.key)
 
 
 @dataclass(frozen=True)
@@ -358,12 +360,7 @@ class Txn:
                 _condition.AddValue(b, value)
             _condition.AddVersion(b, c.version)
             conditions.append(_condition.End(b))
-        reads = []
-        for k in self.reads:
-            key = b.CreateByteVector(k)
-            _key.Start(b)
-            _key.AddKey(b, key)
-            reads.append(_key.End(b))
+        reads = [_key_table(b, _key, k) for k in self.reads]
         writes = _write_ops(b, self.writes)
         conditions_vector = _vector(b, conditions)
         reads_vector = _vector(b, reads)
