@@ -12,6 +12,8 @@ schema every SDK shares (``protocol/schema/tessera.fbs``).
         outcome = db.txn_with_retry(
             tessera.Txn().equals("a", "100").put("a", "90").put("b", "10")
         )
+
+``tessera.aio.Client`` is the same client for asyncio.
 """
 
 from .client import (

@@ -563,7 +563,39 @@ def _outcome_value(kind: int, table: flatbuffers.table.Table):
 # --- connections ------------------------------------------------------------
 
 
-def _host_port(address: str) -> tuple[str, int]:
+class Frames:
+    """Response frames out of the bytes a connection reads: each a
+    little-endian u32 length, then that many bytes."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+
+    def next(self) -> bytes | None:
+        """The next whole frame's payload, if it is all here."""
+        if len(self._buf) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self._buf)
+        if length > RESPONSE_BYTES_MAX:
+            raise ProtocolError(f"response frame of {length} bytes exceeds {RESPONSE_BYTES_MAX}")
+        end = _LENGTH.size + length
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[_LENGTH.size : end])
+        del self._buf[:end]
+        return payload
+
+    def wanted(self) -> int:
+        """How much to read next: the rest of a large frame in one go."""
+        if len(self._buf) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buf)
+            return max(1 << 16, _LENGTH.size + length - len(self._buf))
+        return 1 << 16
+
+
+def host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected HOST:PORT, got {address!r}")
@@ -578,12 +610,12 @@ class Connection:
     def __init__(self, address: str, timeout: float = 10.0):
         self.address = address
         try:
-            self._sock = socket.create_connection(_host_port(address), timeout=timeout)
+            self._sock = socket.create_connection(host_port(address), timeout=timeout)
         except socket.timeout as e:
             raise Timeout(f"connecting to {address}") from e
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._next_id = 1
-        self._buf = bytearray()
+        self._frames = Frames()
         self._arrived: dict[int, object] = {}
 
     def send(self, request: Request) -> int:
@@ -605,25 +637,16 @@ class Connection:
         """The next response off the wire: ``(id, value)``, where an error
         response's value is a ``ServerError`` (not raised)."""
         while True:
-            need = _LENGTH.size
-            if len(self._buf) >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(self._buf)
-                if length > RESPONSE_BYTES_MAX:
-                    raise ProtocolError(
-                        f"response frame of {length} bytes exceeds {RESPONSE_BYTES_MAX}"
-                    )
-                need = _LENGTH.size + length
-                if len(self._buf) >= need:
-                    payload = bytes(self._buf[_LENGTH.size : need])
-                    del self._buf[:need]
-                    return decode_response(payload)
+            payload = self._frames.next()
+            if payload is not None:
+                return decode_response(payload)
             try:
-                chunk = self._sock.recv(max(1 << 16, need - len(self._buf)))
+                chunk = self._sock.recv(self._frames.wanted())
             except socket.timeout as e:
                 raise Timeout(f"waiting for {self.address}") from e
             if not chunk:
                 raise ConnectionClosed(f"{self.address} closed the connection")
-            self._buf += chunk
+            self._frames.feed(chunk)
 
     def wait(self, request_id: int):
         """The result of request ``request_id``; raises ``ServerError`` if
@@ -668,13 +691,67 @@ class Connection:
         self.close()
 
 
-def _expect(value, kind, what: str):
+def expect(value, kind, what: str):
     if not isinstance(value, kind):
         raise ProtocolError(f"expected {what}, got {value!r}")
     return value
 
 
-class Client:
+class Routing:
+    """What the sync and asyncio clients share: the slot map the server
+    sent, and which shard each request goes to."""
+
+    def _route(self, hello: HelloInfo, topology: TopologyInfo) -> None:
+        hello = expect(hello, HelloInfo, "a hello")
+        topology = expect(topology, TopologyInfo, "a topology")
+        if not topology.addresses or topology.slots != len(topology.slot_owner):
+            raise ProtocolError(f"topology without shards or slots: {topology}")
+        if any(owner >= len(topology.addresses) for owner in topology.slot_owner):
+            raise ProtocolError("topology names a shard it does not list")
+        self.server_version = hello.server_version
+        #: How far back ``read_at`` and scans at a timestamp can go.
+        self.retention_ms = hello.retention_ms
+        #: Each shard's own address, by shard number.
+        self.addresses = topology.addresses
+        self._slot_owner = topology.slot_owner
+
+    def shard_of(self, key: Bytes) -> int:
+        """The shard that owns ``key``: ``slot_owner[xxh3_64(key) % slots]``."""
+        owners = self._slot_owner
+        return owners[xxhash.xxh3_64_intdigest(_b(key)) % len(owners)]
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.addresses)
+
+    def _batch_shard(self, ops: Sequence[WriteOp]) -> int:
+        if not ops:
+            raise ValueError("empty batch")
+        return self.shard_of(ops[0].key)
+
+    def _txn_shard(self, txn: Txn) -> int:
+        home = txn.home_key()
+        if home is None:
+            raise ValueError("empty transaction")
+        return self.shard_of(home)
+
+
+def retry_delays(attempts: int, backoff: float, backoff_max: float) -> Iterator[float | None]:
+    """Before each attempt after the first, how long to sleep: a random time
+    up to ``backoff``, doubling up to ``backoff_max``; None for the last
+    attempt (whose conflict is raised)."""
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    for attempt in range(1, attempts + 1):
+        yield None if attempt == attempts else random.uniform(0, backoff)
+        backoff = min(backoff * 2, backoff_max)
+
+
+def is_conflict(e: ServerError) -> bool:
+    return e.code == ErrorCode.Conflict
+
+
+class Client(Routing):
     """A shard-aware client: it asks the server for its slot map and sends
     each key's request straight to the shard that owns it.
 
@@ -692,36 +769,19 @@ class Client:
         client_name: str = "tessera-python",
     ):
         self.entry = Connection(address, timeout)
+        self.shards: list[Connection] = []
         try:
-            hello = _expect(
-                self.entry.call(Hello(PROTOCOL_VERSION, client_name)), HelloInfo, "a hello"
-            )
-            topology = _expect(self.entry.call(Topology()), TopologyInfo, "a topology")
-            if not topology.addresses or topology.slots != len(topology.slot_owner):
-                raise ProtocolError(f"topology without shards or slots: {topology}")
-            if any(owner >= len(topology.addresses) for owner in topology.slot_owner):
-                raise ProtocolError("topology names a shard it does not list")
-            self.shards = [Connection(a, timeout) for a in topology.addresses]
+            hello = self.entry.call(Hello(PROTOCOL_VERSION, client_name))
+            self._route(hello, self.entry.call(Topology()))
+            for address in self.addresses:
+                self.shards.append(Connection(address, timeout))
         except BaseException:
-            self.entry.close()
+            self.close()
             raise
-        self.server_version = hello.server_version
-        #: How far back ``read_at`` and scans at a timestamp can go.
-        self.retention_ms = hello.retention_ms
-        self._slot_owner = topology.slot_owner
-
-    def shard_of(self, key: Bytes) -> int:
-        """The shard that owns ``key``: ``slot_owner[xxh3_64(key) % slots]``."""
-        owners = self._slot_owner
-        return owners[xxhash.xxh3_64_intdigest(_b(key)) % len(owners)]
 
     def connection_for(self, key: Bytes) -> Connection:
         """The connection to the shard owning ``key`` (for pipelining)."""
         return self.shards[self.shard_of(key)]
-
-    @property
-    def shard_count(self) -> int:
-        return len(self.shards)
 
     def get(self, key: Bytes) -> bytes | None:
         """The newest value of ``key``, or None."""
@@ -738,9 +798,7 @@ class Client:
     def batch(self, ops: Sequence[WriteOp]) -> int:
         """Applies puts and deletes atomically at one timestamp, returned.
         Keys on several shards commit through a transaction."""
-        if not ops:
-            raise ValueError("empty batch")
-        return self.connection_for(ops[0].key).call(Batch(ops))
+        return self.shards[self._batch_shard(ops)].call(Batch(ops))
 
     def scan(
         self, start: Bytes, end: Bytes | None = None, limit: int = 1000, ts: int = 0
@@ -771,10 +829,7 @@ class Client:
         """Runs a transaction once. A conflict raises ``ServerError`` with
         code ``ErrorCode.Conflict``; a condition that does not hold gives an
         outcome with ``committed`` False."""
-        home = txn.home_key()
-        if home is None:
-            raise ValueError("empty transaction")
-        return self.connection_for(home).call(txn)
+        return self.shards[self._txn_shard(txn)].call(txn)
 
     def txn_with_retry(
         self,
@@ -786,16 +841,13 @@ class Client:
         """Runs a transaction, retrying conflicts up to ``attempts`` tries,
         sleeping a random time up to ``backoff`` seconds, doubling each time
         up to ``backoff_max``."""
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        for attempt in range(1, attempts + 1):
+        for delay in retry_delays(attempts, backoff, backoff_max):
             try:
                 return self.txn(txn)
             except ServerError as e:
-                if e.code != ErrorCode.Conflict or attempt == attempts:
+                if not is_conflict(e) or delay is None:
                     raise
-            time.sleep(random.uniform(0, backoff))
-            backoff = min(backoff * 2, backoff_max)
+            time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def stats(self) -> list[Metric]:

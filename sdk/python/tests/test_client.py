@@ -5,66 +5,11 @@ The server binary is ``$TESSERA_SERVER``, else the workspace's debug build
 """
 
 import os
-import pathlib
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
 import unittest
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from support import Server, Silent
 
-import tessera  # noqa: E402
-
-ROOT = HERE.parents[2]
-SERVER = pathlib.Path(os.environ.get("TESSERA_SERVER", ROOT / "target/debug/tessera-server"))
-
-
-class Server:
-    """The real server on free localhost ports, with its data in a temporary
-    directory."""
-
-    def __init__(self, shards, *extra):
-        if not SERVER.exists():
-            raise RuntimeError(f"{SERVER} is missing: build it with `cargo build -p tessera-net`")
-        self.data = tempfile.mkdtemp(prefix="tessera-py-")
-        self.process = subprocess.Popen(
-            [
-                str(SERVER),
-                *("--data", self.data, "--listen", "127.0.0.1:0", "--cpus", "any"),
-                *("--shard-base-port", "0", "--shards", str(shards)),
-                *("--metrics", "127.0.0.1:0", "--prefault-memory", "false"),
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "RUST_LOG": "warn"},
-        )
-        # tessera-server ready: listen A shards N (S1 S2 ...) data D ...
-        line = self.process.stdout.readline().decode()
-        if not line.startswith("tessera-server ready: "):
-            self.process.kill()
-            raise RuntimeError(f"server did not start: {line!r} {self.process.stderr.read()!r}")
-        words = line.split()
-        self.address = words[words.index("listen") + 1]
-        # Keep draining its output so that it never blocks on a full pipe.
-        self.drains = [
-            threading.Thread(target=stream.read, daemon=True)
-            for stream in (self.process.stdout, self.process.stderr)
-        ]
-        for drain in self.drains:
-            drain.start()
-
-    def stop(self):
-        self.process.kill()
-        self.process.wait()
-        for drain in self.drains:
-            drain.join()
-        self.process.stdout.close()
-        self.process.stderr.close()
-        shutil.rmtree(self.data, ignore_errors=True)
+import tessera
 
 
 def forwarded(db):
@@ -291,6 +236,16 @@ class ConnectionTest(unittest.TestCase):
         with self.assertRaises(ConnectionError):
             db.get("k")
         db.close()
+
+    def test_a_server_that_never_answers_times_out(self):
+        silent = Silent()
+        try:
+            conn = tessera.Connection(silent.address, timeout=0.2)
+            with self.assertRaises(tessera.Timeout):
+                conn.call(tessera.Ping())
+            conn.close()
+        finally:
+            silent.stop()
 
     def test_an_address_nobody_listens_on_is_refused(self):
         server = Server(1)

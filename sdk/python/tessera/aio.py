@@ -1,0 +1,281 @@
+"""The asyncio client: any number of coroutines share one connection per
+shard. Each request is written as it is made and its response is matched
+to it by id, so concurrent requests are pipelined on the wire.
+
+::
+
+    import asyncio, tessera.aio
+
+    async def main():
+        async with await tessera.aio.Client.connect("127.0.0.1:7878") as db:
+            await db.put("user:1", "ada")
+            values = await asyncio.gather(*(db.get(f"user:{i}") for i in range(100)))
+
+    asyncio.run(main())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Sequence
+
+from .client import (
+    PROTOCOL_VERSION,
+    Batch,
+    Bytes,
+    ConnectionClosed,
+    Delete,
+    Frames,
+    Get,
+    Hello,
+    Metric,
+    Ping,
+    ProtocolError,
+    Put,
+    ReadAt,
+    Request,
+    Routing,
+    Scan,
+    ScanPage,
+    ServerError,
+    Stats,
+    Timeout,
+    Topology,
+    Txn,
+    TxnOutcome,
+    WriteOp,
+    decode_response,
+    encode_request,
+    host_port,
+    is_conflict,
+    retry_delays,
+)
+
+#: Bytes queued for the socket beyond which a request waits for the kernel
+#: to take them (flow control for a burst of large requests).
+WRITE_BUFFER_HIGH = 1 << 20
+
+
+class Connection:
+    """One TCP connection shared by any number of coroutines of one event
+    loop. Open it with ``await Connection.open(address)``."""
+
+    def __init__(self, address, reader, writer, timeout):
+        self.address = address
+        self.timeout = timeout
+        self._reader = reader
+        self._writer = writer
+        self._next_id = 1
+        self._pending: dict[int, asyncio.Future] = {}
+        self._broken: Exception | None = None
+        self._drain = asyncio.Lock()
+        self._reading = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def open(cls, address: str, timeout: float = 10.0) -> Connection:
+        host, port = host_port(address)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except asyncio.TimeoutError as e:
+            raise Timeout(f"connecting to {address}") from e
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(address, reader, writer, timeout)
+
+    async def _read_loop(self) -> None:
+        frames = Frames()
+        try:
+            while True:
+                chunk = await self._reader.read(frames.wanted())
+                if not chunk:
+                    raise ConnectionClosed(f"{self.address} closed the connection")
+                frames.feed(chunk)
+                while (payload := frames.next()) is not None:
+                    request_id, value = decode_response(payload)
+                    if request_id == 0:
+                        # Never for this client's frames: the stream is
+                        # out of step with the server.
+                        raise ProtocolError(f"the server could not read a request: {value}")
+                    waiter = self._pending.pop(request_id, None)
+                    # None or done: its caller gave up (timeout, cancel).
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(value)
+        except asyncio.CancelledError:
+            self._fail(ConnectionClosed(f"connection to {self.address} closed"))
+            raise
+        except Exception as e:  # every waiter learns why the stream ended
+            self._fail(e)
+
+    def _fail(self, cause: Exception) -> None:
+        self._broken = cause
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            if not waiter.done():
+                error = ConnectionClosed(f"connection to {self.address} failed: {cause}")
+                error.__cause__ = cause
+                waiter.set_exception(error)
+
+    async def _send(self, requests: Sequence[Request]) -> list[asyncio.Future]:
+        if self._broken is not None:
+            raise ConnectionClosed(f"connection to {self.address} failed") from self._broken
+        if self._writer.is_closing():
+            raise ConnectionClosed(f"connection to {self.address} is closed")
+        loop = asyncio.get_running_loop()
+        waiters, frames = [], []
+        for request in requests:
+            request_id = self._next_id
+            self._next_id += 1
+            frames.append(encode_request(request, request_id))
+            waiter = loop.create_future()
+            self._pending[request_id] = waiter
+            waiters.append(waiter)
+        self._writer.write(b"".join(frames))
+        if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            async with self._drain:
+                await self._writer.drain()
+        return waiters
+
+    async def _result(self, waiter: asyncio.Future):
+        try:
+            value = await asyncio.wait_for(waiter, self.timeout)
+        except asyncio.TimeoutError as e:
+            raise Timeout(f"waiting for {self.address}") from e
+        if isinstance(value, ServerError):
+            raise value
+        return value
+
+    async def call(self, request: Request):
+        """Sends one request and waits for its result; raises
+        ``ServerError`` if the server refused it."""
+        (waiter,) = await self._send([request])
+        return await self._result(waiter)
+
+    async def pipeline(self, requests: Sequence[Request]) -> list:
+        """Sends all ``requests`` in one write and returns their results in
+        order, a refused request's ``ServerError`` in its place."""
+        results = []
+        for waiter in await self._send(requests):
+            try:
+                results.append(await self._result(waiter))
+            except ServerError as e:
+                results.append(e)
+        return results
+
+    async def close(self) -> None:
+        self._reading.cancel()
+        try:
+            await self._reading
+        except asyncio.CancelledError:
+            pass
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass  # already reset by the server: closed either way
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class Client(Routing):
+    """The shard-aware client of ``tessera.Client`` for asyncio: the same
+    methods, as coroutines. Connect with ``await Client.connect(address)``."""
+
+    def __init__(self, entry: Connection, shards: list[Connection], hello, topology):
+        self.entry = entry
+        self.shards = shards
+        self._route(hello, topology)
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str = "127.0.0.1:7878",
+        timeout: float = 10.0,
+        client_name: str = "tessera-python",
+    ) -> Client:
+        entry = await Connection.open(address, timeout)
+        shards: list[Connection] = []
+        try:
+            hello = await entry.call(Hello(PROTOCOL_VERSION, client_name))
+            topology = await entry.call(Topology())
+            client = cls(entry, shards, hello, topology)
+            for shard_address in client.addresses:
+                shards.append(await Connection.open(shard_address, timeout))
+            return client
+        except BaseException:
+            for c in [entry, *shards]:
+                await c.close()
+            raise
+
+    def connection_for(self, key: Bytes) -> Connection:
+        """The connection to the shard owning ``key``."""
+        return self.shards[self.shard_of(key)]
+
+    async def get(self, key: Bytes) -> bytes | None:
+        return await self.connection_for(key).call(Get(key))
+
+    async def put(self, key: Bytes, value: Bytes) -> int:
+        return await self.connection_for(key).call(Put(key, value))
+
+    async def delete(self, key: Bytes) -> int:
+        return await self.connection_for(key).call(Delete(key))
+
+    async def batch(self, ops: Sequence[WriteOp]) -> int:
+        return await self.shards[self._batch_shard(ops)].call(Batch(ops))
+
+    async def scan(
+        self, start: Bytes, end: Bytes | None = None, limit: int = 1000, ts: int = 0
+    ) -> ScanPage:
+        return await self.entry.call(Scan(start, end, limit, ts))
+
+    async def scan_all(
+        self, start: Bytes, end: Bytes | None = None, page: int = 1000, ts: int = 0
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        while True:
+            result = await self.scan(start, end, page, ts)
+            for row in result.rows:
+                yield row
+            if result.next_start is None:
+                return
+            start = result.next_start
+
+    async def read_at(self, key: Bytes, ts: int) -> bytes | None:
+        return await self.connection_for(key).call(ReadAt(key, ts))
+
+    async def txn(self, txn: Txn) -> TxnOutcome:
+        return await self.shards[self._txn_shard(txn)].call(txn)
+
+    async def txn_with_retry(
+        self,
+        txn: Txn,
+        attempts: int = 20,
+        backoff: float = 0.0002,
+        backoff_max: float = 0.05,
+    ) -> TxnOutcome:
+        for delay in retry_delays(attempts, backoff, backoff_max):
+            try:
+                return await self.txn(txn)
+            except ServerError as e:
+                if not is_conflict(e) or delay is None:
+                    raise
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def stats(self) -> list[Metric]:
+        return await self.entry.call(Stats())
+
+    async def ping(self) -> None:
+        await self.entry.call(Ping())
+
+    async def close(self) -> None:
+        for c in [self.entry, *self.shards]:
+            await c.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,74 @@
+"""What the SDK's tests share: the real server, and one that never answers."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import socket
+import threading
+
+HERE = pathlib.Path(__file__).resolve().parent
+# The SDK in this tree, not an installed copy.
+sys.path.insert(0, str(HERE.parent))
+
+ROOT = HERE.parents[2]
+SERVER = pathlib.Path(os.environ.get("TESSERA_SERVER", ROOT / "target/debug/tessera-server"))
+
+
+class Server:
+    """The real server on free localhost ports, with its data in a temporary
+    directory."""
+
+    def __init__(self, shards, *extra):
+        if not SERVER.exists():
+            raise RuntimeError(f"{SERVER} is missing: build it with `cargo build -p tessera-net`")
+        self.data = tempfile.mkdtemp(prefix="tessera-py-")
+        self.process = subprocess.Popen(
+            [
+                str(SERVER),
+                *("--data", self.data, "--listen", "127.0.0.1:0", "--cpus", "any"),
+                *("--shard-base-port", "0", "--shards", str(shards)),
+                *("--metrics", "127.0.0.1:0", "--prefault-memory", "false"),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "RUST_LOG": "warn"},
+        )
+        # tessera-server ready: listen A shards N (S1 S2 ...) data D ...
+        line = self.process.stdout.readline().decode()
+        if not line.startswith("tessera-server ready: "):
+            self.process.kill()
+            raise RuntimeError(f"server did not start: {line!r} {self.process.stderr.read()!r}")
+        words = line.split()
+        self.address = words[words.index("listen") + 1]
+        # Keep draining its output so that it never blocks on a full pipe.
+        self.drains = [
+            threading.Thread(target=stream.read, daemon=True)
+            for stream in (self.process.stdout, self.process.stderr)
+        ]
+        for drain in self.drains:
+            drain.start()
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+        for drain in self.drains:
+            drain.join()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+class Silent:
+    """A listener that accepts connections and never answers: requests to it
+    time out."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def stop(self):
+        self.listener.close()
