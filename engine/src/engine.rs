@@ -545,6 +545,20 @@ impl<D: Disk> Engine<D> {
         limit: usize,
         ts: Option<u64>,
     ) -> Result<Vec<(Bytes, Bytes)>> {
+        self.scan_bounded(start, end, limit, usize::MAX, ts).await
+    }
+
+    /// Like [`Engine::scan`], ending after the row that brings the keys
+    /// and values returned to `bytes_max` or more: a page of large values
+    /// stays bounded (and holds at least one row).
+    pub async fn scan_bounded(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+        ts: Option<u64>,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
         let ts = match ts {
             Some(ts) => {
                 self.inner.settle_read(None, ts).await?;
@@ -564,6 +578,7 @@ impl<D: Disk> Engine<D> {
         // decided (it was emitted, or it was a tombstone).
         let mut decided = false;
         let mut decided_key: Vec<u8> = Vec::with_capacity(start.len() + 16);
+        let mut bytes = 0usize;
         while out.len() < limit {
             let Some(e) = iter.next().await? else { break };
             if end.is_some_and(|end| e.key.as_ref() >= end) {
@@ -576,7 +591,11 @@ impl<D: Disk> Engine<D> {
             decided_key.clear();
             decided_key.extend_from_slice(&e.key);
             if e.kind == Kind::Put {
+                bytes = bytes.saturating_add(e.key.len() + e.value.len());
                 out.push((e.key, e.value));
+                if bytes >= bytes_max {
+                    break;
+                }
             }
         }
         Ok(out)

@@ -93,6 +93,10 @@ pub struct Flags {
     /// Most operations in one batch [default: 1024].
     #[arg(long)]
     pub batch_ops_max: Option<usize>,
+    /// Key and value bytes one scan page carries at most; the page ends
+    /// early and says where to go on [default: 4 MiB].
+    #[arg(long)]
+    pub scan_bytes_max: Option<usize>,
 }
 
 /// Where shards run.
@@ -219,6 +223,7 @@ impl Config {
             key_bytes_max: pick!(key_bytes_max).unwrap_or(limits_default.key_bytes_max),
             value_bytes_max: pick!(value_bytes_max).unwrap_or(limits_default.value_bytes_max),
             batch_ops_max: pick!(batch_ops_max).unwrap_or(limits_default.batch_ops_max),
+            scan_bytes_max: pick!(scan_bytes_max).unwrap_or(limits_default.scan_bytes_max),
             ..limits_default
         };
         if limits.key_bytes_max + limits.value_bytes_max + 256 > limits.frame_bytes_max {

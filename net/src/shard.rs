@@ -65,6 +65,7 @@ pub enum ShardOp {
         start: Bytes,
         end: Option<Bytes>,
         limit: usize,
+        bytes_max: usize,
         ts: Option<u64>,
     },
     ReadAt {
@@ -325,8 +326,17 @@ impl Shard {
                 start,
                 end,
                 limit,
+                bytes_max,
                 ts,
-            } => match Box::pin(self.engine.scan(&start, end.as_deref(), limit, ts)).await {
+            } => match Box::pin(self.engine.scan_bounded(
+                &start,
+                end.as_deref(),
+                limit,
+                bytes_max,
+                ts,
+            ))
+            .await
+            {
                 Ok(rows) => ShardReply::Rows(rows),
                 Err(e) => error_reply(&e),
             },
@@ -521,7 +531,7 @@ impl Shard {
         ts: Option<u64>,
     ) -> Response {
         let n = self.slots.shards();
-        let mut rows = Vec::new();
+        let bytes_max = self.config.limits.scan_bytes_max;
         let futures: Vec<_> = (0..n)
             .map(|shard| {
                 self.execute(
@@ -530,30 +540,73 @@ impl Shard {
                         start: start.clone(),
                         end: end.clone(),
                         limit,
+                        bytes_max,
                         ts,
                     },
                 )
             })
             .collect();
+        let mut pages = Vec::with_capacity(n);
         for f in futures {
             match f.await {
-                ShardReply::Rows(r) => rows.extend(r),
+                ShardReply::Rows(r) => pages.push(r),
                 other => return into_response(other),
             }
         }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let next_start = if rows.len() >= limit {
-            rows.truncate(limit);
-            rows.last().map(|(k, _)| {
-                let mut next = k.to_vec();
-                next.push(0);
-                Bytes::from(next)
-            })
-        } else {
-            None
-        };
+        let (rows, more) = merge_pages(pages, limit, bytes_max);
+        let next_start = rows.last().filter(|_| more).map(|(last, _)| {
+            let mut next = Vec::with_capacity(last.len() + 1);
+            next.extend_from_slice(last);
+            next.push(0);
+            Bytes::from(next)
+        });
         Response::Scan { rows, next_start }
     }
+}
+
+fn row_bytes(rows: &[(Bytes, Bytes)]) -> usize {
+    rows.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Merges the shards' pages of one scan into the client's page, in key
+/// order, and says whether the scan goes on after it. A shard's page that
+/// filled its row limit or its byte budget may have stopped short of its
+/// next key, so the merged page ends at the smallest last key of such
+/// pages: every shard's rows up to there are all present. The page then
+/// holds at most `limit` rows, and stops after the row that reaches
+/// `bytes_max`.
+fn merge_pages(
+    pages: Vec<Vec<(Bytes, Bytes)>>,
+    limit: usize,
+    bytes_max: usize,
+) -> (Vec<(Bytes, Bytes)>, bool) {
+    let cut: Option<Bytes> = pages
+        .iter()
+        .filter(|p| p.len() >= limit || row_bytes(p) >= bytes_max)
+        .filter_map(|p| p.last().map(|(k, _)| k.clone()))
+        .min();
+    let mut rows: Vec<(Bytes, Bytes)> = pages.into_iter().flatten().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut more = false;
+    if let Some(cut) = &cut {
+        let keep = rows.partition_point(|(k, _)| k <= cut);
+        more = true;
+        rows.truncate(keep);
+    }
+    let mut bytes = 0usize;
+    let mut keep = rows.len().min(limit);
+    for (i, (k, v)) in rows.iter().take(keep).enumerate() {
+        bytes = bytes.saturating_add(k.len() + v.len());
+        if bytes >= bytes_max {
+            keep = i + 1;
+            break;
+        }
+    }
+    if keep < rows.len() {
+        more = true;
+        rows.truncate(keep);
+    }
+    (rows, more)
 }
 
 fn into_response(reply: ShardReply) -> Response {
@@ -591,4 +644,63 @@ fn write_batch(ops: impl IntoIterator<Item = BatchOp>, arrived_ms: Option<u64>) 
         };
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_pages;
+    use bytes::Bytes;
+
+    fn page(keys: &[&str], value_bytes: usize) -> Vec<(Bytes, Bytes)> {
+        keys.iter()
+            .map(|k| {
+                (
+                    Bytes::from(k.to_string()),
+                    Bytes::from(vec![b'v'; value_bytes]),
+                )
+            })
+            .collect()
+    }
+
+    fn keys(rows: &[(Bytes, Bytes)]) -> Vec<&str> {
+        rows.iter()
+            .map(|(k, _)| std::str::from_utf8(k).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn pages_that_end_the_range_merge_whole() {
+        let (rows, more) = merge_pages(vec![page(&["a", "c"], 1), page(&["b"], 1)], 10, 1000);
+        assert_eq!((keys(&rows), more), (vec!["a", "b", "c"], false));
+    }
+
+    #[test]
+    fn the_row_limit_cuts_the_merged_page() {
+        let (rows, more) = merge_pages(vec![page(&["a", "c"], 1), page(&["b", "d"], 1)], 2, 1000);
+        // Both pages are full: "c" is the smallest key a shard may have
+        // stopped at, and two rows fit.
+        assert_eq!((keys(&rows), more), (vec!["a", "b"], true));
+    }
+
+    #[test]
+    fn a_page_cut_by_bytes_ends_the_merged_page_at_its_last_key() {
+        // Shard 0 stopped after "b" (its budget spent); shard 1 ended its
+        // range at "z". Keys between "b" and "z" on shard 0 are unknown, so
+        // the page ends at "b" and "z" comes in the next one.
+        let (rows, more) = merge_pages(vec![page(&["a", "b"], 60), page(&["c", "z"], 1)], 10, 100);
+        assert_eq!((keys(&rows), more), (vec!["a", "b"], true));
+    }
+
+    #[test]
+    fn the_merged_page_stops_after_the_row_that_spends_the_budget() {
+        let (rows, more) = merge_pages(vec![page(&["a", "c"], 40), page(&["b", "d"], 40)], 10, 100);
+        // 41 + 41 + 41 bytes: the third row reaches 100.
+        assert_eq!((keys(&rows), more), (vec!["a", "b", "c"], true));
+        let (rows, more) = merge_pages(vec![page(&["a"], 500), page(&[], 0)], 10, 100);
+        assert_eq!(
+            (keys(&rows), more),
+            (vec!["a"], true),
+            "one row over the budget still goes"
+        );
+    }
 }

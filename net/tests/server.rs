@@ -149,6 +149,47 @@ fn two_shards_serve_every_operation_and_metrics() {
 }
 
 #[test]
+fn a_scan_page_of_large_values_stays_under_its_byte_budget() {
+    // 100 values of 256 KiB over two shards: 25 MiB in all. Asked for every
+    // row at once, a page used to carry all of them (with 1 MiB values,
+    // 100 MiB: more than a client accepts in one frame).
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2, &["--scan-bytes-max", "1048576"]);
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    let value = |i: usize| Bytes::from(vec![i as u8; 256 << 10]);
+    for i in 0..100 {
+        client.put(format!("big{i:03}"), value(i)).unwrap();
+    }
+    client.put("small", "s").unwrap();
+    let mut start = Bytes::from_static(b"big");
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = client.scan(start, None::<Bytes>, 10_000).unwrap();
+        pages += 1;
+        let bytes: usize = page.rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+        // The budget, plus the row that reached it.
+        assert!(
+            bytes < (1 << 20) + (256 << 10) + 16,
+            "page of {bytes} bytes"
+        );
+        assert!(!page.rows.is_empty(), "a page that goes on holds a row");
+        seen.extend(page.rows);
+        match page.next_start {
+            Some(next) => start = next,
+            None => break,
+        }
+    }
+    let want: Vec<(Bytes, Bytes)> = (0..100)
+        .map(|i| (Bytes::from(format!("big{i:03}")), value(i)))
+        .chain([(Bytes::from_static(b"small"), Bytes::from_static(b"s"))])
+        .collect();
+    assert!(seen == want, "every row once, in key order");
+    assert!(pages >= 25, "{pages} pages");
+    assert!(server.stop());
+}
+
+#[test]
 fn each_shards_memory_budget_is_resident_once_ready_unless_turned_off() {
     // Budget per shard: a 64 MiB cache and three 16 MiB memtables.
     let sizes = ["--cache-bytes", "67108864", "--memtable-bytes", "16777216"];

@@ -15,6 +15,9 @@ pub struct Limits {
     pub value_bytes_max: usize,
     pub batch_ops_max: usize,
     pub scan_rows_max: usize,
+    /// Keys and values one scan page carries at most (a page whose first
+    /// row is larger carries that row alone).
+    pub scan_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +28,7 @@ impl Default for Limits {
             value_bytes_max: 1 << 20,
             batch_ops_max: 1024,
             scan_rows_max: 10_000,
+            scan_bytes_max: 4 << 20,
         }
     }
 }
