@@ -4,7 +4,19 @@
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use std::path::PathBuf;
 use tessera_client::{Client, Error, Retry, Txn};
+
+use crate::backup;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] tessera_client::Error),
+    #[error(transparent)]
+    Backup(#[from] backup::Error),
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about = "Command-line client for Tessera")]
@@ -78,6 +90,25 @@ pub enum Command {
     },
     /// Per-shard figures (the same as /metrics).
     Stats,
+    /// Write every live key and value to FILE as of one moment: a
+    /// consistent snapshot across shards, taken online. It must finish
+    /// inside the server's retention window (--retention-ms).
+    Backup {
+        file: PathBuf,
+        /// Rows per scan page.
+        #[arg(long, default_value_t = backup::PAGE_ROWS)]
+        page_rows: u32,
+    },
+    /// Write a backup's keys and values into the server, with new
+    /// timestamps. The file is checked whole first: a damaged one writes
+    /// nothing.
+    Restore {
+        file: PathBuf,
+        /// Write into a server that already holds keys (the backup's keys
+        /// overwrite theirs; the others stay).
+        #[arg(long)]
+        merge: bool,
+    },
     /// Check the server answers.
     Ping,
 }
@@ -147,11 +178,7 @@ pub fn show(b: &[u8]) -> String {
 }
 
 /// Runs one command; returns the text to print.
-pub fn execute(
-    client: &mut Client,
-    command: &Command,
-    as_json: bool,
-) -> tessera_client::Result<String> {
+pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<String, CliError> {
     let text = match command {
         Command::Get { key, at } => {
             let value = match at {
@@ -281,6 +308,14 @@ pub fn execute(
                     .join("\n")
             }
         }
+        Command::Backup { file, page_rows } => {
+            let summary = backup::backup(client, file, *page_rows)?;
+            report("backup", file, &summary, as_json)
+        }
+        Command::Restore { file, merge } => {
+            let summary = backup::restore(client, file, *merge)?;
+            report("restore", file, &summary, as_json)
+        }
         Command::Ping => {
             client.ping()?;
             if as_json {
@@ -291,4 +326,21 @@ pub fn execute(
         }
     };
     Ok(text)
+}
+
+fn report(what: &str, file: &std::path::Path, s: &backup::Summary, as_json: bool) -> String {
+    if as_json {
+        json!({"file": file.display().to_string(), "rows": s.rows, "bytes": s.bytes,
+               "ts": s.ts, "seconds": s.seconds})
+        .to_string()
+    } else {
+        format!(
+            "{what}: {} rows, {:.1} MiB of keys and values, as of ts {}, in {:.2} s ({})",
+            s.rows,
+            s.bytes as f64 / (1 << 20) as f64,
+            s.ts,
+            s.seconds,
+            file.display()
+        )
+    }
 }

@@ -3,4 +3,5 @@
 //! without a command. It talks to the server through `tessera-client` and
 //! duplicates no server or engine logic.
 
+pub mod backup;
 pub mod cli;

@@ -1,47 +1,11 @@
 //! The `tessera` CLI against a server started in this process (two
 //! shards): one-shot commands, JSON output, errors, and the shell.
 
+mod common;
+
+use common::{tessera, InProcessServer};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use tessera_net::config::{Config, Flags};
-use tessera_net::runtime::Embedded;
-
-/// A two-shard server in this process, and its data directory.
-struct InProcessServer {
-    addr: SocketAddr,
-    _server: Embedded,
-    _dir: tempfile::TempDir,
-}
-
-impl InProcessServer {
-    fn start() -> InProcessServer {
-        let dir = tempfile::tempdir().unwrap();
-        // This test binary's allocator returns freed memory to the OS, so
-        // touching the budget up front (off in `local`) would only cost time.
-        let flags = Flags::local(dir.path().to_path_buf(), 2);
-        let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
-        InProcessServer {
-            addr: server.ready.listen,
-            _server: server,
-            _dir: dir,
-        }
-    }
-}
-
-fn tessera(addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .arg("--addr")
-        .arg(addr.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn one_shot_commands_print_results_and_json() {

@@ -323,6 +323,11 @@ impl Client {
         self.slot_owner[tessera_protocol::slot_of(key) as usize] as usize
     }
 
+    /// The connection to shard `shard` (for pipelining).
+    pub fn shard(&mut self, shard: usize) -> &mut Connection {
+        &mut self.shards[shard]
+    }
+
     /// The connection to the shard owning `key` (for pipelining).
     pub fn connection_for(&mut self, key: &[u8]) -> &mut Connection {
         let shard = self.shard_of(key);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tessera_client::Client;
 use tessera_tools::cli::{execute, Cli};
 
-const SHELL_HELP: &str = "commands: get KEY [--at TS] | put KEY VALUE | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | ping | help | quit
+const SHELL_HELP: &str = "commands: get KEY [--at TS] | put KEY VALUE | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | restore FILE [--merge] | ping | help | quit
 quote arguments with spaces: put greeting \"hello world\"";
 
 fn main() {

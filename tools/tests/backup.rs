@@ -1,0 +1,263 @@
+//! `tessera backup` and `tessera restore` against servers in this process
+//! (two shards): every key and value comes back, a backup taken while
+//! cross-shard transfers commit is one moment, and a damaged file restores
+//! nothing.
+
+mod common;
+
+use bytes::Bytes;
+use common::{tessera, InProcessServer};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tessera_client::{Client, Error, ErrorCode, Txn};
+use tessera_tools::backup::{self, Reader};
+
+/// Every live row, by scanning the newest state.
+fn all_rows(client: &mut Client) -> Vec<(Bytes, Bytes)> {
+    let mut rows = Vec::new();
+    let mut start = Bytes::new();
+    loop {
+        let page = client.scan(start, None::<Bytes>, 1000).unwrap();
+        rows.extend(page.rows);
+        match page.next_start {
+            Some(next) => start = next,
+            None => return rows,
+        }
+    }
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+#[test]
+fn a_restore_brings_back_every_key_and_value() {
+    let source = InProcessServer::start();
+    let mut client = Client::connect(source.addr).unwrap();
+    for i in 0..3000u32 {
+        let key = format!("k{i:05}");
+        let value = match i % 100 {
+            0 => Bytes::from(vec![(i % 251) as u8; 200 << 10]),
+            1 => Bytes::new(),
+            _ => Bytes::from(format!("value {i}")),
+        };
+        client.put(key, value).unwrap();
+    }
+    // Binary keys, an overwrite and deletes: only the newest live state
+    // is backed up.
+    client.put(&b"\x00\xff bin"[..], &b"\x00\x01"[..]).unwrap();
+    client.put("k00002", "overwritten").unwrap();
+    for i in (3..3000).step_by(7) {
+        client.delete(format!("k{i:05}")).unwrap();
+    }
+    let want = all_rows(&mut client);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.tbk");
+    let file_arg = file.to_str().unwrap();
+
+    let (ok, out, err) = tessera(source.addr, &["--json", "backup", file_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["rows"], want.len());
+    assert!(
+        !dir.path().join("all.tmp").exists(),
+        "the temporary file is renamed"
+    );
+
+    let target = InProcessServer::start();
+    let (ok, out, err) = tessera(target.addr, &["restore", file_arg]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("restore: {} rows", want.len())),
+        "{out}"
+    );
+    let mut restored = Client::connect(target.addr).unwrap();
+    assert!(all_rows(&mut restored) == want, "the restored rows differ");
+
+    // A second restore would merge into what is there: refused unless
+    // asked for.
+    let (ok, _, err) = tessera(target.addr, &["restore", file_arg]);
+    assert!(!ok && err.contains("already holds data"), "{err}");
+    restored.put("k00002", "changed since").unwrap();
+    let (ok, _, err) = tessera(target.addr, &["restore", "--merge", file_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        restored.get("k00002").unwrap().as_deref(),
+        Some(&b"overwritten"[..])
+    );
+}
+
+/// Moves money between accounts on both shards until `stop`, counting the
+/// transfers that commit.
+fn transfers(
+    addr: std::net::SocketAddr,
+    accounts: u32,
+    seed: u32,
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+) {
+    let mut client = Client::connect(addr).unwrap();
+    let mut x = seed;
+    while !stop.load(Ordering::Relaxed) {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let (a, b) = ((x >> 8) % accounts, (x >> 20) % accounts);
+        if a == b {
+            continue;
+        }
+        let (a, b) = (format!("acct{a:03}"), format!("acct{b:03}"));
+        let read = match client.txn(&Txn::new().read(a.clone()).read(b.clone())) {
+            Ok(r) => r,
+            Err(Error::Server {
+                code: ErrorCode::Conflict,
+                ..
+            }) => continue,
+            Err(e) => panic!("{e}"),
+        };
+        let balance = |i: usize| -> i64 {
+            let v = read.reads[i]
+                .value
+                .as_deref()
+                .expect("every account exists");
+            std::str::from_utf8(v).unwrap().parse().unwrap()
+        };
+        let amount = 1 + (x % 7) as i64;
+        let txn = Txn::new()
+            .version_is(a.clone(), read.reads[0].version)
+            .version_is(b.clone(), read.reads[1].version)
+            .put(a, (balance(0) - amount).to_string())
+            .put(b, (balance(1) + amount).to_string());
+        match client.txn(&txn) {
+            Ok(outcome) if outcome.committed => {
+                committed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_)
+            | Err(Error::Server {
+                code: ErrorCode::Conflict,
+                ..
+            }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn balances_in(file: &Path) -> (u64, i64) {
+    let mut reader = Reader::open(file).unwrap();
+    let (mut rows, mut total) = (0, 0i64);
+    while let Some((_, value)) = reader.next_row().unwrap() {
+        rows += 1;
+        total += std::str::from_utf8(&value).unwrap().parse::<i64>().unwrap();
+    }
+    (rows, total)
+}
+
+#[test]
+fn a_backup_taken_while_transfers_commit_is_one_moment() {
+    const ACCOUNTS: u32 = 60;
+    let server = InProcessServer::start();
+    let mut client = Client::connect(server.addr).unwrap();
+    for i in 0..ACCOUNTS {
+        client.put(format!("acct{i:03}"), "1000").unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let movers: Vec<_> = (0..2)
+        .map(|seed| {
+            let (stop, committed) = (stop.clone(), committed.clone());
+            std::thread::spawn(move || transfers(server.addr, ACCOUNTS, seed, stop, committed))
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut during = 0;
+    for round in 0..5 {
+        let file = dir.path().join(format!("bank{round}.tbk"));
+        let before = committed.load(Ordering::Relaxed);
+        // Two rows a page: 30 round trips while transfers commit.
+        backup::backup(&mut client, &file, 2).unwrap();
+        during += committed.load(Ordering::Relaxed) - before;
+        let (rows, total) = balances_in(&file);
+        assert_eq!(rows, ACCOUNTS as u64);
+        assert_eq!(
+            total,
+            1000 * ACCOUNTS as i64,
+            "backup {round} is not one moment"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for m in movers {
+        m.join().unwrap();
+    }
+    assert!(
+        during >= 5,
+        "only {during} transfers committed during the backups"
+    );
+}
+
+#[test]
+fn a_damaged_or_cut_short_backup_restores_nothing() {
+    let source = InProcessServer::start();
+    let mut client = Client::connect(source.addr).unwrap();
+    for i in 0..500 {
+        client
+            .put(format!("key{i:03}"), format!("value {i}"))
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.tbk");
+    backup::backup(&mut client, &good, backup::PAGE_ROWS).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let target = InProcessServer::start();
+    let mut restored = Client::connect(target.addr).unwrap();
+
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x10;
+    let mut extended = bytes.clone();
+    extended.push(0);
+    let cases = [
+        ("flipped", flipped, "fails its checksum"),
+        ("cut", bytes[..bytes.len() - 10].to_vec(), "cut short"),
+        (
+            "no-trailer",
+            bytes[..bytes.len() - 16].to_vec(),
+            "before its trailer",
+        ),
+        ("extended", extended, "bytes after the trailer"),
+        ("empty", Vec::new(), "cut short"),
+    ];
+    for (name, content, why) in cases {
+        let file = dir.path().join(format!("{name}.tbk"));
+        std::fs::write(&file, content).unwrap();
+        let (ok, _, err) = tessera(target.addr, &["restore", file.to_str().unwrap()]);
+        assert!(!ok, "{name} was restored");
+        assert!(
+            err.contains("is not a whole Tessera backup") && err.contains(why),
+            "{name}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(all_rows(&mut restored).is_empty(), "{name} wrote rows");
+    }
+    let (ok, _, err) = tessera(target.addr, &["restore", good.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(all_rows(&mut restored).len(), 500);
+}
+
+#[test]
+fn a_backup_that_outlives_the_retention_window_fails_and_leaves_no_file() {
+    let server = InProcessServer::start_with(|flags| flags.retention_ms = Some(1));
+    let mut client = Client::connect(server.addr).unwrap();
+    for i in 0..200 {
+        client.put(format!("key{i:03}"), "v").unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("slow.tbk");
+    // One row a page: 200 round trips take longer than 1 ms.
+    let (ok, _, err) = tessera(
+        server.addr,
+        &["backup", "--page-rows", "1", file.to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("TimestampTooOld"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "files left"
+    );
+}

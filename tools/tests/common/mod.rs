@@ -1,0 +1,53 @@
+//! What the CLI's tests share: a server in this process and a way to run
+//! the `tessera` binary against it.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use tessera_net::config::{Config, Flags};
+use tessera_net::runtime::Embedded;
+
+/// A server in this process, and its data directory.
+pub struct InProcessServer {
+    pub addr: SocketAddr,
+    _server: Embedded,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcessServer {
+    /// Two shards.
+    pub fn start() -> InProcessServer {
+        Self::start_with(|_| {})
+    }
+
+    /// Two shards, with `adjust` applied to the flags.
+    pub fn start_with(adjust: impl FnOnce(&mut Flags)) -> InProcessServer {
+        let dir = tempfile::tempdir().unwrap();
+        // This test binary's allocator returns freed memory to the OS, so
+        // touching the budget up front (off in `local`) would only cost time.
+        let mut flags = Flags::local(dir.path().to_path_buf(), 2);
+        adjust(&mut flags);
+        let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
+        InProcessServer {
+            addr: server.ready.listen,
+            _server: server,
+            _dir: dir,
+        }
+    }
+}
+
+/// Runs `tessera --addr ADDR ARGS...`: (success, stdout, stderr).
+pub fn tessera(addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--addr")
+        .arg(addr.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
