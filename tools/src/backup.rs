@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tessera_client::{BatchOp, Client, Request, Response, Txn};
+use tessera_client::{BatchOp, Client, Request, Response};
 
 const MAGIC: &[u8; 16] = b"TESSERA\0BACKUP01";
 /// A key length no key has: the trailer follows.
@@ -74,26 +74,11 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// A timestamp after every write any shard acknowledged before this call.
-pub fn snapshot_ts(client: &mut Client) -> Result<u64> {
-    let mut ts = 0;
-    for shard in 0..client.shard_count() {
-        // A read-only transaction homed on `shard` takes its timestamp from
-        // that shard's clock.
-        let key = (0u32..)
-            .map(|i| Bytes::from(format!("\0tessera-backup-{i}")))
-            .find(|k| client.shard_of(k) == shard)
-            .expect("some key lands on every shard");
-        ts = ts.max(client.txn(&Txn::new().read(key))?.ts);
-    }
-    Ok(ts)
-}
-
 /// Writes every live key as of a fresh snapshot timestamp to `path`,
 /// through `path.tmp` (renamed once complete and synced).
 pub fn backup(client: &mut Client, path: &Path, page_rows: u32) -> Result<Summary> {
     let started = Instant::now();
-    let ts = snapshot_ts(client)?;
+    let ts = client.snapshot_ts()?;
     let tmp = path.with_extension("tmp");
     let io = |source| Error::Io {
         path: tmp.clone(),

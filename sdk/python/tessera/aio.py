@@ -264,6 +264,10 @@ class Client(Routing):
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def snapshot_ts(self) -> int:
+        outcomes = [await self.shards[shard].call(txn) for shard, txn in self._snapshot_txns()]
+        return max(o.ts for o in outcomes)
+
     async def stats(self) -> list[Metric]:
         return await self.entry.call(Stats())
 

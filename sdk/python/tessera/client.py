@@ -724,6 +724,19 @@ class Routing:
     def shard_count(self) -> int:
         return len(self.addresses)
 
+    def _snapshot_txns(self) -> list[tuple[int, Txn]]:
+        """One read-only transaction per shard, coordinated by that shard
+        (the shard of its first key), for ``snapshot_ts``."""
+        txns = []
+        for shard in range(self.shard_count):
+            key = next(
+                k
+                for k in (f"\0tessera-snapshot-{i}".encode() for i in range(1 << 20))
+                if self.shard_of(k) == shard
+            )
+            txns.append((shard, Txn().read(key)))
+        return txns
+
     def _batch_shard(self, ops: Sequence[WriteOp]) -> int:
         if not ops:
             raise ValueError("empty batch")
@@ -849,6 +862,12 @@ class Client(Routing):
                     raise
             time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def snapshot_ts(self) -> int:
+        """A timestamp after every write any shard acknowledged before this
+        call. Scanning every page at it (``scan_all(..., ts=...)``) reads
+        one moment across shards, inside the retention window."""
+        return max(self.shards[shard].call(txn).ts for shard, txn in self._snapshot_txns())
 
     def stats(self) -> list[Metric]:
         """The server's metrics (the figures of its ``/metrics``)."""

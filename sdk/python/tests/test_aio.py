@@ -85,6 +85,9 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(rows, [(b"aio:t:a", b"90"), (b"aio:t:b", b"10")])
         self.assertEqual(await db.batch([tessera.DeleteOp("aio:t:b")]) > outcome.ts, True)
         self.assertIsNone(await db.get("aio:t:b"))
+        snap = await db.snapshot_ts()
+        await db.put("aio:t:a", "0")
+        self.assertEqual(await db.read_at("aio:t:a", snap), b"90")
         await db.ping()
 
 

@@ -141,6 +141,11 @@ class ClientTest(unittest.TestCase):
         at_t2 = list(db.scan_all("tt:", "tt;", ts=t2))
         self.assertEqual(at_t1, [(b"tt:k", b"first")])
         self.assertEqual(at_t2, [(b"tt:k", b"second"), (other.encode(), b"x")])
+        # A snapshot after both writes: the newest state, fixed.
+        snap = db.snapshot_ts()
+        self.assertGreaterEqual(snap, t3)
+        db.put("tt:k", "third")
+        self.assertEqual(list(db.scan_all("tt:", "tt;", page=1, ts=snap)), [(b"tt:k", b"second")])
         with self.assertRaises(tessera.ServerError) as e:
             db.read_at("tt:k", 1)
         self.assertEqual(e.exception.code, tessera.ErrorCode.TimestampTooOld)

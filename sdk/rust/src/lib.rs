@@ -456,6 +456,24 @@ impl Client {
         }
     }
 
+    /// A timestamp after every write any shard acknowledged before this
+    /// call: the largest of one read-only transaction's timestamp per shard,
+    /// each from that shard's clock. Scanning every page at it
+    /// ([`Client::scan_at`]) reads one moment across shards, however long
+    /// the pages take inside the retention window.
+    pub fn snapshot_ts(&mut self) -> Result<u64> {
+        let mut ts = 0;
+        for shard in 0..self.shards.len() {
+            // A transaction is coordinated by the shard of its first key.
+            let key = (0u32..)
+                .map(|i| Bytes::from(format!("\0tessera-snapshot-{i}")))
+                .find(|k| self.shard_of(k) == shard)
+                .expect("some key lands on every shard");
+            ts = ts.max(self.txn(&Txn::new().read(key))?.ts);
+        }
+        Ok(ts)
+    }
+
     pub fn stats(&mut self) -> Result<Vec<Metric>> {
         match self.entry.call(&Request::Stats)? {
             Response::Stats(m) => Ok(m),
