@@ -79,7 +79,9 @@ pub struct Summary {
 pub fn backup(client: &mut Client, path: &Path, page_rows: u32) -> Result<Summary> {
     let started = Instant::now();
     let ts = client.snapshot_ts()?;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let io = |source| Error::Io {
         path: tmp.clone(),
         source,
