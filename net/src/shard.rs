@@ -532,23 +532,23 @@ impl Shard {
     ) -> Response {
         let n = self.slots.shards();
         let bytes_max = self.config.limits.scan_bytes_max;
-        let futures: Vec<_> = (0..n)
+        // Every shard at once: the others' pages are read on their cores
+        // while this one reads its own.
+        let ops = (0..n)
             .map(|shard| {
-                self.execute(
-                    shard,
-                    ShardOp::Scan {
-                        start: start.clone(),
-                        end: end.clone(),
-                        limit,
-                        bytes_max,
-                        ts,
-                    },
-                )
+                let op = ShardOp::Scan {
+                    start: start.clone(),
+                    end: end.clone(),
+                    limit,
+                    bytes_max,
+                    ts,
+                };
+                (shard, op)
             })
             .collect();
         let mut pages = Vec::with_capacity(n);
-        for f in futures {
-            match f.await {
+        for (_, reply) in self.fan_out(ops).await {
+            match reply {
                 ShardReply::Rows(r) => pages.push(r),
                 other => return into_response(other),
             }

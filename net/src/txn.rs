@@ -351,7 +351,10 @@ impl Shard {
     /// Sketch: gathering `execute` futures with `join_all` moved every
     /// future (each holds a participant's whole engine step, ~1 KiB) into
     /// a boxed slice per transaction.
-    async fn fan_out(self: &Rc<Self>, ops: Vec<(usize, ShardOp)>) -> Vec<(usize, ShardReply)> {
+    pub(crate) async fn fan_out(
+        self: &Rc<Self>,
+        ops: Vec<(usize, ShardOp)>,
+    ) -> Vec<(usize, ShardReply)> {
         // Per op: where its reply will arrive, or the reply itself.
         let mut sent = Vec::with_capacity(ops.len());
         let mut local = Vec::new();
