@@ -501,7 +501,8 @@ def decode_response(payload: bytes):
         if table is None:
             raise ProtocolError(f"response {request_id} has no outcome")
         return request_id, _outcome_value(kind, table)
-    except (IndexError, struct.error, UnicodeDecodeError) as e:
+    # What flatbuffers' unverified reads raise on a damaged buffer.
+    except (IndexError, TypeError, ValueError, OverflowError, struct.error) as e:
         raise ProtocolError(f"malformed response: {e}") from e
 
 

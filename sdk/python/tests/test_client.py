@@ -4,8 +4,11 @@ The server binary is ``$TESSERA_SERVER``, else the workspace's debug build
 (``cargo test`` builds it; ``scripts/test.sh`` runs these after it).
 """
 
+import collections
 import os
+import random
 import unittest
+import unittest.mock
 
 from support import Server, Silent
 
@@ -191,6 +194,41 @@ class ClientTest(unittest.TestCase):
         for k in keys:
             self.assertEqual(db.read_at(k, ts), b"v")
             self.assertIsNone(db.read_at(k, ts - 1))
+
+
+class DecodeTest(unittest.TestCase):
+    def test_damaged_responses_are_protocol_errors(self):
+        # Real responses from a server, as the client decodes them.
+        frames = []
+        decode = tessera.client.decode_response
+
+        def keep(payload):
+            frames.append(payload)
+            return decode(payload)
+
+        server = Server(1)
+        try:
+            with tessera.Connection(server.address, timeout=30) as conn:
+                conn.call(tessera.Put("k", "v" * 40))
+                frames.clear()
+                with unittest.mock.patch.object(tessera.client, "decode_response", keep):
+                    conn.call(tessera.Get("k"))
+                    conn.pipeline([tessera.Get(""), tessera.Scan("", None, 10, 0)])
+        finally:
+            server.stop()
+        self.assertEqual(tessera.client.decode_response(frames[0])[1], b"v" * 40)
+        rng = random.Random(7)
+        outcomes = collections.Counter()
+        for _ in range(5000):
+            frame = bytearray(rng.choice(frames))
+            for _ in range(rng.randint(1, 4)):
+                frame[rng.randrange(len(frame))] = rng.randrange(256)
+            try:
+                tessera.client.decode_response(bytes(frame))
+                outcomes["decoded"] += 1
+            except tessera.ProtocolError:
+                outcomes["refused"] += 1
+        self.assertGreater(outcomes["refused"], 100, outcomes)
 
 
 class RetryTest(unittest.TestCase):
