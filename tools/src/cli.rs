@@ -99,6 +99,9 @@ pub enum Command {
         #[arg(long, default_value_t = backup::PAGE_ROWS)]
         page_rows: u32,
     },
+    /// Check a backup FILE (every row's checksum, the trailer's row count)
+    /// without a server.
+    Verify { file: PathBuf },
     /// Write a backup's keys and values into the server, with new
     /// timestamps. The file is checked whole first: a damaged one writes
     /// nothing.
@@ -312,6 +315,7 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
             let summary = backup::backup(client, file, *page_rows)?;
             report("backup", file, &summary, as_json)
         }
+        Command::Verify { file } => report("verify", file, &backup::verify(file)?, as_json),
         Command::Restore { file, merge } => {
             let summary = backup::restore(client, file, *merge)?;
             report("restore", file, &summary, as_json)
@@ -328,7 +332,8 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
     Ok(text)
 }
 
-fn report(what: &str, file: &std::path::Path, s: &backup::Summary, as_json: bool) -> String {
+/// The line (or JSON object) a backup, verify or restore prints.
+pub fn report(what: &str, file: &std::path::Path, s: &backup::Summary, as_json: bool) -> String {
     if as_json {
         json!({"file": file.display().to_string(), "rows": s.rows, "bytes": s.bytes,
                "ts": s.ts, "seconds": s.seconds})

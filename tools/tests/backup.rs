@@ -223,9 +223,15 @@ fn a_damaged_or_cut_short_backup_restores_nothing() {
         ("extended", extended, "bytes after the trailer"),
         ("empty", Vec::new(), "cut short"),
     ];
+    // `verify` needs no server: nothing listens on this address.
+    let nobody = "127.0.0.1:1".parse().unwrap();
+    let (ok, out, err) = tessera(nobody, &["verify", good.to_str().unwrap()]);
+    assert!(ok && out.starts_with("verify: 500 rows"), "{out}{err}");
     for (name, content, why) in cases {
         let file = dir.path().join(format!("{name}.tbk"));
         std::fs::write(&file, content).unwrap();
+        let (ok, _, err) = tessera(nobody, &["verify", file.to_str().unwrap()]);
+        assert!(!ok && err.contains(why), "verify {name}: {err}");
         let (ok, _, err) = tessera(target.addr, &["restore", file.to_str().unwrap()]);
         assert!(!ok, "{name} was restored");
         assert!(

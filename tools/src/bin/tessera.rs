@@ -4,13 +4,25 @@ use clap::Parser;
 use rustyline::error::ReadlineError;
 use std::time::Duration;
 use tessera_client::Client;
-use tessera_tools::cli::{execute, Cli};
+use tessera_tools::backup;
+use tessera_tools::cli::{execute, report, Cli, Command};
 
-const SHELL_HELP: &str = "commands: get KEY [--at TS] | put KEY VALUE | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | restore FILE [--merge] | ping | help | quit
+const SHELL_HELP: &str = "commands: get KEY [--at TS] | put KEY VALUE | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | restore FILE [--merge] | ping | help | quit
 quote arguments with spaces: put greeting \"hello world\"";
 
 fn main() {
     let cli = Cli::parse();
+    // The one command that needs no server.
+    if let Some(Command::Verify { file }) = &cli.command {
+        match backup::verify(file) {
+            Ok(summary) => println!("{}", report("verify", file, &summary, cli.json)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let mut client = match Client::connect_with_timeout(
         cli.addr.as_str(),
         Duration::from_millis(cli.timeout_ms),
