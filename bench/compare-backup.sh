@@ -22,32 +22,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 cargo build --release -q -p tessera-bench -p tessera-net -p tessera-tools
 bin=target/release
-work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
-port=$((20000 + RANDOM % 12000))
-tport=$((port + 10))
-cleanup() {
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  pkill -TERM -f "tessera-server --data $work" 2>/dev/null || true
-  sleep 1
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_redis() { # extra args...
-  rm -rf "$work/redis" && mkdir -p "$work/redis"
-  taskset -c 0 redis-server --port "$port" --dir "$work/redis" --save "" "$@" >/dev/null 2>&1 &
-  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "redis-server did not start" >&2; exit 1
-}
-stop_redis() { redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; sleep 0.5; }
-start_tessera() { # sync mode
-  rm -rf "$work/tessera"
-  taskset -c 0 $bin/tessera-server --data "$work/tessera" --listen "127.0.0.1:$tport" \
-    --shards 1 --cpus 0 --metrics off --wal-sync "$1" >"$work/tessera.out" 2>"$work/tessera.err" &
-  for _ in $(seq 100); do grep -q ready "$work/tessera.out" 2>/dev/null && return; sleep 0.1; done
-  cat "$work/tessera.err" >&2; exit 1
-}
-stop_tessera() { pkill -TERM -f "tessera-server --data $work" || true; sleep 1; }
+source bench/servers.sh
 preload() { # target
   taskset -c 1 $bin/tessera-bench --target "$1" --workload set --keys "$keys" --value-size 100 \
     --preload --requests 1 --connections 50 --pipeline 16 --cpus 1 --quiet >/dev/null

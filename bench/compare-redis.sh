@@ -29,34 +29,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 cargo build --release -q -p tessera-bench -p tessera-net
 bench=target/release/tessera-bench
-work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
-# Below Linux's ephemeral range (32768-60999): the load generator's own
-# connections can hold any port in it.
-port=$((20000 + RANDOM % 12000))
-tport=$((port + 10))
-cleanup() {
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  pkill -TERM -f "tessera-server --data $work" 2>/dev/null || true
-  sleep 1
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_redis() { # extra args...
-  taskset -c 0 redis-server --port "$port" --dir "$work" --save "" "$@" >/dev/null 2>&1 &
-  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "redis-server did not start" >&2; exit 1
-}
-stop_redis() { redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; sleep 0.5; }
-start_tessera() { # sync mode
-  rm -rf "$work/tessera"
-  taskset -c 0 target/release/tessera-server --data "$work/tessera" --listen "127.0.0.1:$tport" \
-    --shards 1 --cpus 0 --metrics off --wal-sync "$1" --row-cache-bytes "$row_cache" >"$work/tessera.out" 2>"$work/tessera.err" &
-  tpid=$!
-  for _ in $(seq 100); do grep -q ready "$work/tessera.out" 2>/dev/null && return; sleep 0.1; done
-  cat "$work/tessera.err" >&2; exit 1
-}
-stop_tessera() { pkill -TERM -f "tessera-server --data $work" || true; sleep 1; }
+source bench/servers.sh
 # CPU time (clock ticks) Tessera's process has used so far.
 tessera_ticks() { awk '{print $14 + $15}' "/proc/$tpid/stat"; }
 # Waits (up to 60 s) until Tessera uses under 2% of a core over a second.
@@ -108,7 +81,7 @@ preload() { taskset -c 1 "$bench" --target "$1" --workload set --keys "$keys" --
 : >"$work/results"
 : >"$work/beside"
 start_redis --appendonly no
-start_tessera none
+start_tessera none --row-cache-bytes "$row_cache"
 preload "redis://127.0.0.1:$port"
 preload "tessera://127.0.0.1:$tport"
 # Reads first: run after the SET scenarios, Tessera's reads met the
@@ -123,7 +96,7 @@ for p in 1 16; do both "set-p$p" set $p; done
 stop_redis
 stop_tessera
 start_redis --appendonly yes --appendfsync always
-start_tessera always
+start_tessera always --row-cache-bytes "$row_cache"
 for p in 1 16; do both "durable-set-p$p" set $p; done
 stop_redis
 stop_tessera
