@@ -297,6 +297,7 @@ impl<D: Disk> Engine<D> {
             opts.wal_segment_bytes,
             levels.log_number,
             opts.wal_sync == SyncMode::Always,
+            opts.wal_recovery,
             |rec| match rec {
                 Record::Batch { entries, .. } => {
                     for e in entries {

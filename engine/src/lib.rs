@@ -33,7 +33,7 @@ mod write;
 
 pub use engine::{Engine, EngineStats, WriteBatch};
 pub use error::{Error, Result};
-pub use options::{Options, SyncMode};
+pub use options::{Options, SyncMode, WalRecovery};
 pub use txn::{CommitRecord, Condition, Phase, ReadResult, TxnPart, Vote};
 
 /// Runs `f` to completion on a fresh glommio executor on this thread's

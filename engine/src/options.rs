@@ -57,6 +57,44 @@ impl fmt::Display for SyncMode {
     }
 }
 
+/// What opening does with a WAL damaged before its end: a record that
+/// fails its checksum with valid records after it, or a segment that ends
+/// unsealed before a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalRecovery {
+    /// Refuse to open, naming the segment and offset: nothing acknowledged
+    /// is dropped unless an operator says so. The default.
+    #[default]
+    Strict,
+    /// Replay every record before the damage, seal the log there and set
+    /// the rest aside (later segments are renamed `*.discarded`). The
+    /// writes after the damage are lost, acknowledged or not.
+    PointInTime,
+}
+
+impl FromStr for WalRecovery {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "strict" => Ok(WalRecovery::Strict),
+            "point-in-time" => Ok(WalRecovery::PointInTime),
+            _ => Err(Error::InvalidOption(format!(
+                "wal recovery {s:?}: expected strict or point-in-time"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for WalRecovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WalRecovery::Strict => "strict",
+            WalRecovery::PointInTime => "point-in-time",
+        })
+    }
+}
+
 /// Everything an engine (one shard) can be tuned with.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -73,6 +111,9 @@ pub struct Options {
     /// Target data block size before padding to 4 KiB. Default 4096.
     pub block_bytes: usize,
     pub wal_sync: SyncMode,
+    /// What opening does with a WAL damaged before its end. Default
+    /// strict (refuse to open).
+    pub wal_recovery: WalRecovery,
     /// Size of each preallocated WAL segment. Default 64 MiB.
     pub wal_segment_bytes: u64,
     /// Recycled, zero-filled segments kept ready. Default 2.
@@ -117,6 +158,7 @@ impl Default for Options {
             row_cache_bytes: 64 << 20,
             block_bytes: 4096,
             wal_sync: SyncMode::Always,
+            wal_recovery: WalRecovery::Strict,
             wal_segment_bytes: 64 << 20,
             wal_spare_segments: 2,
             wal_group_bytes_max: 2 << 20,

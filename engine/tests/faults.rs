@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tessera_engine::io::{Fault, MemDisk};
 use tessera_engine::sst::READ_AHEAD_BYTES;
-use tessera_engine::{run_local, Engine, Error, Options, SyncMode};
+use tessera_engine::{run_local, Engine, Error, Options, SyncMode, WalRecovery};
 
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("key-{i:06}"))
@@ -182,6 +182,68 @@ fn a_bit_flip_before_the_wal_tail_fails_the_open() {
             Err(e) => assert!(e.is_corruption(), "expected corruption, got {e}"),
             Ok(_) => panic!("opened a WAL with a damaged record followed by valid ones"),
         }
+    });
+}
+
+/// The WAL's segments, oldest first.
+fn wal_segments(disk: &MemDisk) -> Vec<PathBuf> {
+    let mut segments: Vec<_> = paths_with(disk, ".log")
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("spare"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+#[test]
+fn point_in_time_wal_recovery_replays_up_to_the_damage_and_sets_the_rest_aside() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        // One 4 KiB group per write (`always`, one writer): 50 of them fill
+        // the 128 KiB test segments and go on into a second.
+        put_all(&engine, 0..50).await;
+        let disk = disk.crash();
+        let segments = wal_segments(&disk);
+        assert_eq!(segments.len(), 2, "{segments:?}");
+        // Damage the 6th group of the first segment.
+        disk.flip_bit(&segments[0], 5 * 4096 + 30, 0);
+        match Engine::open_on(disk.clone(), "/db", Options::for_tests()).await {
+            Err(e) => assert!(e.is_corruption(), "expected corruption, got {e}"),
+            Ok(_) => panic!("strict recovery opened a damaged WAL"),
+        }
+        let point_in_time = Options {
+            wal_recovery: WalRecovery::PointInTime,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(disk.clone(), "/db", point_in_time)
+            .await
+            .unwrap();
+        let discarded = engine
+            .replay_report()
+            .discarded
+            .clone()
+            .expect("damage reported");
+        assert_eq!(discarded.segment, segments[0]);
+        assert_eq!(discarded.offset, 5 * 4096);
+        assert_eq!(discarded.later_segments.len(), 1);
+        assert!(disk.paths().contains(&PathBuf::from(format!(
+            "{}.discarded",
+            segments[1].display()
+        ))));
+        assert_all_present(&engine, 0..5).await;
+        for i in 5..50 {
+            assert_eq!(engine.get(&key(i)).await.unwrap(), None, "key {i}");
+        }
+        // The log was sealed at the damage: new writes land after it, and a
+        // strict open afterwards replays them with the prefix.
+        put_all(&engine, 100..110).await;
+        let disk = disk.crash();
+        let engine = open(&disk).await;
+        assert_eq!(engine.replay_report().discarded, None);
+        assert_all_present(&engine, (0..5).chain(100..110)).await;
+        assert_eq!(engine.get(&key(5)).await.unwrap(), None);
+        engine.close().await.unwrap();
     });
 }
 

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tessera_engine::{Options, SyncMode};
+use tessera_engine::{Options, SyncMode, WalRecovery};
 use tessera_protocol::frame::Limits;
 
 /// Flags of `tessera-server`; each overrides the same key in `--config`.
@@ -43,6 +43,12 @@ pub struct Flags {
     /// WAL sync mode: always | interval:<ms> | none [default: always].
     #[arg(long)]
     pub wal_sync: Option<String>,
+    /// What a start does with a WAL damaged before its end: strict
+    /// (refuse to start, naming the segment and offset) or point-in-time
+    /// (replay up to the damage and set the rest of the log aside, losing
+    /// the writes after it) [default: strict].
+    #[arg(long)]
+    pub wal_recovery: Option<String>,
     /// Memtable size per shard in bytes [default: 64 MiB].
     #[arg(long)]
     pub memtable_bytes: Option<usize>,
@@ -216,6 +222,8 @@ impl Config {
             ),
         };
         let wal_sync: SyncMode = pick!(wal_sync).as_deref().unwrap_or("always").parse()?;
+        let wal_recovery: WalRecovery =
+            pick!(wal_recovery).as_deref().unwrap_or("strict").parse()?;
         let defaults = Options::default();
         let limits_default = Limits::default();
         let limits = Limits {
@@ -231,6 +239,7 @@ impl Config {
         }
         let engine = Options {
             wal_sync,
+            wal_recovery,
             memtable_bytes_max: pick!(memtable_bytes).unwrap_or(defaults.memtable_bytes_max),
             block_cache_bytes: pick!(cache_bytes).unwrap_or(defaults.block_cache_bytes),
             row_cache_bytes: pick!(row_cache_bytes).unwrap_or(defaults.row_cache_bytes),
@@ -342,6 +351,15 @@ mod tests {
             defaults.engine.txn_ts_cache_keys,
             Options::default().txn_ts_cache_keys
         );
+        assert_eq!(defaults.engine.wal_recovery, WalRecovery::Strict);
+        let flags = Flags::parse_from(["tessera-server", "--wal-recovery", "point-in-time"]);
+        assert_eq!(
+            Config::resolve(flags).unwrap().engine.wal_recovery,
+            WalRecovery::PointInTime
+        );
+        let flags = Flags::parse_from(["tessera-server", "--wal-recovery", "lenient"]);
+        let err = Config::resolve(flags).unwrap_err().to_string();
+        assert!(err.contains("expected strict or point-in-time"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
-use tessera_engine::{Engine, Options};
+use tessera_engine::{Engine, Options, WalRecovery};
 
 /// Capacity of each mesh queue (per ordered pair of shards).
 const MESH_QUEUE_DEPTH: usize = 1024;
@@ -297,9 +297,20 @@ async fn shard_main(
         ..config.engine.clone()
     };
     let dir = config.data.join(format!("shard-{i}"));
-    let engine = Engine::open(&dir, opts)
-        .await
-        .with_context(|| format!("opening {}", dir.display()))?;
+    let recovery = opts.wal_recovery;
+    let engine = match Engine::open(&dir, opts).await {
+        Ok(engine) => engine,
+        // A damaged WAL refuses the start: say how to start anyway.
+        Err(e) if e.is_corruption() && recovery == WalRecovery::Strict => {
+            return Err(anyhow::anyhow!(
+                "opening {}: {e}; if the damage is in the WAL, --wal-recovery point-in-time \
+                 starts from the records before it and sets the rest of the log aside, losing \
+                 its writes",
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", dir.display()))),
+    };
     let shared = TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     let own_port = if config.shard_base_port == 0 {

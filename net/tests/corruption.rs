@@ -156,3 +156,62 @@ fn a_flipped_bit_before_the_wal_tail_refuses_the_start_and_loses_nothing() {
     drop(client);
     assert!(server.stop(), "the server did not stop cleanly");
 }
+
+#[test]
+fn point_in_time_recovery_starts_on_a_damaged_wal_with_the_writes_before_the_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let options = ["--prefault-memory", "false"];
+    let server = Server::start(&data, 1, &options);
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    // One 4 KiB group per acknowledged write (`always`, one writer).
+    for i in 0..200 {
+        client.put(key(i), value(i)).unwrap();
+    }
+    drop(client);
+    server.kill9();
+    let segment = wal_segments(&data)[0].clone();
+    flip_bit(&segment, 100 * 4096 + 100);
+
+    // Refused by default, with the way out named.
+    let refusal = Server::try_start(&data, 1, &options)
+        .err()
+        .expect("the server started on a damaged WAL");
+    let last = refusal.lines().last().unwrap_or_default();
+    assert!(last.contains("--wal-recovery point-in-time"), "{last}");
+
+    let recovering = [
+        "--prefault-memory",
+        "false",
+        "--wal-recovery",
+        "point-in-time",
+    ];
+    let server = Server::start(&data, 1, &recovering);
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    for i in 0..100 {
+        assert_eq!(client.get(key(i)).unwrap(), Some(value(i)), "{}", key(i));
+    }
+    for i in 100..200 {
+        assert_eq!(
+            client.get(key(i)).unwrap(),
+            None,
+            "{} was after the damage",
+            key(i)
+        );
+    }
+    client.put("after", "recovery").unwrap();
+    drop(client);
+    server.kill9();
+
+    // The log was sealed at the damage: a strict start takes it as it is.
+    let server = Server::start(&data, 1, &options);
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    assert_eq!(
+        client.get("after").unwrap().as_deref(),
+        Some(&b"recovery"[..])
+    );
+    assert_eq!(client.get(key(99)).unwrap(), Some(value(99)));
+    assert_eq!(client.get(key(100)).unwrap(), None);
+    drop(client);
+    assert!(server.stop(), "the server did not stop cleanly");
+}

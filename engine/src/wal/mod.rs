@@ -18,6 +18,7 @@ pub mod record;
 
 use crate::error::{Error, Result};
 use crate::io::{align_down, align_up, Disk, DiskFile, ALIGN};
+use crate::options::WalRecovery;
 use record::Parsed;
 pub use record::Record;
 use std::cell::{Cell, RefCell};
@@ -57,6 +58,31 @@ pub struct ReplayReport {
     pub max_ts: u64,
     /// Offset in the last segment where a torn record was cut off, if any.
     pub torn_tail_at: Option<u64>,
+    /// With [`WalRecovery::PointInTime`], where damage ended the replay.
+    pub discarded: Option<Discarded>,
+}
+
+/// The log a point-in-time recovery set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discarded {
+    /// The damaged segment, sealed at `offset` (its records before it were
+    /// replayed).
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub why: String,
+    /// Later segments, renamed `<name>.discarded`.
+    pub later_segments: Vec<PathBuf>,
+}
+
+/// How a segment's replay ended.
+enum SegmentEnd {
+    /// At its seal.
+    Sealed,
+    /// At the end of its written data: a seal goes here.
+    Open(u64),
+    /// At damage, with [`WalRecovery::PointInTime`]: a seal goes here and
+    /// the rest of the log is set aside.
+    Damaged(u64, String),
 }
 
 /// The writer's view of the log. Owned by the write path alone.
@@ -83,6 +109,7 @@ impl<D: Disk> Wal<D> {
         segment_bytes: u64,
         log_number: u64,
         write_through: bool,
+        recovery: WalRecovery,
         mut apply: impl FnMut(Record),
     ) -> Result<(Wal<D>, ReplayReport)> {
         assert!(segment_bytes as usize >= 4 * ALIGN && segment_bytes.is_multiple_of(ALIGN as u64));
@@ -120,10 +147,37 @@ impl<D: Disk> Wal<D> {
             let file = disk.open(&path).await?;
             let size = file.size().await?;
             let data = file.read_at(0, size as usize).await?;
-            let end = replay_segment(&data, id, &path, is_last, &mut report, &mut apply)?;
+            let end = replay_segment(&data, id, &path, is_last, recovery, &mut report, &mut apply)?;
             report.segments += 1;
-            if is_last {
-                last_end = Some((file, id, end));
+            match end {
+                SegmentEnd::Damaged(offset, why) => {
+                    let mut later_segments = Vec::new();
+                    for &later in &ids[i + 1..] {
+                        let from = dir.join(segment_name(later));
+                        let to = dir.join(format!("{}.discarded", segment_name(later)));
+                        disk.rename(&from, &to).await?;
+                        later_segments.push(to);
+                    }
+                    disk.sync_dir(dir).await?;
+                    tracing::error!(
+                        segment = %path.display(),
+                        offset,
+                        why = %why,
+                        later_segments = later_segments.len(),
+                        "point-in-time WAL recovery: replayed the log up to damage and set the rest aside"
+                    );
+                    report.discarded = Some(Discarded {
+                        segment: path,
+                        offset,
+                        why,
+                        later_segments,
+                    });
+                    last_end = Some((file, id, Some(offset)));
+                    break;
+                }
+                SegmentEnd::Sealed if is_last => last_end = Some((file, id, None)),
+                SegmentEnd::Open(end) if is_last => last_end = Some((file, id, Some(end))),
+                _ => {}
             }
         }
         let spares = Rc::new(Spares {
@@ -213,37 +267,39 @@ impl<D: Disk> Wal<D> {
     }
 }
 
-/// Replays one segment; returns where a new seal must go (`None` if sealed).
+/// Replays one segment; says how it ended (where a new seal must go).
+/// Damage fails the replay, or with [`WalRecovery::PointInTime`] ends it.
 fn replay_segment(
     data: &[u8],
     id: u64,
     path: &Path,
     is_last: bool,
+    recovery: WalRecovery,
     report: &mut ReplayReport,
     apply: &mut impl FnMut(Record),
-) -> Result<Option<u64>> {
+) -> Result<SegmentEnd> {
+    let damaged = |pos: usize, why: String| match recovery {
+        WalRecovery::Strict => Err(Error::corruption(path, pos as u64, why)),
+        WalRecovery::PointInTime => Ok(SegmentEnd::Damaged(pos as u64, why)),
+    };
     let mut pos = 0usize;
     loop {
         if pos >= data.len() {
-            return Ok(Some(pos as u64));
+            return Ok(SegmentEnd::Open(pos as u64));
         }
         match record::parse(&data[pos..], id) {
             Parsed::Record {
                 record_type: record::TYPE_SEAL,
                 ..
-            } => return Ok(None),
+            } => return Ok(SegmentEnd::Sealed),
             Parsed::Record {
                 record_type,
                 payload,
                 len,
             } => {
-                let rec = Record::decode(record_type, payload).ok_or_else(|| {
-                    Error::corruption(
-                        path,
-                        pos as u64,
-                        format!("record of type {record_type} does not parse"),
-                    )
-                })?;
+                let Some(rec) = Record::decode(record_type, payload) else {
+                    return damaged(pos, format!("record of type {record_type} does not parse"));
+                };
                 report.batches += 1;
                 report.max_ts = report.max_ts.max(rec.ts());
                 apply(rec);
@@ -261,26 +317,21 @@ fn replay_segment(
                 let mut block = next_block;
                 while block < data.len() {
                     if matches!(record::parse(&data[block..], id), Parsed::Record { .. }) {
-                        return Err(Error::corruption(
-                            path,
-                            pos as u64,
-                            "invalid record followed by valid records",
-                        ));
+                        return damaged(pos, "invalid record followed by valid records".into());
                     }
                     block += ALIGN;
                 }
                 if !is_last {
-                    return Err(Error::corruption(
-                        path,
-                        pos as u64,
-                        "segment ends without a seal but a newer segment exists",
-                    ));
+                    return damaged(
+                        pos,
+                        "segment ends without a seal but a newer segment exists".into(),
+                    );
                 }
                 if parsed == Parsed::Invalid {
                     tracing::warn!(path = %path.display(), offset = pos, "cutting torn WAL tail");
                     report.torn_tail_at = Some(pos as u64);
                 }
-                return Ok(Some(pos as u64));
+                return Ok(SegmentEnd::Open(pos as u64));
             }
         }
     }
@@ -450,13 +501,14 @@ mod tests {
                 7,
                 Path::new("test.log"),
                 true,
+                WalRecovery::Strict,
                 &mut report,
                 &mut |r| seen.push(r.ts()),
             )
             .unwrap();
             assert_eq!(seen, vec![1, 2], "padding {padding}");
             // The unsealed end: the seal goes at the next block.
-            assert_eq!(end, Some(2 * ALIGN as u64));
+            assert!(matches!(end, SegmentEnd::Open(e) if e == 2 * ALIGN as u64));
         }
     }
 }
