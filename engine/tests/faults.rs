@@ -46,6 +46,16 @@ fn paths_with(disk: &MemDisk, suffix: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The WAL's segments, oldest first.
+fn wal_segments(disk: &MemDisk) -> Vec<PathBuf> {
+    let mut segments: Vec<_> = paths_with(disk, ".log")
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("spare"))
+        .collect();
+    segments.sort();
+    segments
+}
+
 #[test]
 fn torn_wal_tail_recovers_to_a_prefix_of_the_writes() {
     run_local(|| async {
@@ -172,10 +182,7 @@ fn a_bit_flip_before_the_wal_tail_fails_the_open() {
         put_all(&engine, 0..20).await;
         // Crash rather than close: a clean close flushes the WAL away.
         let disk = disk.crash();
-        let segments: Vec<_> = paths_with(&disk, ".log")
-            .into_iter()
-            .filter(|p| !p.to_string_lossy().contains("spare"))
-            .collect();
+        let segments = wal_segments(&disk);
         assert_eq!(segments.len(), 1);
         disk.flip_bit(&segments[0], 30, 0);
         match Engine::open_on(disk.clone(), "/db", Options::for_tests()).await {
@@ -183,16 +190,6 @@ fn a_bit_flip_before_the_wal_tail_fails_the_open() {
             Ok(_) => panic!("opened a WAL with a damaged record followed by valid ones"),
         }
     });
-}
-
-/// The WAL's segments, oldest first.
-fn wal_segments(disk: &MemDisk) -> Vec<PathBuf> {
-    let mut segments: Vec<_> = paths_with(disk, ".log")
-        .into_iter()
-        .filter(|p| !p.to_string_lossy().contains("spare"))
-        .collect();
-    segments.sort();
-    segments
 }
 
 #[test]

@@ -115,21 +115,29 @@ fn flip_bit(path: &Path, offset: u64) {
     file.sync_all().unwrap();
 }
 
-#[test]
-fn a_flipped_bit_before_the_wal_tail_refuses_the_start_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let options = ["--prefault-memory", "false"];
-    let server = Server::start(&data, 1, &options);
+/// Puts keys 0..200 one at a time into a fresh 1-shard server at `data`
+/// and kills it (kill -9): a 4 KiB WAL group per acknowledged write
+/// (`always`, one writer), all still in the WAL. Returns its first segment.
+fn two_hundred_writes_then_kill(data: &Path, options: &[&str]) -> PathBuf {
+    let server = Server::start(data, 1, options);
     let mut client = Client::connect(server.listen.as_str()).unwrap();
-    // Acknowledged one at a time (`always`): a group each, all in the WAL.
     for i in 0..200 {
         client.put(key(i), value(i)).unwrap();
     }
     drop(client);
     server.kill9();
-    let segments = wal_segments(&data);
-    let first = segments.first().expect("a WAL segment with records");
+    wal_segments(data)
+        .first()
+        .expect("a WAL segment with records")
+        .clone()
+}
+
+#[test]
+fn a_flipped_bit_before_the_wal_tail_refuses_the_start_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let options = ["--prefault-memory", "false"];
+    let first = &two_hundred_writes_then_kill(&data, &options);
 
     // Damage the first group, far from the tail: replay must not take it
     // for a torn write and silently drop the 199 groups after it.
@@ -162,15 +170,7 @@ fn point_in_time_recovery_starts_on_a_damaged_wal_with_the_writes_before_the_dam
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let options = ["--prefault-memory", "false"];
-    let server = Server::start(&data, 1, &options);
-    let mut client = Client::connect(server.listen.as_str()).unwrap();
-    // One 4 KiB group per acknowledged write (`always`, one writer).
-    for i in 0..200 {
-        client.put(key(i), value(i)).unwrap();
-    }
-    drop(client);
-    server.kill9();
-    let segment = wal_segments(&data)[0].clone();
+    let segment = two_hundred_writes_then_kill(&data, &options);
     flip_bit(&segment, 100 * 4096 + 100);
 
     // Refused by default, with the way out named.
