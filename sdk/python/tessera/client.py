@@ -729,7 +729,8 @@ class Routing:
         """One read-only transaction per shard, coordinated by that shard
         (the shard of its first key), for ``snapshot_ts``."""
         txns = []
-        for shard in range(self.shard_count):
+        # A shard that owns no slot holds no key to be after.
+        for shard in sorted(set(self._slot_owner)):
             key = next(
                 k
                 for k in (f"\0tessera-snapshot-{i}".encode() for i in range(1 << 20))
