@@ -32,7 +32,7 @@ seconds() { # command...: wall time of the command on core 1
   t0=$(date +%s.%N)
   taskset -c 1 "$@" >/dev/null 2>"$work/tool.err" || { cat "$work/tool.err" >&2; exit 1; }
   t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc -l
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -86,12 +86,13 @@ for r in $(seq "$runs"); do
   stop_tessera
 done
 
+div() { awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN { printf f "\n", a / b }'; }
 row() { # name redis-times tessera-times
   local name=$1 r t
   r=$(median $2)
   t=$(median $3)
   printf '| %s | %.2f s (%s rows/s) | %.2f s (%s rows/s) | %.2f |\n' "$name" "$r" \
-    "$(echo "$keys / $r" | bc)" "$t" "$(echo "$keys / $t" | bc)" "$(echo "$r / $t" | bc -l)"
+    "$(div "$keys" "$r" %d)" "$t" "$(div "$keys" "$t" %d)" "$(div "$r" "$t" %.6f)"
 }
 echo "| $keys keys, 100-byte values | Redis | Tessera | Tessera speed / Redis |"
 echo "|---|---|---|---|"

@@ -41,6 +41,6 @@ printf '%-12s %14s %14s %8s\n' benchmark "rocksdb ops/s" "tessera ops/s" ratio
 for b in fillrandom readrandom seekrandom overwrite; do
   r=$(cat "$work"/rocks.* | awk -v b="$b" '$1==b {for (i=1;i<=NF;i++) if ($(i+1) ~ /^ops\/sec;?$/) print $i}' | median)
   t=$(cat "$work"/tess.* | awk -v b="$b" '$1==b {for (i=1;i<=NF;i++) if ($(i+1) ~ /^ops\/sec;?$/) print $i}' | median)
-  printf '%-12s %14s %14s %8.2f\n' "$b" "$r" "$t" "$(echo "$t / $r" | bc -l)"
+  printf '%-12s %14s %14s %8.2f\n' "$b" "$r" "$t" "$(awk -v t="$t" -v r="$r" 'BEGIN { print t / r }')"
 done
 echo "($runs runs each, medians; num=$num, 16-byte keys, 100-byte values, no compression, cpu $cpu)"
