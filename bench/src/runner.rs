@@ -52,6 +52,9 @@ pub struct Plan {
     pub key_size: usize,
     pub value_size: ValueSize,
     pub scan_length_max: u32,
+    /// Tessera: the server's token (`--auth-token-file`), said in a Hello
+    /// on every socket before the run.
+    pub token: Option<tessera_client::Token>,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -118,8 +121,16 @@ struct Conn {
     inflight: usize,
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = std::net::TcpStream::connect(addr)?;
+/// Opens one socket; with a token, says hello with it first.
+fn connect(addr: SocketAddr, token: Option<&tessera_client::Token>) -> anyhow::Result<TcpStream> {
+    let s = match token {
+        Some(token) => {
+            let mut hello = tessera_client::Connection::open(addr, Duration::from_secs(10))?;
+            hello.hello("tessera-bench", Some(token))?;
+            hello.into_stream()?
+        }
+        None => std::net::TcpStream::connect(addr)?,
+    };
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
     Ok(TcpStream::from_std(s))
@@ -188,8 +199,8 @@ fn thread_main(
             inflight: 0,
         };
         for addr in &plan.addresses {
-            let mut stream =
-                connect(*addr).map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+            let mut stream = connect(*addr, plan.token.as_ref())
+                .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
             poll.registry()
                 .register(&mut stream, Token(sockets.len()), Interest::READABLE)?;
             conn.sockets.push(sockets.len());

@@ -1,7 +1,8 @@
 //! `tessera-bench` against a two-shard server in this process: a shard-aware
 //! run sends each key to its owner (nothing is forwarded), and
 //! `--no-shard-routing` sends everything to the target address, whose shard
-//! forwards the keys it does not own over the mesh.
+//! forwards the keys it does not own over the mesh. And against a server
+//! that requires a token, `--token-file` gets every socket served.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -28,21 +29,7 @@ fn forwarded(addr: SocketAddr) -> f64 {
 /// Runs `REQUESTS` of `workload`; returns how many the report counts and
 /// its errors.
 fn bench(addr: SocketAddr, workload: &str, extra: &[&str]) -> (u64, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
-        .args(["--target", &format!("tessera://{addr}")])
-        .args([
-            "--workload",
-            workload,
-            "--keys",
-            "1000",
-            "--connections",
-            "4",
-        ])
-        .args(["--threads", "1", "--requests", &REQUESTS.to_string()])
-        .args(["--warmup", "0", "--json", "--quiet"])
-        .args(extra)
-        .output()
-        .unwrap();
+    let out = bench_command(addr, workload, extra).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -56,6 +43,25 @@ fn bench(addr: SocketAddr, workload: &str, extra: &[&str]) -> (u64, serde_json::
         .map(|o| o["ops"].as_u64().unwrap())
         .sum();
     (ops, report["errors"].clone())
+}
+
+fn bench_command(addr: SocketAddr, workload: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera-bench"));
+    command
+        .args(["--target", &format!("tessera://{addr}")])
+        .args([
+            "--workload",
+            workload,
+            "--keys",
+            "1000",
+            "--connections",
+            "4",
+        ])
+        .args(["--threads", "1", "--requests", &REQUESTS.to_string()])
+        .args(["--warmup", "0", "--json", "--quiet"])
+        .args(extra)
+        .env_remove("TESSERA_TOKEN");
+    command
 }
 
 #[test]
@@ -88,5 +94,32 @@ fn no_shard_routing_sends_every_key_to_the_target_shard() {
     assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
     let pinged = forwarded(addr) - before;
     assert!(pinged <= 2.0, "{pinged} pings were forwarded");
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_token_file_gets_every_socket_served_by_a_server_that_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "bench-test-token-0123456789\n").unwrap();
+    let mut flags = Flags::local(dir.path().join("data"), 2);
+    flags.auth_token_file = Some(token.clone());
+    let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
+    let addr = server.ready.listen;
+
+    let with_token = ["--token-file", token.to_str().unwrap()];
+    let (ops, errors) = bench(addr, "ycsb-a", &with_token);
+    assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
+    let (ops, errors) = bench(
+        addr,
+        "get",
+        &[&with_token[..], &["--no-shard-routing"]].concat(),
+    );
+    assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
+
+    let refused = bench_command(addr, "get", &[]).output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
     server.stop().unwrap();
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tessera_engine::{Options, SyncMode, WalRecovery};
 use tessera_protocol::frame::Limits;
+use tessera_protocol::Token;
 
 /// Flags of `tessera-server`; each overrides the same key in `--config`.
 #[derive(Debug, Default, Clone, clap::Parser, Deserialize)]
@@ -103,7 +104,15 @@ pub struct Flags {
     /// early and says where to go on [default: 4 MiB].
     #[arg(long)]
     pub scan_bytes_max: Option<usize>,
+    /// File holding a shared secret (at least 16 bytes; a trailing newline
+    /// is ignored) that every connection must send in its Hello before any
+    /// other request [default: none, no token required].
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
 }
+
+/// Shortest token `--auth-token-file` may hold.
+pub const AUTH_TOKEN_BYTES_MIN: usize = 16;
 
 /// Where shards run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +135,8 @@ pub struct Config {
     pub connections_max: usize,
     pub inflight_per_connection_max: usize,
     pub prefault_memory: bool,
+    /// The token connections must present (`--auth-token-file`).
+    pub auth_token: Option<Token>,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -273,8 +284,41 @@ impl Config {
             connections_max: pick!(connections_max).unwrap_or(10_000),
             inflight_per_connection_max: pick!(inflight_per_connection_max).unwrap_or(256),
             prefault_memory: pick!(prefault_memory).unwrap_or(true),
+            auth_token: pick!(auth_token_file)
+                .map(|path| read_auth_token(&path))
+                .transpose()?,
         })
     }
+}
+
+/// Reads and checks the token file of `--auth-token-file`.
+fn read_auth_token(path: &std::path::Path) -> anyhow::Result<Token> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --auth-token-file {}", path.display()))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.len() < AUTH_TOKEN_BYTES_MIN {
+        bail!(
+            "--auth-token-file {} holds {} bytes; a token needs at least {AUTH_TOKEN_BYTES_MIN} (e.g. `openssl rand -hex 32`)",
+            path.display(),
+            token.len()
+        );
+    }
+    if token.contains(['\n', '\r']) {
+        bail!(
+            "--auth-token-file {} holds more than one line",
+            path.display()
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "the auth token file is readable by other users; chmod 600 it"
+        );
+    }
+    Ok(Token(token.to_string()))
 }
 
 /// Refuses a metrics or shard port that another listener of this server

@@ -73,6 +73,8 @@ pub struct ShardMetrics {
     pub bytes_out: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub connections_refused: Cell<u64>,
+    /// Hellos with a wrong or missing token (their connections closed).
+    pub auth_failures: Cell<u64>,
     pub forwarded: Cell<u64>,
     /// Transactions this shard coordinated, by outcome.
     pub txn_committed: Cell<u64>,
@@ -96,6 +98,7 @@ impl Default for ShardMetrics {
             bytes_out: Cell::new(0),
             connections_open: Cell::new(0),
             connections_refused: Cell::new(0),
+            auth_failures: Cell::new(0),
             forwarded: Cell::new(0),
             txn_committed: Cell::new(0),
             txn_condition_failed: Cell::new(0),
@@ -159,6 +162,10 @@ impl ShardMetrics {
         push(
             "connections_refused_total".into(),
             self.connections_refused.get() as f64,
+        );
+        push(
+            "auth_failures_total".into(),
+            self.auth_failures.get() as f64,
         );
         push("forwarded_total".into(), self.forwarded.get() as f64);
         push("memtable_bytes".into(), engine.memtable_bytes as f64);

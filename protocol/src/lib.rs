@@ -15,7 +15,7 @@ mod generated {
 }
 
 pub use generated::tessera::wire;
-pub use message::{DecodeError, ErrorCode, Request, Response};
+pub use message::{DecodeError, ErrorCode, Request, Response, Token};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

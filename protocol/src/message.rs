@@ -26,6 +26,7 @@ pub enum ErrorCode {
     Unavailable,
     TimestampTooOld,
     Conflict,
+    Unauthenticated,
 }
 
 impl ErrorCode {
@@ -45,6 +46,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => wire::ErrorCode::Unavailable,
             ErrorCode::TimestampTooOld => wire::ErrorCode::TimestampTooOld,
             ErrorCode::Conflict => wire::ErrorCode::Conflict,
+            ErrorCode::Unauthenticated => wire::ErrorCode::Unauthenticated,
         }
     }
 
@@ -63,6 +65,7 @@ impl ErrorCode {
             wire::ErrorCode::Unavailable => ErrorCode::Unavailable,
             wire::ErrorCode::TimestampTooOld => ErrorCode::TimestampTooOld,
             wire::ErrorCode::Conflict => ErrorCode::Conflict,
+            wire::ErrorCode::Unauthenticated => ErrorCode::Unauthenticated,
             _ => ErrorCode::Internal,
         }
     }
@@ -129,11 +132,23 @@ pub struct TxnOutcome {
     pub reads: Vec<ReadValue>,
 }
 
+/// The shared secret a server may require in `Hello` (`--auth-token-file`).
+/// Its `Debug` does not show it, so requests can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Hello {
         protocol_version: u32,
         client_name: String,
+        token: Option<Token>,
     },
     Ping,
     Get {
@@ -285,6 +300,7 @@ pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), Dec
             Request::Hello {
                 protocol_version: h.protocol_version(),
                 client_name: h.client_name().unwrap_or_default().to_string(),
+                token: h.token().map(|t| Token(t.to_string())),
             }
         }
         wire::Op::Ping => Request::Ping,
@@ -497,13 +513,16 @@ impl Request {
             Request::Hello {
                 protocol_version,
                 client_name,
+                token,
             } => {
                 let name = b.create_string(client_name);
+                let token = token.as_ref().map(|t| b.create_string(&t.0));
                 let o = wire::Hello::create(
                     b,
                     &wire::HelloArgs {
                         protocol_version: *protocol_version,
                         client_name: Some(name),
+                        token,
                     },
                 );
                 (wire::Op::Hello, o.as_union_value())
@@ -924,6 +943,13 @@ mod tests {
             Just(Request::Ping),
             Just(Request::Stats),
             Just(Request::Topology),
+            (any::<u32>(), "[a-z]{0,8}", prop::option::of("[ -~]{0,12}")).prop_map(
+                |(protocol_version, client_name, token)| Request::Hello {
+                    protocol_version,
+                    client_name,
+                    token: token.map(Token),
+                }
+            ),
             bytes().prop_map(|key| Request::Get { key }),
             (bytes(), bytes()).prop_map(|(key, value)| Request::Put { key, value }),
             bytes().prop_map(|key| Request::Delete { key }),

@@ -30,6 +30,10 @@ pub struct Cli {
     /// Request timeout in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// File holding the server's token (`--auth-token-file` of the
+    /// server) [default: $TESSERA_TOKEN, if set].
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

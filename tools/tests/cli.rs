@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{tessera, InProcessServer};
+use common::{tessera, tessera_env, InProcessServer};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -119,6 +119,35 @@ fn an_unreachable_server_is_one_clear_line_and_exit_1() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn a_server_that_requires_a_token_serves_the_cli_given_one() {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token = token_dir.path().join("token");
+    std::fs::write(&token, "cli-test-token-0123456789abcdef\n").unwrap();
+    let server = InProcessServer::start_with(|f| f.auth_token_file = Some(token.clone()));
+    let a = server.addr;
+    let (ok, _, err) = tessera(a, &["put", "k", "v"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: cannot connect to") && err.contains("Unauthenticated"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    let file = token.to_str().unwrap();
+    let (ok, _, err) = tessera(a, &["--token-file", file, "put", "k", "v"]);
+    assert!(ok, "{err}");
+    let by_env = [("TESSERA_TOKEN", "cli-test-token-0123456789abcdef")];
+    assert_eq!(tessera_env(a, &["get", "k"], &by_env).1, "v\n");
+    let wrong = [("TESSERA_TOKEN", "cli-test-token-0123456789abcdeF")];
+    let (ok, _, err) = tessera_env(a, &["get", "k"], &wrong);
+    assert!(!ok && err.contains("wrong token"), "{err}");
+    let (ok, _, err) = tessera(a, &["--token-file", "/nonexistent/token", "get", "k"]);
+    assert!(
+        !ok && err.starts_with("error: --token-file: reading /nonexistent/token"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -86,6 +86,10 @@ struct Args {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Tessera: file holding the server's token (its
+    /// `--auth-token-file`) [default: $TESSERA_TOKEN, if set].
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -145,6 +149,12 @@ fn run(a: Args) -> anyhow::Result<()> {
     if a.connections == 0 || a.pipeline == 0 || a.threads == 0 || a.threads > a.connections {
         bail!("need connections >= threads >= 1 and pipeline >= 1");
     }
+    let connect_options = tessera_client::ConnectOptions {
+        client_name: "tessera-bench".into(),
+        ..tessera_client::ConnectOptions::default()
+    }
+    .token_from(a.token_file.as_deref())
+    .context("--token-file")?;
     // Redis, or a client that does not know the shard map: every request
     // goes to the target address.
     let (addresses, slot_owner) = if protocol == Protocol::Redis || a.no_shard_routing {
@@ -156,7 +166,7 @@ fn run(a: Args) -> anyhow::Result<()> {
             Vec::new(),
         )
     } else {
-        let mut client = tessera_client::Client::connect(host)
+        let mut client = tessera_client::Client::connect_with(host, &connect_options)
             .with_context(|| format!("connecting to {host}"))?;
         let (owner, shards) = match client.entry().call(&tessera_client::Request::Topology)? {
             tessera_client::Response::Topology {
@@ -193,6 +203,10 @@ fn run(a: Args) -> anyhow::Result<()> {
         key_size: a.key_size,
         value_size: a.value_size.parse::<ValueSize>()?,
         scan_length_max: a.scan_length_max.max(1),
+        token: match protocol {
+            Protocol::Tessera => connect_options.token,
+            Protocol::Redis => None,
+        },
     };
     if a.preload {
         let t = Instant::now();

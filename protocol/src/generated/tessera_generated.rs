@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 13;
+pub const ENUM_MAX_ERROR_CODE: u16 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::Internal,
   ErrorCode::BadFrame,
   ErrorCode::UnknownOperation,
@@ -31,6 +31,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::Unavailable,
   ErrorCode::TimestampTooOld,
   ErrorCode::Conflict,
+  ErrorCode::Unauthenticated,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -52,9 +53,10 @@ impl ErrorCode {
   pub const Unavailable: Self = Self(11);
   pub const TimestampTooOld: Self = Self(12);
   pub const Conflict: Self = Self(13);
+  pub const Unauthenticated: Self = Self(14);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 13;
+  pub const ENUM_MAX: u16 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::BadFrame,
@@ -70,6 +72,7 @@ impl ErrorCode {
     Self::Unavailable,
     Self::TimestampTooOld,
     Self::Conflict,
+    Self::Unauthenticated,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -88,6 +91,7 @@ impl ErrorCode {
       Self::Unavailable => Some("Unavailable"),
       Self::TimestampTooOld => Some("TimestampTooOld"),
       Self::Conflict => Some("Conflict"),
+      Self::Unauthenticated => Some("Unauthenticated"),
       _ => None,
     }
   }
@@ -580,6 +584,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
 impl<'a> Hello<'a> {
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
   pub const VT_CLIENT_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -591,6 +596,7 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.token { builder.add_token(x); }
     if let Some(x) = args.client_name { builder.add_client_name(x); }
     builder.add_protocol_version(args.protocol_version);
     builder.finish()
@@ -611,6 +617,13 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_CLIENT_NAME, None)}
   }
+  #[inline]
+  pub fn token(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_TOKEN, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -621,6 +634,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
     v.visit_table(pos)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_name", Self::VT_CLIENT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
      .finish();
     Ok(())
   }
@@ -628,6 +642,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
 pub struct HelloArgs<'a> {
     pub protocol_version: u32,
     pub client_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -635,6 +650,7 @@ impl<'a> Default for HelloArgs<'a> {
     HelloArgs {
       protocol_version: 0,
       client_name: None,
+      token: None,
     }
   }
 }
@@ -651,6 +667,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_client_name(&mut self, client_name: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_CLIENT_NAME, client_name);
+  }
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_TOKEN, token);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
@@ -672,6 +692,7 @@ impl ::core::fmt::Debug for Hello<'_> {
     let mut ds = f.debug_struct("Hello");
       ds.field("protocol_version", &self.protocol_version());
       ds.field("client_name", &self.client_name());
+      ds.field("token", &self.token());
       ds.finish()
   }
 }

@@ -195,15 +195,21 @@ class Client(Routing):
         address: str = "127.0.0.1:7878",
         timeout: float = 10.0,
         client_name: str = "tessera-python",
+        token: str | None = None,
     ) -> Client:
+        """``token``: the server's token, if it requires one; every
+        connection says hello with it."""
         entry = await Connection.open(address, timeout)
         shards: list[Connection] = []
+        hello = Hello(PROTOCOL_VERSION, client_name, token)
         try:
-            hello = await entry.call(Hello(PROTOCOL_VERSION, client_name))
+            info = await entry.call(hello)
             topology = await entry.call(Topology())
-            client = cls(entry, shards, hello, topology)
+            client = cls(entry, shards, info, topology)
             for shard_address in client.addresses:
-                shards.append(await Connection.open(shard_address, timeout))
+                shard = await Connection.open(shard_address, timeout)
+                shards.append(shard)
+                await shard.call(hello)
             return client
         except BaseException:
             for c in [entry, *shards]:

@@ -169,14 +169,22 @@ def _write_ops(b: flatbuffers.Builder, ops: Sequence[WriteOp]) -> int:
 
 @dataclass(frozen=True)
 class Hello:
+    """``token``: the server's shared secret, when it requires one (its
+    ``--auth-token-file``); until a connection says it, every other request
+    is refused with ``ErrorCode.Unauthenticated``."""
+
     protocol_version: int = PROTOCOL_VERSION
     client_name: str = "tessera-python"
+    token: str | None = field(default=None, repr=False)
 
     def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         name = b.CreateString(self.client_name)
+        token = None if self.token is None else b.CreateString(self.token)
         _hello.Start(b)
         _hello.AddProtocolVersion(b, self.protocol_version)
         _hello.AddClientName(b, name)
+        if token is not None:
+            _hello.AddToken(b, token)
         return _op.Op.Hello, _hello.End(b)
 
 
@@ -782,14 +790,19 @@ class Client(Routing):
         address: str = "127.0.0.1:7878",
         timeout: float = 10.0,
         client_name: str = "tessera-python",
+        token: str | None = None,
     ):
+        """``token``: the server's token, if it requires one; every
+        connection, the entry's and each shard's, says hello with it."""
         self.entry = Connection(address, timeout)
         self.shards: list[Connection] = []
+        hello = Hello(PROTOCOL_VERSION, client_name, token)
         try:
-            hello = self.entry.call(Hello(PROTOCOL_VERSION, client_name))
-            self._route(hello, self.entry.call(Topology()))
+            self._route(self.entry.call(hello), self.entry.call(Topology()))
             for address in self.addresses:
-                self.shards.append(Connection(address, timeout))
+                shard = Connection(address, timeout)
+                self.shards.append(shard)
+                shard.call(hello)
         except BaseException:
             self.close()
             raise

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tessera_protocol::frame::{next_frame, put_frame};
 use tessera_protocol::message::{decode_response, Metric};
 pub use tessera_protocol::message::{BatchOp, Condition, ReadValue, TxnOutcome};
-pub use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
+pub use tessera_protocol::{ErrorCode, Request, Response, Token, PROTOCOL_VERSION};
 
 /// Largest response frame the client accepts.
 const RESPONSE_BYTES_MAX: usize = 64 << 20;
@@ -126,6 +126,90 @@ impl Connection {
     pub fn call(&mut self, request: &Request) -> Result<Response> {
         let id = self.send(request)?;
         self.wait(id)
+    }
+
+    /// The socket, for a caller that drives it itself (as the load
+    /// generator does after [`Connection::hello`]). Refused while a
+    /// response is still buffered or unclaimed.
+    pub fn into_stream(self) -> Result<TcpStream> {
+        if !self.buf.is_empty() || !self.arrived.is_empty() {
+            return Err(Error::Protocol(
+                "responses are still unread on this connection".into(),
+            ));
+        }
+        Ok(self.stream)
+    }
+
+    /// Says hello: checks the protocol version and, for a server that
+    /// requires one, presents the token. Returns the server's answer.
+    pub fn hello(&mut self, client_name: &str, token: Option<&Token>) -> Result<ServerInfo> {
+        match self.call(&Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: client_name.into(),
+            token: token.cloned(),
+        })? {
+            Response::Hello {
+                server_version,
+                shards,
+                retention_ms,
+                ..
+            } => Ok(ServerInfo {
+                server_version,
+                shards,
+                retention_ms,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// What a server says in answer to Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub server_version: String,
+    pub shards: u32,
+    /// How far back `read_at` and `scan_at` can go.
+    pub retention_ms: u64,
+}
+
+/// How [`Client::connect_with`] connects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// For connecting and for every response [default: 10 s].
+    pub timeout: Duration,
+    /// The server's token, if it requires one (`--auth-token-file`).
+    pub token: Option<Token>,
+    /// Sent in Hello [default: "tessera-client-rust"].
+    pub client_name: String,
+}
+
+impl ConnectOptions {
+    /// Environment variable [`ConnectOptions::token_from`] reads.
+    pub const TOKEN_ENV: &'static str = "TESSERA_TOKEN";
+
+    /// Sets the token: read from `file` if given (a trailing newline is not
+    /// part of it), else taken from `$TESSERA_TOKEN` if set, else none.
+    pub fn token_from(mut self, file: Option<&std::path::Path>) -> std::io::Result<Self> {
+        self.token = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+                })?;
+                Some(Token(text.trim_end_matches(['\n', '\r']).to_string()))
+            }
+            None => std::env::var(Self::TOKEN_ENV).ok().map(Token),
+        };
+        Ok(self)
+    }
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: Duration::from_secs(10),
+            token: None,
+            client_name: "tessera-client-rust".into(),
+        }
     }
 }
 
@@ -276,24 +360,33 @@ impl Default for Retry {
 impl Client {
     /// Connects with a 10 s timeout.
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
-        Client::connect_with_timeout(addr, Duration::from_secs(10))
+        Client::connect_with(addr, &ConnectOptions::default())
     }
 
-    /// Says hello, fetches the topology and connects to every shard.
     pub fn connect_with_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Client> {
-        let mut entry = Connection::open(addr, timeout)?;
-        let server_version = match entry.call(&Request::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: "tessera-client-rust".into(),
-        })? {
-            Response::Hello {
-                server_version,
-                retention_ms,
-                ..
-            } => (server_version, retention_ms),
-            other => return Err(unexpected(other)),
+        Client::connect_with(
+            addr,
+            &ConnectOptions {
+                timeout,
+                ..ConnectOptions::default()
+            },
+        )
+    }
+
+    /// Says hello, fetches the topology and connects to every shard (each
+    /// connection says hello too, with the token if there is one).
+    pub fn connect_with(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<Client> {
+        let timeout = options.timeout;
+        let open = |addr| -> Result<(Connection, ServerInfo)> {
+            let mut connection = Connection::open(addr, timeout)?;
+            let info = connection.hello(&options.client_name, options.token.as_ref())?;
+            Ok((connection, info))
         };
-        let (server_version, retention_ms) = server_version;
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| Error::Protocol("address resolves to nothing".into()))?;
+        let (mut entry, info) = open(addr)?;
         let (slot_owner, addresses) = match entry.call(&Request::Topology)? {
             Response::Topology {
                 slot_owner, shards, ..
@@ -302,7 +395,10 @@ impl Client {
         };
         let mut shards = Vec::with_capacity(addresses.len());
         for (_, address) in &addresses {
-            shards.push(Connection::open(address.as_str(), timeout)?);
+            let address = address.as_str().to_socket_addrs()?.next().ok_or_else(|| {
+                Error::Protocol(format!("shard address {address} resolves to nothing"))
+            })?;
+            shards.push(open(address)?.0);
         }
         if slot_owner.iter().any(|&o| o as usize >= shards.len()) {
             return Err(Error::Protocol(
@@ -313,8 +409,8 @@ impl Client {
             entry,
             shards,
             slot_owner,
-            server_version,
-            retention_ms,
+            server_version: info.server_version,
+            retention_ms: info.retention_ms,
         })
     }
 

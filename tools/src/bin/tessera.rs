@@ -3,7 +3,7 @@
 use clap::Parser;
 use rustyline::error::ReadlineError;
 use std::time::Duration;
-use tessera_client::Client;
+use tessera_client::{Client, ConnectOptions};
 use tessera_tools::backup;
 use tessera_tools::cli::{execute, report, Cli, Command};
 
@@ -23,10 +23,19 @@ fn main() {
         }
         return;
     }
-    let mut client = match Client::connect_with_timeout(
-        cli.addr.as_str(),
-        Duration::from_millis(cli.timeout_ms),
-    ) {
+    let options = ConnectOptions {
+        timeout: Duration::from_millis(cli.timeout_ms),
+        client_name: "tessera-cli".into(),
+        ..ConnectOptions::default()
+    };
+    let options = match options.token_from(cli.token_file.as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: --token-file: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut client = match Client::connect_with(cli.addr.as_str(), &options) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: cannot connect to {}: {e}", cli.addr);

@@ -39,10 +39,22 @@ impl InProcessServer {
 
 /// Runs `tessera --addr ADDR ARGS...`: (success, stdout, stderr).
 pub fn tessera(addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    tessera_env(addr, args, &[])
+}
+
+/// Like [`tessera`], with these environment variables set (and no
+/// `TESSERA_TOKEN` but one set here).
+pub fn tessera_env(
+    addr: SocketAddr,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .arg("--addr")
         .arg(addr.to_string())
         .args(args)
+        .env_remove("TESSERA_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (

@@ -17,3 +17,4 @@ class ErrorCode(object):
     Unavailable = 11
     TimestampTooOld = 12
     Conflict = 13
+    Unauthenticated = 14

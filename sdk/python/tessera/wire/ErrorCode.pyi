@@ -23,4 +23,5 @@ class ErrorCode(object):
   Unavailable = cast(int, ...)
   TimestampTooOld = cast(int, ...)
   Conflict = cast(int, ...)
+  Unauthenticated = cast(int, ...)
 

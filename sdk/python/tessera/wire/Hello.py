@@ -40,8 +40,15 @@ class Hello(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
+    # Hello
+    def Token(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
 def HelloStart(builder: flatbuffers.Builder):
-    builder.StartObject(2)
+    builder.StartObject(3)
 
 def Start(builder: flatbuffers.Builder):
     HelloStart(builder)
@@ -57,6 +64,12 @@ def HelloAddClientName(builder: flatbuffers.Builder, clientName: int):
 
 def AddClientName(builder: flatbuffers.Builder, clientName: int):
     HelloAddClientName(builder, clientName)
+
+def HelloAddToken(builder: flatbuffers.Builder, token: int):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(token), 0)
+
+def AddToken(builder: flatbuffers.Builder, token: int):
+    HelloAddToken(builder, token)
 
 def HelloEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
