@@ -76,6 +76,13 @@ impl HybridClock {
         ts
     }
 
+    /// The clock's milliseconds now, without taking a timestamp: the wall
+    /// clock's, or those of the last timestamp if the clock runs ahead of
+    /// it (after observing another shard's, or a read ahead of it).
+    pub fn now_ms(&self) -> u64 {
+        wall_ms().max(ms_of_ts(self.last.get()))
+    }
+
     /// Moves the clock past a timestamp seen elsewhere (a message, the WAL).
     pub fn observe(&self, ts: u64) {
         if ts > self.last.get() {

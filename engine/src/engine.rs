@@ -14,7 +14,7 @@ use crate::compaction;
 use crate::error::{Error, Result};
 use crate::io::{Disk, DmaDisk};
 use crate::iter::{MergeIter, Source};
-use crate::key::{Entry, Kind, Versioned};
+use crate::key::{expiring_value, read_ms, visible, Entry, Kind, Versioned, TTL_BYTES};
 use crate::manifest::{Edit, LevelsState, Manifest, LEVELS};
 use crate::memtable::Memtable;
 use crate::options::{Options, SyncMode};
@@ -67,6 +67,28 @@ impl WriteBatch {
 
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> &mut Self {
         self.push(Kind::Put, key.into(), value.into())
+    }
+
+    /// A put that expires `ttl_ms` milliseconds after the batch's
+    /// timestamp (see [`Kind::Expiring`]); 0 is a plain put.
+    pub fn put_with_ttl(
+        &mut self,
+        key: impl Into<Bytes>,
+        value: impl AsRef<[u8]>,
+        ttl_ms: u64,
+    ) -> &mut Self {
+        match ttl_ms {
+            0 => self.push(
+                Kind::Put,
+                key.into(),
+                Bytes::copy_from_slice(value.as_ref()),
+            ),
+            ttl => self.push(
+                Kind::Expiring,
+                key.into(),
+                expiring_value(ttl, value.as_ref()),
+            ),
+        }
     }
 
     pub fn delete(&mut self, key: impl Into<Bytes>) -> &mut Self {
@@ -580,6 +602,8 @@ impl<D: Disk> Engine<D> {
         let mut decided = false;
         let mut decided_key: Vec<u8> = Vec::with_capacity(start.len() + 16);
         let mut bytes = 0usize;
+        // Expiring versions are judged by the scan's time, read once.
+        let now_ms = read_ms(ts, &self.inner.clock);
         while out.len() < limit {
             let Some(e) = iter.next().await? else { break };
             if end.is_some_and(|end| e.key.as_ref() >= end) {
@@ -591,9 +615,9 @@ impl<D: Disk> Engine<D> {
             decided = true;
             decided_key.clear();
             decided_key.extend_from_slice(&e.key);
-            if e.kind == Kind::Put {
-                bytes = bytes.saturating_add(e.key.len() + e.value.len());
-                out.push((e.key, e.value));
+            if let Some(value) = visible(e.kind, e.ts, e.value, || now_ms) {
+                bytes = bytes.saturating_add(e.key.len() + value.len());
+                out.push((e.key, value));
                 if bytes >= bytes_max {
                     break;
                 }
@@ -731,7 +755,10 @@ impl<D: Disk> Inner<D> {
             return Err(Error::Closed);
         }
         let mut bytes = 12;
-        for Entry { key, value, .. } in ops {
+        for Entry {
+            key, value, kind, ..
+        } in ops
+        {
             if key.is_empty() || key.len() > self.opts.key_bytes_max {
                 return Err(Error::TooLarge {
                     what: "key",
@@ -739,10 +766,15 @@ impl<D: Disk> Inner<D> {
                     limit: self.opts.key_bytes_max,
                 });
             }
-            if value.len() > self.opts.value_bytes_max {
+            // An expiring put's TTL is not part of its value's size.
+            let value_len = match kind {
+                Kind::Expiring => value.len().saturating_sub(TTL_BYTES),
+                _ => value.len(),
+            };
+            if value_len > self.opts.value_bytes_max {
                 return Err(Error::TooLarge {
                     what: "value",
-                    len: value.len(),
+                    len: value_len,
                     limit: self.opts.value_bytes_max,
                 });
             }
@@ -1063,8 +1095,7 @@ impl<D: Disk> Inner<D> {
         Ok(self
             .newest_at(key, ts)
             .await?
-            .filter(|e| e.kind == Kind::Put)
-            .map(|e| e.value))
+            .and_then(|e| visible(e.kind, e.ts, e.value, || read_ms(ts, &self.clock))))
     }
 
     /// The newest version of `key` at or below `ts`, tombstones included.

@@ -37,6 +37,9 @@ struct Row {
     /// The key, then the value.
     data: Box<[u8]>,
     key_len: u32,
+    /// The version's kind: a put or an expiring put (whose value keeps
+    /// its TTL: whether it has expired depends on the read).
+    kind: Kind,
     /// The version's timestamp; `None`: the tables hold no version.
     ts: Option<u64>,
     /// The version the row is known to hold for.
@@ -87,7 +90,7 @@ impl RowCache {
                     Some(v) if v > ts => None,
                     Some(v) => Some(Some(Versioned {
                         ts: v,
-                        kind: Kind::Put,
+                        kind: row.kind,
                         value: Bytes::copy_from_slice(value),
                     })),
                 }
@@ -138,14 +141,17 @@ impl RowCache {
 
     /// Caches what a read of `key` at a timestamp no older than any version
     /// in the tables of version `seq` found there: the newest version, or
-    /// none. Tombstones and intents are not cached.
+    /// none. Tombstones and intents are not cached; expiring puts are,
+    /// with their TTL, and each read judges them.
     pub fn insert(&self, key: &[u8], hash: u64, seq: u64, newest: Option<&Versioned>) {
         if !self.enabled() {
             return;
         }
-        let (ts, value) = match newest {
-            None => (None, &[][..]),
-            Some(v) if v.kind == Kind::Put => (Some(v.ts), &v.value[..]),
+        let (kind, ts, value) = match newest {
+            None => (Kind::Put, None, &[][..]),
+            Some(v) if matches!(v.kind, Kind::Put | Kind::Expiring) => {
+                (v.kind, Some(v.ts), &v.value[..])
+            }
             Some(_) => return,
         };
         let mut data = Vec::with_capacity(key.len() + value.len());
@@ -155,6 +161,7 @@ impl RowCache {
         let row = Row {
             data: data.into_boxed_slice(),
             key_len: key.len() as u32,
+            kind,
             ts,
             seq: Cell::new(seq),
         };

@@ -14,7 +14,7 @@ use crate::cc::{key_hash, Admission};
 use crate::engine::{Engine, WriteBatch};
 use crate::error::Result;
 use crate::io::Disk;
-use crate::key::Kind;
+use crate::key::{read_ms, visible};
 use crate::options::SyncMode;
 use crate::wal::Record;
 use bytes::Bytes;
@@ -172,7 +172,8 @@ impl<D: Disk> Engine<D> {
                 index,
                 key: (*key).clone(),
                 version: newest.as_ref().map_or(0, |e| e.ts),
-                value: newest.filter(|e| e.kind == Kind::Put).map(|e| e.value),
+                value: newest
+                    .and_then(|e| visible(e.kind, e.ts, e.value, || read_ms(ts, &inner.clock))),
             });
         }
         let reads = found.split_off(part.conditions.len());

@@ -16,11 +16,12 @@
 
 mod limiter;
 
+use crate::clock::ms_of_ts;
 use crate::engine::{Inner, Slices};
 use crate::error::{Error, Result};
 use crate::io::Disk;
 use crate::iter::{MergeIter, Source};
-use crate::key::Kind;
+use crate::key::{expires_at_ms, Kind};
 use crate::manifest::{Edit, LEVELS};
 use crate::sst::{Table, TableBuilder};
 use crate::write::wait_until;
@@ -254,9 +255,17 @@ async fn write_outputs<D: Disk>(
         if settled {
             continue;
         }
+        let (mut kind, mut value) = (e.kind, e.value);
         if e.ts <= watermark {
             settled = true;
-            if e.kind == Kind::Delete && job.bottommost {
+            // An expiring put expired by the watermark is, to every read
+            // still allowed, a delete: it is kept as one, its value gone.
+            if kind == Kind::Expiring
+                && expires_at_ms(e.ts, value).is_some_and(|at| at <= ms_of_ts(watermark))
+            {
+                (kind, value) = (Kind::Delete, &[][..]);
+            }
+            if kind == Kind::Delete && job.bottommost {
                 continue;
             }
         }
@@ -266,7 +275,7 @@ async fn write_outputs<D: Disk>(
             builder = Some(inner.create_table(id, out_level <= 1).await?);
         }
         let b = builder.as_mut().expect("just created");
-        let flushed = b.add(e.key, e.ts, e.kind, e.value).await?;
+        let flushed = b.add(e.key, e.ts, kind, value).await?;
         limiter.consume(flushed as u64).await;
     }
     if let Some(b) = builder {

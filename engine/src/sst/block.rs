@@ -225,7 +225,7 @@ impl Block {
         let key_at = pos + ENTRY_HEADER_BYTES;
         let value_at = key_at + unshared;
         let next = value_at + value_len;
-        if shared > key.len() || next > self.restarts_at {
+        if shared > key.len() || next > self.restarts_at || !kind.value_len_ok(value_len) {
             return Err(BlockError::Malformed);
         }
         key.truncate(shared);

@@ -304,7 +304,7 @@ pub fn decode_batch(payload: &[u8]) -> Option<(u64, Vec<Entry>)> {
         let kind = Kind::from_u8(buf.get_u8())?;
         let key_len = buf.get_u32_le() as usize;
         let value_len = buf.get_u32_le() as usize;
-        if buf.remaining() < key_len + value_len {
+        if buf.remaining() < key_len + value_len || !kind.value_len_ok(value_len) {
             return None;
         }
         let key = buf.split_to(key_len);
