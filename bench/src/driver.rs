@@ -50,6 +50,7 @@ impl Protocol {
                     Command::Set(k, v) => Request::Put {
                         key: k.to_vec().into(),
                         value: v.to_vec().into(),
+                        ttl_ms: 0,
                     },
                     Command::Scan(k, n) => Request::Scan {
                         start: k.to_vec().into(),
@@ -62,10 +63,7 @@ impl Protocol {
                         reads: Vec::new(),
                         writes: [a, b]
                             .into_iter()
-                            .map(|k| BatchOp::Put {
-                                key: k.to_vec().into(),
-                                value: v.to_vec().into(),
-                            })
+                            .map(|k| BatchOp::put(k.to_vec(), v.to_vec()))
                             .collect(),
                     },
                     Command::Ping => Request::Ping,

@@ -74,19 +74,15 @@ impl WriteBatch {
     pub fn put_with_ttl(
         &mut self,
         key: impl Into<Bytes>,
-        value: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
         ttl_ms: u64,
     ) -> &mut Self {
         match ttl_ms {
-            0 => self.push(
-                Kind::Put,
-                key.into(),
-                Bytes::copy_from_slice(value.as_ref()),
-            ),
+            0 => self.push(Kind::Put, key.into(), value.into()),
             ttl => self.push(
                 Kind::Expiring,
                 key.into(),
-                expiring_value(ttl, value.as_ref()),
+                expiring_value(ttl, &value.into()),
             ),
         }
     }

@@ -15,7 +15,7 @@ fn b(s: &str) -> Bytes {
 
 async fn put_ttl(engine: &Engine<MemDisk>, key: &str, value: &str, ttl_ms: u64) -> u64 {
     let mut batch = WriteBatch::new();
-    batch.put_with_ttl(b(key), value, ttl_ms);
+    batch.put_with_ttl(b(key), b(value), ttl_ms);
     engine.write(batch).await.unwrap()
 }
 

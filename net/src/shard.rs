@@ -439,14 +439,12 @@ impl Shard {
                 let owner = self.slots.shard_of(&key);
                 into_response(self.execute(owner, ShardOp::Get(key)).await)
             }
-            Request::Put { key, value } => {
+            Request::Put { key, value, ttl_ms } => {
                 let owner = self.slots.shard_of(&key);
+                let op = BatchOp::Put { key, value, ttl_ms };
                 into_response(
-                    self.execute(
-                        owner,
-                        ShardOp::Write(write_batch([BatchOp::Put { key, value }], arrived_ms)),
-                    )
-                    .await,
+                    self.execute(owner, ShardOp::Write(write_batch([op], arrived_ms)))
+                        .await,
                 )
             }
             Request::Delete { key } => {
@@ -639,7 +637,7 @@ fn write_batch(ops: impl IntoIterator<Item = BatchOp>, arrived_ms: Option<u64>) 
     }
     for op in ops {
         match op {
-            BatchOp::Put { key, value } => batch.put(key, value),
+            BatchOp::Put { key, value, ttl_ms } => batch.put_with_ttl(key, value, ttl_ms),
             BatchOp::Delete { key } => batch.delete(key),
         };
     }

@@ -162,9 +162,11 @@ impl Shard {
         }
         for op in req.writes {
             match op {
-                BatchOp::Put { key, value } => part_of(&mut parts, self.slots.shard_of(&key), ts)
-                    .writes
-                    .put(key, value),
+                BatchOp::Put { key, value, ttl_ms } => {
+                    part_of(&mut parts, self.slots.shard_of(&key), ts)
+                        .writes
+                        .put_with_ttl(key, value, ttl_ms)
+                }
                 BatchOp::Delete { key } => part_of(&mut parts, self.slots.shard_of(&key), ts)
                     .writes
                     .delete(key),

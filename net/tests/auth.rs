@@ -80,6 +80,7 @@ fn only_a_hello_with_the_token_opens_a_connection() {
         &Request::Put {
             key: bytes::Bytes::from_static(b"k"),
             value: bytes::Bytes::from_static(b"v"),
+            ttl_ms: 0,
         }
         .encode(6),
     );

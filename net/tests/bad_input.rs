@@ -64,6 +64,7 @@ fn bad_input_gets_errors_and_never_hurts_the_server() {
         &Request::Put {
             key: "k".into(),
             value: vec![0; 1025].into(),
+            ttl_ms: 0,
         }
         .encode(12),
     );
@@ -122,6 +123,7 @@ fn bad_input_gets_errors_and_never_hurts_the_server() {
     let frame = Request::Put {
         key: "truncated".into(),
         value: "x".into(),
+        ttl_ms: 0,
     }
     .encode(1);
     cut.write_all(&(frame.len() as u32).to_le_bytes()).unwrap();

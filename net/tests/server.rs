@@ -56,6 +56,7 @@ fn exercise_every_operation(server: &Server, shards: usize) {
         .map(|k| BatchOp::Put {
             key: k.clone(),
             value: Bytes::from_static(b"b"),
+            ttl_ms: 0,
         })
         .collect();
     client.batch(ops).unwrap();
@@ -73,10 +74,12 @@ fn exercise_every_operation(server: &Server, shards: usize) {
                 BatchOp::Put {
                     key: a.clone(),
                     value: Bytes::from_static(b"both"),
+                    ttl_ms: 0,
                 },
                 BatchOp::Put {
                     key: other.clone(),
                     value: Bytes::from_static(b"both"),
+                    ttl_ms: 0,
                 },
             ])
             .unwrap();
@@ -334,6 +337,7 @@ fn put(key: String, value: Vec<u8>) -> Request {
     Request::Put {
         key: key.into(),
         value: value.into(),
+        ttl_ms: 0,
     }
 }
 

@@ -76,10 +76,30 @@ impl ErrorCode {
     }
 }
 
+/// One write of a Batch or a Txn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
-    Put { key: Bytes, value: Bytes },
-    Delete { key: Bytes },
+    /// `ttl_ms`: expires this many milliseconds after the write's
+    /// timestamp; 0: never.
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: u64,
+    },
+    Delete {
+        key: Bytes,
+    },
+}
+
+impl BatchOp {
+    /// A put that never expires.
+    pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> BatchOp {
+        BatchOp::Put {
+            key: key.into(),
+            value: value.into(),
+            ttl_ms: 0,
+        }
+    }
 }
 
 impl BatchOp {
@@ -154,9 +174,12 @@ pub enum Request {
     Get {
         key: Bytes,
     },
+    /// `ttl_ms`: expires this many milliseconds after the write's
+    /// timestamp; 0: never.
     Put {
         key: Bytes,
         value: Bytes,
+        ttl_ms: u64,
     },
     Delete {
         key: Bytes,
@@ -314,7 +337,11 @@ pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), Dec
             let (key, value) = (bytes_of(p.key()), bytes_of(p.value()));
             check_key(&key)?;
             check_value(&value)?;
-            Request::Put { key, value }
+            Request::Put {
+                key,
+                value,
+                ttl_ms: p.ttl_ms(),
+            }
         }
         wire::Op::Delete => {
             let key = bytes_of(req.op_as_delete().expect("verified union").key());
@@ -442,7 +469,11 @@ fn decode_batch_ops<'a>(
             wire::BatchOpKind::Put => {
                 let value = bytes_of(op.value());
                 check_value(&value)?;
-                BatchOp::Put { key, value }
+                BatchOp::Put {
+                    key,
+                    value,
+                    ttl_ms: op.ttl_ms(),
+                }
             }
             wire::BatchOpKind::Delete => BatchOp::Delete { key },
             other => {
@@ -464,13 +495,23 @@ fn encode_batch_ops<'b>(
     let offsets: Vec<WIPOffset<wire::BatchOp>> = ops
         .iter()
         .map(|op| {
-            let (kind, key, value) = match op {
-                BatchOp::Put { key, value } => (wire::BatchOpKind::Put, key, Some(value)),
-                BatchOp::Delete { key } => (wire::BatchOpKind::Delete, key, None),
+            let (kind, key, value, ttl_ms) = match op {
+                BatchOp::Put { key, value, ttl_ms } => {
+                    (wire::BatchOpKind::Put, key, Some(value), *ttl_ms)
+                }
+                BatchOp::Delete { key } => (wire::BatchOpKind::Delete, key, None, 0),
             };
             let key = Some(b.create_vector(key));
             let value = value.map(|v| b.create_vector(v));
-            wire::BatchOp::create(b, &wire::BatchOpArgs { kind, key, value })
+            wire::BatchOp::create(
+                b,
+                &wire::BatchOpArgs {
+                    kind,
+                    key,
+                    value,
+                    ttl_ms,
+                },
+            )
         })
         .collect();
     b.create_vector(&offsets)
@@ -538,12 +579,13 @@ impl Request {
                     wire::Get::create(b, &wire::GetArgs { key }).as_union_value(),
                 )
             }
-            Request::Put { key, value } => {
+            Request::Put { key, value, ttl_ms } => {
                 let key = Some(b.create_vector(key));
                 let value = Some(b.create_vector(value));
+                let ttl_ms = *ttl_ms;
                 (
                     wire::Op::Put,
-                    wire::Put::create(b, &wire::PutArgs { key, value }).as_union_value(),
+                    wire::Put::create(b, &wire::PutArgs { key, value, ttl_ms }).as_union_value(),
                 )
             }
             Request::Delete { key } => {
@@ -951,7 +993,8 @@ mod tests {
                 }
             ),
             bytes().prop_map(|key| Request::Get { key }),
-            (bytes(), bytes()).prop_map(|(key, value)| Request::Put { key, value }),
+            (bytes(), bytes(), prop_oneof![Just(0), any::<u64>()])
+                .prop_map(|(key, value, ttl_ms)| Request::Put { key, value, ttl_ms }),
             bytes().prop_map(|key| Request::Delete { key }),
             (
                 bytes(),
@@ -992,14 +1035,16 @@ mod tests {
     }
 
     fn batch_ops() -> impl Strategy<Value = Vec<BatchOp>> {
-        prop::collection::vec((bytes(), prop::option::of(bytes())), 0..5).prop_map(|ops| {
-            ops.into_iter()
-                .map(|(key, v)| match v {
-                    Some(value) => BatchOp::Put { key, value },
-                    None => BatchOp::Delete { key },
-                })
-                .collect()
-        })
+        prop::collection::vec((bytes(), prop::option::of((bytes(), any::<u64>()))), 0..5).prop_map(
+            |ops| {
+                ops.into_iter()
+                    .map(|(key, v)| match v {
+                        Some((value, ttl_ms)) => BatchOp::Put { key, value, ttl_ms },
+                        None => BatchOp::Delete { key },
+                    })
+                    .collect()
+            },
+        )
     }
 
     proptest! {
@@ -1094,6 +1139,7 @@ mod tests {
         let big_value = Request::Put {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"12345"),
+            ttl_ms: 0,
         }
         .encode(8);
         assert_eq!(

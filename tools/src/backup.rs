@@ -320,7 +320,7 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
     while let Some((key, value)) = reader.next_row()? {
         let shard = client.shard_of(&key);
         batch_bytes[shard] += key.len() + value.len();
-        batches[shard].push(BatchOp::Put { key, value });
+        batches[shard].push(BatchOp::put(key, value));
         if batches[shard].len() >= BATCH_OPS || batch_bytes[shard] >= BATCH_BYTES {
             batch_bytes[shard] = 0;
             let ops = std::mem::take(&mut batches[shard]);

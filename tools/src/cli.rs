@@ -48,7 +48,13 @@ pub enum Command {
         at: Option<u64>,
     },
     /// Store VALUE under KEY.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        /// Expire the key this long after the write, e.g. 30s, 10m, 1h 30m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
     /// Delete KEY.
     Del { key: String },
     /// List keys from START (inclusive) to --end (exclusive).
@@ -202,12 +208,19 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
                     .unwrap_or_else(|| "(not found)".into())
             }
         }
-        Command::Put { key, value } => {
-            let ts = client.put(key.clone(), value.clone())?;
-            if as_json {
-                json!({"key": key, "ts": ts}).to_string()
-            } else {
-                format!("OK (ts {ts})")
+        Command::Put { key, value, ttl } => {
+            let ts = match ttl {
+                Some(ttl) => client.put_with_ttl(key.clone(), value.clone(), *ttl)?,
+                None => client.put(key.clone(), value.clone())?,
+            };
+            let expires = ttl.map(|ttl| humantime::format_duration(ttl).to_string());
+            match (as_json, expires) {
+                (true, _) => {
+                    json!({"key": key, "ts": ts, "ttl_ms": ttl.map(|t| t.as_millis() as u64)})
+                        .to_string()
+                }
+                (false, Some(after)) => format!("OK (ts {ts}, expires after {after})"),
+                (false, None) => format!("OK (ts {ts})"),
             }
         }
         Command::Del { key } => {

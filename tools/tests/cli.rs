@@ -37,6 +37,20 @@ fn one_shot_commands_print_results_and_json() {
         !ok && err.starts_with("error: server error KeyTooLarge"),
         "{err}"
     );
+    // A key with a TTL is there, then gone.
+    let (ok, out, _) = tessera(a, &["put", "brief", "x", "--ttl", "1500ms"]);
+    assert!(ok && out.ends_with(", expires after 1s 500ms)\n"), "{out}");
+    let written = std::time::Instant::now();
+    assert_eq!(tessera(a, &["get", "brief"]).1, "x\n");
+    assert!(written.elapsed() < std::time::Duration::from_millis(1500));
+    let (_, out, _) = tessera(a, &["--json", "put", "brief2", "x", "--ttl", "1h"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ttl_ms"], 3_600_000);
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    assert_eq!(tessera(a, &["get", "brief"]).1, "(not found)\n");
+    assert_eq!(tessera(a, &["get", "brief2"]).1, "x\n");
+    let (ok, _, err) = tessera(a, &["put", "k", "v", "--ttl", "soon"]);
+    assert!(!ok && err.contains("--ttl"), "{err}");
 }
 
 #[test]

@@ -888,6 +888,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Put<'a> {
 impl<'a> Put<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -899,6 +900,7 @@ impl<'a> Put<'a> {
     args: &'args PutArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Put<'bldr>> {
     let mut builder = PutBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
     builder.finish()
@@ -919,6 +921,13 @@ impl<'a> Put<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Put::VT_VALUE, None)}
   }
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Put::VT_TTL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Put<'_> {
@@ -929,6 +938,7 @@ impl ::flatbuffers::Verifiable for Put<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .finish();
     Ok(())
   }
@@ -936,6 +946,7 @@ impl ::flatbuffers::Verifiable for Put<'_> {
 pub struct PutArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ttl_ms: u64,
 }
 impl<'a> Default for PutArgs<'a> {
   #[inline]
@@ -943,6 +954,7 @@ impl<'a> Default for PutArgs<'a> {
     PutArgs {
       key: None,
       value: None,
+      ttl_ms: 0,
     }
   }
 }
@@ -959,6 +971,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Put::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(Put::VT_TTL_MS, ttl_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutBuilder<'a, 'b, A> {
@@ -980,6 +996,7 @@ impl ::core::fmt::Debug for Put<'_> {
     let mut ds = f.debug_struct("Put");
       ds.field("key", &self.key());
       ds.field("value", &self.value());
+      ds.field("ttl_ms", &self.ttl_ms());
       ds.finish()
   }
 }
@@ -1358,6 +1375,7 @@ impl<'a> BatchOp<'a> {
   pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
   pub const VT_KEY: ::flatbuffers::VOffsetT = 6;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1369,6 +1387,7 @@ impl<'a> BatchOp<'a> {
     args: &'args BatchOpArgs<'args>
   ) -> ::flatbuffers::WIPOffset<BatchOp<'bldr>> {
     let mut builder = BatchOpBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
     builder.add_kind(args.kind);
@@ -1397,6 +1416,13 @@ impl<'a> BatchOp<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(BatchOp::VT_VALUE, None)}
   }
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BatchOp::VT_TTL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for BatchOp<'_> {
@@ -1408,6 +1434,7 @@ impl ::flatbuffers::Verifiable for BatchOp<'_> {
      .visit_field::<BatchOpKind>("kind", Self::VT_KIND, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .finish();
     Ok(())
   }
@@ -1416,6 +1443,7 @@ pub struct BatchOpArgs<'a> {
     pub kind: BatchOpKind,
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ttl_ms: u64,
 }
 impl<'a> Default for BatchOpArgs<'a> {
   #[inline]
@@ -1424,6 +1452,7 @@ impl<'a> Default for BatchOpArgs<'a> {
       kind: BatchOpKind::Put,
       key: None,
       value: None,
+      ttl_ms: 0,
     }
   }
 }
@@ -1446,6 +1475,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchOpBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BatchOp::VT_VALUE, value);
   }
   #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(BatchOp::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BatchOpBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     BatchOpBuilder {
@@ -1466,6 +1499,7 @@ impl ::core::fmt::Debug for BatchOp<'_> {
       ds.field("kind", &self.kind());
       ds.field("key", &self.key());
       ds.field("value", &self.value());
+      ds.field("ttl_ms", &self.ttl_ms());
       ds.finish()
   }
 }

@@ -50,6 +50,7 @@ from .client import (
     host_port,
     is_conflict,
     retry_delays,
+    ttl_ms,
 )
 
 #: Bytes queued for the socket beyond which a request waits for the kernel
@@ -223,8 +224,9 @@ class Client(Routing):
     async def get(self, key: Bytes) -> bytes | None:
         return await self.connection_for(key).call(Get(key))
 
-    async def put(self, key: Bytes, value: Bytes) -> int:
-        return await self.connection_for(key).call(Put(key, value))
+    async def put(self, key: Bytes, value: Bytes, ttl: float | None = None) -> int:
+        """As ``tessera.Client.put``."""
+        return await self.connection_for(key).call(Put(key, value, ttl_ms(ttl)))
 
     async def delete(self, key: Bytes) -> int:
         return await self.connection_for(key).call(Delete(key))

@@ -8,6 +8,7 @@ requests with it and turns responses into Python values.
 from __future__ import annotations
 
 import enum
+import math
 import random
 import socket
 import struct
@@ -116,12 +117,22 @@ class ConnectionClosed(TesseraError, ConnectionError):
 # --- requests ---------------------------------------------------------------
 
 
+def ttl_ms(ttl: float | None) -> int:
+    """A TTL in seconds as whole milliseconds, rounded up (0: none)."""
+    if ttl is None:
+        return 0
+    if ttl <= 0:
+        raise ValueError(f"a TTL must be positive, got {ttl}")
+    return math.ceil(ttl * 1000)
+
+
 @dataclass(frozen=True)
 class PutOp:
-    """A put inside a batch or a transaction."""
+    """A put inside a batch or a transaction; ``ttl_ms`` as in ``Put``."""
 
     key: Bytes
     value: Bytes
+    ttl_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,7 @@ def _write_ops(b: flatbuffers.Builder, ops: Sequence[WriteOp]) -> int:
         if isinstance(op, PutOp):
             _batch_op.AddKind(b, _batch_op_kind.BatchOpKind.Put)
             _batch_op.AddValue(b, value)
+            _batch_op.AddTtlMs(b, op.ttl_ms)
         elif isinstance(op, DeleteOp):
             _batch_op.AddKind(b, _batch_op_kind.BatchOpKind.Delete)
         else:
@@ -205,8 +217,12 @@ class Get:
 
 @dataclass(frozen=True)
 class Put:
+    """``ttl_ms``: the key expires this many milliseconds after the write's
+    timestamp (0: never)."""
+
     key: Bytes
     value: Bytes
+    ttl_ms: int = 0
 
     def _build(self, b: flatbuffers.Builder) -> tuple[int, int]:
         key = b.CreateByteVector(_b(self.key))
@@ -214,6 +230,7 @@ class Put:
         _put.Start(b)
         _put.AddKey(b, key)
         _put.AddValue(b, value)
+        _put.AddTtlMs(b, self.ttl_ms)
         return _op.Op.Put, _put.End(b)
 
 
@@ -337,8 +354,10 @@ class Txn:
         self.reads.append(_b(key))
         return self
 
-    def put(self, key: Bytes, value: Bytes) -> Txn:
-        self.writes.append(PutOp(_b(key), _b(value)))
+    def put(self, key: Bytes, value: Bytes, ttl: float | None = None) -> Txn:
+        """``ttl``: seconds after the transaction's timestamp the key
+        expires (None: never)."""
+        self.writes.append(PutOp(_b(key), _b(value), ttl_ms(ttl)))
         return self
 
     def delete(self, key: Bytes) -> Txn:
@@ -815,9 +834,12 @@ class Client(Routing):
         """The newest value of ``key``, or None."""
         return self.connection_for(key).call(Get(key))
 
-    def put(self, key: Bytes, value: Bytes) -> int:
-        """Writes ``key``; returns the commit timestamp."""
-        return self.connection_for(key).call(Put(key, value))
+    def put(self, key: Bytes, value: Bytes, ttl: float | None = None) -> int:
+        """Writes ``key``; returns the commit timestamp. With ``ttl``, the
+        key expires that many seconds after it (rounded up to whole
+        milliseconds): reads then find nothing, and reads at a timestamp
+        see the state of theirs."""
+        return self.connection_for(key).call(Put(key, value, ttl_ms(ttl)))
 
     def delete(self, key: Bytes) -> int:
         """Deletes ``key`` (a missing key too); returns the timestamp."""

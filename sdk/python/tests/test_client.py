@@ -7,6 +7,7 @@ The server binary is ``$TESSERA_SERVER``, else the workspace's debug build
 import collections
 import os
 import random
+import time
 import unittest
 import unittest.mock
 
@@ -185,6 +186,22 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(db.get(a), b"91")
         with self.assertRaises(ValueError):
             db.txn(tessera.Txn())
+
+    def test_keys_with_a_ttl_expire(self):
+        db = self.db
+        ts = db.put("ttl:single", "1", ttl=1.5)
+        db.batch([tessera.PutOp("ttl:batched", "2", ttl_ms=1500), tessera.PutOp("ttl:kept", "3")])
+        db.txn(tessera.Txn().put("ttl:txn", "4", ttl=1.5))
+        written = time.monotonic()
+        keys = ["ttl:single", "ttl:batched", "ttl:txn"]
+        self.assertEqual([db.get(k) for k in keys], [b"1", b"2", b"4"])
+        self.assertLess(time.monotonic() - written, 1.5, "checked before the TTL")
+        time.sleep(1.6)
+        self.assertEqual([db.get(k) for k in keys], [None, None, None])
+        self.assertEqual([k for k, _ in db.scan_all("ttl:", "ttl;")], [b"ttl:kept"])
+        self.assertEqual(db.read_at("ttl:single", ts), b"1", "time travel still sees it")
+        with self.assertRaises(ValueError):
+            db.put("ttl:bad", "x", ttl=0)
 
     def test_a_batch_across_shards_is_atomic(self):
         db = self.db

@@ -305,9 +305,22 @@ impl Txn {
     }
 
     pub fn put(mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        self.writes.push(BatchOp::put(key, value));
+        self
+    }
+
+    /// A put that expires `ttl` after the transaction's timestamp (see
+    /// [`Client::put_with_ttl`]).
+    pub fn put_with_ttl(
+        mut self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Self {
         self.writes.push(BatchOp::Put {
             key: key.into(),
             value: value.into(),
+            ttl_ms: ttl_ms(ttl),
         });
         self
     }
@@ -449,10 +462,25 @@ impl Client {
 
     /// Stores `value`; returns the commit timestamp.
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
-        let (key, value) = (key.into(), value.into());
+        self.put_request(key.into(), value.into(), 0)
+    }
+
+    /// Stores `value` until `ttl` after the write's timestamp (rounded up
+    /// to whole milliseconds); returns the timestamp. From then on reads
+    /// find no value, and reads at a timestamp see the state of theirs.
+    pub fn put_with_ttl(
+        &mut self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<u64> {
+        self.put_request(key.into(), value.into(), ttl_ms(ttl))
+    }
+
+    fn put_request(&mut self, key: Bytes, value: Bytes, ttl_ms: u64) -> Result<u64> {
         written(
             self.connection_for(&key)
-                .call(&Request::Put { key, value })?,
+                .call(&Request::Put { key, value, ttl_ms })?,
         )
     }
 
@@ -587,6 +615,12 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// A TTL in whole milliseconds, rounded up (a TTL under a millisecond is
+/// one, not 0, which would mean no expiry).
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 fn written(r: Response) -> Result<u64> {

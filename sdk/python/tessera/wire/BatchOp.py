@@ -86,8 +86,15 @@ class BatchOp(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         return o == 0
 
+    # BatchOp
+    def TtlMs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def BatchOpStart(builder: flatbuffers.Builder):
-    builder.StartObject(3)
+    builder.StartObject(4)
 
 def Start(builder: flatbuffers.Builder):
     BatchOpStart(builder)
@@ -121,6 +128,12 @@ def BatchOpStartValueVector(builder, numElems: int) -> int:
 
 def StartValueVector(builder, numElems: int) -> int:
     return BatchOpStartValueVector(builder, numElems)
+
+def BatchOpAddTtlMs(builder: flatbuffers.Builder, ttlMs: int):
+    builder.PrependUint64Slot(3, ttlMs, 0)
+
+def AddTtlMs(builder: flatbuffers.Builder, ttlMs: int):
+    BatchOpAddTtlMs(builder, ttlMs)
 
 def BatchOpEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()

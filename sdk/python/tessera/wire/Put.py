@@ -79,8 +79,15 @@ class Put(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
+    # Put
+    def TtlMs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def PutStart(builder: flatbuffers.Builder):
-    builder.StartObject(2)
+    builder.StartObject(3)
 
 def Start(builder: flatbuffers.Builder):
     PutStart(builder)
@@ -108,6 +115,12 @@ def PutStartValueVector(builder, numElems: int) -> int:
 
 def StartValueVector(builder, numElems: int) -> int:
     return PutStartValueVector(builder, numElems)
+
+def PutAddTtlMs(builder: flatbuffers.Builder, ttlMs: int):
+    builder.PrependUint64Slot(2, ttlMs, 0)
+
+def AddTtlMs(builder: flatbuffers.Builder, ttlMs: int):
+    PutAddTtlMs(builder, ttlMs)
 
 def PutEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
