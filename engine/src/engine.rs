@@ -14,7 +14,9 @@ use crate::compaction;
 use crate::error::{Error, Result};
 use crate::io::{Disk, DmaDisk};
 use crate::iter::{MergeIter, Source};
-use crate::key::{expiring_value, read_ms, visible, Entry, Kind, Versioned, TTL_BYTES};
+use crate::key::{
+    expires_at_ms, expiring_value, read_ms, visible, Entry, Kind, Row, Versioned, TTL_BYTES,
+};
 use crate::manifest::{Edit, LevelsState, Manifest, LEVELS};
 use crate::memtable::Memtable;
 use crate::options::{Options, SyncMode};
@@ -564,12 +566,14 @@ impl<D: Disk> Engine<D> {
         limit: usize,
         ts: Option<u64>,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        self.scan_bounded(start, end, limit, usize::MAX, ts).await
+        let rows = self.scan_bounded(start, end, limit, usize::MAX, ts).await?;
+        Ok(rows.into_iter().map(|r| (r.key, r.value)).collect())
     }
 
     /// Like [`Engine::scan`], ending after the row that brings the keys
     /// and values returned to `bytes_max` or more: a page of large values
-    /// stays bounded (and holds at least one row).
+    /// stays bounded (and holds at least one row). Each row says when its
+    /// key expires, if it does.
     pub async fn scan_bounded(
         &self,
         start: &[u8],
@@ -577,7 +581,7 @@ impl<D: Disk> Engine<D> {
         limit: usize,
         bytes_max: usize,
         ts: Option<u64>,
-    ) -> Result<Vec<(Bytes, Bytes)>> {
+    ) -> Result<Vec<Row>> {
         let ts = match ts {
             Some(ts) => {
                 self.inner.settle_read(None, ts).await?;
@@ -592,7 +596,7 @@ impl<D: Disk> Engine<D> {
         iter.seek(start, u64::MAX).await?;
         // Sized up front: grown from empty, a short scan reallocated its
         // rows (and the merge its key buffers) several times per call.
-        let mut out: Vec<(Bytes, Bytes)> = Vec::with_capacity(limit.min(SCAN_PREALLOCATE_ROWS));
+        let mut out: Vec<Row> = Vec::with_capacity(limit.min(SCAN_PREALLOCATE_ROWS));
         // Whether the newest visible version of the last key seen is
         // decided (it was emitted, or it was a tombstone).
         let mut decided = false;
@@ -611,9 +615,17 @@ impl<D: Disk> Engine<D> {
             decided = true;
             decided_key.clear();
             decided_key.extend_from_slice(&e.key);
+            let expires_at_ms = match e.kind {
+                Kind::Expiring => expires_at_ms(e.ts, &e.value),
+                _ => None,
+            };
             if let Some(value) = visible(e.kind, e.ts, e.value, || now_ms) {
                 bytes = bytes.saturating_add(e.key.len() + value.len());
-                out.push((e.key, value));
+                out.push(Row {
+                    key: e.key,
+                    value,
+                    expires_at_ms,
+                });
                 if bytes >= bytes_max {
                     break;
                 }

@@ -374,6 +374,15 @@ pub struct Entry {
     pub value: Bytes,
 }
 
+/// A live key and value a scan found, with when the key expires, in
+/// wall-clock milliseconds, if it was written with a TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub expires_at_ms: Option<u64>,
+}
+
 /// One version of a key whose user key the caller already knows (what a
 /// point read returns: no copy of the key).
 #[derive(Debug, Clone, PartialEq, Eq)]

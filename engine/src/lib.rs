@@ -33,6 +33,7 @@ mod write;
 
 pub use engine::{Engine, EngineStats, WriteBatch};
 pub use error::{Error, Result};
+pub use key::Row;
 pub use options::{Options, SyncMode, WalRecovery};
 pub use txn::{CommitRecord, Condition, Phase, ReadResult, TxnPart, Vote};
 

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use tessera_engine::{
-    CommitRecord, Engine, Error as EngineError, Phase, TxnPart, Vote, WriteBatch,
+    CommitRecord, Engine, Error as EngineError, Phase, Row, TxnPart, Vote, WriteBatch,
 };
 use tessera_protocol::message::{BatchOp, Metric};
 use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION, SLOTS};
@@ -89,7 +89,7 @@ pub enum ShardOp {
 pub enum ShardReply {
     Value(Option<Bytes>),
     Written(u64),
-    Rows(Vec<(Bytes, Bytes)>),
+    Rows(Vec<Row>),
     Stats(Vec<Metric>),
     /// A participant's vote and its clock (the coordinator observes it).
     Vote {
@@ -552,18 +552,32 @@ impl Shard {
             }
         }
         let (rows, more) = merge_pages(pages, limit, bytes_max);
-        let next_start = rows.last().filter(|_| more).map(|(last, _)| {
-            let mut next = Vec::with_capacity(last.len() + 1);
-            next.extend_from_slice(last);
+        let next_start = rows.last().filter(|_| more).map(|last| {
+            let mut next = Vec::with_capacity(last.key.len() + 1);
+            next.extend_from_slice(&last.key);
             next.push(0);
             Bytes::from(next)
         });
-        Response::Scan { rows, next_start }
+        scan_response(rows, next_start)
     }
 }
 
-fn row_bytes(rows: &[(Bytes, Bytes)]) -> usize {
-    rows.iter().map(|(k, v)| k.len() + v.len()).sum()
+/// A page of rows as the client gets it: expiry times only if a row has
+/// one.
+fn scan_response(rows: Vec<Row>, next_start: Option<Bytes>) -> Response {
+    let expires_at_ms = match rows.iter().any(|r| r.expires_at_ms.is_some()) {
+        true => rows.iter().map(|r| r.expires_at_ms.unwrap_or(0)).collect(),
+        false => Vec::new(),
+    };
+    Response::Scan {
+        rows: rows.into_iter().map(|r| (r.key, r.value)).collect(),
+        next_start,
+        expires_at_ms,
+    }
+}
+
+fn row_bytes(rows: &[Row]) -> usize {
+    rows.iter().map(|r| r.key.len() + r.value.len()).sum()
 }
 
 /// Merges the shards' pages of one scan into the client's page, in key
@@ -573,28 +587,24 @@ fn row_bytes(rows: &[(Bytes, Bytes)]) -> usize {
 /// pages: every shard's rows up to there are all present. The page then
 /// holds at most `limit` rows, and stops after the row that reaches
 /// `bytes_max`.
-fn merge_pages(
-    pages: Vec<Vec<(Bytes, Bytes)>>,
-    limit: usize,
-    bytes_max: usize,
-) -> (Vec<(Bytes, Bytes)>, bool) {
+fn merge_pages(pages: Vec<Vec<Row>>, limit: usize, bytes_max: usize) -> (Vec<Row>, bool) {
     let cut: Option<Bytes> = pages
         .iter()
         .filter(|p| p.len() >= limit || row_bytes(p) >= bytes_max)
-        .filter_map(|p| p.last().map(|(k, _)| k.clone()))
+        .filter_map(|p| p.last().map(|r| r.key.clone()))
         .min();
-    let mut rows: Vec<(Bytes, Bytes)> = pages.into_iter().flatten().collect();
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut rows: Vec<Row> = pages.into_iter().flatten().collect();
+    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let mut more = false;
     if let Some(cut) = &cut {
-        let keep = rows.partition_point(|(k, _)| k <= cut);
+        let keep = rows.partition_point(|r| r.key <= cut);
         more = true;
         rows.truncate(keep);
     }
     let mut bytes = 0usize;
     let mut keep = rows.len().min(limit);
-    for (i, (k, v)) in rows.iter().take(keep).enumerate() {
-        bytes = bytes.saturating_add(k.len() + v.len());
+    for (i, r) in rows.iter().take(keep).enumerate() {
+        bytes = bytes.saturating_add(r.key.len() + r.value.len());
         if bytes >= bytes_max {
             keep = i + 1;
             break;
@@ -611,10 +621,7 @@ fn into_response(reply: ShardReply) -> Response {
     match reply {
         ShardReply::Value(v) => Response::Get(v),
         ShardReply::Written(ts) => Response::Written { ts },
-        ShardReply::Rows(rows) => Response::Scan {
-            rows,
-            next_start: None,
-        },
+        ShardReply::Rows(rows) => scan_response(rows, None),
         ShardReply::Stats(m) => Response::Stats(m),
         ShardReply::Error(code, message) => Response::Error { code, message },
         other @ (ShardReply::Vote { .. } | ShardReply::Status(_) | ShardReply::Done) => {
@@ -648,21 +655,21 @@ fn write_batch(ops: impl IntoIterator<Item = BatchOp>, arrived_ms: Option<u64>) 
 mod tests {
     use super::merge_pages;
     use bytes::Bytes;
+    use tessera_engine::Row;
 
-    fn page(keys: &[&str], value_bytes: usize) -> Vec<(Bytes, Bytes)> {
+    fn page(keys: &[&str], value_bytes: usize) -> Vec<Row> {
         keys.iter()
-            .map(|k| {
-                (
-                    Bytes::from(k.to_string()),
-                    Bytes::from(vec![b'v'; value_bytes]),
-                )
+            .map(|k| Row {
+                key: Bytes::from(k.to_string()),
+                value: Bytes::from(vec![b'v'; value_bytes]),
+                expires_at_ms: None,
             })
             .collect()
     }
 
-    fn keys(rows: &[(Bytes, Bytes)]) -> Vec<&str> {
+    fn keys(rows: &[Row]) -> Vec<&str> {
         rows.iter()
-            .map(|(k, _)| std::str::from_utf8(k).unwrap())
+            .map(|r| std::str::from_utf8(&r.key).unwrap())
             .collect()
     }
 

@@ -58,6 +58,20 @@ fn keys_with_a_ttl_expire_for_every_read_and_survive_a_crash_with_their_expiry()
             .collect()
     };
     assert_eq!(everything(&mut client).len(), 7);
+    // Scans say when each key expires.
+    let page = client.scan("", None::<&str>, 100).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (i, (key, _)) in page.rows.iter().enumerate() {
+        let expires = page.expires_at_ms(i);
+        match &key[..] {
+            b"batched-forever" => assert_eq!(expires, None),
+            b"long" => assert!(expires.unwrap().abs_diff(now_ms + 3_600_000) < 1000),
+            _ => assert!(expires.unwrap().abs_diff(now_ms + TTL.as_millis() as u64) < 1000),
+        }
+    }
     for key in expiring {
         assert!(
             client.get(key.to_string()).unwrap().is_some(),

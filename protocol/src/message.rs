@@ -234,6 +234,9 @@ pub enum Response {
     Scan {
         rows: Vec<(Bytes, Bytes)>,
         next_start: Option<Bytes>,
+        /// When each row's key expires, in Unix milliseconds (0: never);
+        /// empty when no row of the page expires.
+        expires_at_ms: Vec<u64>,
     },
     Stats(Vec<Metric>),
     Topology {
@@ -764,13 +767,24 @@ impl Response {
                 wire::Outcome::WriteResult,
                 wire::WriteResult::create(b, &wire::WriteResultArgs { ts: *ts }).as_union_value(),
             ),
-            Response::Scan { rows, next_start } => {
+            Response::Scan {
+                rows,
+                next_start,
+                expires_at_ms,
+            } => {
                 let offsets: Vec<_> = rows
                     .iter()
-                    .map(|(k, v)| {
+                    .enumerate()
+                    .map(|(i, (k, v))| {
                         let key = Some(b.create_vector(k));
                         let value = Some(b.create_vector(v));
-                        wire::KeyValue::create(b, &wire::KeyValueArgs { key, value })
+                        let expires_at_ms = expires_at_ms.get(i).copied().unwrap_or(0);
+                        let row = wire::KeyValueArgs {
+                            key,
+                            value,
+                            expires_at_ms,
+                        };
+                        wire::KeyValue::create(b, &row)
                     })
                     .collect();
                 let rows = Some(b.create_vector(&offsets));
@@ -907,15 +921,19 @@ pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
         },
         wire::Outcome::ScanResult => {
             let s = resp.outcome_as_scan_result().expect("verified union");
-            let rows = s
-                .rows()
-                .unwrap_or_default()
+            let wire_rows = s.rows().unwrap_or_default();
+            let rows = wire_rows
                 .iter()
                 .map(|kv| (bytes_of(kv.key()), bytes_of(kv.value())))
                 .collect();
+            let expires_at_ms = match wire_rows.iter().any(|kv| kv.expires_at_ms() != 0) {
+                true => wire_rows.iter().map(|kv| kv.expires_at_ms()).collect(),
+                false => Vec::new(),
+            };
             Response::Scan {
                 rows,
                 next_start: s.next_start().map(|n| Bytes::copy_from_slice(n.bytes())),
+                expires_at_ms,
             }
         }
         wire::Outcome::StatsResult => {
@@ -1071,6 +1089,15 @@ mod tests {
             Response::Scan {
                 rows: vec![(Bytes::from_static(b"a"), Bytes::from_static(b"1"))],
                 next_start: Some(Bytes::from_static(b"b")),
+                expires_at_ms: Vec::new(),
+            },
+            Response::Scan {
+                rows: vec![
+                    (Bytes::from_static(b"a"), Bytes::from_static(b"1")),
+                    (Bytes::from_static(b"b"), Bytes::from_static(b"2")),
+                ],
+                next_start: None,
+                expires_at_ms: vec![0, 1_800_000_000_000],
             },
             Response::Topology {
                 slots: 4,

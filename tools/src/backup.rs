@@ -13,9 +13,14 @@
 //! leaves no file.
 //!
 //! File: a header (magic, `T`, crc32c), one record per row (key length,
-//! value length, key, value, crc32c of all four), and a trailer (a marker,
-//! the row count, crc32c). A restore checks the whole file before it
-//! writes anything, so a damaged or cut-short backup writes nothing.
+//! value length, expiry, key, value, crc32c of all five), and a trailer (a
+//! marker, the row count, crc32c). A restore checks the whole file before
+//! it writes anything, so a damaged or cut-short backup writes nothing.
+//!
+//! Keys written with a TTL keep their expiry (Unix milliseconds, 0 for
+//! none): a restore writes each with the TTL it has left, and skips those
+//! that expired since. Files of the first format (`BACKUP01`, no expiry)
+//! still verify and restore.
 
 use bytes::Bytes;
 use std::fs::File;
@@ -24,7 +29,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tessera_client::{BatchOp, Client, Request, Response};
 
-const MAGIC: &[u8; 16] = b"TESSERA\0BACKUP01";
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+const MAGIC: &[u8; 16] = b"TESSERA\0BACKUP02";
+/// The first format: records without an expiry.
+const MAGIC_V1: &[u8; 16] = b"TESSERA\0BACKUP01";
 /// A key length no key has: the trailer follows.
 const TRAILER: u32 = u32::MAX;
 /// Rows per scan page (the server's most; its byte budget bounds a page of
@@ -72,6 +86,19 @@ pub struct Summary {
     /// The snapshot's timestamp.
     pub ts: u64,
     pub seconds: f64,
+    /// Restore: rows not written because their keys expired since the
+    /// backup.
+    pub expired: u64,
+}
+
+/// One row of a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRow {
+    pub key: Bytes,
+    pub value: Bytes,
+    /// When the key expires, in Unix milliseconds, if it was written with
+    /// a TTL.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Writes every live key as of a fresh snapshot timestamp to `path`,
@@ -96,10 +123,12 @@ pub fn backup(client: &mut Client, path: &Path, page_rows: u32) -> Result<Summar
         let mut start = Bytes::new();
         loop {
             let page = client.scan_at(start, None::<Bytes>, page_rows, Some(ts))?;
-            for (key, value) in &page.rows {
-                let mut record = Vec::with_capacity(8 + key.len() + value.len());
+            for (i, (key, value)) in page.rows.iter().enumerate() {
+                let mut record = Vec::with_capacity(16 + key.len() + value.len());
                 record.extend_from_slice(&(key.len() as u32).to_le_bytes());
                 record.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                let expires_at_ms = page.expires_at_ms(i).unwrap_or(0);
+                record.extend_from_slice(&expires_at_ms.to_le_bytes());
                 record.extend_from_slice(key);
                 record.extend_from_slice(value);
                 write_checked(&mut out, &record).map_err(io)?;
@@ -135,6 +164,7 @@ pub fn backup(client: &mut Client, path: &Path, page_rows: u32) -> Result<Summar
         bytes,
         ts,
         seconds: started.elapsed().as_secs_f64(),
+        expired: 0,
     })
 }
 
@@ -166,6 +196,8 @@ pub struct Reader {
     rows: u64,
     bytes: u64,
     done: bool,
+    /// Bytes of a record's head: lengths, and the expiry from `BACKUP02`.
+    head_bytes: usize,
 }
 
 impl Reader {
@@ -182,10 +214,13 @@ impl Reader {
             rows: 0,
             bytes: 0,
             done: false,
+            head_bytes: 16,
         };
         let header = reader.checked(MAGIC.len() + 8, "the header")?;
-        if &header[..MAGIC.len()] != MAGIC {
-            return Err(reader.damaged(0, "no backup header"));
+        match &header[..MAGIC.len()] {
+            magic if magic == MAGIC => {}
+            magic if magic == MAGIC_V1 => reader.head_bytes = 8,
+            _ => return Err(reader.damaged(0, "no backup header")),
         }
         reader.ts = u64::from_le_bytes(header[MAGIC.len()..].try_into().expect("8 bytes"));
         Ok(reader)
@@ -232,13 +267,13 @@ impl Reader {
     }
 
     /// The next row, or `None` after the trailer (which must end the file).
-    pub fn next_row(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+    pub fn next_row(&mut self) -> Result<Option<BackupRow>> {
         if self.done {
             return Ok(None);
         }
-        // A row: key length, value length, key, value, crc32c. The
-        // trailer: the marker in place of a key length, the row count,
-        // crc32c.
+        // A row: key length, value length, expiry (not in `BACKUP01`),
+        // key, value, crc32c. The trailer: the marker in place of a key
+        // length, the row count, crc32c.
         let mut lens = [0u8; 8];
         self.read_exact(&mut lens, "the file before its trailer")?;
         let key_len = u32::from_le_bytes(lens[..4].try_into().expect("4 bytes"));
@@ -273,16 +308,25 @@ impl Reader {
                 format!("a row of {key_len} key and {value_len} value bytes"),
             ));
         }
-        let mut record = vec![0u8; 8 + key_len + value_len + 4];
+        let head = self.head_bytes;
+        let mut record = vec![0u8; head + key_len + value_len + 4];
         record[..8].copy_from_slice(&lens);
         self.read_exact(&mut record[8..], "a row")?;
         self.check(&record, "a row")?;
-        record.truncate(8 + key_len + value_len);
+        record.truncate(head + key_len + value_len);
+        let expires_at_ms = match head {
+            16 => u64::from_le_bytes(record[8..16].try_into().expect("8 bytes")),
+            _ => 0,
+        };
         self.rows += 1;
         self.bytes += (key_len + value_len) as u64;
-        let mut key = Bytes::from(record).split_off(8);
+        let mut key = Bytes::from(record).split_off(head);
         let value = key.split_off(key_len);
-        Ok(Some((key, value)))
+        Ok(Some(BackupRow {
+            key,
+            value,
+            expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
+        }))
     }
 }
 
@@ -296,12 +340,15 @@ pub fn verify(path: &Path) -> Result<Summary> {
         bytes: reader.bytes,
         ts: reader.ts,
         seconds: started.elapsed().as_secs_f64(),
+        expired: 0,
     })
 }
 
 /// Writes the backup at `path` into the server (new timestamps, as of
 /// now). The file is checked whole first: a damaged one writes nothing.
-/// Unless `merge`, the server must hold no live key.
+/// Unless `merge`, the server must hold no live key. A key with an expiry
+/// gets the TTL it has left by this machine's clock; one already expired
+/// is not written (counted in `Summary::expired`).
 pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary> {
     let started = Instant::now();
     verify(path)?;
@@ -317,10 +364,26 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
     let mut batches: Vec<Vec<BatchOp>> = vec![Vec::new(); shards];
     let mut batch_bytes = vec![0usize; shards];
     let mut in_flight: Vec<std::collections::VecDeque<u64>> = vec![Default::default(); shards];
-    while let Some((key, value)) = reader.next_row()? {
+    let mut expired = 0;
+    while let Some(BackupRow {
+        key,
+        value,
+        expires_at_ms,
+    }) = reader.next_row()?
+    {
+        let ttl_ms = match expires_at_ms {
+            None => 0,
+            Some(at) => match at.checked_sub(wall_ms()) {
+                Some(left) if left > 0 => left,
+                _ => {
+                    expired += 1;
+                    continue;
+                }
+            },
+        };
         let shard = client.shard_of(&key);
         batch_bytes[shard] += key.len() + value.len();
-        batches[shard].push(BatchOp::put(key, value));
+        batches[shard].push(BatchOp::Put { key, value, ttl_ms });
         if batches[shard].len() >= BATCH_OPS || batch_bytes[shard] >= BATCH_BYTES {
             batch_bytes[shard] = 0;
             let ops = std::mem::take(&mut batches[shard]);
@@ -338,10 +401,11 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
         }
     }
     Ok(Summary {
-        rows: reader.rows,
+        rows: reader.rows - expired,
         bytes: reader.bytes,
         ts: reader.ts,
         seconds: started.elapsed().as_secs_f64(),
+        expired,
     })
 }
 

@@ -353,11 +353,15 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
 pub fn report(what: &str, file: &std::path::Path, s: &backup::Summary, as_json: bool) -> String {
     if as_json {
         json!({"file": file.display().to_string(), "rows": s.rows, "bytes": s.bytes,
-               "ts": s.ts, "seconds": s.seconds})
+               "ts": s.ts, "seconds": s.seconds, "expired": s.expired})
         .to_string()
     } else {
+        let expired = match s.expired {
+            0 => String::new(),
+            n => format!(" ({n} expired since the backup, not written)"),
+        };
         format!(
-            "{what}: {} rows, {:.1} MiB of keys and values, as of ts {}, in {:.2} s ({})",
+            "{what}: {} rows{expired}, {:.1} MiB of keys and values, as of ts {}, in {:.2} s ({})",
             s.rows,
             s.bytes as f64 / (1 << 20) as f64,
             s.ts,

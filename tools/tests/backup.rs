@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tessera_client::{Client, Error, ErrorCode, Txn};
-use tessera_tools::backup::{self, Reader};
+use tessera_tools::backup::{self, BackupRow, Reader};
 
 /// Every live row, by scanning the newest state.
 fn all_rows(client: &mut Client) -> Vec<(Bytes, Bytes)> {
@@ -143,7 +143,7 @@ fn transfers(
 fn balances_in(file: &Path) -> (u64, i64) {
     let mut reader = Reader::open(file).unwrap();
     let (mut rows, mut total) = (0, 0i64);
-    while let Some((_, value)) = reader.next_row().unwrap() {
+    while let Some(BackupRow { value, .. }) = reader.next_row().unwrap() {
         rows += 1;
         total += std::str::from_utf8(&value).unwrap().parse::<i64>().unwrap();
     }
@@ -266,4 +266,94 @@ fn a_backup_that_outlives_the_retention_window_fails_and_leaves_no_file() {
         0,
         "files left"
     );
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn keys_with_a_ttl_keep_their_expiry_through_a_backup() {
+    let source = InProcessServer::start();
+    let mut client = Client::connect(source.addr).unwrap();
+    client.put("forever", "1").unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    client.put_with_ttl("hour", "2", hour).unwrap();
+    client
+        .put_with_ttl("brief", "3", std::time::Duration::from_millis(1500))
+        .unwrap();
+    let written = now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ttl.tbk");
+    let file_arg = file.to_str().unwrap();
+    let (ok, _, err) = tessera(source.addr, &["backup", file_arg]);
+    assert!(ok, "{err}");
+
+    let mut reader = Reader::open(&file).unwrap();
+    let mut rows = Vec::new();
+    while let Some(row) = reader.next_row().unwrap() {
+        rows.push((
+            String::from_utf8(row.key.to_vec()).unwrap(),
+            row.expires_at_ms,
+        ));
+    }
+    let near = |at: Option<u64>, want: u64| at.is_some_and(|at| at.abs_diff(want) < 1000);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].0, "brief");
+    assert!(near(rows[0].1, written + 1500), "{rows:?}");
+    assert_eq!(rows[1], ("forever".into(), None));
+    assert!(near(rows[2].1, written + 3_600_000), "{rows:?}");
+
+    // Restored after "brief" expired: it is not written, "hour" keeps its
+    // expiry and "forever" has none.
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let target = InProcessServer::start();
+    let (ok, out, err) = tessera(target.addr, &["--json", "restore", file_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (json(&out)["rows"].as_u64(), json(&out)["expired"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let mut restored = Client::connect(target.addr).unwrap();
+    let page = restored.scan("", None::<&str>, 10).unwrap();
+    let keys: Vec<&[u8]> = page.rows.iter().map(|(k, _)| &k[..]).collect();
+    assert_eq!(keys, [&b"forever"[..], b"hour"]);
+    assert_eq!(page.expires_at_ms(0), None);
+    assert!(near(page.expires_at_ms(1), written + 3_600_000), "{page:?}");
+}
+
+#[test]
+fn a_backup_of_the_first_format_still_restores() {
+    // BACKUP01: a header, records without an expiry, a trailer.
+    let mut file = Vec::new();
+    let checked = |file: &mut Vec<u8>, bytes: &[u8]| {
+        file.extend_from_slice(bytes);
+        file.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+    };
+    let mut header = b"TESSERA\0BACKUP01".to_vec();
+    header.extend_from_slice(&42u64.to_le_bytes());
+    checked(&mut file, &header);
+    let mut record = Vec::new();
+    record.extend_from_slice(&3u32.to_le_bytes());
+    record.extend_from_slice(&5u32.to_le_bytes());
+    record.extend_from_slice(b"oldvalue");
+    checked(&mut file, &record);
+    let mut trailer = u32::MAX.to_le_bytes().to_vec();
+    trailer.extend_from_slice(&1u64.to_le_bytes());
+    checked(&mut file, &trailer);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.tbk");
+    std::fs::write(&path, file).unwrap();
+
+    let summary = backup::verify(&path).unwrap();
+    assert_eq!((summary.rows, summary.ts), (1, 42));
+    let target = InProcessServer::start();
+    let (ok, _, err) = tessera(target.addr, &["restore", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let mut client = Client::connect(target.addr).unwrap();
+    assert_eq!(client.get("old").unwrap().as_deref(), Some(&b"value"[..]));
 }

@@ -3084,6 +3084,7 @@ impl<'a> ::flatbuffers::Follow<'a> for KeyValue<'a> {
 impl<'a> KeyValue<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXPIRES_AT_MS: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3095,6 +3096,7 @@ impl<'a> KeyValue<'a> {
     args: &'args KeyValueArgs<'args>
   ) -> ::flatbuffers::WIPOffset<KeyValue<'bldr>> {
     let mut builder = KeyValueBuilder::new(_fbb);
+    builder.add_expires_at_ms(args.expires_at_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
     builder.finish()
@@ -3115,6 +3117,13 @@ impl<'a> KeyValue<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_VALUE, None)}
   }
+  #[inline]
+  pub fn expires_at_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(KeyValue::VT_EXPIRES_AT_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for KeyValue<'_> {
@@ -3125,6 +3134,7 @@ impl ::flatbuffers::Verifiable for KeyValue<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("expires_at_ms", Self::VT_EXPIRES_AT_MS, false)?
      .finish();
     Ok(())
   }
@@ -3132,6 +3142,7 @@ impl ::flatbuffers::Verifiable for KeyValue<'_> {
 pub struct KeyValueArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub expires_at_ms: u64,
 }
 impl<'a> Default for KeyValueArgs<'a> {
   #[inline]
@@ -3139,6 +3150,7 @@ impl<'a> Default for KeyValueArgs<'a> {
     KeyValueArgs {
       key: None,
       value: None,
+      expires_at_ms: 0,
     }
   }
 }
@@ -3155,6 +3167,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyValueBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_expires_at_ms(&mut self, expires_at_ms: u64) {
+    self.fbb_.push_slot::<u64>(KeyValue::VT_EXPIRES_AT_MS, expires_at_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyValueBuilder<'a, 'b, A> {
@@ -3176,6 +3192,7 @@ impl ::core::fmt::Debug for KeyValue<'_> {
     let mut ds = f.debug_struct("KeyValue");
       ds.field("key", &self.key());
       ds.field("value", &self.value());
+      ds.field("expires_at_ms", &self.expires_at_ms());
       ds.finish()
   }
 }

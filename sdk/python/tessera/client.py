@@ -429,10 +429,18 @@ class HelloInfo:
 @dataclass(frozen=True)
 class ScanPage:
     """One page of a scan; send ``next_start`` as the next start to go on
-    (None: the range is exhausted)."""
+    (None: the range is exhausted). ``expires_at_ms[i]``: when row ``i``'s
+    key expires, in Unix milliseconds (0: never); empty when no row of the
+    page was written with a TTL."""
 
     rows: list[tuple[bytes, bytes]]
     next_start: bytes | None
+    expires_at_ms: list[int] = field(default_factory=list)
+
+    def expires_at(self, i: int) -> int | None:
+        """When row ``i``'s key expires (Unix ms), or None if it does not."""
+        at = self.expires_at_ms[i] if i < len(self.expires_at_ms) else 0
+        return at or None
 
 
 @dataclass(frozen=True)
@@ -552,11 +560,12 @@ def _outcome_value(kind: int, table: flatbuffers.table.Table):
         return None
     if kind == o.ScanResult:
         s = _as(_scan_result.ScanResult, table)
-        rows = []
+        rows, expires = [], []
         for i in range(s.RowsLength()):
             row = s.Rows(i)
             rows.append((_vec(row.KeyAsNumpy()) or b"", _vec(row.ValueAsNumpy()) or b""))
-        return ScanPage(rows, _vec(s.NextStartAsNumpy()))
+            expires.append(row.ExpiresAtMs())
+        return ScanPage(rows, _vec(s.NextStartAsNumpy()), expires if any(expires) else [])
     if kind == o.TxnResult:
         t = _as(_txn_result.TxnResult, table)
         reads = []

@@ -195,6 +195,14 @@ class ClientTest(unittest.TestCase):
         written = time.monotonic()
         keys = ["ttl:single", "ttl:batched", "ttl:txn"]
         self.assertEqual([db.get(k) for k in keys], [b"1", b"2", b"4"])
+        page = db.scan("ttl:", "ttl;")
+        self.assertEqual(
+            [k for k, _ in page.rows], [b"ttl:batched", b"ttl:kept", b"ttl:single", b"ttl:txn"]
+        )
+        expiry = [page.expires_at(i) for i in range(4)]
+        self.assertIsNone(expiry[1])
+        for at in (expiry[0], expiry[2], expiry[3]):
+            self.assertLess(abs(at - (time.time() * 1000 + 1500)), 1000)
         self.assertLess(time.monotonic() - written, 1.5, "checked before the TTL")
         time.sleep(1.6)
         self.assertEqual([db.get(k) for k in keys], [None, None, None])

@@ -236,6 +236,18 @@ fn unexpected(r: Response) -> Error {
 pub struct ScanPage {
     pub rows: Vec<(Bytes, Bytes)>,
     pub next_start: Option<Bytes>,
+    /// When each row's key expires, in Unix milliseconds (0: never); empty
+    /// when no row of the page was written with a TTL. See
+    /// [`ScanPage::expires_at_ms`].
+    pub expires_at_ms: Vec<u64>,
+}
+
+impl ScanPage {
+    /// When row `i`'s key expires, in Unix milliseconds, if it was written
+    /// with a TTL.
+    pub fn expires_at_ms(&self, i: usize) -> Option<u64> {
+        self.expires_at_ms.get(i).copied().filter(|&at| at != 0)
+    }
 }
 
 /// A shard-aware client.
@@ -524,7 +536,15 @@ impl Client {
             ts,
         };
         match self.entry.call(&request)? {
-            Response::Scan { rows, next_start } => Ok(ScanPage { rows, next_start }),
+            Response::Scan {
+                rows,
+                next_start,
+                expires_at_ms,
+            } => Ok(ScanPage {
+                rows,
+                next_start,
+                expires_at_ms,
+            }),
             other => Err(unexpected(other)),
         }
     }

@@ -79,8 +79,15 @@ class KeyValue(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
+    # KeyValue
+    def ExpiresAtMs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def KeyValueStart(builder: flatbuffers.Builder):
-    builder.StartObject(2)
+    builder.StartObject(3)
 
 def Start(builder: flatbuffers.Builder):
     KeyValueStart(builder)
@@ -108,6 +115,12 @@ def KeyValueStartValueVector(builder, numElems: int) -> int:
 
 def StartValueVector(builder, numElems: int) -> int:
     return KeyValueStartValueVector(builder, numElems)
+
+def KeyValueAddExpiresAtMs(builder: flatbuffers.Builder, expiresAtMs: int):
+    builder.PrependUint64Slot(2, expiresAtMs, 0)
+
+def AddExpiresAtMs(builder: flatbuffers.Builder, expiresAtMs: int):
+    KeyValueAddExpiresAtMs(builder, expiresAtMs)
 
 def KeyValueEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
