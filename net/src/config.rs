@@ -2,6 +2,7 @@
 //! by flags (flags win), every field with a documented default
 //! (docs/operations.md).
 
+use crate::tls::Tls;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -109,6 +110,13 @@ pub struct Flags {
     /// other request [default: none, no token required].
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain (the server's certificate first); with
+    /// --tls-key, every client port speaks TLS only [default: none, plain TCP].
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Shortest token `--auth-token-file` may hold.
@@ -137,6 +145,8 @@ pub struct Config {
     pub prefault_memory: bool,
     /// The token connections must present (`--auth-token-file`).
     pub auth_token: Option<Token>,
+    /// TLS for client connections (`--tls-cert`, `--tls-key`).
+    pub tls: Option<Tls>,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -287,6 +297,11 @@ impl Config {
             auth_token: pick!(auth_token_file)
                 .map(|path| read_auth_token(&path))
                 .transpose()?,
+            tls: match (pick!(tls_cert), pick!(tls_key)) {
+                (Some(cert), Some(key)) => Some(Tls::load(&cert, &key)?),
+                (None, None) => None,
+                _ => bail!("--tls-cert and --tls-key go together"),
+            },
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `tessera-net`: the shard runtime and the `tessera-server` binary. It
 //! owns executor placement and startup ([`runtime`]), the slot map
 //! ([`slots`]), routing and the cross-shard mesh ([`shard`]), the TCP
-//! server and `/metrics` ([`server`], [`metrics`]) and configuration
+//! server and `/metrics` ([`server`], [`metrics`]), TLS ([`tls`]) and configuration
 //! ([`config`]). It contains no storage format code: every byte on disk
 //! belongs to `tessera-engine`.
 
@@ -11,4 +11,5 @@ pub mod runtime;
 pub mod server;
 pub mod shard;
 pub mod slots;
+pub mod tls;
 pub mod txn;

@@ -75,6 +75,8 @@ pub struct ShardMetrics {
     pub connections_refused: Cell<u64>,
     /// Hellos with a wrong or missing token (their connections closed).
     pub auth_failures: Cell<u64>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: Cell<u64>,
     pub forwarded: Cell<u64>,
     /// Transactions this shard coordinated, by outcome.
     pub txn_committed: Cell<u64>,
@@ -99,6 +101,7 @@ impl Default for ShardMetrics {
             connections_open: Cell::new(0),
             connections_refused: Cell::new(0),
             auth_failures: Cell::new(0),
+            tls_handshake_failures: Cell::new(0),
             forwarded: Cell::new(0),
             txn_committed: Cell::new(0),
             txn_condition_failed: Cell::new(0),
@@ -166,6 +169,10 @@ impl ShardMetrics {
         push(
             "auth_failures_total".into(),
             self.auth_failures.get() as f64,
+        );
+        push(
+            "tls_handshake_failures_total".into(),
+            self.tls_handshake_failures.get() as f64,
         );
         push("forwarded_total".into(), self.forwarded.get() as f64);
         push("memtable_bytes".into(), engine.memtable_bytes as f64);

@@ -101,7 +101,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             ShardMetrics::add(&shard.metrics.connections_open, 1);
-            if let Err(e) = serve_connection(&shard, stream).await {
+            if let Err(e) = serve(&shard, stream).await {
                 tracing::debug!(shard = shard.id, error = %e, "connection closed");
             }
             shard
@@ -113,11 +113,64 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves one accepted connection: plain, or TLS once its handshake is
+/// done (`--tls-cert`).
+async fn serve(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    // Buffered, so that glommio can hand the kernel a read to complete
+    // (an io_uring `RECV`) instead of arming a poll and then calling `recv`
+    // itself: for a connection that sends one request at a time this is
+    // one submission in place of a submission and a syscall, ~10% more
+    // unpipelined requests a second on one core. A connection that streams
+    // (reads of 1 KiB and more) stays on readiness and `recv`, which
+    // coalesces bursts better (docs/architecture.md, vendor PATCHES.md).
+    let stream = stream.buffered_with(Preallocated::new(READ_CHUNK_BYTES));
+    let Some(tls) = &shard.config.tls else {
+        return serve_connection(shard, stream).await;
+    };
+    let handshake = futures_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+    let timeout = async {
+        glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        ))
+    };
+    match futures_lite::future::or(handshake, timeout).await {
+        Ok(stream) => serve_connection(shard, stream).await,
+        Err(e) => {
+            ShardMetrics::add(&shard.metrics.tls_handshake_failures, 1);
+            tracing::debug!(shard = shard.id, error = %e, "TLS handshake failed");
+            Err(e)
+        }
+    }
+}
+
+/// What a connection reads requests from and writes responses to.
+trait Conn: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static {
+    /// Whether bytes a write accepted may wait inside the stream until a
+    /// flush (TLS encrypts into records it sends as the socket takes them).
+    const BUFFERS_WRITES: bool;
+}
+
+type Plain = TcpStream<Preallocated>;
+
+impl Conn for Plain {
+    const BUFFERS_WRITES: bool = false;
+}
+
+impl Conn for futures_rustls::server::TlsStream<Plain> {
+    const BUFFERS_WRITES: bool = true;
+}
+
 /// Response frames waiting to be sent, in completion order, by the read
 /// loop ([`Outbox::send_now`]) or the connection's writer task. Requests the shard answers without blocking (reads from memory,
 /// writes in `none` mode) encode here straight from the read loop; the
 /// others run in their own task and append when done.
-struct Outbox {
+struct Outbox<S: Conn> {
     frames: RefCell<Vec<u8>>,
     /// Builds every response of the connection (a builder per blocked
     /// request's response was an allocation each).
@@ -125,12 +178,10 @@ struct Outbox {
     /// The socket's sending half. The writer task holds it while it sends
     /// (what it sends was queued before anything still in `frames`); it is
     /// here otherwise, for [`Outbox::send_now`].
-    socket: Cell<Option<WriteHalf<Stream>>>,
+    socket: Cell<Option<WriteHalf<S>>>,
 }
 
-type Stream = TcpStream<Preallocated>;
-
-impl Outbox {
+impl<S: Conn> Outbox<S> {
     /// Sends the queued frames from the calling task with one non-blocking
     /// write, if the writer task is not sending; returns whether all went
     /// out. What did not stays queued for the writer task, as does an
@@ -148,12 +199,18 @@ impl Outbox {
         // Polled once and not awaited further: nothing else runs until the
         // socket and the frames are back.
         let written = futures_lite::future::poll_once(socket.write(&frames)).await;
-        self.socket.set(Some(socket));
         if let Some(Ok(n)) = written {
             ShardMetrics::add(&shard.metrics.bytes_out, n as u64);
             frames.drain(..n);
         }
-        let all_sent = frames.is_empty();
+        // What TLS took may wait in its records until flushed.
+        let flushed = !S::BUFFERS_WRITES
+            || matches!(
+                futures_lite::future::poll_once(socket.flush()).await,
+                Some(Ok(()))
+            );
+        self.socket.set(Some(socket));
+        let all_sent = frames.is_empty() && flushed;
         if all_sent && frames.capacity() > BUFFER_KEEP_BYTES_MAX {
             // Idle connections should not each hold a burst's worth.
             frames = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -171,16 +228,7 @@ impl Outbox {
 /// requests (a client that does not read its responses stops being read).
 const OUTBOX_BYTES_MAX: usize = 1 << 20;
 
-async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    // Buffered, so that glommio can hand the kernel a read to complete
-    // (an io_uring `RECV`) instead of arming a poll and then calling `recv`
-    // itself: for a connection that sends one request at a time this is
-    // one submission in place of a submission and a syscall, ~10% more
-    // unpipelined requests a second on one core. A connection that streams
-    // (reads of 1 KiB and more) stays on readiness and `recv`, which
-    // coalesces bursts better (docs/architecture.md, vendor PATCHES.md).
-    let stream = stream.buffered_with(Preallocated::new(READ_CHUNK_BYTES));
+async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Result<()> {
     let (mut reader, writer) = futures_lite::io::split(stream);
     let outbox = Rc::new(Outbox {
         frames: RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES)),
@@ -199,6 +247,14 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
             loop {
                 std::mem::swap(&mut sending, &mut *outbox.frames.borrow_mut());
                 if sending.is_empty() {
+                    if S::BUFFERS_WRITES {
+                        // The read loop's last send may have left records
+                        // unflushed.
+                        let mut socket = outbox.socket.take().expect("socket in place");
+                        let flushed = socket.flush().await;
+                        outbox.socket.set(Some(socket));
+                        flushed?;
+                    }
                     if reader_done {
                         break;
                     }
@@ -210,7 +266,10 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
                 ShardMetrics::add(&shard.metrics.bytes_out, sending.len() as u64);
                 // The reader gives the socket back before it yields.
                 let mut socket = outbox.socket.take().expect("socket in place");
-                let sent = socket.write_all(&sending).await;
+                let mut sent = socket.write_all(&sending).await;
+                if S::BUFFERS_WRITES && sent.is_ok() {
+                    sent = socket.flush().await;
+                }
                 outbox.socket.set(Some(socket));
                 sent?;
                 sending.clear();
@@ -414,13 +473,13 @@ fn authenticate(shard: &Shard, request: &Request) -> Result<(), (Response, bool)
 }
 
 /// Records one request's outcome and appends its response frame.
-fn answer(
+fn answer<S: Conn>(
     shard: &Shard,
     kind: OpKind,
     start: Instant,
     id: u64,
     response: &Response,
-    outbox: &Outbox,
+    outbox: &Outbox<S>,
 ) {
     let error = matches!(response, Response::Error { .. });
     shard
@@ -442,7 +501,7 @@ fn record_batch(shard: &Shard, start: Instant, unrecorded: &mut Vec<(OpKind, boo
 }
 
 /// Appends a response frame.
-fn encode(id: u64, response: &Response, outbox: &Outbox) {
+fn encode<S: Conn>(id: u64, response: &Response, outbox: &Outbox<S>) {
     let mut builder = outbox.builder.borrow_mut();
     response.encode_frame(id, &mut builder, &mut outbox.frames.borrow_mut());
     // A builder keeps the capacity of the largest message it built: after a

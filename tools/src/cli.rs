@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tessera_client::{Client, Error, Retry, Txn};
 
 use crate::backup;
@@ -16,6 +16,31 @@ pub enum CliError {
     Client(#[from] tessera_client::Error),
     #[error(transparent)]
     Backup(#[from] backup::Error),
+    #[error(transparent)]
+    Cert(#[from] crate::cert::Error),
+}
+
+/// `tessera cert`: makes the files and says how to use them.
+pub fn cert(dir: &Path, hosts: &[String], days: u32, as_json: bool) -> Result<String, CliError> {
+    let default_hosts = ["localhost", "127.0.0.1", "::1"].map(String::from);
+    let hosts = if hosts.is_empty() {
+        &default_hosts[..]
+    } else {
+        hosts
+    };
+    let files = crate::cert::create(dir, hosts, days)?;
+    Ok(if as_json {
+        json!({"ca": files.ca, "cert": files.cert, "key": files.key, "hosts": hosts, "days": days})
+            .to_string()
+    } else {
+        format!(
+            "wrote {} (for clients: --tls-ca), {} and {} (for tessera-server --tls-cert and --tls-key), valid {days} days for {}",
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display(),
+            hosts.join(", ")
+        )
+    })
 }
 
 #[derive(Debug, Parser)]
@@ -34,6 +59,15 @@ pub struct Cli {
     /// server) [default: $TESSERA_TOKEN, if set].
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificates in this PEM file
+    /// (e.g. the ca.pem of `tessera cert`) [default: $TESSERA_TLS_CA, if
+    /// set; else plain TCP].
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of
+    /// --addr].
+    #[arg(long, global = true)]
+    pub tls_server_name: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -112,6 +146,19 @@ pub enum Command {
     /// Check a backup FILE (every row's checksum, the trailer's row count)
     /// without a server.
     Verify { file: PathBuf },
+    /// Make a certificate authority and a server certificate in DIR
+    /// (ca.pem, server.pem, server.key) for --tls-cert/--tls-key and
+    /// clients' --tls-ca, without a server.
+    Cert {
+        dir: PathBuf,
+        /// A DNS name or IP address the server is reached by (repeat)
+        /// [default: localhost, 127.0.0.1, ::1].
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// How long the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Write a backup's keys and values into the server, with new
     /// timestamps. The file is checked whole first: a damaged one writes
     /// nothing.
@@ -333,6 +380,7 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
             report("backup", file, &summary, as_json)
         }
         Command::Verify { file } => report("verify", file, &backup::verify(file)?, as_json),
+        Command::Cert { dir, hosts, days } => cert(dir, hosts, *days, as_json)?,
         Command::Restore { file, merge } => {
             let summary = backup::restore(client, file, *merge)?;
             report("restore", file, &summary, as_json)

@@ -4,4 +4,5 @@
 //! duplicates no server or engine logic.
 
 pub mod backup;
+pub mod cert;
 pub mod cli;

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 
 from .client import (
@@ -74,10 +75,19 @@ class Connection:
         self._reading = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, address: str, timeout: float = 10.0) -> Connection:
+    async def open(
+        cls,
+        address: str,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> Connection:
+        """``tls`` and ``server_hostname`` as in ``tessera.Connection``."""
         host, port = host_port(address)
+        name = (server_hostname or host) if tls is not None else None
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            opening = asyncio.open_connection(host, port, ssl=tls, server_hostname=name)
+            reader, writer = await asyncio.wait_for(opening, timeout)
         except asyncio.TimeoutError as e:
             raise Timeout(f"connecting to {address}") from e
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -197,10 +207,13 @@ class Client(Routing):
         timeout: float = 10.0,
         client_name: str = "tessera-python",
         token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Client:
-        """``token``: the server's token, if it requires one; every
-        connection says hello with it."""
-        entry = await Connection.open(address, timeout)
+        """``token``, ``tls`` and ``server_hostname`` as in
+        ``tessera.Client``."""
+        name = server_hostname or host_port(address)[0]
+        entry = await Connection.open(address, timeout, tls, name)
         shards: list[Connection] = []
         hello = Hello(PROTOCOL_VERSION, client_name, token)
         try:
@@ -208,7 +221,7 @@ class Client(Routing):
             topology = await entry.call(Topology())
             client = cls(entry, shards, info, topology)
             for shard_address in client.addresses:
-                shard = await Connection.open(shard_address, timeout)
+                shard = await Connection.open(shard_address, timeout, tls, name)
                 shards.append(shard)
                 await shard.call(hello)
             return client

@@ -11,6 +11,7 @@ import enum
 import math
 import random
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -644,13 +645,26 @@ class Connection:
     ``wait`` for each id; responses arriving out of order are kept until
     asked for. Not safe to share between threads."""
 
-    def __init__(self, address: str, timeout: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ):
+        """``tls``: speak TLS (a server started with ``--tls-cert``),
+        checking the server's certificate for ``server_hostname`` (default:
+        the host of ``address``)."""
         self.address = address
+        host, port = host_port(address)
         try:
-            self._sock = socket.create_connection(host_port(address), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
         except socket.timeout as e:
             raise Timeout(f"connecting to {address}") from e
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
         self._next_id = 1
         self._frames = Frames()
         self._arrived: dict[int, object] = {}
@@ -819,16 +833,23 @@ class Client(Routing):
         timeout: float = 10.0,
         client_name: str = "tessera-python",
         token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ):
         """``token``: the server's token, if it requires one; every
-        connection, the entry's and each shard's, says hello with it."""
-        self.entry = Connection(address, timeout)
+        connection, the entry's and each shard's, says hello with it.
+        ``tls``: speak TLS, e.g. ``ssl.create_default_context(cafile="ca.pem")``
+        for the ``ca.pem`` of ``tessera cert``; every connection checks the
+        server's certificate for ``server_hostname`` (default: the host of
+        ``address``)."""
+        name = server_hostname or host_port(address)[0]
+        self.entry = Connection(address, timeout, tls, name)
         self.shards: list[Connection] = []
         hello = Hello(PROTOCOL_VERSION, client_name, token)
         try:
             self._route(self.entry.call(hello), self.entry.call(Topology()))
             for address in self.addresses:
-                shard = Connection(address, timeout)
+                shard = Connection(address, timeout, tls, name)
                 self.shards.append(shard)
                 shard.call(hello)
         except BaseException:

@@ -15,6 +15,19 @@ sys.path.insert(0, str(HERE.parent))
 
 ROOT = HERE.parents[2]
 SERVER = pathlib.Path(os.environ.get("TESSERA_SERVER", ROOT / "target/debug/tessera-server"))
+# The CLI beside the server (``tessera cert`` makes TLS certificates).
+CLI = SERVER.with_name("tessera")
+
+
+def make_certs(directory):
+    """A CA and a server certificate for 127.0.0.1 in ``directory``; returns
+    the paths of ca.pem, server.pem and server.key."""
+    subprocess.run(
+        [str(CLI), "cert", str(directory), "--host", "127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return tuple(os.path.join(directory, f) for f in ("ca.pem", "server.pem", "server.key"))
 
 
 class Server:

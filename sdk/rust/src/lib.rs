@@ -24,7 +24,8 @@
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 use tessera_protocol::frame::{next_frame, put_frame};
 use tessera_protocol::message::{decode_response, Metric};
@@ -44,14 +45,106 @@ pub enum Error {
     Server { code: ErrorCode, message: String },
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A connection's socket: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// TLS for a client (the server's `--tls-cert`): the certificates it
+/// trusts, and the name the server's certificate must carry.
+#[derive(Clone)]
+pub struct TlsOptions {
+    config: Arc<rustls::ClientConfig>,
+    /// The DNS name or IP address to check the certificate against
+    /// [default: the IP address of the first address connected to; give
+    /// the host name when connecting by name].
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsOptions {
+    /// Trusts the CA certificates in the PEM file `ca` (e.g. the `ca.pem`
+    /// that `tessera cert` writes).
+    pub fn from_ca_file(ca: &std::path::Path) -> Result<TlsOptions> {
+        use rustls::pki_types::pem::PemObject;
+        let tls_error = |e: &dyn std::fmt::Display| Error::Tls(format!("{}: {e}", ca.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        let certs =
+            rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| tls_error(&e))?;
+        for cert in certs {
+            roots
+                .add(cert.map_err(|e| tls_error(&e))?)
+                .map_err(|e| tls_error(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(tls_error(&"holds no certificate"));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(TlsOptions {
+            config: Arc::new(config),
+            server_name: None,
+        })
+    }
+
+    /// The name a server at `addr` is checked against.
+    fn name_for(&self, addr: &SocketAddr) -> Result<rustls::pki_types::ServerName<'static>> {
+        match &self.server_name {
+            Some(name) => rustls::pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| Error::Tls(format!("server name {name:?}: {e}"))),
+            None => Ok(rustls::pki_types::ServerName::IpAddress(addr.ip().into())),
+        }
+    }
+}
+
 /// One connection. Requests may be pipelined: `send` many, then `wait` for
 /// each id; responses arriving out of order are kept until asked for.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     next_id: u64,
     buf: BytesMut,
     arrived: HashMap<u64, Response>,
@@ -59,14 +152,33 @@ pub struct Connection {
 
 impl Connection {
     pub fn open(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Connection> {
+        Connection::open_with(addr, timeout, None)
+    }
+
+    /// Opens a connection, over TLS if `tls` is given (the handshake
+    /// happens with the first request).
+    pub fn open_with(
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Connection> {
         let addr = addr
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| Error::Protocol("address resolves to nothing".into()))?;
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
+        let socket = TcpStream::connect_timeout(&addr, timeout)?;
+        socket.set_nodelay(true)?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.set_write_timeout(Some(timeout))?;
+        let stream = match tls {
+            None => Stream::Plain(socket),
+            Some(tls) => {
+                let session =
+                    rustls::ClientConnection::new(tls.config.clone(), tls.name_for(&addr)?)
+                        .map_err(|e| Error::Tls(e.to_string()))?;
+                Stream::Tls(Box::new(rustls::StreamOwned::new(session, socket)))
+            }
+        };
         Ok(Connection {
             stream,
             next_id: 1,
@@ -82,6 +194,7 @@ impl Connection {
         let mut frame = Vec::new();
         put_frame(&mut frame, &request.encode(id));
         self.stream.write_all(&frame).map_err(timeout_or_io)?;
+        self.stream.flush().map_err(timeout_or_io)?;
         Ok(id)
     }
 
@@ -137,7 +250,12 @@ impl Connection {
                 "responses are still unread on this connection".into(),
             ));
         }
-        Ok(self.stream)
+        match self.stream {
+            Stream::Plain(socket) => Ok(socket),
+            Stream::Tls(_) => Err(Error::Tls(
+                "a TLS connection cannot hand over its plain socket".into(),
+            )),
+        }
     }
 
     /// Says hello: checks the protocol version and, for a server that
@@ -181,6 +299,8 @@ pub struct ConnectOptions {
     pub token: Option<Token>,
     /// Sent in Hello [default: "tessera-client-rust"].
     pub client_name: String,
+    /// TLS, for a server started with `--tls-cert` [default: plain TCP].
+    pub tls: Option<TlsOptions>,
 }
 
 impl ConnectOptions {
@@ -209,6 +329,7 @@ impl Default for ConnectOptions {
             timeout: Duration::from_secs(10),
             token: None,
             client_name: "tessera-client-rust".into(),
+            tls: None,
         }
     }
 }
@@ -403,7 +524,7 @@ impl Client {
     pub fn connect_with(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<Client> {
         let timeout = options.timeout;
         let open = |addr| -> Result<(Connection, ServerInfo)> {
-            let mut connection = Connection::open(addr, timeout)?;
+            let mut connection = Connection::open_with(addr, timeout, options.tls.as_ref())?;
             let info = connection.hello(&options.client_name, options.token.as_ref())?;
             Ok((connection, info))
         };

@@ -3,19 +3,30 @@
 use clap::Parser;
 use rustyline::error::ReadlineError;
 use std::time::Duration;
-use tessera_client::{Client, ConnectOptions};
+use tessera_client::{Client, ConnectOptions, TlsOptions};
 use tessera_tools::backup;
-use tessera_tools::cli::{execute, report, Cli, Command};
+use tessera_tools::cli::{cert, execute, report, Cli, Command};
 
-const SHELL_HELP: &str = "commands: get KEY [--at TS] | put KEY VALUE [--ttl 30s] | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | restore FILE [--merge] | ping | help | quit
+const SHELL_HELP: &str = "commands: get KEY [--at TS] | put KEY VALUE [--ttl 30s] | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
 quote arguments with spaces: put greeting \"hello world\"";
 
 fn main() {
     let cli = Cli::parse();
-    // The one command that needs no server.
-    if let Some(Command::Verify { file }) = &cli.command {
-        match backup::verify(file) {
-            Ok(summary) => println!("{}", report("verify", file, &summary, cli.json)),
+    // The commands that need no server.
+    let offline = match &cli.command {
+        Some(Command::Verify { file }) => Some(
+            backup::verify(file)
+                .map(|summary| report("verify", file, &summary, cli.json))
+                .map_err(|e| e.to_string()),
+        ),
+        Some(Command::Cert { dir, hosts, days }) => {
+            Some(cert(dir, hosts, *days, cli.json).map_err(|e| e.to_string()))
+        }
+        _ => None,
+    };
+    if let Some(result) = offline {
+        match result {
+            Ok(text) => println!("{text}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 std::process::exit(1);
@@ -28,17 +39,43 @@ fn main() {
         client_name: "tessera-cli".into(),
         ..ConnectOptions::default()
     };
-    let options = match options.token_from(cli.token_file.as_deref()) {
+    let mut options = match options.token_from(cli.token_file.as_deref()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: --token-file: {e}");
             std::process::exit(1);
         }
     };
+    let tls_ca = cli
+        .tls_ca
+        .clone()
+        .or_else(|| std::env::var_os("TESSERA_TLS_CA").map(Into::into));
+    if let Some(ca) = tls_ca {
+        match TlsOptions::from_ca_file(&ca) {
+            Ok(mut tls) => {
+                tls.server_name = cli.tls_server_name.clone().or_else(|| host_of(&cli.addr));
+                options.tls = Some(tls);
+            }
+            Err(e) => {
+                eprintln!("error: --tls-ca: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let mut client = match Client::connect_with(cli.addr.as_str(), &options) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: cannot connect to {}: {e}", cli.addr);
+            // A TLS server closes a connection that does not start with a
+            // handshake.
+            let hint = match (&e, &options.tls) {
+                (tessera_client::Error::Io(io), None)
+                    if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    " (if the server uses TLS, give --tls-ca)"
+                }
+                _ => "",
+            };
+            eprintln!("error: cannot connect to {}: {e}{hint}", cli.addr);
             std::process::exit(1);
         }
     };
@@ -52,6 +89,16 @@ fn main() {
         },
         None => shell(&cli, &mut client),
     }
+}
+
+/// The host of `HOST:PORT` (`[::1]:7878` gives `::1`).
+fn host_of(addr: &str) -> Option<String> {
+    let (host, _port) = addr.rsplit_once(':')?;
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
 }
 
 fn shell(cli: &Cli, client: &mut Client) {
