@@ -55,6 +55,8 @@ pub struct Plan {
     /// Tessera: the server's token (`--auth-token-file`), said in a Hello
     /// on every socket before the run.
     pub token: Option<tessera_client::Token>,
+    /// Tessera: TLS (the server's `--tls-cert`).
+    pub tls: Option<tessera_client::TlsOptions>,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -108,6 +110,8 @@ struct Pending {
 
 struct Socket {
     stream: TcpStream,
+    /// Over TLS: the session; `wbuf` and `rbuf` hold plaintext.
+    tls: Option<rustls::ClientConnection>,
     wbuf: Vec<u8>,
     rbuf: BytesMut,
     next_id: u64,
@@ -121,19 +125,24 @@ struct Conn {
     inflight: usize,
 }
 
-/// Opens one socket; with a token, says hello with it first.
-fn connect(addr: SocketAddr, token: Option<&tessera_client::Token>) -> anyhow::Result<TcpStream> {
-    let s = match token {
-        Some(token) => {
-            let mut hello = tessera_client::Connection::open(addr, Duration::from_secs(10))?;
-            hello.hello("tessera-bench", Some(token))?;
-            hello.into_stream()?
+/// Opens one socket; with TLS or a token, says hello first (over TLS,
+/// after the handshake), and returns the TLS session with the socket.
+fn connect(
+    addr: SocketAddr,
+    plan: &Plan,
+) -> anyhow::Result<(TcpStream, Option<rustls::ClientConnection>)> {
+    let (s, tls) = match (&plan.token, &plan.tls) {
+        (None, None) => (std::net::TcpStream::connect(addr)?, None),
+        (token, tls) => {
+            let timeout = Duration::from_secs(10);
+            let mut hello = tessera_client::Connection::open_with(addr, timeout, tls.as_ref())?;
+            hello.hello("tessera-bench", token.as_ref())?;
+            hello.into_parts()?
         }
-        None => std::net::TcpStream::connect(addr)?,
     };
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
-    Ok(TcpStream::from_std(s))
+    Ok((TcpStream::from_std(s), tls))
 }
 
 /// Pins the calling thread to `cpu`.
@@ -199,13 +208,14 @@ fn thread_main(
             inflight: 0,
         };
         for addr in &plan.addresses {
-            let mut stream = connect(*addr, plan.token.as_ref())
-                .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+            let (mut stream, tls) =
+                connect(*addr, plan).map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
             poll.registry()
                 .register(&mut stream, Token(sockets.len()), Interest::READABLE)?;
             conn.sockets.push(sockets.len());
             sockets.push(Socket {
                 stream,
+                tls,
                 wbuf: Vec::with_capacity(64 << 10),
                 rbuf: BytesMut::with_capacity(64 << 10),
                 next_id: 1,
@@ -381,15 +391,7 @@ fn thread_main(
             if !event.is_readable() {
                 continue;
             }
-            loop {
-                match sockets[i].stream.read(&mut read_chunk) {
-                    Ok(0) => anyhow::bail!("the server closed a connection"),
-                    Ok(n) => sockets[i].rbuf.extend_from_slice(&read_chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => anyhow::bail!("reading from the server: {e}"),
-                }
-            }
+            receive(&poll, i, &mut sockets[i], &mut read_chunk)?;
             while let Some((id, reply)) = plan
                 .protocol
                 .decode(&mut sockets[i].rbuf)
@@ -479,18 +481,71 @@ fn send(socket: &mut Socket, protocol: Protocol, command: &Command, pending: Pen
     }
 }
 
+/// Reads what the socket holds into `rbuf` (over TLS, decrypted).
+fn receive(poll: &Poll, token: usize, s: &mut Socket, chunk: &mut [u8]) -> anyhow::Result<()> {
+    loop {
+        let read = match &mut s.tls {
+            None => s.stream.read(chunk),
+            Some(tls) => tls.read_tls(&mut s.stream),
+        };
+        match read {
+            Ok(0) => anyhow::bail!("the server closed a connection"),
+            Ok(n) => match &mut s.tls {
+                None => s.rbuf.extend_from_slice(&chunk[..n]),
+                // Decrypted as it comes: rustls holds only so many records.
+                Some(tls) => {
+                    tls.process_new_packets()
+                        .map_err(|e| anyhow::anyhow!("TLS from the server: {e}"))?;
+                    loop {
+                        match tls.reader().read(chunk) {
+                            Ok(0) => anyhow::bail!("the server closed a connection"),
+                            Ok(n) => s.rbuf.extend_from_slice(&chunk[..n]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => anyhow::bail!("reading from the server: {e}"),
+                        }
+                    }
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => anyhow::bail!("reading from the server: {e}"),
+        }
+    }
+    if s.tls.is_some() {
+        // Records the session owes the server (key updates, alerts).
+        flush(poll, token, s)?;
+    }
+    Ok(())
+}
+
+/// Sends what `wbuf` holds, as far as the socket takes it (over TLS,
+/// encrypted first).
 fn flush(poll: &Poll, token: usize, s: &mut Socket) -> anyhow::Result<()> {
-    while !s.wbuf.is_empty() {
-        match s.stream.write(&s.wbuf) {
-            Ok(n) => {
+    loop {
+        let written = match &mut s.tls {
+            None if s.wbuf.is_empty() => break,
+            None => s.stream.write(&s.wbuf),
+            Some(tls) => {
+                // As much as the session's buffer takes, then its records.
+                let taken = tls.writer().write(&s.wbuf)?;
+                s.wbuf.drain(..taken);
+                if !tls.wants_write() {
+                    break;
+                }
+                tls.write_tls(&mut s.stream)
+            }
+        };
+        match written {
+            Ok(n) if s.tls.is_none() => {
                 s.wbuf.drain(..n);
             }
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => anyhow::bail!("writing to the server: {e}"),
         }
     }
-    let want_writable = !s.wbuf.is_empty();
+    let want_writable = !s.wbuf.is_empty() || s.tls.as_ref().is_some_and(|t| t.wants_write());
     if want_writable != s.writable_interest {
         let interest = if want_writable {
             Interest::READABLE | Interest::WRITABLE

@@ -65,6 +65,7 @@ fn plan(addr: SocketAddr, rate: Option<f64>) -> Plan {
         value_size: ValueSize { min: 10, max: 10 },
         scan_length_max: 10,
         token: None,
+        tls: None,
     }
 }
 

@@ -2,7 +2,8 @@
 //! run sends each key to its owner (nothing is forwarded), and
 //! `--no-shard-routing` sends everything to the target address, whose shard
 //! forwards the keys it does not own over the mesh. And against a server
-//! that requires a token, `--token-file` gets every socket served.
+//! that requires a token, `--token-file` gets every socket served, over
+//! TLS too (`--tls-ca`).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -121,5 +122,36 @@ fn a_token_file_gets_every_socket_served_by_a_server_that_requires_one() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn tls_and_a_token_carry_a_pipelined_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs =
+        tessera_tools::cert::create(&dir.path().join("certs"), &["127.0.0.1".into()], 1).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "bench-test-token-0123456789").unwrap();
+    let mut flags = Flags::local(dir.path().join("data"), 2);
+    flags.auth_token_file = Some(token.clone());
+    flags.tls_cert = Some(certs.cert.clone());
+    flags.tls_key = Some(certs.key.clone());
+    let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
+    let addr = server.ready.listen;
+    let args = [
+        "--token-file",
+        token.to_str().unwrap(),
+        "--tls-ca",
+        certs.ca.to_str().unwrap(),
+        "--pipeline",
+        "16",
+        "--value-size",
+        "100-20000",
+    ];
+    let (ops, errors) = bench(addr, "ycsb-a", &args);
+    assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
+    // Without the CA the handshake fails.
+    let refused = bench_command(addr, "get", &args[..2]).output().unwrap();
+    assert!(!refused.status.success());
     server.stop().unwrap();
 }

@@ -90,6 +90,10 @@ struct Args {
     /// `--auth-token-file`) [default: $TESSERA_TOKEN, if set].
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
+    /// Tessera: speak TLS, trusting the CA certificates in this PEM file
+    /// (the server's --tls-cert; e.g. the ca.pem of `tessera cert`).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -155,6 +159,18 @@ fn run(a: Args) -> anyhow::Result<()> {
     }
     .token_from(a.token_file.as_deref())
     .context("--token-file")?;
+    let connect_options = tessera_client::ConnectOptions {
+        tls: a
+            .tls_ca
+            .as_deref()
+            .map(tessera_client::TlsOptions::from_ca_file)
+            .transpose()
+            .context("--tls-ca")?,
+        ..connect_options
+    };
+    if protocol == Protocol::Redis && connect_options.tls.is_some() {
+        bail!("--tls-ca is for tessera:// targets");
+    }
     // Redis, or a client that does not know the shard map: every request
     // goes to the target address.
     let (addresses, slot_owner) = if protocol == Protocol::Redis || a.no_shard_routing {
@@ -207,6 +223,7 @@ fn run(a: Args) -> anyhow::Result<()> {
             Protocol::Tessera => connect_options.token,
             Protocol::Redis => None,
         },
+        tls: connect_options.tls,
     };
     if a.preload {
         let t = Instant::now();

@@ -241,21 +241,20 @@ impl Connection {
         self.wait(id)
     }
 
-    /// The socket, for a caller that drives it itself (as the load
-    /// generator does after [`Connection::hello`]). Refused while a
-    /// response is still buffered or unclaimed.
-    pub fn into_stream(self) -> Result<TcpStream> {
+    /// The socket and, over TLS, its session, for a caller that drives
+    /// them itself (as the load generator does after
+    /// [`Connection::hello`]). Refused while a response is still buffered
+    /// or unclaimed.
+    pub fn into_parts(self) -> Result<(TcpStream, Option<rustls::ClientConnection>)> {
         if !self.buf.is_empty() || !self.arrived.is_empty() {
             return Err(Error::Protocol(
                 "responses are still unread on this connection".into(),
             ));
         }
-        match self.stream {
-            Stream::Plain(socket) => Ok(socket),
-            Stream::Tls(_) => Err(Error::Tls(
-                "a TLS connection cannot hand over its plain socket".into(),
-            )),
-        }
+        Ok(match self.stream {
+            Stream::Plain(socket) => (socket, None),
+            Stream::Tls(tls) => (tls.sock, Some(tls.conn)),
+        })
     }
 
     /// Says hello: checks the protocol version and, for a server that
