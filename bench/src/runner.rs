@@ -55,7 +55,7 @@ pub struct Plan {
     /// Tessera: the server's token (`--auth-token-file`), said in a Hello
     /// on every socket before the run.
     pub token: Option<tessera_client::Token>,
-    /// Tessera: TLS (the server's `--tls-cert`).
+    /// TLS (Tessera's `--tls-cert`, Redis's `--tls-port`).
     pub tls: Option<tessera_client::TlsOptions>,
 }
 
@@ -133,6 +133,11 @@ fn connect(
 ) -> anyhow::Result<(TcpStream, Option<rustls::ClientConnection>)> {
     let (s, tls) = match (&plan.token, &plan.tls) {
         (None, None) => (std::net::TcpStream::connect(addr)?, None),
+        // Redis says no hello: the loop drives the handshake.
+        (_, Some(tls)) if plan.protocol == Protocol::Redis => (
+            std::net::TcpStream::connect(addr)?,
+            Some(tls.session(&addr)?),
+        ),
         (token, tls) => {
             let timeout = Duration::from_secs(10);
             let mut hello = tessera_client::Connection::open_with(addr, timeout, tls.as_ref())?;

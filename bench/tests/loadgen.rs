@@ -178,3 +178,64 @@ fn the_resp_driver_talks_to_a_real_redis_server() {
     let errors: u64 = results.iter().flat_map(|r| r.errors.values()).sum();
     assert_eq!((pings, errors), (2000, 0));
 }
+
+#[test]
+fn the_resp_driver_talks_tls_to_a_real_redis_server() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let certs =
+        tessera_tools::cert::create(&dir.path().join("certs"), &["127.0.0.1".into()], 1).unwrap();
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(&certs.cert)
+        .arg("--tls-key-file")
+        .arg(&certs.key)
+        .arg("--tls-ca-cert-file")
+        .arg(&certs.ca)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed by scripts/test.sh");
+    let _redis = Redis(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut p = plan(addr, None);
+    p.tls = Some(tessera_client::TlsOptions::from_ca_file(&certs.ca).unwrap());
+    p.connections = 4;
+    p.pipeline = 16;
+    p.duration = None;
+    p.keys = 1000;
+    p.requests = Some(5000);
+    p.value_size = ValueSize {
+        min: 10,
+        max: 20_000,
+    };
+    p.workload = "mixed:50".parse().unwrap();
+    runner::preload(&p).unwrap();
+    let results = runner::run(&p, &Shared::new(p.keys)).unwrap();
+    let done: u64 = results
+        .iter()
+        .flat_map(|r| [OpKind::Read, OpKind::Update].map(|k| r.histograms[k.index()].len()))
+        .sum();
+    let errors: u64 = results.iter().flat_map(|r| r.errors.values()).sum();
+    assert_eq!(errors, 0);
+    assert!(done >= 5000, "{done} requests answered");
+}

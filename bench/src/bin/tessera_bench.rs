@@ -90,8 +90,9 @@ struct Args {
     /// `--auth-token-file`) [default: $TESSERA_TOKEN, if set].
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
-    /// Tessera: speak TLS, trusting the CA certificates in this PEM file
-    /// (the server's --tls-cert; e.g. the ca.pem of `tessera cert`).
+    /// Speak TLS, trusting the CA certificates in this PEM file (e.g. the
+    /// ca.pem of `tessera cert`), to Tessera (--tls-cert) or Redis
+    /// (--tls-port).
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
 }
@@ -168,9 +169,6 @@ fn run(a: Args) -> anyhow::Result<()> {
             .context("--tls-ca")?,
         ..connect_options
     };
-    if protocol == Protocol::Redis && connect_options.tls.is_some() {
-        bail!("--tls-ca is for tessera:// targets");
-    }
     // Redis, or a client that does not know the shard map: every request
     // goes to the target address.
     let (addresses, slot_owner) = if protocol == Protocol::Redis || a.no_shard_routing {

@@ -131,6 +131,13 @@ impl TlsOptions {
         })
     }
 
+    /// A client session for the server at `addr` (for a caller that
+    /// drives its own socket, as the load generator does).
+    pub fn session(&self, addr: &SocketAddr) -> Result<rustls::ClientConnection> {
+        rustls::ClientConnection::new(self.config.clone(), self.name_for(addr)?)
+            .map_err(|e| Error::Tls(e.to_string()))
+    }
+
     /// The name a server at `addr` is checked against.
     fn name_for(&self, addr: &SocketAddr) -> Result<rustls::pki_types::ServerName<'static>> {
         match &self.server_name {
@@ -172,12 +179,10 @@ impl Connection {
         socket.set_write_timeout(Some(timeout))?;
         let stream = match tls {
             None => Stream::Plain(socket),
-            Some(tls) => {
-                let session =
-                    rustls::ClientConnection::new(tls.config.clone(), tls.name_for(&addr)?)
-                        .map_err(|e| Error::Tls(e.to_string()))?;
-                Stream::Tls(Box::new(rustls::StreamOwned::new(session, socket)))
-            }
+            Some(tls) => Stream::Tls(Box::new(rustls::StreamOwned::new(
+                tls.session(&addr)?,
+                socket,
+            ))),
         };
         Ok(Connection {
             stream,
