@@ -17,6 +17,8 @@
 # Tessera runs with a 256 MiB row cache (ROW_CACHE bytes; the default is 64
 # MiB): enough for the rows of 1M keys (~230 bytes each), as Redis holds the
 # whole data set in memory. ROW_CACHE=0 measures the tables' read path.
+# With TLS=1 both servers speak only TLS (certificates from `tessera
+# cert`; Redis on --tls-port) and the load generator too.
 # Usage: bench/compare-redis.sh [seconds per run, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +29,15 @@ row_cache=${ROW_CACHE:-268435456}
 if ! command -v redis-server >/dev/null; then
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
-cargo build --release -q -p tessera-bench -p tessera-net
+cargo build --release -q -p tessera-bench -p tessera-net -p tessera-tools
 bench=target/release/tessera-bench
 source bench/servers.sh
+tls_args=()
+if [ "${TLS:-0}" = 1 ]; then
+  tls_dir="$work/certs"
+  target/release/tessera cert "$tls_dir" --host 127.0.0.1 >/dev/null
+  tls_args=(--tls-ca "$tls_dir/ca.pem")
+fi
 # CPU time (clock ticks) Tessera's process has used so far.
 tessera_ticks() { awk '{print $14 + $15}' "/proc/$tpid/stat"; }
 # Waits (up to 60 s) until Tessera uses under 2% of a core over a second.
@@ -53,7 +61,7 @@ run() {
   fi
   taskset -c 1 "$bench" --target "$target" --workload "$workload" --keys "$keys" \
     --connections 50 --pipeline "$pipeline" --duration "$secs" --warmup 1 --value-size 100 \
-    --cpus 1 --json --quiet "${plot[@]}" >"$work/run.json"
+    --cpus 1 --json --quiet "${plot[@]}" "${tls_args[@]}" >"$work/run.json"
   python3 - "$name" "$work/run.json" >>"$work/results" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))
@@ -76,7 +84,7 @@ both() {
   done
 }
 preload() { taskset -c 1 "$bench" --target "$1" --workload set --keys "$keys" --preload --requests 1 \
-  --connections 50 --pipeline 16 --cpus 1 --quiet >/dev/null; }
+  --connections 50 --pipeline 16 --cpus 1 --quiet "${tls_args[@]}" >/dev/null; }
 
 : >"$work/results"
 : >"$work/beside"
@@ -101,7 +109,9 @@ for p in 1 16; do both "durable-set-p$p" set $p; done
 stop_redis
 stop_tessera
 
-python3 - "$work/results" "$runs" "$secs" <<'PY'
+tls_note=""
+[ -n "$tls_dir" ] && tls_note="; TLS"
+python3 - "$work/results" "$runs" "$secs" "$tls_note" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -116,7 +126,7 @@ for s in ["ping-p1", "get-p1", "set-p1", "get-p16", "set-p16", "durable-set-p1",
     to, tp, ts = med("tessera-" + s)
     flag = "  (load generator saturated)" if rs or ts else ""
     print(f"{s:<18} {ro:>12,.0f} {rp:>8.2f} {to:>14,.0f} {tp:>8.2f} {to / ro:>6.2f}{flag}")
-print(f"(medians of {sys.argv[2]} runs of {sys.argv[3]} s, the servers alternating; 50 connections, 100-byte values, server on cpu 0, load on cpu 1)")
+print(f"(medians of {sys.argv[2]} runs of {sys.argv[3]} s, the servers alternating; 50 connections, 100-byte values, server on cpu 0, load on cpu 1{sys.argv[4]})")
 PY
 hz=$(getconf CLK_TCK)
 most=$(sort -n "$work/beside" | tail -1)
