@@ -100,6 +100,36 @@ fn open_loop_latency_includes_the_queueing_delay_of_a_stall() {
 
 struct Redis(Child);
 
+/// A `redis-server` with its data in `dir`, listening where `listen`'s
+/// arguments say given a free port; returns it once it accepts
+/// connections there.
+fn start_redis(
+    dir: &std::path::Path,
+    listen: impl FnOnce(u16) -> Vec<std::ffi::OsString>,
+) -> (Redis, SocketAddr) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args(listen(port))
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed by scripts/test.sh");
+    let redis = Redis(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (redis, addr)
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -109,33 +139,11 @@ impl Drop for Redis {
 
 #[test]
 fn the_resp_driver_talks_to_a_real_redis_server() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed by scripts/test.sh");
-    let _redis = Redis(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_redis, addr) = start_redis(dir.path(), |port| {
+        vec!["--port".into(), port.to_string().into()]
+    });
+    let port = addr.port();
     let mut p = plan(addr, None);
     p.connections = 4;
     p.pipeline = 8;
@@ -181,42 +189,22 @@ fn the_resp_driver_talks_to_a_real_redis_server() {
 
 #[test]
 fn the_resp_driver_talks_tls_to_a_real_redis_server() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
     let certs =
         tessera_tools::cert::create(&dir.path().join("certs"), &["127.0.0.1".into()], 1).unwrap();
-    let child = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string()])
-        .arg("--tls-cert-file")
-        .arg(&certs.cert)
-        .arg("--tls-key-file")
-        .arg(&certs.key)
-        .arg("--tls-ca-cert-file")
-        .arg(&certs.ca)
-        .args([
-            "--tls-auth-clients",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed by scripts/test.sh");
-    let _redis = Redis(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_redis, addr) = start_redis(dir.path(), |port| {
+        let mut args: Vec<std::ffi::OsString> = vec!["--port".into(), "0".into()];
+        args.extend(["--tls-port".into(), port.to_string().into()]);
+        for (flag, file) in [
+            ("--tls-cert-file", &certs.cert),
+            ("--tls-key-file", &certs.key),
+            ("--tls-ca-cert-file", &certs.ca),
+        ] {
+            args.extend([flag.into(), file.into()]);
+        }
+        args.extend(["--tls-auth-clients".into(), "no".into()]);
+        args
+    });
     let mut p = plan(addr, None);
     p.tls = Some(tessera_client::TlsOptions::from_ca_file(&certs.ca).unwrap());
     p.connections = 4;
