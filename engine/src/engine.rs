@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::io::{Disk, DmaDisk};
 use crate::iter::{MergeIter, Source};
 use crate::key::{
-    expires_at_ms, expiring_value, read_ms, visible, Entry, Kind, Row, Versioned, TTL_BYTES,
+    expiring_value, expiry, read_ms, visible, Entry, Kind, Row, Versioned, TTL_BYTES,
 };
 use crate::manifest::{Edit, LevelsState, Manifest, LEVELS};
 use crate::memtable::Memtable;
@@ -544,16 +544,35 @@ impl<D: Disk> Engine<D> {
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.get_with_expiry(key).await?.map(|(value, _)| value))
+    }
+
+    /// Like [`Engine::get`], with when the key expires (wall-clock
+    /// milliseconds) if it was written with a TTL.
+    pub async fn get_with_expiry(&self, key: &[u8]) -> Result<Option<(Bytes, Option<u64>)>> {
         self.inner.settle_newest(Some(key)).await?;
-        self.inner.get_at(key, u64::MAX).await
+        self.inner.value_at(key, u64::MAX).await
     }
 
     /// The value of `key` as of `ts`: exactly the state at `ts`, which no
     /// later write can change (writes at or below `ts` to `key` are refused
     /// from now on, and undecided ones are waited for).
     pub async fn read_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
+        Ok(self
+            .read_at_with_expiry(key, ts)
+            .await?
+            .map(|(value, _)| value))
+    }
+
+    /// Like [`Engine::read_at`], with when the key expires if it was
+    /// written with a TTL.
+    pub async fn read_at_with_expiry(
+        &self,
+        key: &[u8],
+        ts: u64,
+    ) -> Result<Option<(Bytes, Option<u64>)>> {
         self.inner.settle_read(Some(key), ts).await?;
-        self.inner.get_at(key, ts).await
+        self.inner.value_at(key, ts).await
     }
 
     /// Up to `limit` live (key, value) pairs with `start <= key < end` (no
@@ -615,10 +634,7 @@ impl<D: Disk> Engine<D> {
             decided = true;
             decided_key.clear();
             decided_key.extend_from_slice(&e.key);
-            let expires_at_ms = match e.kind {
-                Kind::Expiring => expires_at_ms(e.ts, &e.value),
-                _ => None,
-            };
+            let expires_at_ms = expiry(e.kind, e.ts, &e.value);
             if let Some(value) = visible(e.kind, e.ts, e.value, || now_ms) {
                 bytes = bytes.saturating_add(e.key.len() + value.len());
                 out.push(Row {
@@ -1099,11 +1115,18 @@ impl<D: Disk> Inner<D> {
         sources
     }
 
-    pub(crate) async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
-        Ok(self
-            .newest_at(key, ts)
-            .await?
-            .and_then(|e| visible(e.kind, e.ts, e.value, || read_ms(ts, &self.clock))))
+    /// The live value of `key` as of `ts` (`u64::MAX`: newest), and when
+    /// it expires if it was written with a TTL.
+    pub(crate) async fn value_at(
+        &self,
+        key: &[u8],
+        ts: u64,
+    ) -> Result<Option<(Bytes, Option<u64>)>> {
+        Ok(self.newest_at(key, ts).await?.and_then(|e| {
+            let expires_at_ms = expiry(e.kind, e.ts, &e.value);
+            visible(e.kind, e.ts, e.value, || read_ms(ts, &self.clock))
+                .map(|value| (value, expires_at_ms))
+        }))
     }
 
     /// The newest version of `key` at or below `ts`, tombstones included.

@@ -70,6 +70,15 @@ pub fn expires_at_ms(ts: u64, stored: &[u8]) -> Option<u64> {
     Some(crate::clock::ms_of_ts(ts).saturating_add(ttl))
 }
 
+/// When a version written at `ts` expires: an expiring put's
+/// [`expires_at_ms`]; `None` for any other kind.
+pub fn expiry(kind: Kind, ts: u64, stored: &[u8]) -> Option<u64> {
+    match kind {
+        Kind::Expiring => expires_at_ms(ts, stored),
+        _ => None,
+    }
+}
+
 /// The value a read sees in a version written at `ts`: a put's; an
 /// expiring put's while `now_ms()` (the read's time, see [`read_ms`]) is
 /// before it expires; nothing for a delete or an intent. `now_ms` is

@@ -87,7 +87,8 @@ pub enum ShardOp {
 
 #[derive(Debug)]
 pub enum ShardReply {
-    Value(Option<Bytes>),
+    /// A read's value, and when its key expires if it does.
+    Value(Option<(Bytes, Option<u64>)>),
     Written(u64),
     Rows(Vec<Row>),
     Stats(Vec<Metric>),
@@ -314,7 +315,7 @@ impl Shard {
 
     pub(crate) async fn execute_local(self: &Rc<Self>, op: ShardOp) -> ShardReply {
         match op {
-            ShardOp::Get(key) => match self.engine.get(&key).await {
+            ShardOp::Get(key) => match self.engine.get_with_expiry(&key).await {
                 Ok(v) => ShardReply::Value(v),
                 Err(e) => error_reply(&e),
             },
@@ -340,7 +341,7 @@ impl Shard {
                 Ok(rows) => ShardReply::Rows(rows),
                 Err(e) => error_reply(&e),
             },
-            ShardOp::ReadAt { key, ts } => match self.engine.read_at(&key, ts).await {
+            ShardOp::ReadAt { key, ts } => match self.engine.read_at_with_expiry(&key, ts).await {
                 Ok(v) => ShardReply::Value(v),
                 Err(e) => error_reply(&e),
             },
@@ -619,7 +620,10 @@ fn merge_pages(pages: Vec<Vec<Row>>, limit: usize, bytes_max: usize) -> (Vec<Row
 
 fn into_response(reply: ShardReply) -> Response {
     match reply {
-        ShardReply::Value(v) => Response::Get(v),
+        ShardReply::Value(v) => Response::Get {
+            expires_at_ms: v.as_ref().and_then(|(_, at)| *at),
+            value: v.map(|(value, _)| value),
+        },
         ShardReply::Written(ts) => Response::Written { ts },
         ShardReply::Rows(rows) => scan_response(rows, None),
         ShardReply::Stats(m) => Response::Stats(m),

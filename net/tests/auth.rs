@@ -91,7 +91,7 @@ fn only_a_hello_with_the_token_opens_a_connection() {
     send_frame(&mut s, &get.encode(7));
     assert_eq!(
         read_response(&mut s),
-        Some((7, Response::Get(Some(bytes::Bytes::from_static(b"v")))))
+        Some((7, Response::value(Some(bytes::Bytes::from_static(b"v")))))
     );
 
     // The SDK: without the token it cannot connect; with it, every shard

@@ -224,7 +224,7 @@ fn a_client_that_never_reads_its_responses_cannot_grow_the_server() {
     // Once it reads, the responses it was owed arrive in order of completion.
     let (id, response) = read_response(&mut greedy).expect("a response");
     assert_eq!(id, 0);
-    assert_eq!(response, Response::Get(Some(value.into())));
+    assert_eq!(response, Response::value(Some(value.into())));
     drop(greedy);
     good.ping().unwrap();
     assert!(server.stop());

@@ -100,7 +100,7 @@ fn exercise_every_operation(server: &Server, shards: usize) {
             .entry()
             .call(&tessera_client::Request::Get { key })
             .unwrap();
-        assert_eq!(resp, tessera_client::Response::Get(want));
+        assert_eq!(resp, tessera_client::Response::value(want));
     }
     let stats = client.stats().unwrap();
     let shards_seen: std::collections::BTreeSet<u32> = stats.iter().map(|m| m.shard).collect();
@@ -385,7 +385,7 @@ fn frames_arrive_whole_however_their_bytes_are_split_or_batched() {
         c.stream.write_all(&bytes).unwrap();
         assert_eq!(
             c.responses(1)[0].1,
-            Response::Get(Some(v.clone().into())),
+            Response::value(Some(v.clone().into())),
             "{key}"
         );
     }
@@ -402,7 +402,7 @@ fn frames_arrive_whole_however_their_bytes_are_split_or_batched() {
     for (id, (key, v)) in ids.iter().zip(&expected) {
         assert_eq!(
             by_id.remove(id),
-            Some(Response::Get(Some(v.clone().into()))),
+            Some(Response::value(Some(v.clone().into()))),
             "{key}"
         );
     }

@@ -78,6 +78,17 @@ fn keys_with_a_ttl_expire_for_every_read_and_survive_a_crash_with_their_expiry()
             "{key} before its TTL"
         );
     }
+    // A read says when its key expires.
+    let (value, expires) = client.get_with_expiry("single").unwrap().unwrap();
+    assert_eq!(&value[..], b"1");
+    assert!(expires.unwrap().abs_diff(now_ms + TTL.as_millis() as u64) < 1000);
+    let at_write = client
+        .read_at_with_expiry("single", put_ts)
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_write.1, expires);
+    let forever = client.get_with_expiry("batched-forever").unwrap().unwrap();
+    assert_eq!(forever.1, None);
     assert!(
         written.elapsed() < TTL,
         "the machine was too slow to check before the TTL"

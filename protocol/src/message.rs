@@ -227,7 +227,12 @@ pub enum Response {
         retention_ms: u64,
     },
     Pong,
-    Get(Option<Bytes>),
+    /// A Get's or a ReadAt's answer; `expires_at_ms`: when the key
+    /// expires (Unix milliseconds) if it was written with a TTL.
+    Get {
+        value: Option<Bytes>,
+        expires_at_ms: Option<u64>,
+    },
     Written {
         ts: u64,
     },
@@ -248,6 +253,14 @@ pub enum Response {
 }
 
 impl Response {
+    /// A Get's answer for a key without a TTL (or no key).
+    pub fn value(value: Option<Bytes>) -> Response {
+        Response::Get {
+            value,
+            expires_at_ms: None,
+        }
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
         Response::Error {
             code,
@@ -752,13 +765,17 @@ impl Response {
                 wire::Outcome::PingResult,
                 wire::PingResult::create(b, &wire::PingResultArgs {}).as_union_value(),
             ),
-            Response::Get(value) => {
+            Response::Get {
+                value,
+                expires_at_ms,
+            } => {
                 let v = value.as_ref().map(|v| b.create_vector(v));
                 let o = wire::GetResult::create(
                     b,
                     &wire::GetResultArgs {
                         found: value.is_some(),
                         value: v,
+                        expires_at_ms: expires_at_ms.unwrap_or(0),
                     },
                 );
                 (wire::Outcome::GetResult, o.as_union_value())
@@ -914,7 +931,10 @@ pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
         wire::Outcome::PingResult => Response::Pong,
         wire::Outcome::GetResult => {
             let g = resp.outcome_as_get_result().expect("verified union");
-            Response::Get(g.found().then(|| bytes_of(g.value())))
+            Response::Get {
+                value: g.found().then(|| bytes_of(g.value())),
+                expires_at_ms: Some(g.expires_at_ms()).filter(|&at| at != 0),
+            }
         }
         wire::Outcome::WriteResult => Response::Written {
             ts: resp.outcome_as_write_result().expect("verified union").ts(),
@@ -1083,8 +1103,12 @@ mod tests {
     fn responses_round_trip() {
         let cases = vec![
             Response::error(ErrorCode::KeyTooLarge, "too big"),
-            Response::Get(Some(Bytes::from_static(b"v"))),
-            Response::Get(None),
+            Response::value(Some(Bytes::from_static(b"v"))),
+            Response::value(None),
+            Response::Get {
+                value: Some(Bytes::from_static(b"v")),
+                expires_at_ms: Some(1_800_000_000_000),
+            },
             Response::Written { ts: 42 },
             Response::Scan {
                 rows: vec![(Bytes::from_static(b"a"), Bytes::from_static(b"1"))],

@@ -30,7 +30,7 @@ use std::time::Instant;
 use tessera_client::{BatchOp, Client, Request, Response};
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -81,6 +81,8 @@ pub enum Command {
         #[arg(long)]
         at: Option<u64>,
     },
+    /// Print how long KEY has left, if it was written with a TTL.
+    Ttl { key: String },
     /// Store VALUE under KEY.
     Put {
         key: String,
@@ -241,18 +243,42 @@ pub fn show(b: &[u8]) -> String {
 pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<String, CliError> {
     let text = match command {
         Command::Get { key, at } => {
-            let value = match at {
-                Some(ts) => client.read_at(Bytes::from(key.clone()), *ts)?,
-                None => client.get(Bytes::from(key.clone()))?,
+            let found = match at {
+                Some(ts) => client.read_at_with_expiry(Bytes::from(key.clone()), *ts)?,
+                None => client.get_with_expiry(Bytes::from(key.clone()))?,
             };
+            let (value, expires_at_ms) = found.map_or((None, None), |(v, at)| (Some(v), at));
             if as_json {
-                json!({"key": key, "found": value.is_some(), "value": value.as_deref().map(show)})
-                    .to_string()
+                json!({"key": key, "found": value.is_some(), "value": value.as_deref().map(show),
+                       "expires_at_ms": expires_at_ms})
+                .to_string()
             } else {
                 value
                     .as_deref()
                     .map(show)
                     .unwrap_or_else(|| "(not found)".into())
+            }
+        }
+        Command::Ttl { key } => {
+            let found = client.get_with_expiry(Bytes::from(key.clone()))?;
+            let left_ms = |at: u64| at.saturating_sub(backup::wall_ms());
+            if as_json {
+                let expires_at_ms = found.as_ref().and_then(|(_, at)| *at);
+                json!({"key": key, "found": found.is_some(), "expires_at_ms": expires_at_ms,
+                       "ttl_ms": expires_at_ms.map(left_ms)})
+                .to_string()
+            } else {
+                match found {
+                    None => "(not found)".into(),
+                    Some((_, None)) => "no expiry".into(),
+                    Some((_, Some(at))) => {
+                        let left = std::time::Duration::from_millis(left_ms(at));
+                        format!(
+                            "expires in {} (at {at} ms since the epoch)",
+                            humantime::format_duration(left)
+                        )
+                    }
+                }
             }
         }
         Command::Put { key, value, ttl } => {

@@ -7,6 +7,10 @@ use common::{tessera, tessera_env, InProcessServer};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+fn json_of(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
 #[test]
 fn one_shot_commands_print_results_and_json() {
     let server = InProcessServer::start();
@@ -42,6 +46,20 @@ fn one_shot_commands_print_results_and_json() {
     assert!(ok && out.ends_with(", expires after 1s 500ms)\n"), "{out}");
     let written = std::time::Instant::now();
     assert_eq!(tessera(a, &["get", "brief"]).1, "x\n");
+    let (_, out, _) = tessera(a, &["ttl", "brief"]);
+    assert!(
+        out.starts_with("expires in ") && out.contains(" ms since the epoch)"),
+        "{out}"
+    );
+    let (_, out, _) = tessera(a, &["--json", "get", "brief"]);
+    let left = json_of(&out)["expires_at_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(left > now && left <= now + 1500, "{out}");
+    assert_eq!(tessera(a, &["ttl", "greeting"]).1, "no expiry\n");
+    assert_eq!(tessera(a, &["ttl", "nope"]).1, "(not found)\n");
     assert!(written.elapsed() < std::time::Duration::from_millis(1500));
     let (_, out, _) = tessera(a, &["--json", "put", "brief2", "x", "--ttl", "1h"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -72,7 +72,7 @@ fn the_sdk_speaks_tls_to_every_shard_with_large_and_pipelined_traffic() {
         .map(|_| conn.send(&Request::Get { key: "k1".into() }).unwrap())
         .collect();
     for id in ids {
-        assert_eq!(conn.wait(id).unwrap(), Response::Get(Some("v1".into())));
+        assert_eq!(conn.wait(id).unwrap(), Response::value(Some("v1".into())));
     }
     // Responses far beyond the socket's buffer while the client is not
     // reading: the server's sends fill it, and what TLS holds back must
@@ -85,7 +85,7 @@ fn the_sdk_speaks_tls_to_every_shard_with_large_and_pipelined_traffic() {
     for id in ids {
         assert_eq!(
             conn.wait(id).unwrap(),
-            Response::Get(Some(big.clone().into()))
+            Response::value(Some(big.clone().into()))
         );
     }
     // A batch across shards commits through a transaction.

@@ -2875,6 +2875,7 @@ impl<'a> ::flatbuffers::Follow<'a> for GetResult<'a> {
 impl<'a> GetResult<'a> {
   pub const VT_FOUND: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXPIRES_AT_MS: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2886,6 +2887,7 @@ impl<'a> GetResult<'a> {
     args: &'args GetResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GetResult<'bldr>> {
     let mut builder = GetResultBuilder::new(_fbb);
+    builder.add_expires_at_ms(args.expires_at_ms);
     if let Some(x) = args.value { builder.add_value(x); }
     builder.add_found(args.found);
     builder.finish()
@@ -2906,6 +2908,13 @@ impl<'a> GetResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetResult::VT_VALUE, None)}
   }
+  #[inline]
+  pub fn expires_at_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetResult::VT_EXPIRES_AT_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GetResult<'_> {
@@ -2916,6 +2925,7 @@ impl ::flatbuffers::Verifiable for GetResult<'_> {
     v.visit_table(pos)?
      .visit_field::<bool>("found", Self::VT_FOUND, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("expires_at_ms", Self::VT_EXPIRES_AT_MS, false)?
      .finish();
     Ok(())
   }
@@ -2923,6 +2933,7 @@ impl ::flatbuffers::Verifiable for GetResult<'_> {
 pub struct GetResultArgs<'a> {
     pub found: bool,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub expires_at_ms: u64,
 }
 impl<'a> Default for GetResultArgs<'a> {
   #[inline]
@@ -2930,6 +2941,7 @@ impl<'a> Default for GetResultArgs<'a> {
     GetResultArgs {
       found: false,
       value: None,
+      expires_at_ms: 0,
     }
   }
 }
@@ -2946,6 +2958,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetResultBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetResult::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_expires_at_ms(&mut self, expires_at_ms: u64) {
+    self.fbb_.push_slot::<u64>(GetResult::VT_EXPIRES_AT_MS, expires_at_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetResultBuilder<'a, 'b, A> {
@@ -2967,6 +2983,7 @@ impl ::core::fmt::Debug for GetResult<'_> {
     let mut ds = f.debug_struct("GetResult");
       ds.field("found", &self.found());
       ds.field("value", &self.value());
+      ds.field("expires_at_ms", &self.expires_at_ms());
       ds.finish()
   }
 }

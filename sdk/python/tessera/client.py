@@ -427,6 +427,22 @@ class HelloInfo:
     retention_ms: int
 
 
+class Expiring(bytes):
+    """A value whose key was written with a TTL: ``bytes``, and
+    ``expires_at_ms``, when the key expires (Unix milliseconds). Reads of
+    keys without a TTL give plain ``bytes``."""
+
+    expires_at_ms: int
+
+
+def _value(data: bytes, expires_at_ms: int) -> bytes:
+    if not expires_at_ms:
+        return data
+    value = Expiring(data)
+    value.expires_at_ms = expires_at_ms
+    return value
+
+
 @dataclass(frozen=True)
 class ScanPage:
     """One page of a scan; send ``next_start`` as the next start to go on
@@ -554,7 +570,9 @@ def _outcome_value(kind: int, table: flatbuffers.table.Table):
         return ServerError(code, _text(e.Message()))
     if kind == o.GetResult:
         g = _as(_get_result.GetResult, table)
-        return (_vec(g.ValueAsNumpy()) or b"") if g.Found() else None
+        if not g.Found():
+            return None
+        return _value(_vec(g.ValueAsNumpy()) or b"", g.ExpiresAtMs())
     if kind == o.WriteResult:
         return _as(_write_result.WriteResult, table).Ts()
     if kind == o.PingResult:

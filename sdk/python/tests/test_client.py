@@ -195,6 +195,10 @@ class ClientTest(unittest.TestCase):
         written = time.monotonic()
         keys = ["ttl:single", "ttl:batched", "ttl:txn"]
         self.assertEqual([db.get(k) for k in keys], [b"1", b"2", b"4"])
+        single = db.get("ttl:single")
+        self.assertIsInstance(single, tessera.Expiring)
+        self.assertLess(abs(single.expires_at_ms - (time.time() * 1000 + 1500)), 1000)
+        self.assertNotIsInstance(db.get("ttl:kept"), tessera.Expiring)
         page = db.scan("ttl:", "ttl;")
         self.assertEqual(
             [k for k, _ in page.rows], [b"ttl:batched", b"ttl:kept", b"ttl:single", b"ttl:txn"]

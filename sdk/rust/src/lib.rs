@@ -590,11 +590,17 @@ impl Client {
     }
 
     pub fn get(&mut self, key: impl Into<Bytes>) -> Result<Option<Bytes>> {
+        Ok(self.get_with_expiry(key)?.map(|(value, _)| value))
+    }
+
+    /// The value of `key` and, if it was written with a TTL, when it
+    /// expires (Unix milliseconds).
+    pub fn get_with_expiry(
+        &mut self,
+        key: impl Into<Bytes>,
+    ) -> Result<Option<(Bytes, Option<u64>)>> {
         let key = key.into();
-        match self.connection_for(&key).call(&Request::Get { key })? {
-            Response::Get(v) => Ok(v),
-            other => Err(unexpected(other)),
-        }
+        value_of(self.connection_for(&key).call(&Request::Get { key })?)
     }
 
     /// Stores `value`; returns the commit timestamp.
@@ -678,13 +684,21 @@ impl Client {
     /// window, [`Client::retention_ms`]).
     pub fn read_at(&mut self, key: impl Into<Bytes>, ts: u64) -> Result<Option<Bytes>> {
         let key = key.into();
-        match self
-            .connection_for(&key)
-            .call(&Request::ReadAt { key, ts })?
-        {
-            Response::Get(v) => Ok(v),
-            other => Err(unexpected(other)),
-        }
+        Ok(self.read_at_with_expiry(key, ts)?.map(|(value, _)| value))
+    }
+
+    /// Like [`Client::read_at`], with when the key expires if it was
+    /// written with a TTL (Unix milliseconds).
+    pub fn read_at_with_expiry(
+        &mut self,
+        key: impl Into<Bytes>,
+        ts: u64,
+    ) -> Result<Option<(Bytes, Option<u64>)>> {
+        let key = key.into();
+        value_of(
+            self.connection_for(&key)
+                .call(&Request::ReadAt { key, ts })?,
+        )
     }
 
     /// Runs a transaction once. A conflict comes back as
@@ -766,6 +780,17 @@ impl Client {
 /// one, not 0, which would mean no expiry).
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// A Get's or ReadAt's value and expiry.
+fn value_of(r: Response) -> Result<Option<(Bytes, Option<u64>)>> {
+    match r {
+        Response::Get {
+            value,
+            expires_at_ms,
+        } => Ok(value.map(|value| (value, expires_at_ms))),
+        other => Err(unexpected(other)),
+    }
 }
 
 fn written(r: Response) -> Result<u64> {

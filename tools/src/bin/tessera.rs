@@ -7,7 +7,7 @@ use tessera_client::{Client, ConnectOptions, TlsOptions};
 use tessera_tools::backup;
 use tessera_tools::cli::{cert, execute, report, Cli, Command};
 
-const SHELL_HELP: &str = "commands: get KEY [--at TS] | put KEY VALUE [--ttl 30s] | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
+const SHELL_HELP: &str = "commands: get KEY [--at TS] | ttl KEY | put KEY VALUE [--ttl 30s] | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
 quote arguments with spaces: put greeting \"hello world\"";
 
 fn main() {

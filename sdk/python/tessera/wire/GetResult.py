@@ -59,8 +59,15 @@ class GetResult(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
+    # GetResult
+    def ExpiresAtMs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def GetResultStart(builder: flatbuffers.Builder):
-    builder.StartObject(2)
+    builder.StartObject(3)
 
 def Start(builder: flatbuffers.Builder):
     GetResultStart(builder)
@@ -82,6 +89,12 @@ def GetResultStartValueVector(builder, numElems: int) -> int:
 
 def StartValueVector(builder, numElems: int) -> int:
     return GetResultStartValueVector(builder, numElems)
+
+def GetResultAddExpiresAtMs(builder: flatbuffers.Builder, expiresAtMs: int):
+    builder.PrependUint64Slot(2, expiresAtMs, 0)
+
+def AddExpiresAtMs(builder: flatbuffers.Builder, expiresAtMs: int):
+    GetResultAddExpiresAtMs(builder, expiresAtMs)
 
 def GetResultEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
