@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tessera_engine::{Options, SyncMode, WalRecovery};
 use tessera_protocol::frame::Limits;
 use tessera_protocol::Token;
@@ -143,10 +145,91 @@ pub struct Config {
     pub connections_max: usize,
     pub inflight_per_connection_max: usize,
     pub prefault_memory: bool,
+    /// The token connections must present and the TLS certificate they
+    /// are served with, reloadable (SIGHUP).
+    pub credentials: Arc<CredentialSource>,
+}
+
+/// What a connection is authenticated and encrypted with.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
     /// The token connections must present (`--auth-token-file`).
-    pub auth_token: Option<Token>,
+    pub token: Option<Token>,
     /// TLS for client connections (`--tls-cert`, `--tls-key`).
     pub tls: Option<Tls>,
+}
+
+/// Where the credentials come from, and the latest loaded. A reload
+/// (SIGHUP, [`CredentialSource::request_reload`]) reads the same files
+/// again and, only if all of them check out, replaces the credentials and
+/// bumps the generation; each shard keeps its own copy and takes the new
+/// one when it sees the generation change (it looks every 20 ms), so
+/// connections read no shared state. Connections already open keep what
+/// they started with.
+#[derive(Debug)]
+pub struct CredentialSource {
+    token_file: Option<PathBuf>,
+    tls_files: Option<(PathBuf, PathBuf)>,
+    latest: Mutex<Credentials>,
+    generation: AtomicU64,
+    /// Set by the SIGHUP handler; shard 0 performs the reload.
+    pub reload_requested: Arc<AtomicBool>,
+}
+
+impl CredentialSource {
+    fn load(
+        token_file: Option<PathBuf>,
+        tls_files: Option<(PathBuf, PathBuf)>,
+    ) -> anyhow::Result<CredentialSource> {
+        let source = CredentialSource {
+            token_file,
+            tls_files,
+            latest: Mutex::default(),
+            generation: AtomicU64::new(0),
+            reload_requested: Arc::default(),
+        };
+        *source.latest.lock().expect("not poisoned") = source.read()?;
+        Ok(source)
+    }
+
+    /// Reads and checks every file.
+    fn read(&self) -> anyhow::Result<Credentials> {
+        Ok(Credentials {
+            token: self
+                .token_file
+                .as_deref()
+                .map(read_auth_token)
+                .transpose()?,
+            tls: match &self.tls_files {
+                Some((cert, key)) => Some(Tls::load(cert, key)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Reads the files again; on any error the credentials stay as they
+    /// were.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = self.read()?;
+        *self.latest.lock().expect("not poisoned") = fresh;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Asks the running server to reload (what SIGHUP does).
+    pub fn request_reload(&self) {
+        self.reload_requested.store(true, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The latest credentials and their generation.
+    pub fn current(&self) -> (u64, Credentials) {
+        let latest = self.latest.lock().expect("not poisoned");
+        (self.generation(), latest.clone())
+    }
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -294,14 +377,14 @@ impl Config {
             connections_max: pick!(connections_max).unwrap_or(10_000),
             inflight_per_connection_max: pick!(inflight_per_connection_max).unwrap_or(256),
             prefault_memory: pick!(prefault_memory).unwrap_or(true),
-            auth_token: pick!(auth_token_file)
-                .map(|path| read_auth_token(&path))
-                .transpose()?,
-            tls: match (pick!(tls_cert), pick!(tls_key)) {
-                (Some(cert), Some(key)) => Some(Tls::load(&cert, &key)?),
-                (None, None) => None,
-                _ => bail!("--tls-cert and --tls-key go together"),
-            },
+            credentials: Arc::new(CredentialSource::load(
+                pick!(auth_token_file),
+                match (pick!(tls_cert), pick!(tls_key)) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    _ => bail!("--tls-cert and --tls-key go together"),
+                },
+            )?),
         })
     }
 }

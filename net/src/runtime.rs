@@ -351,6 +351,18 @@ async fn shard_main(
     });
     while !shutdown.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+        let credentials = &config.credentials;
+        if i == 0 && credentials.reload_requested.swap(false, Ordering::SeqCst) {
+            // A few small files: read inline on this shard.
+            match credentials.reload() {
+                Ok(()) => tracing::info!("credentials reloaded (token, TLS certificate)"),
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    "credentials not reloaded; the old ones stay in use"
+                ),
+            }
+        }
+        shard.refresh_credentials();
     }
     shard.shutting_down.set(true);
     // Dropping the accept tasks closes the listeners.

@@ -35,7 +35,7 @@ use std::rc::Rc;
 use std::time::Instant;
 use tessera_protocol::frame::{peek_frame, put_frame, LENGTH_BYTES};
 use tessera_protocol::message::decode_request;
-use tessera_protocol::{ErrorCode, Request, Response};
+use tessera_protocol::{ErrorCode, Request, Response, Token};
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -128,10 +128,11 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
     // (reads of 1 KiB and more) stays on readiness and `recv`, which
     // coalesces bursts better (docs/architecture.md, vendor PATCHES.md).
     let stream = stream.buffered_with(Preallocated::new(READ_CHUNK_BYTES));
-    let Some(tls) = &shard.config.tls else {
+    let tls = shard.credentials.borrow().tls.clone();
+    let Some(tls) = tls else {
         return serve_connection(shard, stream).await;
     };
-    let handshake = futures_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+    let handshake = futures_rustls::TlsAcceptor::from(tls.config).accept(stream);
     let timeout = async {
         glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
         Err(std::io::Error::new(
@@ -298,7 +299,10 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
     let mut unrecorded: Vec<(OpKind, bool)> = Vec::with_capacity(DECODE_AHEAD);
     // With `--auth-token-file`, nothing but a Hello carrying the token is
     // served until one has arrived.
-    let mut authenticated = shard.config.auth_token.is_none();
+    // The token as the connection began: a reload changes it for new
+    // connections only.
+    let token = shard.credentials.borrow().token.clone();
+    let mut authenticated = token.is_none();
     let result = 'read: loop {
         let mut read = reader.read(&mut chunk);
         let read = match futures_lite::future::poll_once(&mut read).await {
@@ -394,7 +398,7 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
             };
             let kind = op_kind(&request);
             if !authenticated {
-                match authenticate(shard, &request) {
+                match authenticate(shard, token.as_ref(), &request) {
                     Ok(()) => authenticated = true,
                     Err((response, close)) => {
                         answer(shard, kind, start, id, &response, &outbox);
@@ -443,9 +447,13 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
 /// only a Hello with the server's token. Otherwise returns the refusal and
 /// whether to close the connection (after a wrong token: a client guessing
 /// tokens pays a connection per guess).
-fn authenticate(shard: &Shard, request: &Request) -> Result<(), (Response, bool)> {
+fn authenticate(
+    shard: &Shard,
+    expected: Option<&Token>,
+    request: &Request,
+) -> Result<(), (Response, bool)> {
     use subtle::ConstantTimeEq;
-    let Some(expected) = &shard.config.auth_token else {
+    let Some(expected) = expected else {
         return Ok(());
     };
     let Request::Hello { token, .. } = request else {

@@ -8,7 +8,7 @@
 //! (~2-5 µs here), so shard-aware clients that send each request to the
 //! owner's port skip it.
 
-use crate::config::Config;
+use crate::config::{Config, Credentials};
 use crate::metrics::ShardMetrics;
 use crate::slots::SlotMap;
 use crate::txn::{vote_reply, TxnRequest};
@@ -154,6 +154,10 @@ pub struct Shard {
     pub addresses: Arc<OnceLock<Vec<String>>>,
     pub metrics: ShardMetrics,
     pub shutting_down: Cell<bool>,
+    /// This shard's copy of the credentials and their generation (see
+    /// [`crate::config::CredentialSource`]).
+    pub credentials: RefCell<Credentials>,
+    credentials_generation: Cell<u64>,
     /// Shards that have resolved their in-doubt transactions.
     pub(crate) recovered_peers: Cell<usize>,
     /// Commit decisions waiting for participants' durable commits: ts →
@@ -181,11 +185,14 @@ impl Shard {
         addresses: Arc<OnceLock<Vec<String>>>,
         senders: Option<Senders<MeshMsg>>,
     ) -> Rc<Shard> {
+        let (generation, credentials) = config.credentials.current();
         Rc::new(Shard {
             id,
             engine,
             slots,
             config,
+            credentials: RefCell::new(credentials),
+            credentials_generation: Cell::new(generation),
             addresses,
             metrics: ShardMetrics::default(),
             shutting_down: Cell::new(false),
@@ -199,6 +206,17 @@ impl Shard {
             pending: RefCell::default(),
             next_tag: Cell::new(0),
         })
+    }
+
+    /// Takes the latest credentials if they changed since this shard
+    /// last looked.
+    pub fn refresh_credentials(&self) {
+        let source = &self.config.credentials;
+        if source.generation() != self.credentials_generation.get() {
+            let (generation, credentials) = source.current();
+            *self.credentials.borrow_mut() = credentials;
+            self.credentials_generation.set(generation);
+        }
     }
 
     /// Serves the mesh: one task per peer, each request in its own task.

@@ -150,3 +150,45 @@ fn a_token_file_that_is_missing_short_or_not_one_line_stops_the_start() {
         .expect("a token of two lines stops the start");
     assert!(err.contains("more than one line"), "{err}");
 }
+
+#[test]
+fn sighup_reloads_the_token_for_new_connections_and_keeps_a_bad_one_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = token_file(dir.path(), TOKEN);
+    let server = Server::start(&dir.path().join("data"), 2, &["--auth-token-file", &file]);
+    let with = |token: &str| ConnectOptions {
+        token: Some(Token(token.into())),
+        ..ConnectOptions::default()
+    };
+    let mut before = Client::connect_with(&server.listen, &with(TOKEN)).unwrap();
+    before.put("k", "v").unwrap();
+    let sighup = || {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+    };
+
+    let rotated = "the-next-token-0123456789";
+    std::fs::write(&file, rotated).unwrap();
+    sighup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Client::connect_with(&server.listen, &with(rotated)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new token was never taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        Client::connect_with(&server.listen, &with(TOKEN)).is_err(),
+        "the old token still opens connections"
+    );
+    // A connection opened before keeps working.
+    assert_eq!(before.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+
+    // A reload that fails its checks changes nothing.
+    std::fs::write(&file, "short").unwrap();
+    sighup();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(Client::connect_with(&server.listen, &with(rotated)).is_ok());
+    assert!(server.stop());
+}

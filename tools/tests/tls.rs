@@ -197,3 +197,40 @@ fn cert_files_are_new_and_a_server_refuses_a_half_or_bad_tls_setup() {
     let missing = resolve(Some("nothing.pem"), Some("server.key")).unwrap_err();
     assert!(missing.contains("reading --tls-cert"), "{missing}");
 }
+
+#[test]
+fn a_reload_serves_a_new_certificate_to_new_connections() {
+    let setup = tls_server();
+    let addr = setup.server.addr;
+    let mut before = Client::connect_with(addr, &options(&setup.ca)).unwrap();
+    before.put("k", "v").unwrap();
+    // A new set over the files the server was started with.
+    let certs = setup.ca.parent().unwrap();
+    let next_dir = tempfile::tempdir().unwrap();
+    let next = cert::create(next_dir.path(), &["127.0.0.1".into()], 1).unwrap();
+    std::fs::copy(&next.cert, certs.join("server.pem")).unwrap();
+    std::fs::copy(&next.key, certs.join("server.key")).unwrap();
+    setup.server.credentials.request_reload();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Client::connect_with(addr, &options(&next.ca)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = Client::connect_with(addr, &options(&setup.ca))
+        .err()
+        .expect("the old CA no longer matches");
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
+    // A connection opened before keeps working.
+    assert_eq!(before.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    // A key that does not match its certificate changes nothing.
+    std::fs::copy(&setup.ca, certs.join("server.pem")).unwrap();
+    setup.server.credentials.request_reload();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Client::connect_with(addr, &options(&next.ca)).is_ok());
+}

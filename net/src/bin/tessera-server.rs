@@ -30,6 +30,11 @@ fn run() -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, shutdown.clone())?;
     }
+    // SIGHUP: read the token and TLS files again.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        config.credentials.reload_requested.clone(),
+    )?;
     let (data, sync) = (config.data.clone(), config.engine.wal_sync);
     tessera_net::runtime::run(config, shutdown, |ready| {
         let metrics = ready

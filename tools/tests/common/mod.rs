@@ -11,6 +11,8 @@ use tessera_net::runtime::Embedded;
 /// A server in this process, and its data directory.
 pub struct InProcessServer {
     pub addr: SocketAddr,
+    /// Its token and TLS certificate (`request_reload` as SIGHUP would).
+    pub credentials: std::sync::Arc<tessera_net::config::CredentialSource>,
     _server: Embedded,
     _dir: tempfile::TempDir,
 }
@@ -28,8 +30,11 @@ impl InProcessServer {
         // touching the budget up front (off in `local`) would only cost time.
         let mut flags = Flags::local(dir.path().to_path_buf(), 2);
         adjust(&mut flags);
-        let server = Embedded::start(Config::resolve(flags).unwrap()).unwrap();
+        let config = Config::resolve(flags).unwrap();
+        let credentials = config.credentials.clone();
+        let server = Embedded::start(config).unwrap();
         InProcessServer {
+            credentials,
             addr: server.ready.listen,
             _server: server,
             _dir: dir,
