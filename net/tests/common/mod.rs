@@ -29,10 +29,15 @@ impl Server {
             true => &[][..],
             false => &["--shard-base-port", "0"][..],
         };
+        let listen = match extra.contains(&"--listen") {
+            true => &[][..],
+            false => &["--listen", "127.0.0.1:0"][..],
+        };
         let mut child = Command::new(server_binary())
             .arg("--data")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--cpus", "any"])
+            .args(listen)
+            .args(["--cpus", "any"])
             .args(base_port)
             .args(["--shards", &shards.to_string(), "--metrics", "127.0.0.1:0"])
             .args(extra)

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tessera_protocol::frame::{next_frame, put_frame};
 use tessera_protocol::message::{decode_response, Metric};
 pub use tessera_protocol::message::{BatchOp, Condition, ReadValue, TxnOutcome};
@@ -155,7 +155,16 @@ pub struct Connection {
     next_id: u64,
     buf: BytesMut,
     arrived: HashMap<u64, Response>,
+    addr: SocketAddr,
+    /// Requests sent whose responses have not been read.
+    outstanding: usize,
+    /// When the connection last sent or received.
+    last_used: Instant,
 }
+
+/// How long a connection may sit unused before [`Client`] checks, ahead
+/// of its next request, whether the server has closed it.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 impl Connection {
     pub fn open(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Connection> {
@@ -189,7 +198,38 @@ impl Connection {
             next_id: 1,
             buf: BytesMut::with_capacity(64 << 10),
             arrived: HashMap::new(),
+            addr,
+            outstanding: 0,
+            last_used: Instant::now(),
         })
+    }
+
+    /// The address this connection was opened to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the server has closed this idle connection (or sent it
+    /// something no request asked for): checked without waiting, and only
+    /// on a connection with nothing in flight that sat unused a while.
+    fn closed_while_idle(&self) -> bool {
+        if self.outstanding > 0
+            || !self.buf.is_empty()
+            || !self.arrived.is_empty()
+            || self.last_used.elapsed() < IDLE_CHECK_AFTER
+        {
+            return false;
+        }
+        let socket = match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        };
+        if socket.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let peeked = socket.peek(&mut [0u8; 1]);
+        let restored = socket.set_nonblocking(false);
+        restored.is_err() || !matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Sends a request; returns its id.
@@ -200,6 +240,8 @@ impl Connection {
         put_frame(&mut frame, &request.encode(id));
         self.stream.write_all(&frame).map_err(timeout_or_io)?;
         self.stream.flush().map_err(timeout_or_io)?;
+        self.outstanding += 1;
+        self.last_used = Instant::now();
         Ok(id)
     }
 
@@ -209,6 +251,8 @@ impl Connection {
             let frame = next_frame(&mut self.buf, RESPONSE_BYTES_MAX)
                 .map_err(|e| Error::Protocol(e.to_string()))?;
             if let Some(frame) = frame {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                self.last_used = Instant::now();
                 return decode_response(&frame).map_err(|e| Error::Protocol(e.to_string()));
             }
             let mut chunk = [0u8; 64 << 10];
@@ -283,6 +327,13 @@ impl Connection {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// One of a [`Client`]'s connections.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Entry,
+    Shard(usize),
 }
 
 /// What a server says in answer to Hello.
@@ -376,9 +427,18 @@ impl ScanPage {
 }
 
 /// A shard-aware client.
+///
+/// Connections the server closed are opened again: before a request, a
+/// connection that sat unused for a second is checked and, if closed,
+/// reopened (with its hello); a request that is safe to repeat (reads,
+/// scans, read-only transactions, pings) and meets a closed connection
+/// is sent once more on a fresh one. A write that meets one fails with
+/// the I/O error, since the server may or may not have applied it; the
+/// next request goes out on a fresh connection.
 pub struct Client {
     entry: Connection,
     shards: Vec<Connection>,
+    options: ConnectOptions,
     slot_owner: Vec<u16>,
     pub server_version: String,
     /// How far back `read_at` and `scan_at` can go, as the server says.
@@ -558,10 +618,47 @@ impl Client {
         Ok(Client {
             entry,
             shards,
+            options: options.clone(),
             slot_owner,
             server_version: info.server_version,
             retention_ms: info.retention_ms,
         })
+    }
+
+    /// Opens connection `which` again, with its hello.
+    fn reopen(&mut self, which: Which) -> Result<()> {
+        let addr = self.connection(which).addr;
+        let mut fresh =
+            Connection::open_with(addr, self.options.timeout, self.options.tls.as_ref())?;
+        fresh.hello(&self.options.client_name, self.options.token.as_ref())?;
+        *self.connection(which) = fresh;
+        Ok(())
+    }
+
+    fn connection(&mut self, which: Which) -> &mut Connection {
+        match which {
+            Which::Entry => &mut self.entry,
+            Which::Shard(i) => &mut self.shards[i],
+        }
+    }
+
+    /// Sends `request` on connection `which` and waits for its response,
+    /// reopening the connection as the type's documentation says.
+    fn call(&mut self, which: Which, request: &Request, repeatable: bool) -> Result<Response> {
+        if self.connection(which).closed_while_idle() {
+            self.reopen(which)?;
+        }
+        match self.connection(which).call(request) {
+            Err(Error::Io(e)) => {
+                // The stream is gone: the next request gets a fresh one.
+                self.reopen(which)?;
+                if !repeatable {
+                    return Err(Error::Io(e));
+                }
+                self.connection(which).call(request)
+            }
+            other => other,
+        }
     }
 
     /// The shard that owns `key`.
@@ -600,7 +697,8 @@ impl Client {
         key: impl Into<Bytes>,
     ) -> Result<Option<(Bytes, Option<u64>)>> {
         let key = key.into();
-        value_of(self.connection_for(&key).call(&Request::Get { key })?)
+        let shard = Which::Shard(self.shard_of(&key));
+        value_of(self.call(shard, &Request::Get { key }, true)?)
     }
 
     /// Stores `value`; returns the commit timestamp.
@@ -621,15 +719,14 @@ impl Client {
     }
 
     fn put_request(&mut self, key: Bytes, value: Bytes, ttl_ms: u64) -> Result<u64> {
-        written(
-            self.connection_for(&key)
-                .call(&Request::Put { key, value, ttl_ms })?,
-        )
+        let shard = Which::Shard(self.shard_of(&key));
+        written(self.call(shard, &Request::Put { key, value, ttl_ms }, false)?)
     }
 
     pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<u64> {
         let key = key.into();
-        written(self.connection_for(&key).call(&Request::Delete { key })?)
+        let shard = Which::Shard(self.shard_of(&key));
+        written(self.call(shard, &Request::Delete { key }, false)?)
     }
 
     /// Applies `ops` atomically at one timestamp, returned; keys on several
@@ -639,7 +736,7 @@ impl Client {
             return Err(Error::Protocol("empty batch".into()));
         };
         let shard = self.shard_of(first.key());
-        written(self.shards[shard].call(&Request::Batch { ops })?)
+        written(self.call(Which::Shard(shard), &Request::Batch { ops }, false)?)
     }
 
     /// Keys in `[start, end)`, at most `limit`, in key order.
@@ -666,7 +763,7 @@ impl Client {
             limit,
             ts,
         };
-        match self.entry.call(&request)? {
+        match self.call(Which::Entry, &request, true)? {
             Response::Scan {
                 rows,
                 next_start,
@@ -695,10 +792,8 @@ impl Client {
         ts: u64,
     ) -> Result<Option<(Bytes, Option<u64>)>> {
         let key = key.into();
-        value_of(
-            self.connection_for(&key)
-                .call(&Request::ReadAt { key, ts })?,
-        )
+        let shard = Which::Shard(self.shard_of(&key));
+        value_of(self.call(shard, &Request::ReadAt { key, ts }, true)?)
     }
 
     /// Runs a transaction once. A conflict comes back as
@@ -709,7 +804,9 @@ impl Client {
             return Err(Error::Protocol("empty transaction".into()));
         };
         let shard = self.shard_of(home);
-        match self.shards[shard].call(&txn.request())? {
+        // A transaction that writes nothing may be sent again.
+        let repeatable = txn.writes.is_empty();
+        match self.call(Which::Shard(shard), &txn.request(), repeatable)? {
             Response::Txn(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -762,14 +859,14 @@ impl Client {
     }
 
     pub fn stats(&mut self) -> Result<Vec<Metric>> {
-        match self.entry.call(&Request::Stats)? {
+        match self.call(Which::Entry, &Request::Stats, true)? {
             Response::Stats(m) => Ok(m),
             other => Err(unexpected(other)),
         }
     }
 
     pub fn ping(&mut self) -> Result<()> {
-        match self.entry.call(&Request::Ping)? {
+        match self.call(Which::Entry, &Request::Ping, true)? {
             Response::Pong => Ok(()),
             other => Err(unexpected(other)),
         }
