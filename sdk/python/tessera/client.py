@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import select
 import socket
 import ssl
 import struct
@@ -53,6 +54,10 @@ from .wire import TopologyResult as _topology_result
 from .wire import Txn as _txn
 from .wire import TxnResult as _txn_result
 from .wire import WriteResult as _write_result
+
+#: Seconds a connection may sit unused before ``Client`` checks, ahead of
+#: its next request, whether the server closed it.
+IDLE_CHECK_AFTER = 1.0
 
 #: The protocol version this client speaks (``Hello.protocol_version``).
 PROTOCOL_VERSION = 1
@@ -643,6 +648,10 @@ class Frames:
         del self._buf[:end]
         return payload
 
+    def buffered(self) -> int:
+        """Bytes read but not yet returned as frames."""
+        return len(self._buf)
+
     def wanted(self) -> int:
         """How much to read next: the rest of a large frame in one go."""
         if len(self._buf) >= _LENGTH.size:
@@ -686,6 +695,28 @@ class Connection:
         self._next_id = 1
         self._frames = Frames()
         self._arrived: dict[int, object] = {}
+        # Requests sent whose responses have not been read, and when the
+        # connection last sent or received (see ``closed_while_idle``).
+        self._outstanding = 0
+        self._last_used = time.monotonic()
+
+    def closed_while_idle(self) -> bool:
+        """Whether the server closed this connection (or sent it what no
+        request asked for) while it sat unused: checked without waiting,
+        and only after a second with nothing in flight."""
+        if (
+            self._outstanding
+            or self._arrived
+            or self._frames.buffered()
+            or time.monotonic() - self._last_used < IDLE_CHECK_AFTER
+        ):
+            return False
+        pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()
+        try:
+            readable = select.select([self._sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return True
+        return bool(pending or readable)
 
     def send(self, request: Request) -> int:
         """Sends a request; returns its id."""
@@ -700,6 +731,8 @@ class Connection:
             self._sock.sendall(frames)
         except socket.timeout as e:
             raise Timeout(f"sending to {self.address}") from e
+        self._outstanding += len(ids)
+        self._last_used = time.monotonic()
         return ids
 
     def recv(self):
@@ -708,6 +741,8 @@ class Connection:
         while True:
             payload = self._frames.next()
             if payload is not None:
+                self._outstanding = max(0, self._outstanding - 1)
+                self._last_used = time.monotonic()
                 return decode_response(payload)
             try:
                 chunk = self._sock.recv(self._frames.wanted())
@@ -861,18 +896,57 @@ class Client(Routing):
         server's certificate for ``server_hostname`` (default: the host of
         ``address``)."""
         name = server_hostname or host_port(address)[0]
+        self._open_args = (timeout, tls, name)
+        self._hello = Hello(PROTOCOL_VERSION, client_name, token)
         self.entry = Connection(address, timeout, tls, name)
         self.shards: list[Connection] = []
-        hello = Hello(PROTOCOL_VERSION, client_name, token)
         try:
-            self._route(self.entry.call(hello), self.entry.call(Topology()))
+            self._route(self.entry.call(self._hello), self.entry.call(Topology()))
             for address in self.addresses:
-                shard = Connection(address, timeout, tls, name)
-                self.shards.append(shard)
-                shard.call(hello)
+                self.shards.append(self._open(address))
         except BaseException:
             self.close()
             raise
+
+    def _open(self, address: str) -> Connection:
+        connection = Connection(address, *self._open_args)
+        try:
+            connection.call(self._hello)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _reopen(self, shard: int | None) -> Connection:
+        old = self.entry if shard is None else self.shards[shard]
+        old.close()
+        fresh = self._open(old.address)
+        if shard is None:
+            self.entry = fresh
+        else:
+            self.shards[shard] = fresh
+        return fresh
+
+    def _call(self, shard: int | None, request: Request, repeatable: bool):
+        """Sends ``request`` on the entry connection (``shard`` None) or a
+        shard's. A connection the server closed while it sat unused is
+        opened again, with its hello, before the request goes out; a
+        request that is safe to repeat and meets a closed connection is
+        sent once more on a fresh one. A write that meets one raises, since
+        the server may have applied it; the next request gets a fresh
+        connection."""
+        connection = self.entry if shard is None else self.shards[shard]
+        if connection.closed_while_idle():
+            connection = self._reopen(shard)
+        try:
+            return connection.call(request)
+        except (Timeout, ServerError, ProtocolError):
+            raise
+        except (ConnectionClosed, OSError):
+            fresh = self._reopen(shard)
+            if not repeatable:
+                raise
+            return fresh.call(request)
 
     def connection_for(self, key: Bytes) -> Connection:
         """The connection to the shard owning ``key`` (for pipelining)."""
@@ -880,30 +954,30 @@ class Client(Routing):
 
     def get(self, key: Bytes) -> bytes | None:
         """The newest value of ``key``, or None."""
-        return self.connection_for(key).call(Get(key))
+        return self._call(self.shard_of(key), Get(key), True)
 
     def put(self, key: Bytes, value: Bytes, ttl: float | None = None) -> int:
         """Writes ``key``; returns the commit timestamp. With ``ttl``, the
         key expires that many seconds after it (rounded up to whole
         milliseconds): reads then find nothing, and reads at a timestamp
         see the state of theirs."""
-        return self.connection_for(key).call(Put(key, value, ttl_ms(ttl)))
+        return self._call(self.shard_of(key), Put(key, value, ttl_ms(ttl)), False)
 
     def delete(self, key: Bytes) -> int:
         """Deletes ``key`` (a missing key too); returns the timestamp."""
-        return self.connection_for(key).call(Delete(key))
+        return self._call(self.shard_of(key), Delete(key), False)
 
     def batch(self, ops: Sequence[WriteOp]) -> int:
         """Applies puts and deletes atomically at one timestamp, returned.
         Keys on several shards commit through a transaction."""
-        return self.shards[self._batch_shard(ops)].call(Batch(ops))
+        return self._call(self._batch_shard(ops), Batch(ops), False)
 
     def scan(
         self, start: Bytes, end: Bytes | None = None, limit: int = 1000, ts: int = 0
     ) -> ScanPage:
         """One page of keys in ``[start, end)`` in key order across all
         shards, as of ``ts`` (0: the newest state)."""
-        return self.entry.call(Scan(start, end, limit, ts))
+        return self._call(None, Scan(start, end, limit, ts), True)
 
     def scan_all(
         self, start: Bytes, end: Bytes | None = None, page: int = 1000, ts: int = 0
@@ -921,13 +995,14 @@ class Client(Routing):
     def read_at(self, key: Bytes, ts: int) -> bytes | None:
         """The value of ``key`` as of timestamp ``ts`` (inside the retention
         window, ``retention_ms``)."""
-        return self.connection_for(key).call(ReadAt(key, ts))
+        return self._call(self.shard_of(key), ReadAt(key, ts), True)
 
     def txn(self, txn: Txn) -> TxnOutcome:
         """Runs a transaction once. A conflict raises ``ServerError`` with
         code ``ErrorCode.Conflict``; a condition that does not hold gives an
         outcome with ``committed`` False."""
-        return self.shards[self._txn_shard(txn)].call(txn)
+        # A transaction that writes nothing may be sent again.
+        return self._call(self._txn_shard(txn), txn, not txn.writes)
 
     def txn_with_retry(
         self,
@@ -952,14 +1027,14 @@ class Client(Routing):
         """A timestamp after every write any shard acknowledged before this
         call. Scanning every page at it (``scan_all(..., ts=...)``) reads
         one moment across shards, inside the retention window."""
-        return max(self.shards[shard].call(txn).ts for shard, txn in self._snapshot_txns())
+        return max(self._call(shard, txn, True).ts for shard, txn in self._snapshot_txns())
 
     def stats(self) -> list[Metric]:
         """The server's metrics (the figures of its ``/metrics``)."""
-        return self.entry.call(Stats())
+        return self._call(None, Stats(), True)
 
     def ping(self) -> None:
-        self.entry.call(Ping())
+        self._call(None, Ping(), True)
 
     def close(self) -> None:
         for c in [self.entry, *self.shards]:

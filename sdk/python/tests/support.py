@@ -34,15 +34,17 @@ class Server:
     """The real server on free localhost ports, with its data in a temporary
     directory."""
 
-    def __init__(self, shards, *extra):
+    def __init__(self, shards, *extra, data=None, listen="127.0.0.1:0", shard_base_port=0):
+        """``data``: a directory to start on (kept by ``kill``, removed by
+        ``stop``); a new one if None."""
         if not SERVER.exists():
             raise RuntimeError(f"{SERVER} is missing: build it with `cargo build -p tessera-net`")
-        self.data = tempfile.mkdtemp(prefix="tessera-py-")
+        self.data = data or tempfile.mkdtemp(prefix="tessera-py-")
         self.process = subprocess.Popen(
             [
                 str(SERVER),
-                *("--data", self.data, "--listen", "127.0.0.1:0", "--cpus", "any"),
-                *("--shard-base-port", "0", "--shards", str(shards)),
+                *("--data", self.data, "--listen", listen, "--cpus", "any"),
+                *("--shard-base-port", str(shard_base_port), "--shards", str(shards)),
                 *("--metrics", "127.0.0.1:0", "--prefault-memory", "false"),
                 *extra,
             ],
@@ -65,13 +67,17 @@ class Server:
         for drain in self.drains:
             drain.start()
 
-    def stop(self):
+    def kill(self):
+        """kill -9; the data directory stays."""
         self.process.kill()
         self.process.wait()
         for drain in self.drains:
             drain.join()
         self.process.stdout.close()
         self.process.stderr.close()
+
+    def stop(self):
+        self.kill()
         shutil.rmtree(self.data, ignore_errors=True)
 
 
@@ -85,3 +91,24 @@ class Silent:
 
     def stop(self):
         self.listener.close()
+
+
+def free_ports(n):
+    """A free port, and the first of ``n`` free ports after it."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        held = []
+        try:
+            for p in range(port, port + n + 1):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+            return port, port + 1
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no run of free ports")

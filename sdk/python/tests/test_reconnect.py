@@ -1,0 +1,59 @@
+"""The blocking client across a server restart (kill -9, then the same
+ports and data): reads go out again on fresh connections, and connections
+idle through the restart are reopened, with their hello and token, before
+the next request."""
+
+import os
+import tempfile
+import time
+import unittest
+
+from support import Server, free_ports
+
+import tessera
+
+TOKEN = "python-reconnect-token-0123"
+
+
+class ReconnectTest(unittest.TestCase):
+    def test_the_client_carries_on_across_restarts(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            token = os.path.join(tmp, "token")
+            with open(token, "w") as f:
+                f.write(TOKEN)
+            port, base = free_ports(2)
+            data = os.path.join(tmp, "data")
+
+            def start():
+                return Server(
+                    2,
+                    "--auth-token-file",
+                    token,
+                    data=data,
+                    listen=f"127.0.0.1:{port}",
+                    shard_base_port=base,
+                )
+
+            server = start()
+            db = tessera.Client(server.address, token=TOKEN)
+            keys = [f"re:{i}" for i in range(20)]
+            for k in keys:
+                db.put(k, "before")
+
+            server.kill()
+            server = start()
+            self.assertEqual([db.get(k) for k in keys], [b"before"] * len(keys))
+            db.ping()
+
+            server.kill()
+            server = start()
+            time.sleep(1.1)
+            for k in keys:
+                db.put(k, "after")
+            self.assertEqual([db.get(k) for k in keys], [b"after"] * len(keys))
+            db.close()
+            server.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
