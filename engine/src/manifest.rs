@@ -132,6 +132,13 @@ pub fn encode_edit(edit: &Edit) -> Vec<u8> {
         out.put_u64_le(t.props.entries);
         out.put_u64_le(t.props.min_ts);
         out.put_u64_le(t.props.max_ts);
+        // Only for tables holding expiring puts, so that manifests without
+        // them stay readable by builds that predate the tag.
+        if t.props.expiring > 0 {
+            out.put_u8(5);
+            out.put_u64_le(t.props.expiring);
+            out.put_u64_le(t.props.expires_by_ms);
+        }
     }
     for (level, id) in &edit.removed {
         out.put_u8(4);
@@ -167,6 +174,7 @@ pub fn decode_edit(mut b: &[u8]) -> Option<Edit> {
                     entries: b.get_u64_le(),
                     min_ts: b.get_u64_le(),
                     max_ts: b.get_u64_le(),
+                    ..Props::default()
                 };
                 edit.added.push((
                     level,
@@ -178,6 +186,12 @@ pub fn decode_edit(mut b: &[u8]) -> Option<Edit> {
                         props,
                     },
                 ));
+            }
+            // The expiry figures of the table just added.
+            5 if b.remaining() >= 16 => {
+                let (_, table) = edit.added.last_mut()?;
+                table.props.expiring = b.get_u64_le();
+                table.props.expires_by_ms = b.get_u64_le();
             }
             4 if b.remaining() >= 9 => {
                 let level = b.get_u8() as usize;
@@ -349,23 +363,46 @@ mod tests {
         let edit = Edit {
             log_number: Some(4),
             next_table_id: Some(9),
-            added: vec![(
-                2,
-                TableMeta {
-                    id: 8,
-                    file_bytes: 8192,
-                    smallest: InternalKey::new(Bytes::from_static(b"a"), 5),
-                    largest: InternalKey::new(Bytes::from_static(b"z"), 1),
-                    props: Props {
-                        entries: 3,
-                        min_ts: 1,
-                        max_ts: 5,
+            added: vec![
+                (
+                    2,
+                    TableMeta {
+                        id: 8,
+                        file_bytes: 8192,
+                        smallest: InternalKey::new(Bytes::from_static(b"a"), 5),
+                        largest: InternalKey::new(Bytes::from_static(b"z"), 1),
+                        props: Props {
+                            entries: 3,
+                            min_ts: 1,
+                            max_ts: 5,
+                            expiring: 2,
+                            expires_by_ms: 1_800_000_000_000,
+                        },
                     },
-                },
-            )],
+                ),
+                (
+                    3,
+                    TableMeta {
+                        id: 9,
+                        file_bytes: 4096,
+                        smallest: InternalKey::new(Bytes::from_static(b"b"), 5),
+                        largest: InternalKey::new(Bytes::from_static(b"c"), 1),
+                        props: Props {
+                            entries: 1,
+                            min_ts: 6,
+                            max_ts: 6,
+                            ..Props::default()
+                        },
+                    },
+                ),
+            ],
             removed: vec![(1, 3)],
         };
         assert_eq!(decode_edit(&encode_edit(&edit)), Some(edit));
         assert_eq!(decode_edit(&[9, 1, 2]), None);
+        // Expiry figures with no table before them.
+        let mut orphan = vec![5];
+        orphan.extend_from_slice(&[0; 16]);
+        assert_eq!(decode_edit(&orphan), None);
     }
 }

@@ -147,6 +147,10 @@ pub struct Options {
     /// How long a transaction or timestamped read waits for an older
     /// transaction's intent before giving up. Default 10 s.
     pub txn_wait_ms: u64,
+    /// How often compaction, with nothing else to do, looks for tables
+    /// most of whose entries are expiring puts that have expired (writes
+    /// and flushes wake it too). Default 60 s.
+    pub expiry_check_ms: u64,
 }
 
 impl Default for Options {
@@ -173,6 +177,7 @@ impl Default for Options {
             clock_node: 0,
             txn_ts_cache_keys: 1 << 18,
             txn_wait_ms: 10_000,
+            expiry_check_ms: 60_000,
         }
     }
 }

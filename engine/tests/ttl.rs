@@ -212,3 +212,52 @@ fn compaction_drops_versions_expired_before_the_retention_watermark() {
         engine.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_table_of_expired_keys_is_rewritten_without_any_write() {
+    run_local(|| async {
+        let opts = Options {
+            retention_ms: 50,
+            expiry_check_ms: 50,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
+        let value = "x".repeat(1000);
+        // Three flushes: level 0 reaches its trigger and merges into level
+        // 1, the deepest, while the keys are still live.
+        for round in 0..3 {
+            for i in 0..20 {
+                put_ttl(&engine, &format!("gone-{round}-{i:02}"), &value, 400).await;
+            }
+            engine
+                .put(b(&format!("kept-{round}")), b("v"))
+                .await
+                .unwrap();
+            engine.flush().await.unwrap();
+        }
+        engine.compact().await.unwrap();
+        let stats = engine.stats();
+        assert_eq!(stats.level_tables[0], 0, "{:?}", stats.level_tables);
+        let before: u64 = stats.level_bytes.iter().sum();
+        assert!(before > 50_000, "{before}");
+        // No write from here on: the compaction task finds the expired
+        // table on its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: u64 = engine.stats().level_bytes.iter().sum();
+            if left < before / 4 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{left} of {before} bytes still held"
+            );
+            sleep_ms(50).await;
+        }
+        assert_eq!(
+            scan_keys(&engine, None).await,
+            vec![b("kept-0"), b("kept-1"), b("kept-2")]
+        );
+        engine.close().await.unwrap();
+    });
+}

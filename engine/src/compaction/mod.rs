@@ -12,7 +12,15 @@
 //! Versions: for each key, every version newer than the retention watermark
 //! is kept, plus the newest version at or below it (a read at the watermark
 //! needs it), unless that one is a tombstone and no deeper level can hold
-//! the key. Older versions are dropped.
+//! the key. Older versions are dropped. An expiring put expired by the
+//! watermark counts as a tombstone.
+//!
+//! Expired data: with no level over its target, a table at least half of
+//! whose entries are expiring puts, all expired by the watermark, is
+//! compacted anyway: rewritten in place when no deeper level overlaps it
+//! (its expired entries then go), else merged into the next level (they
+//! become tombstones there). Without this, keys that expired in a table
+//! no write reaches would hold their space for good.
 
 mod limiter;
 
@@ -36,6 +44,17 @@ struct Job<F: crate::io::DiskFile> {
     inputs: Vec<Rc<Table<F>>>,
     next: Vec<Rc<Table<F>>>,
     bottommost: bool,
+    /// Rewrite `inputs` into their own level (expired data, see the
+    /// module's documentation) instead of into the next.
+    in_place: bool,
+}
+
+/// Whether most of a table's entries are expiring puts, all expired by
+/// the watermark's milliseconds.
+fn mostly_expired(props: &crate::sst::format::Props, watermark_ms: u64) -> bool {
+    props.expiring > 0
+        && props.expiring.saturating_mul(2) >= props.entries
+        && props.expires_by_ms <= watermark_ms
 }
 
 fn level_target_bytes(base: u64, level: usize) -> u64 {
@@ -75,6 +94,7 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
             next: overlapping(1, &lo, &hi),
             bottommost: !deeper_overlap(1, &lo, &hi),
             inputs,
+            in_place: false,
         });
     }
     for level in 1..LEVELS - 1 {
@@ -97,9 +117,41 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
             next: overlapping(level + 1, &lo, &hi),
             bottommost: !deeper_overlap(level + 1, &lo, &hi),
             inputs: vec![chosen],
+            in_place: false,
+        });
+    }
+    let watermark_ms = ms_of_ts(inner.watermark());
+    for level in 1..LEVELS {
+        let Some(t) = version.levels[level]
+            .iter()
+            .find(|t| mostly_expired(&t.meta.props, watermark_ms))
+        else {
+            continue;
+        };
+        let (lo, hi) = (t.meta.smallest.user_bytes(), t.meta.largest.user_bytes());
+        let deepest = !deeper_overlap(level, &lo, &hi);
+        return Some(Job {
+            level,
+            next: match deepest {
+                true => Vec::new(),
+                false => overlapping(level + 1, &lo, &hi),
+            },
+            bottommost: deepest || !deeper_overlap(level + 1, &lo, &hi),
+            inputs: vec![t.clone()],
+            in_place: deepest,
         });
     }
     None
+}
+
+/// Whether some table of level 1 or deeper is [`mostly_expired`].
+fn expired_table<D: Disk>(inner: &Inner<D>) -> bool {
+    let watermark_ms = ms_of_ts(inner.watermark());
+    let version = inner.version.borrow();
+    version.levels[1..]
+        .iter()
+        .flatten()
+        .any(|t| mostly_expired(&t.meta.props, watermark_ms))
 }
 
 /// The compaction task: waits for level changes and compacts until no level
@@ -115,10 +167,20 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
             Ok(true) => backoff = Duration::from_millis(100),
             Ok(false) => {
                 let seen = inner.stats.flushes.get();
-                wait_until(&inner.events.compact, || {
+                let woken = wait_until(&inner.events.compact, || {
                     inner.closed.get() || inner.stats.flushes.get() != seen || pick_needed(&inner)
-                })
-                .await;
+                });
+                // Keys expire with no event: look again now and then.
+                let expiry_check = async {
+                    loop {
+                        glommio::timer::sleep(Duration::from_millis(inner.opts.expiry_check_ms))
+                            .await;
+                        if expired_table(&inner) {
+                            return;
+                        }
+                    }
+                };
+                futures_lite::future::or(woken, expiry_check).await;
             }
             Err(Error::Closed) => {}
             Err(e) => {
@@ -160,12 +222,15 @@ pub(crate) async fn compact_once<D: Disk>(inner: &Rc<Inner<D>>) -> Result<bool> 
 }
 
 async fn run<D: Disk>(inner: &Rc<Inner<D>>, job: Job<D::File>) -> Result<()> {
-    let out_level = job.level + 1;
+    let out_level = match job.in_place {
+        true => job.level,
+        false => job.level + 1,
+    };
     let mut edit = Edit::default();
     for t in &job.inputs {
         edit.removed.push((job.level, t.id()));
     }
-    if job.level > 0 && job.next.is_empty() {
+    if job.level > 0 && job.next.is_empty() && !job.in_place {
         // Nothing below overlaps: move the table down without rewriting it.
         let t = &job.inputs[0];
         edit.added.push((out_level, t.meta.clone()));

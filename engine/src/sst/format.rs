@@ -252,31 +252,81 @@ pub struct Props {
     pub entries: u64,
     pub min_ts: u64,
     pub max_ts: u64,
+    /// Expiring puts among the entries, and when the last of them expires
+    /// (wall-clock ms): compaction rewrites a table most of whose entries
+    /// have expired (see `compaction::pick`).
+    pub expiring: u64,
+    pub expires_by_ms: u64,
 }
+
+/// Props of a table without expiring puts: three numbers, as tables have
+/// had from the start (so such tables stay readable by older builds).
+const PROPS_BYTES: usize = 24;
+/// With the expiring count and last expiry.
+const PROPS_EXPIRY_BYTES: usize = 40;
 
 pub fn encode_props(out: &mut Vec<u8>, p: &Props) {
     let start = out.len();
     out.put_u64_le(p.entries);
     out.put_u64_le(p.min_ts);
     out.put_u64_le(p.max_ts);
+    if p.expiring > 0 {
+        out.put_u64_le(p.expiring);
+        out.put_u64_le(p.expires_by_ms);
+    }
     seal(out, start);
 }
 
 pub fn decode_props(raw: &[u8]) -> Option<Props> {
     let mut b = unseal(raw)?;
-    if b.len() != 24 {
+    if b.len() != PROPS_BYTES && b.len() != PROPS_EXPIRY_BYTES {
         return None;
     }
-    Some(Props {
+    let mut props = Props {
         entries: b.get_u64_le(),
         min_ts: b.get_u64_le(),
         max_ts: b.get_u64_le(),
-    })
+        ..Props::default()
+    };
+    if b.has_remaining() {
+        props.expiring = b.get_u64_le();
+        props.expires_by_ms = b.get_u64_le();
+    }
+    Some(props)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn props_round_trip_in_both_sizes() {
+        for p in [
+            Props {
+                entries: 9,
+                min_ts: 1,
+                max_ts: 7,
+                ..Props::default()
+            },
+            Props {
+                entries: 9,
+                min_ts: 1,
+                max_ts: 7,
+                expiring: 4,
+                expires_by_ms: 1_800_000_000_000,
+            },
+        ] {
+            let mut raw = Vec::new();
+            encode_props(&mut raw, &p);
+            let want = if p.expiring > 0 {
+                PROPS_EXPIRY_BYTES
+            } else {
+                PROPS_BYTES
+            };
+            assert_eq!(unseal(&raw).map(|b| b.len()), Some(want));
+            assert_eq!(decode_props(&raw), Some(p));
+        }
+    }
 
     #[test]
     fn footer_round_trips_and_rejects_damage() {

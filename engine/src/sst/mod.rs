@@ -16,7 +16,7 @@ pub mod format;
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::io::{align_up, DiskFile, ALIGN};
-use crate::key::{compare, InternalKey, Kind, Versioned};
+use crate::key::{compare, expiry, InternalKey, Kind, Versioned};
 use block::{Block, BlockBuilder, BlockError};
 use bytes::Bytes;
 use format::{BlockIndex, Footer, IndexEntry, Props, FOOTER_BYTES};
@@ -97,6 +97,8 @@ impl<F: DiskFile> TableBuilder<F> {
                 entries: 0,
                 min_ts: u64::MAX,
                 max_ts: 0,
+                expiring: 0,
+                expires_by_ms: 0,
             },
             warm,
         }
@@ -148,6 +150,10 @@ impl<F: DiskFile> TableBuilder<F> {
         self.props.entries += 1;
         self.props.min_ts = self.props.min_ts.min(ts);
         self.props.max_ts = self.props.max_ts.max(ts);
+        if let Some(at) = expiry(kind, ts, value) {
+            self.props.expiring += 1;
+            self.props.expires_by_ms = self.props.expires_by_ms.max(at);
+        }
         self.out.len() >= WRITE_CHUNK_BYTES
     }
 
