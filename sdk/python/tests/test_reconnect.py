@@ -24,15 +24,22 @@ class ReconnectTest(unittest.TestCase):
             port, base = free_ports(2)
             data = os.path.join(tmp, "data")
 
+            servers = []
+            # A failing check must not leave a server running.
+            self.addCleanup(lambda: [s.kill() for s in servers if s.process.poll() is None])
+
             def start():
-                return Server(
-                    2,
-                    "--auth-token-file",
-                    token,
-                    data=data,
-                    listen=f"127.0.0.1:{port}",
-                    shard_base_port=base,
+                servers.append(
+                    Server(
+                        2,
+                        "--auth-token-file",
+                        token,
+                        data=data,
+                        listen=f"127.0.0.1:{port}",
+                        shard_base_port=base,
+                    )
                 )
+                return servers[-1]
 
             server = start()
             db = tessera.Client(server.address, token=TOKEN)
