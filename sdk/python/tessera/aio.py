@@ -17,6 +17,7 @@ to it by id, so concurrent requests are pipelined on the wire.
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -126,6 +127,11 @@ class Connection:
                 error.__cause__ = cause
                 waiter.set_exception(error)
 
+    @property
+    def broken(self) -> bool:
+        """Whether the stream has ended (the server closed it, or it failed)."""
+        return self._broken is not None or self._writer.is_closing()
+
     async def _send(self, requests: Sequence[Request]) -> list[asyncio.Future]:
         if self._broken is not None:
             raise ConnectionClosed(f"connection to {self.address} failed") from self._broken
@@ -193,7 +199,13 @@ class Connection:
 
 class Client(Routing):
     """The shard-aware client of ``tessera.Client`` for asyncio: the same
-    methods, as coroutines. Connect with ``await Client.connect(address)``."""
+    methods, as coroutines. Connect with ``await Client.connect(address)``.
+
+    Like ``tessera.Client`` it outlives a server restart: a connection
+    whose stream ended (its read task sees the close at once) is opened
+    again, with its hello, before the next request on it, and a request
+    that is safe to repeat and fails with the connection is sent once
+    more on a fresh one; a write that fails with it raises."""
 
     def __init__(self, entry: Connection, shards: list[Connection], hello, topology):
         self.entry = entry
@@ -220,6 +232,9 @@ class Client(Routing):
             info = await entry.call(hello)
             topology = await entry.call(Topology())
             client = cls(entry, shards, info, topology)
+            client._open_args = (timeout, tls, name)
+            client._hello = hello
+            client._reopening = collections.defaultdict(asyncio.Lock)
             for shard_address in client.addresses:
                 shard = await Connection.open(shard_address, timeout, tls, name)
                 shards.append(shard)
@@ -234,23 +249,57 @@ class Client(Routing):
         """The connection to the shard owning ``key``."""
         return self.shards[self.shard_of(key)]
 
+    async def _reopen(self, shard: int | None, old: Connection) -> Connection:
+        """A fresh connection in place of ``old`` (entry if ``shard`` is
+        None), opened once however many coroutines found ``old`` broken."""
+        async with self._reopening[shard]:
+            current = self.entry if shard is None else self.shards[shard]
+            if current is not old and not current.broken:
+                return current
+            await old.close()
+            fresh = await Connection.open(old.address, *self._open_args)
+            try:
+                await fresh.call(self._hello)
+            except BaseException:
+                await fresh.close()
+                raise
+            if shard is None:
+                self.entry = fresh
+            else:
+                self.shards[shard] = fresh
+            return fresh
+
+    async def _call(self, shard: int | None, request: Request, repeatable: bool):
+        connection = self.entry if shard is None else self.shards[shard]
+        if connection.broken:
+            connection = await self._reopen(shard, connection)
+        try:
+            return await connection.call(request)
+        except (Timeout, ServerError, ProtocolError):
+            raise
+        except (ConnectionClosed, OSError):
+            fresh = await self._reopen(shard, connection)
+            if not repeatable:
+                raise
+            return await fresh.call(request)
+
     async def get(self, key: Bytes) -> bytes | None:
-        return await self.connection_for(key).call(Get(key))
+        return await self._call(self.shard_of(key), Get(key), True)
 
     async def put(self, key: Bytes, value: Bytes, ttl: float | None = None) -> int:
         """As ``tessera.Client.put``."""
-        return await self.connection_for(key).call(Put(key, value, ttl_ms(ttl)))
+        return await self._call(self.shard_of(key), Put(key, value, ttl_ms(ttl)), False)
 
     async def delete(self, key: Bytes) -> int:
-        return await self.connection_for(key).call(Delete(key))
+        return await self._call(self.shard_of(key), Delete(key), False)
 
     async def batch(self, ops: Sequence[WriteOp]) -> int:
-        return await self.shards[self._batch_shard(ops)].call(Batch(ops))
+        return await self._call(self._batch_shard(ops), Batch(ops), False)
 
     async def scan(
         self, start: Bytes, end: Bytes | None = None, limit: int = 1000, ts: int = 0
     ) -> ScanPage:
-        return await self.entry.call(Scan(start, end, limit, ts))
+        return await self._call(None, Scan(start, end, limit, ts), True)
 
     async def scan_all(
         self, start: Bytes, end: Bytes | None = None, page: int = 1000, ts: int = 0
@@ -264,10 +313,10 @@ class Client(Routing):
             start = result.next_start
 
     async def read_at(self, key: Bytes, ts: int) -> bytes | None:
-        return await self.connection_for(key).call(ReadAt(key, ts))
+        return await self._call(self.shard_of(key), ReadAt(key, ts), True)
 
     async def txn(self, txn: Txn) -> TxnOutcome:
-        return await self.shards[self._txn_shard(txn)].call(txn)
+        return await self._call(self._txn_shard(txn), txn, not txn.writes)
 
     async def txn_with_retry(
         self,
@@ -286,14 +335,14 @@ class Client(Routing):
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def snapshot_ts(self) -> int:
-        outcomes = [await self.shards[shard].call(txn) for shard, txn in self._snapshot_txns()]
+        outcomes = [await self._call(shard, txn, True) for shard, txn in self._snapshot_txns()]
         return max(o.ts for o in outcomes)
 
     async def stats(self) -> list[Metric]:
-        return await self.entry.call(Stats())
+        return await self._call(None, Stats(), True)
 
     async def ping(self) -> None:
-        await self.entry.call(Ping())
+        await self._call(None, Ping(), True)
 
     async def close(self) -> None:
         for c in [self.entry, *self.shards]:
