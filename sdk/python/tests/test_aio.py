@@ -72,9 +72,9 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(piped[1].code, tessera.ErrorCode.InvalidArgument)
 
     async def test_a_key_with_a_ttl_expires(self):
-        await self.db.put("aio-ttl", "x", ttl=0.5)
+        await self.db.put("aio-ttl", "x", ttl=1.5)
         self.assertEqual(await self.db.get("aio-ttl"), b"x")
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.6)
         self.assertIsNone(await self.db.get("aio-ttl"))
 
     async def test_transactions_scans_and_time_travel(self):
