@@ -18,7 +18,9 @@
 # MiB): enough for the rows of 1M keys (~230 bytes each), as Redis holds the
 # whole data set in memory. ROW_CACHE=0 measures the tables' read path.
 # With TLS=1 both servers speak only TLS (certificates from `tessera
-# cert`; Redis on --tls-port) and the load generator too.
+# cert`; Redis on --tls-port) and the load generator too. With TTL_MS=N
+# every measured write carries a TTL of N ms (Tessera's Put.ttl_ms,
+# Redis's SET .. PX); the preload's do not.
 # Usage: bench/compare-redis.sh [seconds per run, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,11 +34,14 @@ fi
 cargo build --release -q -p tessera-bench -p tessera-net -p tessera-tools
 bench=target/release/tessera-bench
 source bench/servers.sh
-tls_args=()
+client_args=()
+if [ -n "${TTL_MS:-}" ]; then
+  client_args+=(--ttl-ms "$TTL_MS")
+fi
 if [ "${TLS:-0}" = 1 ]; then
   tls_dir="$work/certs"
   target/release/tessera cert "$tls_dir" --host 127.0.0.1 >/dev/null
-  tls_args=(--tls-ca "$tls_dir/ca.pem")
+  client_args+=(--tls-ca "$tls_dir/ca.pem")
 fi
 # CPU time (clock ticks) Tessera's process has used so far.
 tessera_ticks() { awk '{print $14 + $15}' "/proc/$tpid/stat"; }
@@ -61,7 +66,7 @@ run() {
   fi
   taskset -c 1 "$bench" --target "$target" --workload "$workload" --keys "$keys" \
     --connections 50 --pipeline "$pipeline" --duration "$secs" --warmup 1 --value-size 100 \
-    --cpus 1 --json --quiet "${plot[@]}" "${tls_args[@]}" >"$work/run.json"
+    --cpus 1 --json --quiet "${plot[@]}" "${client_args[@]}" >"$work/run.json"
   python3 - "$name" "$work/run.json" >>"$work/results" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))
@@ -84,7 +89,7 @@ both() {
   done
 }
 preload() { taskset -c 1 "$bench" --target "$1" --workload set --keys "$keys" --preload --requests 1 \
-  --connections 50 --pipeline 16 --cpus 1 --quiet "${tls_args[@]}" >/dev/null; }
+  --connections 50 --pipeline 16 --cpus 1 --quiet "${client_args[@]}" >/dev/null; }
 
 : >"$work/results"
 : >"$work/beside"
@@ -111,6 +116,7 @@ stop_tessera
 
 tls_note=""
 [ -n "$tls_dir" ] && tls_note="; TLS"
+[ -n "${TTL_MS:-}" ] && tls_note="$tls_note; writes with a TTL of $TTL_MS ms"
 python3 - "$work/results" "$runs" "$secs" "$tls_note" <<'PY'
 import statistics, sys
 rows = {}

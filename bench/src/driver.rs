@@ -24,7 +24,8 @@ pub enum Protocol {
 #[derive(Debug, Clone)]
 pub enum Command<'a> {
     Get(&'a [u8]),
-    Set(&'a [u8], &'a [u8]),
+    /// Key, value, and a TTL in ms (0: none).
+    Set(&'a [u8], &'a [u8], u64),
     Scan(&'a [u8], u32),
     /// One transaction putting `value` under both keys.
     Txn(&'a [u8], &'a [u8], &'a [u8]),
@@ -47,10 +48,10 @@ impl Protocol {
                     Command::Get(k) => Request::Get {
                         key: k.to_vec().into(),
                     },
-                    Command::Set(k, v) => Request::Put {
+                    Command::Set(k, v, ttl_ms) => Request::Put {
                         key: k.to_vec().into(),
                         value: v.to_vec().into(),
-                        ttl_ms: 0,
+                        ttl_ms: *ttl_ms,
                     },
                     Command::Scan(k, n) => Request::Scan {
                         start: k.to_vec().into(),
@@ -72,9 +73,14 @@ impl Protocol {
             }
             Protocol::Redis => {
                 use std::io::Write as _;
+                let ttl;
                 let parts: &[&[u8]] = match command {
                     Command::Get(k) => &[b"GET", k],
-                    Command::Set(k, v) => &[b"SET", k, v],
+                    Command::Set(k, v, 0) => &[b"SET", k, v],
+                    Command::Set(k, v, ttl_ms) => {
+                        ttl = ttl_ms.to_string();
+                        &[b"SET", k, v, b"PX", ttl.as_bytes()]
+                    }
                     Command::Ping => &[b"PING"],
                     Command::Scan(..) | Command::Txn(..) => {
                         panic!("scans and transactions are not supported against Redis")
@@ -207,7 +213,7 @@ mod tests {
     #[test]
     fn redis_commands_encode_as_resp_arrays() {
         let mut out = Vec::new();
-        Protocol::Redis.encode(0, &Command::Set(b"k", b"vv"), &mut out);
+        Protocol::Redis.encode(0, &Command::Set(b"k", b"vv", 0), &mut out);
         assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n".to_vec());
     }
 

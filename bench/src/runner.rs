@@ -57,6 +57,9 @@ pub struct Plan {
     pub token: Option<tessera_client::Token>,
     /// TLS (Tessera's `--tls-cert`, Redis's `--tls-port`).
     pub tls: Option<tessera_client::TlsOptions>,
+    /// Writes of the measured phase expire this many ms after them (0:
+    /// never); the preload's do not.
+    pub ttl_ms: u64,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -256,6 +259,11 @@ fn thread_main(
     let mut last_flush = Instant::now();
     let mut stopping = false;
     let mut stop_at = None;
+    // The preload writes keys that stay.
+    let ttl_ms = match mode {
+        Mode::Preload { .. } => 0,
+        Mode::Run => plan.ttl_ms,
+    };
 
     // Issues one new operation on `c`, due at `intended`. Returns false
     // when there is nothing more to issue.
@@ -296,7 +304,7 @@ fn thread_main(
                     let command = match kind {
                         OpKind::Txn => Command::Txn(&k, other.as_deref().expect("txn key"), value),
                         OpKind::Read | OpKind::ReadModifyWrite => Command::Get(&k),
-                        OpKind::Update | OpKind::Insert => Command::Set(&k, value),
+                        OpKind::Update | OpKind::Insert => Command::Set(&k, value, ttl_ms),
                         OpKind::Scan => Command::Scan(&k, rng.gen_range(1..=plan.scan_length_max)),
                         OpKind::Ping => Command::Ping,
                     };
@@ -414,7 +422,7 @@ fn thread_main(
                     // Second half of read-modify-write: same connection, same clock.
                     let offset = rng.gen_range(0..4096);
                     let len = plan.value_size.next(&mut rng);
-                    let command = Command::Set(&k, &values[offset..offset + len]);
+                    let command = Command::Set(&k, &values[offset..offset + len], ttl_ms);
                     let s = route(plan, &conns[pending.conn], &k);
                     send(&mut sockets[s], plan.protocol, &command, pending);
                     continue;

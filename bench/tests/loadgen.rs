@@ -66,6 +66,7 @@ fn plan(addr: SocketAddr, rate: Option<f64>) -> Plan {
         scan_length_max: 10,
         token: None,
         tls: None,
+        ttl_ms: 0,
     }
 }
 
@@ -175,6 +176,27 @@ fn the_resp_driver_talks_to_a_real_redis_server() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
+
+    // Writes with a TTL are SET .. PX: some keys now expire.
+    let expiring = |port: u16| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "info", "keyspace"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let expires = text
+            .split("expires=")
+            .nth(1)
+            .map(|s| s.split(',').next().unwrap().to_string());
+        expires.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert_eq!(expiring(port), 0);
+    let mut with_ttl = p.clone();
+    with_ttl.workload = "set".parse().unwrap();
+    with_ttl.ttl_ms = 600_000;
+    with_ttl.requests = Some(500);
+    runner::run(&with_ttl, &Shared::new(p.keys)).unwrap();
+    assert!(expiring(port) > 100, "{} keys expire", expiring(port));
 
     // PING: every request answered, none an error.
     p.workload = "ping".parse().unwrap();

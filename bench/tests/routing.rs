@@ -150,6 +150,24 @@ fn tls_and_a_token_carry_a_pipelined_run() {
     ];
     let (ops, errors) = bench(addr, "ycsb-a", &args);
     assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
+    // --ttl-ms: the writes expire.
+    let (ops, errors) = bench(addr, "set", &[&args[..], &["--ttl-ms", "600000"]].concat());
+    assert_eq!((ops, errors), (REQUESTS, serde_json::json!({})));
+    let options = tessera_client::ConnectOptions {
+        token: Some(tessera_client::Token("bench-test-token-0123456789".into())),
+        tls: Some(tessera_client::TlsOptions::from_ca_file(&certs.ca).unwrap()),
+        ..Default::default()
+    };
+    let mut client = Client::connect_with(addr, &options).unwrap();
+    let page = client.scan("", None::<&str>, 1000).unwrap();
+    let expiring = (0..page.rows.len())
+        .filter(|&i| page.expires_at_ms(i).is_some())
+        .count();
+    assert!(
+        expiring > 100,
+        "{expiring} of {} keys expire",
+        page.rows.len()
+    );
     // Without the CA the handshake fails.
     let refused = bench_command(addr, "get", &args[..2]).output().unwrap();
     assert!(!refused.status.success());

@@ -95,6 +95,10 @@ struct Args {
     /// (--tls-port).
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
+    /// Writes of the measured phase expire this many ms after them
+    /// (Tessera: Put.ttl_ms; Redis: SET .. PX); the preload's never do.
+    #[arg(long, default_value_t = 0)]
+    ttl_ms: u64,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -222,6 +226,7 @@ fn run(a: Args) -> anyhow::Result<()> {
             Protocol::Redis => None,
         },
         tls: connect_options.tls,
+        ttl_ms: a.ttl_ms,
     };
     if a.preload {
         let t = Instant::now();
