@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tessera (1 shard) against Redis with the same load generator: server on
 # core 0, tessera-bench on core 1, 50 connections, 100-byte values, 1M keys
-# preloaded. PING (the request path alone) unpipelined, GET and SET
+# preloaded. PING (the request path alone), GET and SET, each
 # unpipelined and 16-deep; then durable SET (Redis
 # appendfsync always vs Tessera --wal-sync always). Prints one table with
 # medians of RUNS runs (default 3) and the ratios. With PLOTS=DIR, the last
@@ -56,7 +56,8 @@ tessera_idle() {
   echo "note: tessera-server still busy after 60 s" >&2
 }
 
-# run NAME TARGET WORKLOAD PIPELINE RUN -> appends "name ops p99_ms saturated"
+# run NAME TARGET WORKLOAD PIPELINE RUN -> appends
+# "name ops p99_ms saturated load_generator_cores"
 run() {
   local name=$1 target=$2 workload=$3 pipeline=$4 plot=()
   local i=$5
@@ -71,7 +72,8 @@ run() {
 import json, sys
 r = json.load(open(sys.argv[2]))
 op = next(iter(r["operations"].values()))
-print(sys.argv[1], round(r["ops_per_sec"]), op["p99_us"] / 1000.0, int(r["load_generator_saturated"]))
+print(sys.argv[1], round(r["ops_per_sec"]), op["p99_us"] / 1000.0, int(r["load_generator_saturated"]),
+      round(r["load_generator_cpu_cores"], 2))
 PY
 }
 
@@ -101,9 +103,9 @@ preload "tessera://127.0.0.1:$tport"
 # compaction of the ~2M writes those had just made (GET p16 fell from
 # ~330k/s to ~240k/s, with a 8 ms p99), and each scenario is meant to
 # measure the operation it names against the preloaded store.
-# PING first: the request path alone (no data touched), the floor under
-# every unpipelined row.
-both ping-p1 ping 1
+# PING first: the request path alone (no data touched), the ceiling over
+# the GET and SET rows at the same depth.
+for p in 1 16; do both "ping-p$p" ping $p; done
 for p in 1 16; do both "get-p$p" get $p; done
 for p in 1 16; do both "set-p$p" set $p; done
 stop_redis
@@ -121,18 +123,21 @@ python3 - "$work/results" "$runs" "$secs" "$tls_note" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, ops, p99, sat = line.split()
-    rows.setdefault(name, []).append((float(ops), float(p99), int(sat)))
+    name, ops, p99, sat, cores = line.split()
+    rows.setdefault(name, []).append((float(ops), float(p99), int(sat), float(cores)))
 def med(name):
     v = rows[name]
-    return statistics.median(o for o, _, _ in v), statistics.median(p for _, p, _ in v), max(s for _, _, s in v)
-print(f"{'scenario':<18} {'redis ops/s':>12} {'p99 ms':>8} {'tessera ops/s':>14} {'p99 ms':>8} {'ratio':>6}")
-for s in ["ping-p1", "get-p1", "set-p1", "get-p16", "set-p16", "durable-set-p1", "durable-set-p16"]:
-    ro, rp, rs = med("redis-" + s)
-    to, tp, ts = med("tessera-" + s)
+    return (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
+            max(r[2] for r in v), statistics.median(r[3] for r in v))
+print(f"{'scenario':<16} {'redis ops/s':>12} {'p99 ms':>7} {'load':>5} "
+      f"{'tessera ops/s':>14} {'p99 ms':>7} {'load':>5} {'ratio':>6}")
+for s in ["ping-p1", "get-p1", "set-p1", "ping-p16", "get-p16", "set-p16", "durable-set-p1", "durable-set-p16"]:
+    ro, rp, rs, rc = med("redis-" + s)
+    to, tp, ts, tc = med("tessera-" + s)
     flag = "  (load generator saturated)" if rs or ts else ""
-    print(f"{s:<18} {ro:>12,.0f} {rp:>8.2f} {to:>14,.0f} {tp:>8.2f} {to / ro:>6.2f}{flag}")
-print(f"(medians of {sys.argv[2]} runs of {sys.argv[3]} s, the servers alternating; 50 connections, 100-byte values, server on cpu 0, load on cpu 1{sys.argv[4]})")
+    print(f"{s:<16} {ro:>12,.0f} {rp:>7.2f} {rc:>5.2f} {to:>14,.0f} {tp:>7.2f} {tc:>5.2f} {to / ro:>6.2f}{flag}")
+print(f"(medians of {sys.argv[2]} runs of {sys.argv[3]} s, the servers alternating; 50 connections, 100-byte values, "
+      f"server on cpu 0, load on cpu 1{sys.argv[4]}; load: the load generator's CPU, in cores)")
 PY
 hz=$(getconf CLK_TCK)
 most=$(sort -n "$work/beside" | tail -1)
