@@ -5,8 +5,8 @@
 
 use bytes::{Buf, BytesMut};
 use tessera_protocol::frame::next_frame;
-use tessera_protocol::message::{decode_response, BatchOp};
-use tessera_protocol::{Request, Response};
+use tessera_protocol::message::{response_status, BatchOp};
+use tessera_protocol::Request;
 
 thread_local! {
     /// One flatbuffer builder per load thread, reused for every request.
@@ -105,10 +105,11 @@ impl Protocol {
                 let Some(frame) = next_frame(buf, 64 << 20).map_err(|e| e.to_string())? else {
                     return Ok(None);
                 };
-                let (id, response) = decode_response(&frame).map_err(|e| e.to_string())?;
-                let reply = match response {
-                    Response::Error { code, .. } => Reply::Error(code.name().to_string()),
-                    _ => Reply::Ok,
+                // The id and whether it failed: the result is not read.
+                let (id, error) = response_status(&frame).map_err(|e| e.to_string())?;
+                let reply = match error {
+                    Some(code) => Reply::Error(code.name().to_string()),
+                    None => Reply::Ok,
                 };
                 Ok(Some((Some(id), reply)))
             }
@@ -187,6 +188,7 @@ fn resp_len_at(buf: &[u8], at: usize) -> Result<Option<usize>, String> {
 mod tests {
     use super::*;
     use tessera_protocol::frame::put_frame;
+    use tessera_protocol::{ErrorCode, Response};
 
     #[test]
     fn resp_replies_are_framed_whole_and_only_whole() {
@@ -242,5 +244,31 @@ mod tests {
             Protocol::Tessera.decode(&mut buf).unwrap(),
             Some((Some(77), Reply::Ok))
         );
+    }
+
+    #[test]
+    fn tessera_errors_count_by_code_and_garbage_is_refused() {
+        let mut wire = Vec::new();
+        let error = Response::Error {
+            code: ErrorCode::ValueTooLarge,
+            message: "too big".into(),
+        };
+        put_frame(&mut wire, &error.encode(5));
+        put_frame(&mut wire, &Response::Pong.encode(6));
+        put_frame(&mut wire, &[0xff; 12]);
+        let mut buf = BytesMut::from(&wire[..]);
+        assert_eq!(
+            Protocol::Tessera.decode(&mut buf).unwrap(),
+            Some((
+                Some(5),
+                Reply::Error(ErrorCode::ValueTooLarge.name().into())
+            ))
+        );
+        assert_eq!(
+            Protocol::Tessera.decode(&mut buf).unwrap(),
+            Some((Some(6), Reply::Ok))
+        );
+        let garbage = Protocol::Tessera.decode(&mut buf).unwrap_err();
+        assert!(garbage.contains("not a valid Response"), "{garbage}");
     }
 }

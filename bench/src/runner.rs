@@ -118,7 +118,10 @@ struct Socket {
     wbuf: Vec<u8>,
     rbuf: BytesMut,
     next_id: u64,
-    by_id: HashMap<u64, Pending>,
+    /// Tessera's requests awaiting replies, by id. Ids are small counters:
+    /// hashed as themselves, not with SipHash, which cost a hash per
+    /// request and per reply.
+    by_id: nohash_hasher::IntMap<u64, Pending>,
     in_order: VecDeque<Pending>,
     writable_interest: bool,
 }
@@ -227,7 +230,7 @@ fn thread_main(
                 wbuf: Vec::with_capacity(64 << 10),
                 rbuf: BytesMut::with_capacity(64 << 10),
                 next_id: 1,
-                by_id: HashMap::new(),
+                by_id: Default::default(),
                 in_order: VecDeque::new(),
                 writable_interest: false,
             });
@@ -369,8 +372,11 @@ fn thread_main(
                 }
                 None => {
                     for c in 0..conns.len() {
+                        // One clock reading for what a connection issues
+                        // together: it goes out in the same write.
+                        let issued_at = Instant::now();
                         while conns[c].inflight < plan.pipeline && !stopping {
-                            if !issue!(c, Instant::now()) {
+                            if !issue!(c, issued_at) {
                                 stopping = true;
                                 stop_at = Some(Instant::now());
                             }
@@ -405,6 +411,8 @@ fn thread_main(
                 continue;
             }
             receive(&poll, i, &mut sockets[i], &mut read_chunk)?;
+            // The replies of one read arrived together: one clock reading.
+            let done = Instant::now();
             while let Some((id, reply)) = plan
                 .protocol
                 .decode(&mut sockets[i].rbuf)
@@ -428,7 +436,6 @@ fn thread_main(
                     continue;
                 }
                 conns[pending.conn].inflight -= 1;
-                let done = Instant::now();
                 if let Reply::Error(kind) = reply {
                     *errors.entry(kind).or_default() += 1;
                     shared.errors.fetch_add(1, Ordering::Relaxed);

@@ -901,15 +901,41 @@ impl Response {
     }
 }
 
-/// Decodes one response frame (client side).
-pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
-    let bad = |message: String| DecodeError {
+fn verified_response(buf: &[u8]) -> Result<wire::Response<'_>, DecodeError> {
+    flatbuffers::root_with_opts::<wire::Response>(&verifier(), buf).map_err(|e| DecodeError {
         id: 0,
         code: ErrorCode::BadFrame,
-        message,
-    };
-    let resp = flatbuffers::root_with_opts::<wire::Response>(&verifier(), buf)
-        .map_err(|e| bad(format!("not a valid Response flatbuffer: {e}")))?;
+        message: format!("not a valid Response flatbuffer: {e}"),
+    })
+}
+
+fn unknown_outcome(id: u64, outcome: wire::Outcome) -> DecodeError {
+    DecodeError {
+        id,
+        code: ErrorCode::BadFrame,
+        message: format!("unknown result type {}", outcome.0),
+    }
+}
+
+/// A response's id and, if it is an error, its code: all a client that
+/// does not look at results needs (the load generator). Verified as
+/// [`decode_response`] does, but nothing is copied out.
+pub fn response_status(buf: &[u8]) -> Result<(u64, Option<ErrorCode>), DecodeError> {
+    let resp = verified_response(buf)?;
+    let id = resp.id();
+    let outcome = resp.outcome_type();
+    if outcome == wire::Outcome::NONE || outcome.variant_name().is_none() {
+        return Err(unknown_outcome(id, outcome));
+    }
+    let error = resp
+        .outcome_as_error()
+        .map(|e| ErrorCode::from_wire(e.code()));
+    Ok((id, error))
+}
+
+/// Decodes one response frame (client side).
+pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
+    let resp = verified_response(buf)?;
     let id = resp.id();
     let response = match resp.outcome_type() {
         wire::Outcome::Error => {
@@ -1004,7 +1030,7 @@ pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
                     .collect(),
             })
         }
-        other => return Err(bad(format!("unknown result type {}", other.0))),
+        other => return Err(unknown_outcome(id, other)),
     };
     Ok((id, response))
 }
@@ -1096,6 +1122,7 @@ mod tests {
         fn random_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_request(&buf, &Limits::default());
             let _ = decode_response(&buf);
+            let _ = response_status(&buf);
         }
     }
 
@@ -1170,8 +1197,30 @@ mod tests {
         }
         assert_eq!(stream, expected);
         for (i, r) in cases.into_iter().enumerate() {
-            assert_eq!(decode_response(&r.encode(i as u64)), Ok((i as u64, r)));
+            let buf = r.encode(i as u64);
+            let error = match &r {
+                Response::Error { code, .. } => Some(*code),
+                _ => None,
+            };
+            assert_eq!(response_status(&buf), Ok((i as u64, error)));
+            assert_eq!(decode_response(&buf), Ok((i as u64, r)));
         }
+    }
+
+    #[test]
+    fn a_response_without_a_result_is_refused_whole_or_by_status() {
+        let mut b = FlatBufferBuilder::new();
+        let root = wire::Response::create(
+            &mut b,
+            &wire::ResponseArgs {
+                id: 3,
+                ..Default::default()
+            },
+        );
+        b.finish(root, None);
+        let buf = b.finished_data();
+        assert_eq!(response_status(buf).unwrap_err().code, ErrorCode::BadFrame);
+        assert_eq!(decode_response(buf).unwrap_err().code, ErrorCode::BadFrame);
     }
 
     #[test]
