@@ -513,7 +513,15 @@ fn receive(poll: &Poll, token: usize, s: &mut Socket, chunk: &mut [u8]) -> anyho
         match read {
             Ok(0) => anyhow::bail!("the server closed a connection"),
             Ok(n) => match &mut s.tls {
-                None => s.rbuf.extend_from_slice(&chunk[..n]),
+                None => {
+                    s.rbuf.extend_from_slice(&chunk[..n]);
+                    // A short read emptied the socket: what arrives next
+                    // raises a new event. Reading on until `WouldBlock`
+                    // cost a third system call per unpipelined request.
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
                 // Decrypted as it comes: rustls holds only so many records.
                 Some(tls) => {
                     tls.process_new_packets()
