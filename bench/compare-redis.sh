@@ -21,6 +21,8 @@
 # cert`; Redis on --tls-port) and the load generator too. With TTL_MS=N
 # every measured write carries a TTL of N ms (Tessera's Put.ttl_ms,
 # Redis's SET .. PX); the preload's do not.
+# KEYS=N preloads N keys instead of 1M (KEYS=20000: every row of both
+# servers in the CPU's caches, where Redis no longer waits on memory).
 # Usage: bench/compare-redis.sh [seconds per run, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
