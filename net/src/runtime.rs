@@ -329,9 +329,10 @@ async fn shard_main(
     };
     let metrics_addr = metrics.as_ref().map(|m| m.local_addr()).transpose()?;
     let shard = Shard::new(i, engine.clone(), slots, config.clone(), addresses, senders);
-    if let Some(r) = receivers {
-        shard.serve_mesh(r);
-    }
+    let mesh_tasks = match receivers {
+        Some(r) => shard.serve_mesh(r),
+        None => Vec::new(),
+    };
     // Resolving talks to every peer: a peer that failed to start would
     // never answer, so give up once the server is told to stop.
     unless_stopped(&shutdown, shard.resolve_in_doubt())
@@ -367,9 +368,24 @@ async fn shard_main(
     shard.shutting_down.set(true);
     // Dropping the accept tasks closes the listeners.
     drop(tasks);
-    // In-flight requests finish; then queued writes are written and synced.
+    // In-flight requests finish; then open connections are closed, and
+    // queued writes are written and synced.
     glommio::timer::sleep(Duration::from_millis(50)).await;
-    engine.close().await.context("closing the engine")?;
+    shard.close_connections();
+    let closed = engine.close().await;
+    // Peers may still be closing: this shard stops answering them only
+    // now, after its own close.
+    drop(mesh_tasks);
+    drop(shard);
+    drop(engine);
+    // Cancelled tasks are dropped, and the files of a dropped engine
+    // closed, on the executor's next turns (glommio submits a file's close
+    // with its next batch): give it those turns, or the executor ends with
+    // the files still open.
+    for _ in 0..2 {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    closed.context("closing the engine")?;
     tracing::info!(shard = i, "shard stopped");
     Ok(())
 }

@@ -98,8 +98,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             .detach();
             continue;
         }
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
+        let served = shard.clone();
+        shard.spawn_connection(async move {
+            let shard = served;
             ShardMetrics::add(&shard.metrics.connections_open, 1);
             if let Err(e) = serve(&shard, stream).await {
                 tracing::debug!(shard = shard.id, error = %e, "connection closed");
@@ -108,8 +109,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 .metrics
                 .connections_open
                 .set(shard.metrics.connections_open.get() - 1);
-        })
-        .detach();
+        });
     }
 }
 

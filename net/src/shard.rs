@@ -17,6 +17,7 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use tessera_engine::{
@@ -154,6 +155,10 @@ pub struct Shard {
     pub addresses: Arc<OnceLock<Vec<String>>>,
     pub metrics: ShardMetrics,
     pub shutting_down: Cell<bool>,
+    /// The connections being served, to cancel at shutdown (see
+    /// [`Shard::close_connections`]), and the next one's number.
+    connections: RefCell<HashMap<u64, glommio::task::JoinHandle<()>>>,
+    next_connection: Cell<u64>,
     /// This shard's copy of the credentials and their generation (see
     /// [`crate::config::CredentialSource`]).
     pub credentials: RefCell<Credentials>,
@@ -196,6 +201,8 @@ impl Shard {
             addresses,
             metrics: ShardMetrics::default(),
             shutting_down: Cell::new(false),
+            connections: RefCell::default(),
+            next_connection: Cell::new(0),
             recovered_peers: Cell::new(0),
             pending_durable: RefCell::default(),
             unlogged_commits: RefCell::default(),
@@ -219,11 +226,58 @@ impl Shard {
         }
     }
 
+    /// Serves `connection` in a task of its own until it ends or the shard
+    /// closes its connections.
+    pub(crate) fn spawn_connection(
+        self: &Rc<Self>,
+        connection: impl Future<Output = ()> + 'static,
+    ) {
+        let id = self.next_connection.get();
+        self.next_connection.set(id + 1);
+        // The task may end before `spawn_local` returns; then it is not
+        // registered at all.
+        let ended = Rc::new(Cell::new(false));
+        let task = {
+            let (shard, ended) = (self.clone(), ended.clone());
+            glommio::spawn_local(async move {
+                connection.await;
+                ended.set(true);
+                shard.connections.borrow_mut().remove(&id);
+            })
+            .detach()
+        };
+        if !ended.get() {
+            self.connections.borrow_mut().insert(id, task);
+        }
+    }
+
+    /// Cancels every connection's task: at shutdown, after in-flight
+    /// requests had their time. A connection a client kept open used to
+    /// outlive an embedded server's stop: its task never ended, so its
+    /// socket stayed open (the client's next request waited for its
+    /// timeout instead of failing at once) and it kept the shard, engine
+    /// included, in memory.
+    pub fn close_connections(&self) {
+        for (_, task) in self.connections.borrow_mut().drain() {
+            task.cancel();
+        }
+    }
+
     /// Serves the mesh: one task per peer, each request in its own task.
-    pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<MeshMsg>) {
+    /// Returns the per-peer tasks; dropping them stops serving. Each waits
+    /// for messages from a peer whose shard holds this one's senders, and
+    /// this shard holds the peer's: left to end on their own at shutdown,
+    /// none ever did, and every shard's engine and memory stayed with the
+    /// tasks after its executor stopped.
+    #[must_use = "dropping the tasks stops serving the mesh"]
+    pub fn serve_mesh(
+        self: &Rc<Self>,
+        mut receivers: Receivers<MeshMsg>,
+    ) -> Vec<glommio::Task<()>> {
+        let mut tasks = Vec::new();
         for (_, rx) in receivers.streams() {
             let shard = self.clone();
-            glommio::spawn_local(async move {
+            tasks.push(glommio::spawn_local(async move {
                 while let Some(msg) = rx.recv().await {
                     match msg {
                         MeshMsg::Request { from, tag, op } => {
@@ -259,9 +313,9 @@ impl Shard {
                         }
                     }
                 }
-            })
-            .detach();
+            }));
         }
+        tasks
     }
 
     /// Sends a one-way message to `owner` (itself included).
