@@ -514,8 +514,10 @@ fn encode<S: Conn>(id: u64, response: &Response, outbox: &Outbox<S>) {
     response.encode_frame(id, &mut builder, &mut outbox.frames.borrow_mut());
     // A builder keeps the capacity of the largest message it built: after a
     // large scan, start a small one rather than hold it for the
-    // connection's life.
-    if builder.finished_data().len() > BUFFER_KEEP_BYTES_MAX {
+    // connection's life. (Unfinished, not finished, data: the commonest
+    // responses are written without the builder, which may never have
+    // finished a message.)
+    if builder.unfinished_data().len() > BUFFER_KEEP_BYTES_MAX {
         *builder = FlatBufferBuilder::with_capacity(1024);
     }
 }

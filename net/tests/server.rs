@@ -408,3 +408,43 @@ fn frames_arrive_whole_however_their_bytes_are_split_or_batched() {
     }
     assert!(server.stop(), "clean shutdown exits 0");
 }
+
+/// A connection needs no Hello: its first request may be any, including
+/// those whose responses the server writes without its flatbuffer builder
+/// (a first PING, GET or PUT once brought the shard down).
+#[test]
+fn any_request_may_be_a_connections_first() {
+    use common::raw::{raw, read_response, send_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &[]);
+    let get = |key: &'static str| Request::Get {
+        key: Bytes::from_static(key.as_bytes()),
+    };
+    let firsts = [
+        Request::Ping,
+        put("k".into(), b"v".to_vec()),
+        get("k"),
+        get("absent"),
+        Request::Delete {
+            key: Bytes::from_static(b"k"),
+        },
+    ];
+    for (id, first) in firsts.into_iter().enumerate() {
+        let mut s = raw(&server.listen);
+        send_frame(&mut s, &first.encode(id as u64));
+        let (got, response) = read_response(&mut s).expect("an answer, not a closed connection");
+        assert_eq!(got, id as u64);
+        match (&first, response) {
+            (Request::Ping, Response::Pong) => {}
+            (Request::Put { .. } | Request::Delete { .. }, Response::Written { ts }) => {
+                assert!(ts > 0)
+            }
+            (Request::Get { key }, Response::Get { value, .. }) => {
+                let expected = (key.as_ref() == b"k").then(|| Bytes::from_static(b"v"));
+                assert_eq!(value, expected);
+            }
+            (first, other) => panic!("{first:?} answered with {other:?}"),
+        }
+    }
+    assert!(server.stop(), "the server exits cleanly");
+}

@@ -5,6 +5,7 @@
 //! ([`frame`]), the typed requests and responses both sides use
 //! ([`message`]) and key routing ([`slot_of`]). It does no I/O.
 
+mod direct;
 pub mod frame;
 pub mod message;
 
