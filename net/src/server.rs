@@ -6,9 +6,10 @@
 //! Sketch (one core, loopback): a request costs ~2 µs of kernel time for
 //! its share of a `recv` and a `send`; what the read loop adds must stay
 //! well below that. So a request the engine answers on its first poll is
-//! answered inline: decoded in place, its response built in the
-//! connection's reused flatbuffer builder and appended to one output
-//! buffer, which the read loop sends with a single `send` per batch. Only
+//! answered inline: decoded in place, its response written into one
+//! output buffer (the commonest responses directly, the others through
+//! the connection's reused flatbuffer builder), which the read loop sends
+//! with a single `send` per batch. Only
 //! requests that block (durable writes, disk reads, the mesh) get a task;
 //! their responses, and whatever a full socket left unsent, go out from
 //! the connection's writer task.
