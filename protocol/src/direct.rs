@@ -26,16 +26,15 @@ const RESPONSE_TABLE: usize = 16;
 const OUTCOME_FIELD: usize = RESPONSE_TABLE + 4;
 
 /// Appends a frame's length prefix and the `Response` envelope for a
-/// result of `payload_len` bytes in all, whose table starts at
-/// `result_table` (relative to the payload). Returns where the payload
-/// starts in `out`.
+/// payload of `payload_len` bytes in all, whose result table starts at
+/// `result_table` (relative to the payload).
 fn envelope(
     out: &mut Vec<u8>,
     payload_len: usize,
     id: u64,
     outcome: wire::Outcome,
     result_table: usize,
-) -> usize {
+) {
     out.reserve(4 + payload_len);
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     let start = out.len();
@@ -44,7 +43,7 @@ fn envelope(
     // Response's vtable at 4: its length, the table's inline size (17:
     // the vtable offset, `outcome`, `id`, `outcome_type`), then each
     // field's place in the table, in field order (id, outcome_type,
-    // outcome).
+    // outcome), and two bytes of padding.
     for half in [10u16, 17, 8, 16, 4, 0] {
         out.extend_from_slice(&half.to_le_bytes());
     }
@@ -54,7 +53,6 @@ fn envelope(
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&[outcome.0, 0, 0, 0]);
     debug_assert_eq!(out.len() - start, ENVELOPE_BYTES);
-    start
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
