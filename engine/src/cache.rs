@@ -1,6 +1,6 @@
 //! Block cache of one shard: verified data blocks by (table id, offset),
 //! evicted by CLOCK once the byte budget is exceeded. The row cache
-//! (`row_cache.rs`) evicts the same way.
+//! (`row_cache.rs`) evicts by CLOCK too, from a table of its own.
 
 use crate::sst::block::Block;
 use std::cell::{Cell, RefCell};
@@ -78,17 +78,6 @@ impl<K: Hash + Eq + Copy, V, S: BuildHasher + Default> ClockCache<K, V, S> {
         })
     }
 
-    /// Runs `f` on the cached value of each key that has one, without
-    /// marking it read.
-    pub fn with_each(&self, keys: &[K], mut f: impl FnMut(&V)) {
-        let map = self.map.borrow();
-        for key in keys {
-            if let Some(slot) = map.get(key) {
-                f(&slot.value);
-            }
-        }
-    }
-
     /// Caches `value` under `key`, charging `bytes`, in place of any value
     /// already there. A value larger than the whole budget is not cached.
     pub fn insert(&self, key: K, value: V, bytes: usize) {
@@ -163,14 +152,11 @@ impl Counts {
         counter.set(counter.get() + 1);
     }
 
-    /// These counts with what `cache` holds.
-    pub fn stats<K: Hash + Eq + Copy, V, S: BuildHasher + Default>(
-        &self,
-        cache: &ClockCache<K, V, S>,
-    ) -> CacheStats {
+    /// These counts with what a cache holds of its capacity.
+    pub fn stats(&self, bytes: usize, capacity_bytes: usize) -> CacheStats {
         CacheStats {
-            bytes: cache.used_bytes(),
-            capacity_bytes: cache.capacity_bytes(),
+            bytes,
+            capacity_bytes,
             hits: self.hits.get(),
             misses: self.misses.get(),
         }
@@ -211,7 +197,8 @@ impl BlockCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        self.counts.stats(&self.blocks)
+        self.counts
+            .stats(self.blocks.used_bytes(), self.blocks.capacity_bytes())
     }
 }
 
@@ -274,21 +261,6 @@ mod tests {
         for offset in [0, 3, 4] {
             assert!(cache.get(1, offset).is_some(), "block {offset} is cached");
         }
-    }
-
-    #[test]
-    fn visiting_entries_ahead_of_reads_does_not_mark_them_read() {
-        let cache: ClockCache<u64, u64, std::hash::RandomState> = ClockCache::new(300);
-        for k in 0..3 {
-            cache.insert(k, k * 10, 100);
-        }
-        let mut seen = Vec::new();
-        cache.with_each(&[2, 7, 0], |v| seen.push(*v));
-        assert_eq!(seen, [20, 0], "present keys, in the order asked");
-        // Key 0 is still the oldest unread entry: it goes first.
-        cache.insert(3, 30, 100);
-        assert!(cache.with(&0, |_| ()).is_none());
-        assert_eq!(cache.with(&2, |v| *v), Some(20));
     }
 
     #[test]

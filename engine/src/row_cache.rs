@@ -13,21 +13,44 @@
 //! version other than a tombstone, and tombstones are not cached. A row
 //! past the installs the cache remembers is stale.
 //!
+//! Rows sit in a set-associative table: a row's set is a function of its
+//! key's hash, and a set is two cache lines holding eight ways: their
+//! hashes, then their rows' pointers. A batch of reads then prefetches its rows
+//! without waiting: first every set's line, then every row's header, then
+//! every row's bytes, each round's cache misses in parallel
+//! ([`RowCache::prefetch`]). A hash map's lookup waited for its control
+//! bytes and then its bucket before the row could be asked for, and
+//! 16-deep GETs over 1M cached keys spent ~12% of the server's CPU in the
+//! row cache (docs/benchmarks.md). Eviction is CLOCK, as in the block
+//! cache: a hit sets the row's flag; a full set gives up a way whose flag
+//! is clear, and the budget is kept by a hand sweeping the whole table.
+//!
 //! Sketch: a row of a 16-byte key and a 100-byte value costs ~230 bytes
-//! (its allocation, the map slot and the ring entry), so 256 MiB hold ~1.1M
-//! rows.
+//! (its two allocations), so 256 MiB hold ~1M rows. The table has a way
+//! for every [`BUDGET_BYTES_PER_WAY`] of the budget (16 bytes each, an
+//! eighth of the budget, charged up front): about twice as many ways as
+//! rows of that size, so that few sets overflow (a set holding more than
+//! its ways' worth of hot keys misses on one of them every time).
 
-use crate::cache::{CacheStats, ClockCache, Counts};
+use crate::cache::{CacheStats, Counts};
+use crate::hint::prefetch;
 use crate::key::{Kind, Versioned};
 use crate::sst::bloom::Filter;
 use bytes::Bytes;
-use nohash_hasher::BuildNoHashHasher;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// What a row costs besides its key and value bytes.
+/// What a row costs besides its key and value bytes: its header's and its
+/// bytes' allocations (each with the allocator's share).
 const ROW_OVERHEAD_BYTES: usize = 112;
+
+/// Ways per set: a set's hashes fill one cache line, its pointers another.
+const WAYS: usize = 8;
+
+/// One way in the table per this many bytes of the budget: about half a
+/// row of a short key and a 100-byte value.
+const BUDGET_BYTES_PER_WAY: usize = 128;
 
 /// Installs remembered: a row older than this many installs is stale.
 const INSTALLS_KEPT: usize = 64;
@@ -40,18 +63,136 @@ struct Row {
     /// The version's kind: a put or an expiring put (whose value keeps
     /// its TTL: whether it has expired depends on the read).
     kind: Kind,
+    /// Read since the clock hand last passed.
+    referenced: Cell<bool>,
     /// The version's timestamp; `None`: the tables hold no version.
     ts: Option<u64>,
     /// The version the row is known to hold for.
     seq: Cell<u64>,
 }
 
+impl Row {
+    fn bytes(&self) -> usize {
+        self.data.len() + ROW_OVERHEAD_BYTES
+    }
+}
+
+/// Eight ways, two cache lines. A way's tag is its row's key hash (0, the
+/// empty way's tag, stands for hash 0 as well: the row names its key).
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Set {
+    tags: [u64; WAYS],
+    rows: [Option<Box<Row>>; WAYS],
+}
+
 /// Rows by the key's 64-bit hash (the bloom filters' hash, so checking a
 /// row against a flushed table costs no second hash). Two keys with one
-/// hash share a slot: the row names its key, and a lookup of the other
+/// hash share a way: the row names its key, and a lookup of the other
 /// misses.
+struct Table {
+    sets: Box<[Set]>,
+    /// The hand: the next way it looks at, as `set * WAYS + way`.
+    hand: usize,
+    used_bytes: usize,
+    capacity_bytes: usize,
+}
+
+impl Table {
+    fn new(capacity_bytes: usize) -> Table {
+        let sets = capacity_bytes / BUDGET_BYTES_PER_WAY / WAYS;
+        let sets: Box<[Set]> = (0..sets).map(|_| Set::default()).collect();
+        let table_bytes = std::mem::size_of_val(&*sets);
+        Table {
+            sets,
+            hand: 0,
+            used_bytes: table_bytes.min(capacity_bytes),
+            capacity_bytes,
+        }
+    }
+
+    /// The set of `hash`: its high half scaled to the number of sets (the
+    /// low bits pick the key's shard, so on one shard they vary less).
+    fn set_of(&self, hash: u64) -> usize {
+        (((hash >> 32) * self.sets.len() as u64) >> 32) as usize
+    }
+
+    /// The row of `hash`, if cached.
+    fn find(&self, hash: u64) -> Option<&Row> {
+        if self.sets.is_empty() {
+            return None;
+        }
+        let set = &self.sets[self.set_of(hash)];
+        let way = set.tags.iter().position(|&t| t == hash)?;
+        set.rows[way].as_deref()
+    }
+
+    /// Caches `row` under `hash`, in place of any row there.
+    fn insert(&mut self, hash: u64, row: Row) {
+        let bytes = row.bytes();
+        if self.sets.is_empty() || self.used_bytes + bytes > self.capacity_bytes {
+            // Make room first, so the hand never meets the new row. Each
+            // way is passed at most twice (the first pass clears every
+            // flag), and a row fits a budget the table alone leaves room
+            // for, so this ends.
+            if bytes > self.capacity_bytes.saturating_sub(self.table_bytes()) {
+                return;
+            }
+            while self.used_bytes + bytes > self.capacity_bytes {
+                self.sweep_one();
+            }
+        }
+        let s = self.set_of(hash);
+        let set = &mut self.sets[s];
+        let way = match set.tags.iter().position(|&t| t == hash) {
+            Some(same) if set.rows[same].is_some() => same,
+            _ => match set.rows.iter().position(Option::is_none) {
+                Some(empty) => empty,
+                // A full set: its first way not read since the hand passed;
+                // if all were, they lose their flags and one goes, picked
+                // by the hash.
+                None => set
+                    .rows
+                    .iter()
+                    .position(|r| r.as_ref().is_some_and(|r| !r.referenced.get()))
+                    .unwrap_or_else(|| {
+                        for r in set.rows.iter().flatten() {
+                            r.referenced.set(false);
+                        }
+                        (hash >> 8) as usize % WAYS
+                    }),
+            },
+        };
+        let old = set.rows[way].replace(Box::new(row));
+        set.tags[way] = hash;
+        self.used_bytes += bytes;
+        if let Some(old) = old {
+            self.used_bytes -= old.bytes();
+        }
+    }
+
+    /// Moves the hand one way on: a flagged row loses its flag, an
+    /// unflagged one is evicted.
+    fn sweep_one(&mut self) {
+        let (s, way) = (self.hand / WAYS, self.hand % WAYS);
+        self.hand = (self.hand + 1) % (self.sets.len() * WAYS);
+        let slot = &mut self.sets[s].rows[way];
+        if let Some(row) = slot {
+            if !row.referenced.replace(false) {
+                self.used_bytes -= row.bytes();
+                *slot = None;
+                self.sets[s].tags[way] = 0;
+            }
+        }
+    }
+
+    fn table_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.sets)
+    }
+}
+
 pub struct RowCache {
-    rows: ClockCache<u64, Row, BuildNoHashHasher<u64>>,
+    table: RefCell<Table>,
     /// The latest installs, oldest first: (the version's seq, the filters
     /// of the tables it flushed). Consecutive seqs.
     installs: RefCell<VecDeque<(u64, Vec<Rc<Filter>>)>>,
@@ -62,52 +203,71 @@ impl RowCache {
     /// A cache of `capacity_bytes`; zero turns it off.
     pub fn new(capacity_bytes: usize) -> Self {
         RowCache {
-            rows: ClockCache::new(capacity_bytes),
+            table: RefCell::new(Table::new(capacity_bytes)),
             installs: RefCell::default(),
             counts: Counts::default(),
         }
     }
 
     pub fn enabled(&self) -> bool {
-        self.rows.capacity_bytes() > 0
+        !self.table.borrow().sets.is_empty()
     }
 
     /// The newest version of `key` (hash `hash`, see [`crate::sst::bloom::hash`])
     /// at or below `ts` in the tables of version `seq`: `Some(None)` if
     /// they hold none, `None` if the cache cannot tell.
     pub fn get(&self, key: &[u8], hash: u64, seq: u64, ts: u64) -> Option<Option<Versioned>> {
-        let found = self
-            .rows
-            .with(&hash, |row| {
-                let (k, value) = row.data.split_at(row.key_len as usize);
-                if k != key || !self.holds(row, hash, seq) {
-                    return None;
-                }
-                match row.ts {
-                    None => Some(None),
-                    // The newest version is too new for `ts`; an older one
-                    // is not cached.
-                    Some(v) if v > ts => None,
-                    Some(v) => Some(Some(Versioned {
-                        ts: v,
-                        kind: row.kind,
-                        value: Bytes::copy_from_slice(value),
-                    })),
-                }
-            })
-            .flatten();
+        let table = self.table.borrow();
+        let found = table.find(hash).and_then(|row| {
+            let (k, value) = row.data.split_at(row.key_len as usize);
+            if k != key || !self.holds(row, hash, seq) {
+                return None;
+            }
+            row.referenced.set(true);
+            match row.ts {
+                None => Some(None),
+                // The newest version is too new for `ts`; an older one
+                // is not cached.
+                Some(v) if v > ts => None,
+                Some(v) => Some(Some(Versioned {
+                    ts: v,
+                    kind: row.kind,
+                    value: Bytes::copy_from_slice(value),
+                })),
+            }
+        });
         self.counts.record(found.is_some());
         found
     }
 
-    /// Looks the slots of `hashes` up and starts loading their rows'
-    /// lines. One tight loop, so the slots' cache misses overlap.
+    /// Starts loading the rows of `hashes`, in three rounds whose cache
+    /// misses overlap: their sets' two lines, then the rows those name,
+    /// then the rows' bytes.
     pub fn prefetch(&self, hashes: &[u64]) {
-        self.rows.with_each(hashes, |row| {
-            for at in (0..row.data.len()).step_by(64) {
-                crate::hint::prefetch(row.data[at..].as_ptr());
+        let table = self.table.borrow();
+        if table.sets.is_empty() {
+            return;
+        }
+        for &hash in hashes {
+            let set = &table.sets[table.set_of(hash)];
+            prefetch((&set.tags as *const [u64; WAYS]).cast());
+            prefetch((&set.rows as *const [Option<Box<Row>>; WAYS]).cast());
+        }
+        for &hash in hashes {
+            let set = &table.sets[table.set_of(hash)];
+            if let Some(way) = set.tags.iter().position(|&t| t == hash) {
+                if let Some(row) = &set.rows[way] {
+                    prefetch((&**row as *const Row).cast());
+                }
             }
-        });
+        }
+        for &hash in hashes {
+            if let Some(row) = table.find(hash) {
+                for at in (0..row.data.len()).step_by(64) {
+                    prefetch(row.data[at..].as_ptr());
+                }
+            }
+        }
     }
 
     /// Whether `row` still holds at version `seq`; if so it is marked as
@@ -157,15 +317,15 @@ impl RowCache {
         let mut data = Vec::with_capacity(key.len() + value.len());
         data.extend_from_slice(key);
         data.extend_from_slice(value);
-        let bytes = data.len() + ROW_OVERHEAD_BYTES;
         let row = Row {
             data: data.into_boxed_slice(),
             key_len: key.len() as u32,
             kind,
+            referenced: Cell::new(false),
             ts,
             seq: Cell::new(seq),
         };
-        self.rows.insert(hash, row, bytes);
+        self.table.borrow_mut().insert(hash, row);
     }
 
     /// Version `seq` was installed; `flushed` are the filters of the tables
@@ -179,7 +339,8 @@ impl RowCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        self.counts.stats(&self.rows)
+        let table = self.table.borrow();
+        self.counts.stats(table.used_bytes, table.capacity_bytes)
     }
 }
 
@@ -234,7 +395,7 @@ mod tests {
             cache.insert(b"k", bloom::hash(b"k"), 1, Some(&v));
             assert!(get(&cache, b"k", 1, 9).is_none(), "{kind:?} was cached");
         }
-        assert_eq!(cache.stats().bytes, 0);
+        assert_eq!(cache.stats().bytes, RowCache::new(1 << 20).stats().bytes);
     }
 
     #[test]
@@ -299,16 +460,96 @@ mod tests {
 
     #[test]
     fn the_budget_holds_and_zero_turns_it_off() {
-        let row_bytes = 1 + 2 + ROW_OVERHEAD_BYTES;
-        let cache = RowCache::new(3 * row_bytes);
-        for k in 0u8..10 {
-            cache.insert(&[k], bloom::hash(&[k]), 1, Some(&put(1, b"vv")));
+        let capacity = 4096;
+        let cache = RowCache::new(capacity);
+        let table = cache.stats().bytes;
+        assert!(
+            table > 0 && table < capacity / 2,
+            "the table is charged: {table}"
+        );
+        let value = vec![7u8; 500];
+        let row_bytes = 1 + value.len() + ROW_OVERHEAD_BYTES;
+        let versioned = Versioned {
+            ts: 1,
+            kind: Kind::Put,
+            value: Bytes::from(value),
+        };
+        for k in 0u8..100 {
+            cache.insert(&[k], bloom::hash(&[k]), 1, Some(&versioned));
+            let cached = (0..=k)
+                .filter(|&k| get(&cache, &[k], 1, 9).is_some())
+                .count();
+            assert_eq!(cache.stats().bytes, table + cached * row_bytes);
+            assert!(cache.stats().bytes <= capacity);
+            assert!(get(&cache, &[k], 1, 9).is_some(), "the newest row stays");
         }
-        assert_eq!(cache.stats().bytes, 3 * row_bytes);
-        assert!(get(&cache, &[9], 1, 9).is_some(), "the newest row stays");
+        let big = Versioned {
+            ts: 1,
+            kind: Kind::Put,
+            value: Bytes::from(vec![0u8; capacity]),
+        };
+        cache.insert(b"big", bloom::hash(b"big"), 1, Some(&big));
+        assert!(
+            get(&cache, b"big", 1, 9).is_none(),
+            "larger than the budget"
+        );
         let off = RowCache::new(0);
         off.insert(b"a", bloom::hash(b"a"), 1, None);
         assert!(get(&off, b"a", 1, 9).is_none());
         assert_eq!(off.stats().bytes, 0);
+        assert!(!off.enabled());
+        off.prefetch(&[bloom::hash(b"a")]);
+    }
+
+    /// Hashes that share a set (the high half picks it).
+    fn in_one_set(i: u64) -> u64 {
+        (5 << 32) | i
+    }
+
+    #[test]
+    fn a_full_set_gives_up_a_row_not_read_since_the_hand_passed() {
+        let cache = RowCache::new(1 << 20);
+        let keys: Vec<[u8; 1]> = (0..=WAYS as u8).map(|k| [k]).collect();
+        for (i, key) in keys[..WAYS].iter().enumerate() {
+            cache.insert(key, in_one_set(i as u64), 1, Some(&put(1, b"v")));
+        }
+        // Prefetching is not reading: it marks nothing.
+        let hashes: Vec<u64> = (0..=WAYS as u64).map(in_one_set).collect();
+        cache.prefetch(&hashes);
+        for (i, key) in keys[..WAYS].iter().enumerate() {
+            if i != 2 {
+                assert!(cache.get(key, in_one_set(i as u64), 1, 9).is_some());
+            }
+        }
+        cache.insert(&keys[WAYS], in_one_set(WAYS as u64), 1, Some(&put(1, b"v")));
+        for (i, key) in keys.iter().enumerate() {
+            let cached = cache.get(key, in_one_set(i as u64), 1, 9).is_some();
+            assert_eq!(cached, i != 2, "key {i}");
+        }
+        // Every way read since: one goes all the same, and the set still
+        // holds WAYS rows.
+        let extra = [WAYS as u8 + 1];
+        cache.insert(&extra, in_one_set(99), 1, Some(&put(1, b"v")));
+        assert!(cache.get(&extra, in_one_set(99), 1, 9).is_some());
+        let held = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, key)| cache.get(&key[..], in_one_set(*i as u64), 1, 9).is_some())
+            .count();
+        assert_eq!(held, WAYS - 1);
+    }
+
+    #[test]
+    fn a_row_replaces_the_row_of_its_hash_and_its_charge() {
+        let cache = RowCache::new(1 << 20);
+        let table = cache.stats().bytes;
+        cache.insert(b"k", 3, 1, Some(&put(1, b"short")));
+        cache.insert(b"k", 3, 2, Some(&put(2, b"longer value")));
+        let found = cache.get(b"k", 3, 2, 9).expect("cached").expect("present");
+        assert_eq!((found.ts, &found.value[..]), (2, &b"longer value"[..]));
+        assert_eq!(
+            cache.stats().bytes,
+            table + 1 + b"longer value".len() + ROW_OVERHEAD_BYTES
+        );
     }
 }
