@@ -96,6 +96,11 @@ impl Queue {
     }
 }
 
+/// The first wait before retrying a failed WAL roll; each failure in a row
+/// doubles it, up to [`ROLL_RETRY_MAX`].
+const ROLL_RETRY_FIRST: Duration = Duration::from_millis(100);
+const ROLL_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The writer task. Runs until the engine closes and the queue is empty.
 pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
     let mut chunk = Vec::with_capacity(inner.opts.wal_group_bytes_max + 4096);
@@ -106,13 +111,43 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
     let mut spare_encoded: Vec<u8> = Vec::new();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
+    let mut roll_backoff = ROLL_RETRY_FIRST;
     loop {
         inner.writer_phase.set("swap");
-        if let Err(e) = maybe_swap_memtable(&inner, &mut wal).await {
-            tracing::error!(error = %e, "WAL roll failed; retrying");
-            fail_queue(&inner, e);
-            glommio::timer::sleep(Duration::from_millis(100)).await;
-            continue;
+        match maybe_swap_memtable(&inner, &mut wal).await {
+            Ok(()) => roll_backoff = ROLL_RETRY_FIRST,
+            Err(e) => {
+                let why = e.to_string();
+                // A flush waiting on this swap fails with the error (and
+                // it counts as one: the memtable could not be flushed).
+                *inner.bg_error.borrow_mut() = Some(format!("rolling the WAL: {why}"));
+                inner
+                    .stats
+                    .flush_errors
+                    .set(inner.stats.flush_errors.get() + 1);
+                inner.events.flushed.notify(usize::MAX);
+                fail_queue(&inner, e);
+                if inner.closed.get() {
+                    // Closing: the memtable stays unflushed, in the WAL,
+                    // which the next open replays. Retrying here held the
+                    // close, and a server's stop, forever (a data
+                    // directory removed under a stopping server).
+                    tracing::error!(
+                        error = %why,
+                        "WAL roll failed while closing; the memtable is left to WAL replay"
+                    );
+                    inner.swap_requested.set(false);
+                } else {
+                    tracing::error!(
+                        error = %why,
+                        retry_ms = roll_backoff.as_millis() as u64,
+                        "WAL roll failed; retrying"
+                    );
+                    glommio::timer::sleep(roll_backoff).await;
+                    roll_backoff = (roll_backoff * 2).min(ROLL_RETRY_MAX);
+                    continue;
+                }
+            }
         }
         if inner.queue.borrow().is_empty() {
             if inner.closed.get() {

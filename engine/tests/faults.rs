@@ -266,6 +266,31 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
     });
 }
 
+/// A close whose WAL cannot roll fails with the error instead of retrying
+/// forever (a server stopping while its data directory was removed never
+/// exited), and the WAL still holds every acknowledged write.
+#[test]
+fn a_close_that_cannot_roll_the_wal_fails_instead_of_hanging() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let engine = open(&disk).await;
+        put_all(&engine, 0..50).await;
+        disk.inject(Fault::Writes(libc::EIO));
+        let closed = futures_lite::future::or(async { Some(engine.close().await) }, async {
+            glommio::timer::sleep(Duration::from_secs(10)).await;
+            None
+        })
+        .await;
+        let err = closed.expect("close returned").unwrap_err();
+        assert!(err.to_string().contains("rolling the WAL"), "{err}");
+        disk.clear_faults();
+        let disk = disk.crash();
+        let engine = open(&disk).await;
+        assert_all_present(&engine, 0..50).await;
+        engine.close().await.unwrap();
+    });
+}
+
 /// In `always` mode the WAL is written through (O_DSYNC): acknowledged
 /// writes are durable with no fdatasync at all, and a failure to make a
 /// write durable (EIO where a sync would fail) is not acknowledged.
