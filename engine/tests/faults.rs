@@ -23,6 +23,14 @@ async fn open(disk: &MemDisk) -> Engine<MemDisk> {
         .unwrap()
 }
 
+/// A fresh engine on an in-memory disk, with keys `0..n` written.
+async fn with_writes(n: usize) -> (MemDisk, Engine<MemDisk>) {
+    let disk = MemDisk::new();
+    let engine = open(&disk).await;
+    put_all(&engine, 0..n).await;
+    (disk, engine)
+}
+
 async fn put_all(engine: &Engine<MemDisk>, keys: impl IntoIterator<Item = usize>) {
     for i in keys {
         engine.put(key(i), value(i)).await.unwrap();
@@ -247,9 +255,7 @@ fn point_in_time_wal_recovery_replays_up_to_the_damage_and_sets_the_rest_aside()
 #[test]
 fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
     run_local(|| async {
-        let disk = MemDisk::new();
-        let engine = open(&disk).await;
-        put_all(&engine, 0..50).await;
+        let (disk, engine) = with_writes(50).await;
         disk.inject(Fault::Writes(libc::ENOSPC));
         let err = engine.put(key(50), value(50)).await.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
@@ -272,9 +278,7 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
 #[test]
 fn a_close_that_cannot_roll_the_wal_fails_instead_of_hanging() {
     run_local(|| async {
-        let disk = MemDisk::new();
-        let engine = open(&disk).await;
-        put_all(&engine, 0..50).await;
+        let (disk, engine) = with_writes(50).await;
         disk.inject(Fault::Writes(libc::EIO));
         let closed = futures_lite::future::or(async { Some(engine.close().await) }, async {
             glommio::timer::sleep(Duration::from_secs(10)).await;
