@@ -975,6 +975,16 @@ impl<D: Disk> Inner<D> {
             || self.version.borrow().levels[0].len() >= 2 * self.opts.l0_compaction_trigger
     }
 
+    /// Records why a memtable could not be flushed: a flush waiting for it
+    /// returns the error, and it counts in `flush_errors`.
+    pub(crate) fn flush_failed(&self, why: String) {
+        *self.bg_error.borrow_mut() = Some(why);
+        self.stats
+            .flush_errors
+            .set(self.stats.flush_errors.get() + 1);
+        self.events.flushed.notify(usize::MAX);
+    }
+
     /// A tracked write at `ts` is applied (or failed): wake readers.
     pub(crate) fn applied(&self, ts: u64) {
         let mut inflight = self.inflight.borrow_mut();
@@ -1445,12 +1455,7 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
             }
             Err(e) => {
                 tracing::error!(error = %e, "memtable flush failed; retrying");
-                *inner.bg_error.borrow_mut() = Some(e.to_string());
-                inner
-                    .stats
-                    .flush_errors
-                    .set(inner.stats.flush_errors.get() + 1);
-                inner.events.flushed.notify(usize::MAX);
+                inner.flush_failed(e.to_string());
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;

@@ -118,14 +118,9 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
             Ok(()) => roll_backoff = ROLL_RETRY_FIRST,
             Err(e) => {
                 let why = e.to_string();
-                // A flush waiting on this swap fails with the error (and
-                // it counts as one: the memtable could not be flushed).
-                *inner.bg_error.borrow_mut() = Some(format!("rolling the WAL: {why}"));
-                inner
-                    .stats
-                    .flush_errors
-                    .set(inner.stats.flush_errors.get() + 1);
-                inner.events.flushed.notify(usize::MAX);
+                // The memtable cannot be flushed: a flush waiting on this
+                // swap fails with the error.
+                inner.flush_failed(format!("rolling the WAL: {why}"));
                 fail_queue(&inner, e);
                 if inner.closed.get() {
                     // Closing: the memtable stays unflushed, in the WAL,
