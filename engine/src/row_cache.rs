@@ -130,7 +130,10 @@ impl Table {
     /// Caches `row` under `hash`, in place of any row there.
     fn insert(&mut self, hash: u64, row: Row) {
         let bytes = row.bytes();
-        if self.sets.is_empty() || self.used_bytes + bytes > self.capacity_bytes {
+        if self.sets.is_empty() {
+            return;
+        }
+        if self.used_bytes + bytes > self.capacity_bytes {
             // Make room first, so the hand never meets the new row. Each
             // way is passed at most twice (the first pass clears every
             // flag), and a row fits a budget the table alone leaves room
