@@ -109,7 +109,7 @@ pub(crate) fn get(out: &mut Vec<u8>, id: u64, value: Option<&[u8]>, expires_at_m
 
 #[cfg(test)]
 mod tests {
-    use crate::frame::LENGTH_BYTES;
+    use crate::frame::next_frame;
     use crate::message::{decode_response, response_status, Response};
     use bytes::Bytes;
     use flatbuffers::FlatBufferBuilder;
@@ -122,14 +122,12 @@ mod tests {
         let mut out = vec![0xAB; prefix];
         let mut builder = FlatBufferBuilder::new();
         response.encode_frame(id, &mut builder, &mut out);
-        let frame = out.split_off(prefix);
-        let len = u32::from_le_bytes(frame[..LENGTH_BYTES].try_into().unwrap()) as usize;
-        assert_eq!(
-            len,
-            frame.len() - LENGTH_BYTES,
-            "the length prefix is the payload's"
-        );
-        frame[LENGTH_BYTES..].to_vec()
+        let mut frame = bytes::BytesMut::from(&out[prefix..]);
+        let payload = next_frame(&mut frame, usize::MAX)
+            .expect("a frame")
+            .expect("whole");
+        assert!(frame.is_empty(), "the length prefix is the payload's");
+        payload.to_vec()
     }
 
     fn response() -> impl Strategy<Value = Response> {
