@@ -448,3 +448,64 @@ fn any_request_may_be_a_connections_first() {
     }
     assert!(server.stop(), "the server exits cleanly");
 }
+
+/// Durable writes wait for their group commit beside the read loop, at
+/// most `--inflight-per-connection-max` per connection. A burst ten times
+/// that, sent by a client that then closes its sending side, is read as
+/// room frees, and every write is answered before the server closes its
+/// side (up to 100 still wait when the server reads the end of the
+/// stream); each then reads back.
+#[test]
+fn a_burst_past_the_inflight_bound_is_answered_after_a_half_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        1,
+        &[
+            "--wal-sync",
+            "always",
+            "--inflight-per-connection-max",
+            "100",
+        ],
+    );
+    let mut c = RawConnection::open(&server.listen);
+    let value = |i: usize| format!("value{i}").into_bytes();
+    let burst: Vec<Request> = (0..1000).map(|i| put(format!("k{i}"), value(i))).collect();
+    let (bytes, ids) = c.frames(&burst);
+    c.stream.write_all(&bytes).unwrap();
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answered: Vec<u64> = c
+        .responses(ids.len())
+        .into_iter()
+        .map(|(id, r)| {
+            assert!(matches!(r, Response::Written { .. }), "id {id}: {r:?}");
+            id
+        })
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(answered, ids);
+    let mut rest = Vec::new();
+    c.stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty() && c.received.is_empty(),
+        "nothing after the answers"
+    );
+    let mut c = RawConnection::open(&server.listen);
+    let gets: Vec<Request> = (0..1000)
+        .map(|i| Request::Get {
+            key: format!("k{i}").into(),
+        })
+        .collect();
+    let (bytes, ids) = c.frames(&gets);
+    c.stream.write_all(&bytes).unwrap();
+    let mut by_id: std::collections::HashMap<u64, Response> =
+        c.responses(ids.len()).into_iter().collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            by_id.remove(id),
+            Some(Response::value(Some(value(i).into()))),
+            "k{i}"
+        );
+    }
+    assert!(server.stop(), "clean shutdown exits 0");
+}
