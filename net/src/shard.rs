@@ -388,10 +388,7 @@ impl Shard {
 
     pub(crate) async fn execute_local(self: &Rc<Self>, op: ShardOp) -> ShardReply {
         match op {
-            ShardOp::Get(key) => match self.engine.get_with_expiry(&key).await {
-                Ok(v) => ShardReply::Value(v),
-                Err(e) => error_reply(&e),
-            },
+            ShardOp::Get(key) => self.get_local(&key).await,
             ShardOp::Write(batch) => self.write_local(batch).await,
             ShardOp::Scan {
                 start,
@@ -430,6 +427,13 @@ impl Shard {
             ShardOp::Stats => {
                 ShardReply::Stats(self.metrics.snapshot(self.id as u32, &self.engine.stats()))
             }
+        }
+    }
+
+    async fn get_local(&self, key: &[u8]) -> ShardReply {
+        match self.engine.get_with_expiry(key).await {
+            Ok(v) => ShardReply::Value(v),
+            Err(e) => error_reply(&e),
         }
     }
 
@@ -483,12 +487,14 @@ impl Shard {
     /// [`Shard::handle`], boxed, for a request that may outlive its
     /// first poll.
     ///
-    /// A put or delete of a key this shard owns gets a future of its own,
-    /// ~300 bytes where `handle`'s is ~1.5 KiB: a durable write's future
-    /// lives until its group commits, ~800 of them at once under 50
-    /// connections 16 deep, and each fresh 1.5 KiB allocation was cache
-    /// misses of its own (~4% of the shard's CPU under 16-deep durable
-    /// writes).
+    /// A get, put or delete of a key this shard owns gets a future of its
+    /// own, a few hundred bytes where `handle`'s is ~1.5 KiB. A durable
+    /// write's future lives until its group commits, ~800 of them at once
+    /// under 50 connections 16 deep, and each fresh 1.5 KiB allocation was
+    /// cache misses of its own (~4% of the shard's CPU under 16-deep
+    /// durable writes). Even a get answered on its first poll, whose box
+    /// is freed and reused at once, took ~10% less CPU with its own
+    /// future (16-deep GETs over 1M keys in memory, docs/benchmarks.md).
     pub fn handle_boxed(
         self: &Rc<Self>,
         request: Request,
@@ -500,6 +506,15 @@ impl Shard {
             }
             Request::Delete { key } if self.slots.shard_of(&key) == self.id => {
                 BatchOp::Delete { key }
+            }
+            Request::Get { key } if self.slots.shard_of(&key) == self.id => {
+                let shard = self.clone();
+                return Box::pin(async move {
+                    if shard.shutting_down.get() {
+                        return shutting_down();
+                    }
+                    into_response(shard.get_local(&key).await)
+                });
             }
             request => {
                 let shard = self.clone();
@@ -517,11 +532,10 @@ impl Shard {
 
     /// Answers one client request, routing by key.
     ///
-    /// The server boxes this future for every request but a local put or
-    /// delete ([`Shard::handle_boxed`]), so its size is a per-request
-    /// cost: the transaction, scan and cross-shard batch paths (several
-    /// KiB of state) are boxed inside their arms, which keeps the future of
-    /// a plain get small.
+    /// The server boxes this future for every request but a local get,
+    /// put or delete ([`Shard::handle_boxed`]), so its size is a
+    /// per-request cost: the transaction, scan and cross-shard batch paths
+    /// (several KiB of state) are boxed inside their arms.
     ///
     /// `arrived_ms` is a wall-clock reading made after the request arrived
     /// (the server reads the clock once per batch of requests): writes
