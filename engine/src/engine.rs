@@ -1196,15 +1196,18 @@ impl<D: Disk> Inner<D> {
                 return Ok(best);
             }
         }
+        // The tables' reads are boxed: their state (a block read's) would
+        // otherwise be part of every read's future, which the server boxes
+        // per request, and most reads end above.
         if best.is_some() || !self.rows.enabled() {
-            return self.newest_in_tables(&version, key, ts, best).await;
+            return Box::pin(self.newest_in_tables(&version, key, ts, best)).await;
         }
         // Nothing in the memtables: the tables' newest version at or below
         // `ts` is the answer, and the row cache may know it.
         if let Some(found) = self.rows.get(key, hash, version.seq, ts) {
             return Ok(found);
         }
-        let found = self.newest_in_tables(&version, key, ts, None).await?;
+        let found = Box::pin(self.newest_in_tables(&version, key, ts, None)).await?;
         // Below the tables' newest timestamp the answer may not be their
         // newest version.
         if ts >= version.max_ts {
