@@ -12,7 +12,7 @@ use crate::cc::{key_hash, Concurrency};
 use crate::clock::{ms_of_ts, ts_from_ms, wall_ms, HybridClock};
 use crate::compaction;
 use crate::error::{Error, Result};
-use crate::io::{Disk, DmaDisk};
+use crate::io::{Disk, DiskFile, DmaDisk};
 use crate::iter::{MergeIter, Source};
 use crate::key::{
     expiring_value, expiry, read_ms, visible, Entry, Kind, Row, Versioned, TTL_BYTES,
@@ -578,6 +578,16 @@ impl<D: Disk> Engine<D> {
         self.inner.value_at(key, u64::MAX).await
     }
 
+    /// [`Engine::get_with_expiry`] if memory answers it at once: the
+    /// memtables or the row cache know the key's newest version, no
+    /// transaction intent is to be waited for, and no yield is owed to
+    /// background work or the executor. `None` otherwise: then await
+    /// `get_with_expiry`. Lets a server answer most reads without a
+    /// future per read.
+    pub fn get_in_memory(&self, key: &[u8]) -> Option<Option<(Bytes, Option<u64>)>> {
+        self.inner.get_in_memory(key)
+    }
+
     /// The value of `key` as of `ts`: exactly the state at `ts`, which no
     /// later write can change (writes at or below `ts` to `key` are refused
     /// from now on, and undecided ones are waited for).
@@ -941,14 +951,33 @@ impl<D: Disk> Inner<D> {
     /// pending, this sleeps for a microsecond: the task parks, the reactor
     /// reaps completions and the background tasks run.
     pub(crate) async fn let_background_run(&self) {
-        const REACTOR_EVERY: u32 = 256;
         let n = self.foreground_ops.get().wrapping_add(1);
         self.foreground_ops.set(n);
-        if n.is_multiple_of(REACTOR_EVERY) && self.background_busy() {
+        if self.background_turn(n) {
             glommio::timer::sleep(Duration::from_micros(1)).await;
         } else {
             glommio::yield_if_needed().await;
         }
+    }
+
+    /// Whether foreground operation number `n` is the one in
+    /// `REACTOR_EVERY` that parks while background work is pending.
+    fn background_turn(&self, n: u32) -> bool {
+        const REACTOR_EVERY: u32 = 256;
+        n.is_multiple_of(REACTOR_EVERY) && self.background_busy()
+    }
+
+    /// [`Inner::let_background_run`] for an operation that cannot wait:
+    /// counts it and returns true if it owes nothing, false (uncounted) if
+    /// it would park or yield; the caller then takes its waiting path,
+    /// which does.
+    fn owes_no_turn(&self) -> bool {
+        let n = self.foreground_ops.get().wrapping_add(1);
+        if self.background_turn(n) || glommio::executor().need_preempt() {
+            return false;
+        }
+        self.foreground_ops.set(n);
+        true
     }
 
     /// Whether a flush or compaction is waiting, running, or due. "Due"
@@ -1162,19 +1191,48 @@ impl<D: Disk> Inner<D> {
         key: &[u8],
         ts: u64,
     ) -> Result<Option<(Bytes, Option<u64>)>> {
-        Ok(self.newest_at(key, ts).await?.and_then(|e| {
+        Ok(self.value_of(self.newest_at(key, ts).await?, ts))
+    }
+
+    /// What a read at `ts` that found `newest` returns: its value and
+    /// expiry, if it is a live value.
+    fn value_of(&self, newest: Option<Versioned>, ts: u64) -> Option<(Bytes, Option<u64>)> {
+        newest.and_then(|e| {
             let expires_at_ms = expiry(e.kind, e.ts, &e.value);
             visible(e.kind, e.ts, e.value, || read_ms(ts, &self.clock))
                 .map(|value| (value, expires_at_ms))
-        }))
+        })
     }
 
     /// The newest version of `key` at or below `ts`, tombstones included.
     pub(crate) async fn newest_at(&self, key: &[u8], ts: u64) -> Result<Option<Versioned>> {
         // Reads served from memory never block: keep background tasks fed.
         self.let_background_run().await;
-        let mut best: Option<Versioned> = None;
         let hash = bloom::hash(key);
+        let (version, best, cache) = match self.newest_in_memory(key, hash, ts) {
+            InMemory::Found(found) => return Ok(found),
+            InMemory::Tables {
+                version,
+                best,
+                cache,
+            } => (version, best, cache),
+        };
+        // The tables' reads are boxed: their state (a block read's) would
+        // otherwise be part of every read's future, which the server boxes
+        // per request, and most reads end above.
+        let found = Box::pin(self.newest_in_tables(&version, key, ts, best)).await?;
+        // Below the tables' newest timestamp the answer may not be their
+        // newest version.
+        if cache && ts >= version.max_ts {
+            self.rows.insert(key, hash, version.seq, found.as_ref());
+        }
+        Ok(found)
+    }
+
+    /// The newest version of `key` (whose bloom hash is `hash`) at or
+    /// below `ts`, if the memtables or the row cache know it.
+    fn newest_in_memory(&self, key: &[u8], hash: u64, ts: u64) -> InMemory<D::File> {
+        let mut best: Option<Versioned> = None;
         take_newer(&mut best, self.mem.borrow().get_hashed(key, hash, ts));
         let imms: Vec<Rc<Memtable>> = self
             .imms
@@ -1193,27 +1251,39 @@ impl<D: Disk> Inner<D> {
         // at or past their newest timestamp (the usual case): skip the walk.
         if let Some(found) = &best {
             if found.ts >= version.max_ts {
-                return Ok(best);
+                return InMemory::Found(best);
             }
         }
-        // The tables' reads are boxed: their state (a block read's) would
-        // otherwise be part of every read's future, which the server boxes
-        // per request, and most reads end above.
         if best.is_some() || !self.rows.enabled() {
-            return Box::pin(self.newest_in_tables(&version, key, ts, best)).await;
+            return InMemory::Tables {
+                version,
+                best,
+                cache: false,
+            };
         }
         // Nothing in the memtables: the tables' newest version at or below
         // `ts` is the answer, and the row cache may know it.
         if let Some(found) = self.rows.get(key, hash, version.seq, ts) {
-            return Ok(found);
+            return InMemory::Found(found);
         }
-        let found = Box::pin(self.newest_in_tables(&version, key, ts, None)).await?;
-        // Below the tables' newest timestamp the answer may not be their
-        // newest version.
-        if ts >= version.max_ts {
-            self.rows.insert(key, hash, version.seq, found.as_ref());
+        InMemory::Tables {
+            version,
+            best: None,
+            cache: true,
         }
-        Ok(found)
+    }
+
+    /// [`Engine::get_in_memory`].
+    fn get_in_memory(&self, key: &[u8]) -> Option<Option<(Bytes, Option<u64>)>> {
+        // As `get_with_expiry`, whose waits (for an intent, for the
+        // background's turn, for the tables) this cannot take.
+        if self.cc.borrow().intent_count() != 0 || !self.owes_no_turn() {
+            return None;
+        }
+        match self.newest_in_memory(key, bloom::hash(key), u64::MAX) {
+            InMemory::Found(found) => Some(self.value_of(found, u64::MAX)),
+            InMemory::Tables { .. } => None,
+        }
     }
 
     /// The newest version of `key` at or below `ts` in `version`'s tables,
@@ -1592,6 +1662,20 @@ async fn write_flushed_table<D: Disk>(
 
 /// Whether a source whose newest timestamp is `max_ts` may hold a version
 /// newer than `best`.
+/// What memory knows of a key's newest version ([`Inner::newest_in_memory`]).
+enum InMemory<F: DiskFile> {
+    /// The answer.
+    Found(Option<Versioned>),
+    /// `version`'s tables must be read: for a version newer than `best`
+    /// (found in the memtables); with `cache`, their answer goes into the
+    /// row cache.
+    Tables {
+        version: Rc<Version<F>>,
+        best: Option<Versioned>,
+        cache: bool,
+    },
+}
+
 fn may_be_newer(best: &Option<Versioned>, max_ts: u64) -> bool {
     best.as_ref().is_none_or(|b| max_ts > b.ts)
 }

@@ -427,3 +427,49 @@ fn a_coordinators_held_part_is_durable_exactly_with_its_decision() {
         assert_eq!(engine.get(b"b").await.unwrap(), None);
     });
 }
+
+/// A read answered from memory at once (`get_in_memory`, which a server
+/// uses to answer a get without a future) gives what the waiting read
+/// gives, for a live, an expiring, a deleted and an absent key in the
+/// memtable and for a key the row cache learned; and it declines when
+/// only the tables know the key or while a transaction's intent is
+/// pending, where the waiting read may have to wait.
+#[test]
+fn a_read_from_memory_agrees_with_the_waiting_read_or_declines() {
+    run_local(|| async {
+        let engine = open(&MemDisk::new()).await;
+        // The engine's turn-taking (background work, the executor's
+        // preemption) may decline any one read: three tries.
+        let now = |key: &str| (0..3).find_map(|_| engine.get_in_memory(key.as_bytes()));
+        engine.put(b("flushed"), b("old")).await.unwrap();
+        engine.flush().await.unwrap();
+        assert_eq!(now("flushed"), None, "only the tables know it");
+        let waited = engine.get_with_expiry(b"flushed").await.unwrap();
+        assert_eq!(waited.as_ref().map(|(v, _)| v.clone()), Some(b("old")));
+        assert_eq!(now("flushed"), Some(waited), "the row cache knows it");
+        let mut batch = WriteBatch::new();
+        batch.put(b("live"), b("v"));
+        batch.put_with_ttl(b("expiring"), b("e"), 60_000);
+        batch.put_with_ttl(b("expired"), b("x"), 1);
+        batch.put(b("deleted"), b("d"));
+        engine.write(batch).await.unwrap();
+        engine.delete(b("deleted")).await.unwrap();
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+        for key in ["live", "expiring", "expired", "deleted", "absent"] {
+            let waited = engine.get_with_expiry(key.as_bytes()).await.unwrap();
+            assert_eq!(now(key), Some(waited), "{key}");
+        }
+        assert!(now("live")
+            .unwrap()
+            .is_some_and(|(v, at)| v == b("v") && at.is_none()));
+        assert!(now("expiring")
+            .unwrap()
+            .is_some_and(|(v, at)| v == b("e") && at.is_some()));
+        assert_eq!(now("expired"), Some(None));
+        let ts = prepare(&engine, &[("other", "o")]).await;
+        assert_eq!(now("live"), None, "an intent is pending");
+        engine.abort_prepared(ts);
+        assert!(now("live").is_some());
+        engine.close().await.unwrap();
+    });
+}

@@ -443,27 +443,36 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
                     }
                 }
             }
-            let mut handling = shard.handle_boxed(request, arrived_ms);
-            // Most requests complete on their first poll: answer them here,
-            // with no task, channel or allocation per response.
-            if let Some(response) = futures_lite::future::poll_once(&mut handling).await {
-                unrecorded.push((kind, matches!(response, Response::Error { .. })));
-                encode(id, &response, &outbox);
-                continue;
-            }
-            // At most `inflight_max` wait: past that, reading pauses until
-            // some finish.
-            if waiting.set.len() >= inflight_max {
-                waiting
-                    .answer_until(shard, &outbox, &wake, |set| set.len() < inflight_max)
-                    .await;
-            }
-            waiting.set.push(Waiting {
-                id,
-                kind,
-                start,
-                handling,
-            });
+            // Most reads are answered from memory at once, without a
+            // future; most other requests complete on their first poll.
+            // Either is answered here, with no task, channel or allocation
+            // per response.
+            let response = match shard.answer_now(&request) {
+                Some(response) => response,
+                None => {
+                    let mut handling = shard.handle_boxed(request, arrived_ms);
+                    match futures_lite::future::poll_once(&mut handling).await {
+                        Some(response) => response,
+                        None => {
+                            // At most `inflight_max` wait: past that,
+                            // reading pauses until some finish.
+                            if waiting.set.len() >= inflight_max {
+                                let room = |set: &FuturesUnordered<_>| set.len() < inflight_max;
+                                waiting.answer_until(shard, &outbox, &wake, room).await;
+                            }
+                            waiting.set.push(Waiting {
+                                id,
+                                kind,
+                                start,
+                                handling,
+                            });
+                            continue;
+                        }
+                    }
+                }
+            };
+            unrecorded.push((kind, matches!(response, Response::Error { .. })));
+            encode(id, &response, &outbox);
         }
         record_batch(shard, batch_start, &mut unrecorded);
     };

@@ -484,6 +484,21 @@ impl Shard {
         }
     }
 
+    /// The response to `request` if this shard has it at once, with no
+    /// future to box and poll: a get of a key it owns whose newest version
+    /// is in memory ([`Engine::get_in_memory`](tessera_engine::Engine::get_in_memory)).
+    /// Otherwise `None`, and the request goes to [`Shard::handle_boxed`].
+    pub fn answer_now(&self, request: &Request) -> Option<Response> {
+        let Request::Get { key } = request else {
+            return None;
+        };
+        if self.shutting_down.get() || self.slots.shard_of(key) != self.id {
+            return None;
+        }
+        let found = self.engine.get_in_memory(key)?;
+        Some(into_response(ShardReply::Value(found)))
+    }
+
     /// [`Shard::handle`], boxed, for a request that may outlive its
     /// first poll.
     ///
