@@ -490,26 +490,8 @@ impl<D: Disk> Engine<D> {
             return Ok(inner.clock.now());
         }
         inner.wait_for_room(bytes).await?;
-        // No await between taking the timestamp and queueing: queue order is
-        // timestamp order.
-        let ts = match batch.arrived_ms {
-            Some(ms) => inner.clock.now_at(ms),
-            None => inner.clock.now(),
-        };
-        let entries = batch.into_entries(ts);
-        let tracked = inner.opts.wal_sync != SyncMode::None;
-        {
-            let mut cc = inner.cc.borrow_mut();
-            for e in &entries {
-                cc.record_write(key_hash(&e.key), ts);
-            }
-        }
-        if tracked {
-            // Readers at a timestamp above `ts` wait until it is applied.
-            *inner.inflight.borrow_mut().entry(ts).or_default() += 1;
-        }
-        let group = inner.enqueue(Record::Batch { ts, entries }, bytes);
-        if !tracked {
+        let (ts, group) = inner.queue_write(batch, bytes);
+        if inner.opts.wal_sync == SyncMode::None {
             // Nothing above awaited: let the writer, flush and compaction
             // tasks run, or a writer that never blocks would starve them.
             inner.let_background_run().await;
@@ -518,6 +500,29 @@ impl<D: Disk> Engine<D> {
         let result = group.wait().await;
         inner.applied(ts);
         result.map(|()| ts)
+    }
+
+    /// [`Engine::write`] if it finishes at once: in `none` mode (a write is
+    /// done once queued), with room in the memtable and the queue, and no
+    /// yield owed to background work or the executor. Otherwise the batch
+    /// comes back (`Err`), for `write`. Lets a server answer most `none`
+    /// mode writes without a future per write.
+    pub fn write_now(&self, batch: WriteBatch) -> std::result::Result<Result<u64>, WriteBatch> {
+        let inner = &self.inner;
+        if inner.opts.wal_sync != SyncMode::None {
+            return Err(batch);
+        }
+        let bytes = match inner.check_ops(&batch.ops) {
+            Ok(bytes) => bytes,
+            Err(e) => return Ok(Err(e)),
+        };
+        if batch.is_empty() {
+            return Ok(Ok(inner.clock.now()));
+        }
+        if !(inner.memtable_has_room() && inner.queue_has_room(bytes) && inner.owes_no_turn()) {
+            return Err(batch);
+        }
+        Ok(Ok(inner.queue_write(batch, bytes).0))
     }
 
     /// The oldest timestamp reads can still ask for.
@@ -860,26 +865,52 @@ impl<D: Disk> Inner<D> {
     /// the memtable there, so this is where memory is bounded; the writer
     /// task stalls the other modes).
     pub(crate) async fn wait_for_room(&self, bytes: usize) -> Result<()> {
-        if self.opts.wal_sync == SyncMode::None {
-            let mem_max = self.opts.memtable_bytes_max;
-            let imms_max = self.opts.immutable_memtables_max;
-            wait_until(&self.events.flushed, || {
-                self.mem.borrow().bytes() < mem_max
-                    || self.imms.borrow().len() < imms_max
-                    || self.closed.get()
-            })
-            .await;
-        }
-        let limit = self.opts.wal_group_bytes_max;
-        wait_until(&self.events.space, || {
-            let q = self.queue.borrow();
-            q.is_empty() || q.bytes + bytes <= limit || self.closed.get()
-        })
-        .await;
+        wait_until(&self.events.flushed, || self.memtable_has_room()).await;
+        wait_until(&self.events.space, || self.queue_has_room(bytes)).await;
         if self.closed.get() {
             return Err(Error::Closed);
         }
         Ok(())
+    }
+
+    /// Whether a write may go into the memtable now: in `none` mode, not
+    /// while the memtable is full and every immutable slot taken (the
+    /// other modes apply writes in the writer task, which waits itself).
+    fn memtable_has_room(&self) -> bool {
+        self.opts.wal_sync != SyncMode::None
+            || self.mem.borrow().bytes() < self.opts.memtable_bytes_max
+            || self.imms.borrow().len() < self.opts.immutable_memtables_max
+            || self.closed.get()
+    }
+
+    /// Whether `bytes` more fit the writer's queue (a group's bound).
+    fn queue_has_room(&self, bytes: usize) -> bool {
+        let q = self.queue.borrow();
+        q.is_empty() || q.bytes + bytes <= self.opts.wal_group_bytes_max || self.closed.get()
+    }
+
+    /// Stamps `batch` and queues it for the writer (in `none` mode, also
+    /// into the memtable); returns its timestamp and its group. Callers
+    /// checked its ops (`bytes`) and that there is room.
+    fn queue_write(&self, batch: WriteBatch, bytes: usize) -> (u64, Rc<Group>) {
+        // No await between taking the timestamp and queueing: queue order is
+        // timestamp order.
+        let ts = match batch.arrived_ms {
+            Some(ms) => self.clock.now_at(ms),
+            None => self.clock.now(),
+        };
+        let entries = batch.into_entries(ts);
+        {
+            let mut cc = self.cc.borrow_mut();
+            for e in &entries {
+                cc.record_write(key_hash(&e.key), ts);
+            }
+        }
+        if self.opts.wal_sync != SyncMode::None {
+            // Readers at a timestamp above `ts` wait until it is applied.
+            *self.inflight.borrow_mut().entry(ts).or_default() += 1;
+        }
+        (ts, self.enqueue(Record::Batch { ts, entries }, bytes))
     }
 
     /// Queues a record that puts nothing into the memtable when durable (a

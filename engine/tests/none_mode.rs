@@ -52,3 +52,58 @@ fn writes_logged_across_many_wal_rolls_survive_a_process_kill() {
         reopened.close().await.unwrap();
     });
 }
+
+/// A write that finishes at once (`write_now`, which a server uses to
+/// answer a `none`-mode write without a future) is queued like `write`'s:
+/// readable at once, in timestamp order with the others, and logged (it
+/// survives a process kill). Bad input is refused as `write` refuses it;
+/// in the other sync modes the batch comes back, for `write`.
+#[test]
+fn a_write_now_is_a_write_or_comes_back() {
+    run_local(|| async {
+        let none = || Options {
+            wal_sync: SyncMode::None,
+            ..Options::for_tests()
+        };
+        let disk = MemDisk::new();
+        let engine = Engine::open_on(disk.clone(), "/db", none()).await.unwrap();
+        let batch = |i: usize| {
+            let mut batch = tessera_engine::WriteBatch::new();
+            batch.put(key(i), value(i));
+            batch
+        };
+        let mut last = 0;
+        for i in 0..50 {
+            // The engine's turn-taking may send any one write back.
+            let ts = match engine.write_now(batch(i)) {
+                Ok(written) => written.unwrap(),
+                Err(back) => engine.write(back).await.unwrap(),
+            };
+            assert!(ts > last, "timestamps rise");
+            last = ts;
+            assert_eq!(engine.get(&key(i)).await.unwrap(), Some(value(i)));
+        }
+        let mut too_large = tessera_engine::WriteBatch::new();
+        too_large.put(Bytes::from(vec![b'k'; 2000]), value(0));
+        assert!(matches!(
+            engine.write_now(too_large),
+            Ok(Err(tessera_engine::Error::TooLarge { what: "key", .. }))
+        ));
+        // Written by the writer task, with no fdatasync: kept by the OS.
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let engine = Engine::open_on(disk.kill(), "/db", none()).await.unwrap();
+        for i in 0..50 {
+            assert_eq!(engine.get(&key(i)).await.unwrap(), Some(value(i)), "{i}");
+        }
+        engine.close().await.unwrap();
+        let always = Engine::open_on(MemDisk::new(), "/db", Options::for_tests())
+            .await
+            .unwrap();
+        let back = always
+            .write_now(batch(7))
+            .expect_err("a durable write waits");
+        always.write(back).await.unwrap();
+        assert_eq!(always.get(&key(7)).await.unwrap(), Some(value(7)));
+        always.close().await.unwrap();
+    });
+}

@@ -23,7 +23,7 @@
 //! of growing the server.
 
 use crate::metrics::{render_prometheus, OpKind, ShardMetrics};
-use crate::shard::Shard;
+use crate::shard::{Shard, Started};
 use bytes::{Buf, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::io::WriteHalf;
@@ -443,14 +443,13 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
                     }
                 }
             }
-            // Most reads are answered from memory at once, without a
-            // future; most other requests complete on their first poll.
-            // Either is answered here, with no task, channel or allocation
-            // per response.
-            let response = match shard.answer_now(&request) {
-                Some(response) => response,
-                None => {
-                    let mut handling = shard.handle_boxed(request, arrived_ms);
+            // Most reads, and writes in `none` mode, are answered at once,
+            // without a future; most other requests complete on their first
+            // poll. Either is answered here, with no task, channel or
+            // allocation per response.
+            let response = match shard.start(request, arrived_ms) {
+                Started::Now(response) => response,
+                Started::Later(mut handling) => {
                     match futures_lite::future::poll_once(&mut handling).await {
                         Some(response) => response,
                         None => {

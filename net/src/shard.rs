@@ -438,10 +438,7 @@ impl Shard {
     }
 
     async fn write_local(&self, batch: WriteBatch) -> ShardReply {
-        match self.engine.write(batch).await {
-            Ok(ts) => ShardReply::Written(ts),
-            Err(e) => error_reply(&e),
-        }
+        written_reply(self.engine.write(batch).await)
     }
 
     /// Starts the cache misses the point reads among `requests` will take
@@ -484,71 +481,58 @@ impl Shard {
         }
     }
 
-    /// The response to `request` if this shard has it at once, with no
-    /// future to box and poll: a get of a key it owns whose newest version
-    /// is in memory ([`Engine::get_in_memory`](tessera_engine::Engine::get_in_memory)).
-    /// Otherwise `None`, and the request goes to [`Shard::handle_boxed`].
-    pub fn answer_now(&self, request: &Request) -> Option<Response> {
-        let Request::Get { key } = request else {
-            return None;
-        };
-        if self.shutting_down.get() || self.slots.shard_of(key) != self.id {
-            return None;
-        }
-        let found = self.engine.get_in_memory(key)?;
-        Some(into_response(ShardReply::Value(found)))
-    }
-
-    /// [`Shard::handle`], boxed, for a request that may outlive its
-    /// first poll.
+    /// Starts `request`: its response if this shard has it at once, with
+    /// no future to box and poll, or its future, boxed.
     ///
-    /// A get, put or delete of a key this shard owns gets a future of its
-    /// own, a few hundred bytes where `handle`'s is ~1.5 KiB. A durable
-    /// write's future lives until its group commits, ~800 of them at once
-    /// under 50 connections 16 deep, and each fresh 1.5 KiB allocation was
-    /// cache misses of its own (~4% of the shard's CPU under 16-deep
-    /// durable writes). Even a get answered on its first poll, whose box
-    /// is freed and reused at once, took ~10% less CPU with its own
-    /// future (16-deep GETs over 1M keys in memory, docs/benchmarks.md).
-    pub fn handle_boxed(
-        self: &Rc<Self>,
-        request: Request,
-        arrived_ms: Option<u64>,
-    ) -> Pin<Box<dyn Future<Output = Response>>> {
+    /// At once: a get of a key this shard owns whose newest version is in
+    /// memory ([`Engine::get_in_memory`](tessera_engine::Engine::get_in_memory)),
+    /// and a put or delete of one in `none` mode
+    /// ([`Engine::write_now`](tessera_engine::Engine::write_now)).
+    ///
+    /// Otherwise a local get, put or delete gets a future of its own, a
+    /// few hundred bytes where `handle`'s is ~1.5 KiB. A durable write's
+    /// future lives until its group commits, ~800 of them at once under 50
+    /// connections 16 deep, and each fresh 1.5 KiB allocation was cache
+    /// misses of its own (~4% of the shard's CPU under 16-deep durable
+    /// writes); even a get answered on its first poll, whose box is freed
+    /// and reused at once, took ~10% less CPU with its own future.
+    pub fn start(self: &Rc<Self>, request: Request, arrived_ms: Option<u64>) -> Started {
+        let local = |key: &Bytes| self.slots.shard_of(key) == self.id && !self.shutting_down.get();
         let op = match request {
-            Request::Put { key, value, ttl_ms } if self.slots.shard_of(&key) == self.id => {
+            Request::Put { key, value, ttl_ms } if local(&key) => {
                 BatchOp::Put { key, value, ttl_ms }
             }
-            Request::Delete { key } if self.slots.shard_of(&key) == self.id => {
-                BatchOp::Delete { key }
-            }
-            Request::Get { key } if self.slots.shard_of(&key) == self.id => {
+            Request::Delete { key } if local(&key) => BatchOp::Delete { key },
+            Request::Get { key } if local(&key) => {
+                if let Some(found) = self.engine.get_in_memory(&key) {
+                    return Started::Now(into_response(ShardReply::Value(found)));
+                }
                 let shard = self.clone();
-                return Box::pin(async move {
-                    if shard.shutting_down.get() {
-                        return shutting_down();
-                    }
+                return Started::Later(Box::pin(async move {
                     into_response(shard.get_local(&key).await)
-                });
+                }));
             }
             request => {
                 let shard = self.clone();
-                return Box::pin(async move { shard.handle(request, arrived_ms).await });
+                return Started::Later(Box::pin(
+                    async move { shard.handle(request, arrived_ms).await },
+                ));
             }
         };
+        let batch = match self.engine.write_now(write_batch([op], arrived_ms)) {
+            Ok(written) => return Started::Now(into_response(written_reply(written))),
+            Err(batch) => batch,
+        };
         let shard = self.clone();
-        Box::pin(async move {
-            if shard.shutting_down.get() {
-                return shutting_down();
-            }
-            into_response(shard.write_local(write_batch([op], arrived_ms)).await)
-        })
+        Started::Later(Box::pin(async move {
+            into_response(shard.write_local(batch).await)
+        }))
     }
 
     /// Answers one client request, routing by key.
     ///
     /// The server boxes this future for every request but a local get,
-    /// put or delete ([`Shard::handle_boxed`]), so its size is a
+    /// put or delete ([`Shard::start`]), so its size is a
     /// per-request cost: the transaction, scan and cross-shard batch paths
     /// (several KiB of state) are boxed inside their arms.
     ///
@@ -758,6 +742,21 @@ fn merge_pages(pages: Vec<Vec<Row>>, limit: usize, bytes_max: usize) -> (Vec<Row
         rows.truncate(keep);
     }
     (rows, more)
+}
+
+/// What [`Shard::start`] gives the server.
+pub enum Started {
+    /// The response.
+    Now(Response),
+    /// The request's future, not yet polled.
+    Later(Pin<Box<dyn Future<Output = Response>>>),
+}
+
+fn written_reply(written: Result<u64, EngineError>) -> ShardReply {
+    match written {
+        Ok(ts) => ShardReply::Written(ts),
+        Err(e) => error_reply(&e),
+    }
 }
 
 fn shutting_down() -> Response {
