@@ -23,7 +23,7 @@
 //! of growing the server.
 
 use crate::metrics::{render_prometheus, OpKind, ShardMetrics};
-use crate::shard::{Shard, Started};
+use crate::shard::{Handling, Shard, Started};
 use bytes::{Buf, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::io::WriteHalf;
@@ -521,9 +521,6 @@ fn authenticate(
     tracing::warn!(shard = shard.id, "refused a connection's Hello: {why}");
     Err((Response::error(ErrorCode::Unauthenticated, why), true))
 }
-
-/// A request's run, boxed: it may outlive its first poll.
-type Handling = Pin<Box<dyn Future<Output = Response>>>;
 
 /// A request that did not finish on its first poll.
 struct Waiting {

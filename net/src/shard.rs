@@ -541,7 +541,7 @@ impl Shard {
     /// take their timestamps from it.
     pub async fn handle(self: &Rc<Self>, request: Request, arrived_ms: Option<u64>) -> Response {
         if self.shutting_down.get() {
-            return shutting_down();
+            return Response::error(ErrorCode::Unavailable, "server is shutting down");
         }
         let n = self.slots.shards();
         match request {
@@ -744,12 +744,15 @@ fn merge_pages(pages: Vec<Vec<Row>>, limit: usize, bytes_max: usize) -> (Vec<Row
     (rows, more)
 }
 
+/// A request's run, boxed: it may outlive its first poll.
+pub type Handling = Pin<Box<dyn Future<Output = Response>>>;
+
 /// What [`Shard::start`] gives the server.
 pub enum Started {
     /// The response.
     Now(Response),
     /// The request's future, not yet polled.
-    Later(Pin<Box<dyn Future<Output = Response>>>),
+    Later(Handling),
 }
 
 fn written_reply(written: Result<u64, EngineError>) -> ShardReply {
@@ -757,10 +760,6 @@ fn written_reply(written: Result<u64, EngineError>) -> ShardReply {
         Ok(ts) => ShardReply::Written(ts),
         Err(e) => error_reply(&e),
     }
-}
-
-fn shutting_down() -> Response {
-    Response::error(ErrorCode::Unavailable, "server is shutting down")
 }
 
 fn into_response(reply: ShardReply) -> Response {
