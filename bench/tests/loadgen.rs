@@ -1,14 +1,18 @@
 //! The load generator itself: open-loop latency includes the queueing
 //! delay a stalled server causes (no coordinated omission), closed loop
-//! hides it; and the RESP driver works against a real `redis-server`.
+//! hides it; Tessera replies find their requests by id in any order; and
+//! the RESP driver works against a real `redis-server`.
 
-use std::io::{BufRead, BufReader, Write};
+use bytes::BytesMut;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera_bench::driver::Protocol;
 use tessera_bench::runner::{self, Plan, Shared};
 use tessera_bench::workload::{OpKind, ValueSize, Workload};
+use tessera_protocol::frame::{next_frame, put_frame, Limits};
+use tessera_protocol::message::{decode_request, Response};
 
 /// A RESP server that answers `+OK` to every command, but sleeps `stall`
 /// before answering the first command received after `stall_after`.
@@ -38,6 +42,49 @@ fn stalling_server(stall_after: Duration, stall: Duration) -> SocketAddr {
                 std::thread::sleep(stall);
             }
             if writer.write_all(b"+OK\r\n").is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+/// A Tessera server that answers each read's requests in reverse order;
+/// with `stray`, it answers the 100th request a second time once 200 have
+/// been answered, when its slot on the client is taken by a later one.
+fn reordering_server(stray: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = BytesMut::new();
+        let mut chunk = [0u8; 64 << 10];
+        let mut answered = 0;
+        let mut repeat = None;
+        loop {
+            let n = match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut ids = Vec::new();
+            while let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
+                ids.push(decode_request(&frame, &Limits::default()).unwrap().0);
+            }
+            let mut out = Vec::new();
+            if answered >= 200 {
+                if let Some(id) = repeat.take() {
+                    put_frame(&mut out, &Response::Written { ts: 1 }.encode(id));
+                }
+            }
+            for &id in ids.iter().rev() {
+                put_frame(&mut out, &Response::Written { ts: 1 }.encode(id));
+                answered += 1;
+                if stray && answered == 100 {
+                    repeat = Some(id);
+                }
+            }
+            if stream.write_all(&out).is_err() {
                 return;
             }
         }
@@ -97,6 +144,25 @@ fn open_loop_latency_includes_the_queueing_delay_of_a_stall() {
         None,
     ));
     assert!(slow <= 2, "closed loop: {slow} of {total} slow");
+}
+
+#[test]
+fn replies_in_any_order_find_their_requests_and_a_repeated_one_fails_the_run() {
+    let tessera = |addr| Plan {
+        protocol: Protocol::Tessera,
+        pipeline: 8,
+        duration: None,
+        requests: Some(2000),
+        ..plan(addr, None)
+    };
+    let results = runner::run(&tessera(reordering_server(false)), &Shared::new(1000)).unwrap();
+    assert_eq!(results[0].histograms[OpKind::Update.index()].len(), 2000);
+    assert!(results[0].errors.is_empty(), "{:?}", results[0].errors);
+    // The second reply to one id names a slot a later request has taken.
+    let Err(e) = runner::run(&tessera(reordering_server(true)), &Shared::new(1000)) else {
+        panic!("a repeated reply went unnoticed");
+    };
+    assert!(e.to_string().contains("matched no request"), "{e}");
 }
 
 struct Redis(Child);
