@@ -552,7 +552,7 @@ impl<D: Disk> Engine<D> {
         }
         // By now the filter's lines are in: walk down only for the keys
         // the memtable may hold (walking for every key cost what it saved).
-        mem.prefetch_paths_of_held(keys, hashes);
+        mem.prefetch_reads_of_held(keys, hashes);
     }
 
     /// Starts the cache misses admitting a transaction's keys here (with

@@ -148,15 +148,34 @@ impl Memtable {
         self.prefetch_paths_where(keys, |_| true);
     }
 
-    /// [`Memtable::prefetch_paths`] of those of `keys` (with these
-    /// [`bloom::hash`]es) the memtable may hold: the paths a read of their
-    /// newest versions walks.
-    pub fn prefetch_paths_of_held(&self, keys: &[&[u8]], hashes: &[u64]) {
+    /// Starts loading what reads of the newest versions of those of `keys`
+    /// (with these [`bloom::hash`]es) the memtable may hold will touch:
+    /// the paths they walk, the versions they find and those versions'
+    /// values (see `Tree::prefetch_reads`).
+    pub fn prefetch_reads_of_held(&self, keys: &[&[u8]], hashes: &[u64]) {
         let filter = self.filter.borrow();
-        self.prefetch_paths_where(keys, |i| filter.may_contain(hashes[i]));
+        self.with_probes(
+            keys,
+            |i| filter.may_contain(hashes[i]),
+            |map, probes| {
+                let chunks = self.chunks.borrow();
+                map.prefetch_reads(probes, |value| prefetch_value(chunks.slice(value)));
+            },
+        );
     }
 
     fn prefetch_paths_where(&self, keys: &[&[u8]], held: impl Fn(usize) -> bool) {
+        self.with_probes(keys, held, |map, probes| map.prefetch_paths(probes));
+    }
+
+    /// Calls `f` with probes for the newest versions of those of `keys`
+    /// (at most [`PREFETCH_KEYS_MAX`]) that are `held`, if any are.
+    fn with_probes(
+        &self,
+        keys: &[&[u8]],
+        held: impl Fn(usize) -> bool,
+        f: impl FnOnce(&Tree, &[Option<Probe>]),
+    ) {
         let mut probes: [Option<Probe>; PREFETCH_KEYS_MAX] = Default::default();
         let mut any = false;
         for (i, (probe, key)) in probes.iter_mut().zip(keys).enumerate() {
@@ -169,7 +188,7 @@ impl Memtable {
         }
         if any {
             let n = keys.len().min(PREFETCH_KEYS_MAX);
-            self.map.borrow().prefetch_paths(&probes[..n]);
+            f(&self.map.borrow(), &probes[..n]);
         }
     }
 
@@ -268,18 +287,22 @@ impl Memtable {
             .skip(VISIT_PREFETCH_AHEAD);
         for (k, value) in versions {
             if let Some((_, upcoming)) = ahead.next() {
-                let upcoming = chunks.slice(upcoming);
-                let (at, len) = (upcoming.as_ptr(), upcoming.len().min(VISIT_PREFETCH_BYTES));
-                // Every line the first `len` bytes touch, the last included.
-                for offset in (0..len).step_by(64).chain(len.checked_sub(1)) {
-                    crate::hint::prefetch(at.wrapping_add(offset));
-                }
+                prefetch_value(chunks.slice(upcoming));
             }
             if !f(k, value.kind, chunks.slice(value)) {
                 return Some(k.clone());
             }
         }
         None
+    }
+}
+
+/// Starts loading every line the first [`VISIT_PREFETCH_BYTES`] of
+/// `value` touch, the last included.
+fn prefetch_value(value: &[u8]) {
+    let (at, len) = (value.as_ptr(), value.len().min(VISIT_PREFETCH_BYTES));
+    for offset in (0..len).step_by(64).chain(len.checked_sub(1)) {
+        crate::hint::prefetch(at.wrapping_add(offset));
     }
 }
 
