@@ -24,7 +24,7 @@ use crate::row_cache::RowCache;
 use crate::sst::{bloom, parse_table_name, table_name, Table, TableBuilder, TableMeta};
 use crate::version::Version;
 use crate::wal::{self, Record, ReplayReport, Spares, Wal};
-use crate::write::{self, wait_until, Group, Queue};
+use crate::write::{self, wait_until, Group, Queue, QueuedWrite};
 use bytes::Bytes;
 use event_listener::Event;
 use std::cell::{Cell, RefCell};
@@ -35,6 +35,16 @@ use std::time::Duration;
 
 /// Rows a scan reserves room for before reading (more grow as needed).
 const SCAN_PREALLOCATE_ROWS: usize = 256;
+
+/// What [`Engine::start_write`] did with a batch.
+pub enum WriteStart {
+    /// Done: the write's timestamp, or why it was refused.
+    Done(Result<u64>),
+    /// Queued, and done when its group is durable.
+    Queued(QueuedWrite),
+    /// Not queued: it would have to wait (use [`Engine::write`]).
+    Back(WriteBatch),
+}
 
 /// One write of a batch: all entries commit atomically at one timestamp.
 ///
@@ -212,8 +222,9 @@ pub(crate) struct Inner<D: Disk> {
     /// Commit decisions this shard coordinated, kept until every
     /// participant has its commit durable: ts → participants.
     pub decisions: RefCell<BTreeMap<u64, Vec<u32>>>,
-    /// Timestamps of queued plain writes not yet applied (count per ts).
-    pub inflight: RefCell<BTreeMap<u64, u32>>,
+    /// Timestamps of queued durable plain writes not yet applied, oldest
+    /// first (the writer task removes a group's once it is applied).
+    pub inflight: RefCell<VecDeque<u64>>,
     /// The clock when recovery finished.
     pub open_ts: u64,
     /// Foreground operations so far (see `let_background_run`).
@@ -497,32 +508,33 @@ impl<D: Disk> Engine<D> {
             inner.let_background_run().await;
             return Ok(ts);
         }
-        let result = group.wait().await;
-        inner.applied(ts);
-        result.map(|()| ts)
+        group.wait().await.map(|()| ts)
     }
 
-    /// [`Engine::write`] if it finishes at once: in `none` mode (a write is
-    /// done once queued), with room in the memtable and the queue, and no
-    /// yield owed to background work or the executor. Otherwise the batch
-    /// comes back (`Err`), for `write`. Lets a server answer most `none`
-    /// mode writes without a future per write.
-    pub fn write_now(&self, batch: WriteBatch) -> std::result::Result<Result<u64>, WriteBatch> {
+    /// [`Engine::write`] without waiting: when the memtable and the queue
+    /// have room and no yield is owed to background work or the executor,
+    /// the batch is queued, and in `none` mode that is the write
+    /// ([`WriteStart::Done`]); a durable write is done when its group is
+    /// ([`WriteStart::Queued`]). Otherwise the batch comes back, for
+    /// `write`. Lets a server answer most writes without a future per
+    /// write.
+    pub fn start_write(&self, batch: WriteBatch) -> WriteStart {
         let inner = &self.inner;
-        if inner.opts.wal_sync != SyncMode::None {
-            return Err(batch);
-        }
         let bytes = match inner.check_ops(&batch.ops) {
             Ok(bytes) => bytes,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return WriteStart::Done(Err(e)),
         };
         if batch.is_empty() {
-            return Ok(Ok(inner.clock.now()));
+            return WriteStart::Done(Ok(inner.clock.now()));
         }
         if !(inner.memtable_has_room() && inner.queue_has_room(bytes) && inner.owes_no_turn()) {
-            return Err(batch);
+            return WriteStart::Back(batch);
         }
-        Ok(Ok(inner.queue_write(batch, bytes).0))
+        let (ts, group) = inner.queue_write(batch, bytes);
+        match inner.opts.wal_sync {
+            SyncMode::None => WriteStart::Done(Ok(ts)),
+            _ => WriteStart::Queued(QueuedWrite::new(ts, group)),
+        }
     }
 
     /// The oldest timestamp reads can still ask for.
@@ -906,11 +918,14 @@ impl<D: Disk> Inner<D> {
                 cc.record_write(key_hash(&e.key), ts);
             }
         }
+        let group = self.enqueue(Record::Batch { ts, entries }, bytes);
         if self.opts.wal_sync != SyncMode::None {
-            // Readers at a timestamp above `ts` wait until it is applied.
-            *self.inflight.borrow_mut().entry(ts).or_default() += 1;
+            // Readers at a timestamp above `ts` wait until it is applied
+            // (queue order is timestamp order: the oldest comes first).
+            self.inflight.borrow_mut().push_back(ts);
+            self.queue.borrow_mut().tracked += 1;
         }
-        (ts, self.enqueue(Record::Batch { ts, entries }, bytes))
+        (ts, group)
     }
 
     /// Queues a record that puts nothing into the memtable when durable (a
@@ -1045,16 +1060,12 @@ impl<D: Disk> Inner<D> {
         self.events.flushed.notify(usize::MAX);
     }
 
-    /// A tracked write at `ts` is applied (or failed): wake readers.
-    pub(crate) fn applied(&self, ts: u64) {
-        let mut inflight = self.inflight.borrow_mut();
-        if let std::collections::btree_map::Entry::Occupied(mut slot) = inflight.entry(ts) {
-            *slot.get_mut() -= 1;
-            if *slot.get() == 0 {
-                slot.remove();
-            }
+    /// The `n` oldest tracked writes are applied (or failed): wake readers.
+    pub(crate) fn applied_oldest(&self, n: usize) {
+        if n == 0 {
+            return;
         }
-        drop(inflight);
+        self.inflight.borrow_mut().drain(..n);
         self.events.resolved.notify(usize::MAX);
     }
 
@@ -1114,7 +1125,7 @@ impl<D: Disk> Inner<D> {
         loop {
             let blocker = {
                 let intent = self.intent_holder(hash);
-                let queued = self.inflight.borrow().keys().next().copied();
+                let queued = self.inflight.borrow().front().copied();
                 [intent, queued]
                     .into_iter()
                     .flatten()

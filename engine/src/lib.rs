@@ -31,11 +31,12 @@ pub mod version;
 pub mod wal;
 mod write;
 
-pub use engine::{Engine, EngineStats, WriteBatch};
+pub use engine::{Engine, EngineStats, WriteBatch, WriteStart};
 pub use error::{Error, Result};
 pub use key::Row;
 pub use options::{Options, SyncMode, WalRecovery};
 pub use txn::{CommitRecord, Condition, Phase, ReadResult, TxnPart, Vote};
+pub use write::QueuedWrite;
 
 /// Runs `f` to completion on a fresh glommio executor on this thread's
 /// behalf (floating, not pinned). For tests, tools and benchmarks.

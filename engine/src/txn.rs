@@ -155,7 +155,7 @@ impl<D: Disk> Engine<D> {
         };
         // Plain writes queued below `ts` must be applied before we read.
         loop {
-            let queued = inner.inflight.borrow().keys().next().copied();
+            let queued = inner.inflight.borrow().front().copied();
             match queued {
                 Some(q) if q <= ts => inner.wait_resolved(started, q).await?,
                 _ => break,

@@ -16,7 +16,10 @@ use crate::options::SyncMode;
 use crate::wal::{Record, Wal};
 use event_listener::Event;
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Writers that share one WAL write. Completed exactly once.
@@ -41,10 +44,59 @@ impl Group {
 
     pub(crate) async fn wait(&self) -> Result<()> {
         self.done.cancelled().await;
+        self.outcome()
+    }
+
+    /// Whether the group has completed; until it has, `cx` is woken when
+    /// it does (a waker per call: call once per task).
+    fn poll_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.done.cancelled()).poll(cx)
+    }
+
+    fn outcome(&self) -> Result<()> {
         match &*self.error.borrow() {
             None => Ok(()),
             Some(e) => Err(e.duplicate()),
         }
+    }
+}
+
+/// A durable write queued for the writer task ([`Engine::start_write`]):
+/// done once its group is written and synced. A server keeps these in
+/// order and watches the oldest, instead of a future per write: the
+/// futures, their boxes and their wake-ups were ~10% of a shard's CPU
+/// under 16-deep durable writes.
+///
+/// [`Engine::start_write`]: crate::Engine::start_write
+pub struct QueuedWrite {
+    ts: u64,
+    group: Rc<Group>,
+    /// A waker waits on the group.
+    registered: bool,
+}
+
+impl QueuedWrite {
+    pub(crate) fn new(ts: u64, group: Rc<Group>) -> QueuedWrite {
+        QueuedWrite {
+            ts,
+            group,
+            registered: false,
+        }
+    }
+
+    /// The write's outcome once its group has completed: its timestamp, or
+    /// the error that failed the group. Until then `cx` is woken when the
+    /// group completes. Registers one waker per write: poll a queued write
+    /// from one task only.
+    pub fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64>> {
+        if !self.group.done.is_cancelled() {
+            if !self.registered {
+                self.registered = true;
+                let _ = self.group.poll_done(cx);
+            }
+            return Poll::Pending;
+        }
+        Poll::Ready(self.group.outcome().map(|()| self.ts))
     }
 }
 
@@ -84,6 +136,9 @@ pub(crate) struct Queue {
     pub encoded_segment: u64,
     pub bytes: usize,
     pub group: Rc<Group>,
+    /// Plain writes in `batches` that readers wait for (`Inner::inflight`),
+    /// the newest of them.
+    pub tracked: usize,
 }
 
 impl Queue {
@@ -167,7 +222,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
         // write for the next one. Two shards, `always`, 256 requests in
         // flight: +3-4% single-key writes/s, +1-3% transactions/s.
         futures_lite::future::yield_now().await;
-        let (mut batches, mut encoded, group) = {
+        let (mut batches, mut encoded, group, tracked) = {
             let mut q = inner.queue.borrow_mut();
             q.bytes = 0;
             let encoded = Encoded {
@@ -179,6 +234,7 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 std::mem::replace(&mut q.batches, std::mem::take(&mut spare)),
                 encoded,
                 std::mem::take(&mut q.group),
+                std::mem::take(&mut q.tracked),
             )
         };
         inner.events.space.notify(usize::MAX);
@@ -215,6 +271,8 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                 group.complete(Some(e));
             }
         }
+        // Applied or failed: readers need not wait for them any more.
+        inner.applied_oldest(tracked);
         batches.clear();
         spare = batches;
         encoded.bytes.clear();
@@ -291,7 +349,7 @@ async fn write_group<D: Disk>(
 
 /// Fails every queued writer (used while writes cannot proceed).
 fn fail_queue<D: Disk>(inner: &Inner<D>, error: Error) {
-    let group = {
+    let (group, tracked) = {
         let mut q = inner.queue.borrow_mut();
         if q.is_empty() {
             return;
@@ -300,10 +358,11 @@ fn fail_queue<D: Disk>(inner: &Inner<D>, error: Error) {
         q.encoded.clear();
         q.encoded_count = 0;
         q.bytes = 0;
-        std::mem::take(&mut q.group)
+        (std::mem::take(&mut q.group), std::mem::take(&mut q.tracked))
     };
     inner.events.space.notify(usize::MAX);
     group.complete(Some(error));
+    inner.applied_oldest(tracked);
 }
 
 /// Moves a full (or explicitly flushed) memtable to the flush queue, rolling

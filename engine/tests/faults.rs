@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tessera_engine::io::{Fault, MemDisk};
 use tessera_engine::sst::READ_AHEAD_BYTES;
-use tessera_engine::{run_local, Engine, Error, Options, SyncMode, WalRecovery};
+use tessera_engine::{
+    run_local, Engine, Error, Options, SyncMode, WalRecovery, WriteBatch, WriteStart,
+};
 
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("key-{i:06}"))
@@ -309,6 +311,63 @@ fn always_mode_writes_are_durable_without_fdatasync() {
         let disk = disk.crash();
         let engine = open(&disk).await;
         assert_all_present(&engine, 0..20).await;
+        engine.close().await.unwrap();
+    });
+}
+
+/// A durable write started without waiting (`start_write`, which a
+/// server uses instead of a future per write) is done when its group is:
+/// not before the writer task has run, then durable across a crash. One
+/// whose group fails gets the error, and reads at later timestamps do not
+/// wait for it.
+#[test]
+fn a_queued_durable_write_is_done_with_its_group() {
+    run_local(|| async {
+        let disk = MemDisk::new();
+        let opts = || Options {
+            txn_wait_ms: 300,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(disk.clone(), "/db", opts()).await.unwrap();
+        let start = |i: usize| {
+            let mut batch = WriteBatch::new();
+            batch.put(key(i), value(i));
+            match engine.start_write(batch) {
+                WriteStart::Queued(queued) => queued,
+                WriteStart::Done(_) => panic!("a durable write was done at once"),
+                WriteStart::Back(_) => panic!("a write to an idle engine came back"),
+            }
+        };
+        let (mut first, mut second) = (start(1), start(2));
+        assert!(
+            futures_lite::future::poll_once(std::future::poll_fn(|cx| first.poll_done(cx)))
+                .await
+                .is_none()
+        );
+        let ts1 = std::future::poll_fn(|cx| first.poll_done(cx))
+            .await
+            .unwrap();
+        let ts2 = std::future::poll_fn(|cx| second.poll_done(cx))
+            .await
+            .unwrap();
+        assert!(ts2 > ts1);
+        disk.inject(Fault::Writes(libc::EIO));
+        let mut failed = start(3);
+        let err = std::future::poll_fn(|cx| failed.poll_done(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+        disk.clear_faults();
+        let ts4 = engine.put(key(4), value(4)).await.unwrap();
+        // Reads at a later timestamp neither wait for the failed write nor
+        // fail for it.
+        assert_eq!(engine.read_at(&key(2), ts4).await.unwrap(), Some(value(2)));
+        assert_eq!(engine.read_at(&key(3), ts4).await.unwrap(), None);
+        let disk = disk.crash();
+        let engine = Engine::open_on(disk, "/db", opts()).await.unwrap();
+        assert_eq!(engine.get(&key(1)).await.unwrap(), Some(value(1)));
+        assert_eq!(engine.get(&key(2)).await.unwrap(), Some(value(2)));
+        assert_eq!(engine.get(&key(3)).await.unwrap(), None);
         engine.close().await.unwrap();
     });
 }

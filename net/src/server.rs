@@ -23,7 +23,7 @@
 //! of growing the server.
 
 use crate::metrics::{render_prometheus, OpKind, ShardMetrics};
-use crate::shard::{Handling, Shard, Started};
+use crate::shard::{written_response, Handling, Shard, Started};
 use bytes::{Buf, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::io::WriteHalf;
@@ -40,6 +40,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tessera_engine::QueuedWrite;
 use tessera_protocol::frame::{peek_frame, put_frame, LENGTH_BYTES};
 use tessera_protocol::message::decode_request;
 use tessera_protocol::{ErrorCode, Request, Response, Token};
@@ -362,7 +363,7 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
             }
             if decoded.is_empty() {
                 record_batch(shard, batch_start, &mut unrecorded);
-                if !waiting.set.is_empty() {
+                if !waiting.is_empty() {
                     // Between batches, so that a peer that never lets the
                     // read loop wait still hears of its finished requests.
                     futures_lite::future::poll_fn(|cx| {
@@ -449,16 +450,16 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
             // allocation per response.
             let response = match shard.start(request, arrived_ms) {
                 Started::Now(response) => response,
+                Started::Queued(write) => {
+                    waiting.make_room(shard, &outbox, &wake, inflight_max).await;
+                    waiting.queued.push_back((id, kind, start, write));
+                    continue;
+                }
                 Started::Later(mut handling) => {
                     match futures_lite::future::poll_once(&mut handling).await {
                         Some(response) => response,
                         None => {
-                            // At most `inflight_max` wait: past that,
-                            // reading pauses until some finish.
-                            if waiting.set.len() >= inflight_max {
-                                let room = |set: &FuturesUnordered<_>| set.len() < inflight_max;
-                                waiting.answer_until(shard, &outbox, &wake, room).await;
-                            }
+                            waiting.make_room(shard, &outbox, &wake, inflight_max).await;
                             waiting.set.push(Waiting {
                                 id,
                                 kind,
@@ -478,7 +479,7 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
     record_batch(shard, batch_start, &mut unrecorded);
     // Let the waiting requests finish and their responses go out.
     waiting
-        .answer_until(shard, &outbox, &wake, FuturesUnordered::is_empty)
+        .answer_until(shard, &outbox, &wake, WaitingSet::is_empty)
         .await;
     drop(wake);
     let written = write_task.await;
@@ -546,12 +547,25 @@ impl Future for Waiting {
 /// its spawn, a wake-up and a poll of its own, a permit, and a message to
 /// the writer task per response: ~10% of the shard's CPU under 16-deep
 /// durable writes, where a group commit finishes ~400 requests at once.
+///
+/// Durable writes the engine queued without a future
+/// ([`Started::Queued`]) wait in `queued`, in the order they were queued,
+/// which is the order their groups complete: only the oldest is watched.
 #[derive(Default)]
 struct WaitingSet {
     set: FuturesUnordered<Waiting>,
+    queued: VecDeque<(u64, OpKind, Instant, QueuedWrite)>,
 }
 
 impl WaitingSet {
+    fn len(&self) -> usize {
+        self.set.len() + self.queued.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Answers the requests that have finished, with one clock reading for
     /// all of them; returns how many. The rest wake `cx` when they finish.
     fn answer_finished<S: Conn>(
@@ -562,6 +576,21 @@ impl WaitingSet {
     ) -> usize {
         let mut answered = 0;
         let mut now = None;
+        while let Some((_, _, _, write)) = self.queued.front_mut() {
+            let Poll::Ready(written) = write.poll_done(cx) else {
+                break;
+            };
+            let (id, kind, start, _) = self.queued.pop_front().expect("a front");
+            let now = *now.get_or_insert_with(Instant::now);
+            answer(
+                shard,
+                (kind, start, now),
+                id,
+                &written_response(written),
+                outbox,
+            );
+            answered += 1;
+        }
         while let Poll::Ready(Some((id, kind, start, response))) =
             Pin::new(&mut self.set).poll_next(cx)
         {
@@ -572,6 +601,21 @@ impl WaitingSet {
         answered
     }
 
+    /// At most `inflight_max` requests wait: past that, reading pauses
+    /// until some finish.
+    async fn make_room<S: Conn>(
+        &mut self,
+        shard: &Shard,
+        outbox: &Outbox<S>,
+        wake: &local_channel::LocalSender<()>,
+        inflight_max: usize,
+    ) {
+        if self.len() >= inflight_max {
+            let room = |w: &WaitingSet| w.len() < inflight_max;
+            self.answer_until(shard, outbox, wake, room).await;
+        }
+    }
+
     /// Answers requests as they finish, sending their responses, until
     /// `done` holds of the set.
     async fn answer_until<S: Conn>(
@@ -579,11 +623,11 @@ impl WaitingSet {
         shard: &Shard,
         outbox: &Outbox<S>,
         wake: &local_channel::LocalSender<()>,
-        done: impl Fn(&FuturesUnordered<Waiting>) -> bool,
+        done: impl Fn(&WaitingSet) -> bool,
     ) {
-        while !done(&self.set) {
+        while !done(self) {
             futures_lite::future::poll_fn(|cx| match self.answer_finished(cx, shard, outbox) {
-                0 if !done(&self.set) => Poll::Pending,
+                0 if !done(self) => Poll::Pending,
                 _ => Poll::Ready(()),
             })
             .await;

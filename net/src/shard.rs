@@ -22,7 +22,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use tessera_engine::{
-    CommitRecord, Engine, Error as EngineError, Phase, Row, TxnPart, Vote, WriteBatch,
+    CommitRecord, Engine, Error as EngineError, Phase, QueuedWrite, Row, TxnPart, Vote, WriteBatch,
+    WriteStart,
 };
 use tessera_protocol::message::{BatchOp, Metric};
 use tessera_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION, SLOTS};
@@ -482,20 +483,21 @@ impl Shard {
     }
 
     /// Starts `request`: its response if this shard has it at once, with
-    /// no future to box and poll, or its future, boxed.
+    /// no future to box and poll; a durable write, queued; or its future,
+    /// boxed.
     ///
     /// At once: a get of a key this shard owns whose newest version is in
     /// memory ([`Engine::get_in_memory`](tessera_engine::Engine::get_in_memory)),
     /// and a put or delete of one in `none` mode
-    /// ([`Engine::write_now`](tessera_engine::Engine::write_now)).
+    /// ([`Engine::start_write`](tessera_engine::Engine::start_write)),
+    /// which in the other modes queues the write instead.
     ///
     /// Otherwise a local get, put or delete gets a future of its own, a
-    /// few hundred bytes where `handle`'s is ~1.5 KiB. A durable write's
-    /// future lives until its group commits, ~800 of them at once under 50
-    /// connections 16 deep, and each fresh 1.5 KiB allocation was cache
-    /// misses of its own (~4% of the shard's CPU under 16-deep durable
-    /// writes); even a get answered on its first poll, whose box is freed
-    /// and reused at once, took ~10% less CPU with its own future.
+    /// few hundred bytes where `handle`'s is ~1.5 KiB: each fresh 1.5 KiB
+    /// allocation was cache misses of its own (~4% of the shard's CPU
+    /// under 16-deep durable writes, when each waited in a future); even a
+    /// get answered on its first poll, whose box is freed and reused at
+    /// once, took ~10% less CPU with its own future.
     pub fn start(self: &Rc<Self>, request: Request, arrived_ms: Option<u64>) -> Started {
         let local = |key: &Bytes| self.slots.shard_of(key) == self.id && !self.shutting_down.get();
         let op = match request {
@@ -519,14 +521,16 @@ impl Shard {
                 ));
             }
         };
-        let batch = match self.engine.write_now(write_batch([op], arrived_ms)) {
-            Ok(written) => return Started::Now(into_response(written_reply(written))),
-            Err(batch) => batch,
-        };
-        let shard = self.clone();
-        Started::Later(Box::pin(async move {
-            into_response(shard.write_local(batch).await)
-        }))
+        match self.engine.start_write(write_batch([op], arrived_ms)) {
+            WriteStart::Done(written) => Started::Now(written_response(written)),
+            WriteStart::Queued(queued) => Started::Queued(queued),
+            WriteStart::Back(batch) => {
+                let shard = self.clone();
+                Started::Later(Box::pin(async move {
+                    into_response(shard.write_local(batch).await)
+                }))
+            }
+        }
     }
 
     /// Answers one client request, routing by key.
@@ -751,8 +755,16 @@ pub type Handling = Pin<Box<dyn Future<Output = Response>>>;
 pub enum Started {
     /// The response.
     Now(Response),
+    /// A durable write, queued: answer it with [`written_response`] once
+    /// it is done.
+    Queued(QueuedWrite),
     /// The request's future, not yet polled.
     Later(Handling),
+}
+
+/// The response to a write that is done.
+pub fn written_response(written: Result<u64, EngineError>) -> Response {
+    into_response(written_reply(written))
 }
 
 fn written_reply(written: Result<u64, EngineError>) -> ShardReply {
