@@ -527,7 +527,18 @@ impl<D: Disk> Engine<D> {
         if batch.is_empty() {
             return WriteStart::Done(Ok(inner.clock.now()));
         }
-        if !(inner.memtable_has_room() && inner.queue_has_room(bytes) && inner.owes_no_turn()) {
+        let no_turn_owed = match inner.opts.wal_sync {
+            // The write is done once queued: a writer that never waits takes
+            // turns with background work (see `let_background_run`).
+            SyncMode::None => inner.owes_no_turn(),
+            // Its caller waits for the group, which lets background work
+            // run; the executor's own time slice still counts. (Asking
+            // `owes_no_turn` here, which counts nothing when it says no,
+            // sent every write the waiting way while a flush or compaction
+            // ran: `write` never counts a durable write.)
+            _ => !glommio::executor().need_preempt(),
+        };
+        if !(inner.memtable_has_room() && inner.queue_has_room(bytes) && no_turn_owed) {
             return WriteStart::Back(batch);
         }
         let (ts, group) = inner.queue_write(batch, bytes);
@@ -1748,6 +1759,46 @@ mod tests {
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
         state.strong_count()
+    }
+
+    /// Durable writes started without waiting are queued while background
+    /// work is pending: their callers wait for the group, which lets it
+    /// run. Asking `owes_no_turn`, which counts nothing when it says no,
+    /// sent every write from the 256th on the waiting way while a flush or
+    /// compaction was pending.
+    #[test]
+    fn durable_writes_are_queued_while_background_work_is_pending() {
+        crate::run_local(|| async {
+            let engine = Engine::open_on(MemDisk::new(), "/db", Options::for_tests())
+                .await
+                .unwrap();
+            // A memtable waiting for its flush, which cannot run before this
+            // task yields.
+            let waiting = Rc::new(Memtable::new());
+            engine.inner.imms.borrow_mut().push_back((waiting, 0));
+            assert!(engine.inner.background_busy());
+            let mut queued = Vec::new();
+            for i in 0..600 {
+                let mut batch = WriteBatch::new();
+                batch.put(format!("k{i}"), &b"v"[..]);
+                match engine.start_write(batch) {
+                    WriteStart::Queued(write) => queued.push(write),
+                    WriteStart::Done(_) => panic!("durable write {i} was done at once"),
+                    WriteStart::Back(_) => panic!("durable write {i} came back"),
+                }
+            }
+            engine.inner.imms.borrow_mut().clear();
+            for mut write in queued {
+                std::future::poll_fn(|cx| write.poll_done(cx))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(
+                engine.get(b"k599").await.unwrap().as_deref(),
+                Some(&b"v"[..])
+            );
+            engine.close().await.unwrap();
+        });
     }
 
     #[test]
