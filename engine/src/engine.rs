@@ -559,13 +559,12 @@ impl<D: Disk> Engine<D> {
         self.inner.watermark_pin.set(ts);
     }
 
-    /// The newest value of `key`. Waits first for transactions that hold
-    /// an intent on `key` (see `Inner::settle_newest`).
     /// Starts the cache misses point reads of `keys` (with these hashes:
     /// [`bloom::hash`], the key's `xxh3_64`) will take: the memtable
-    /// filter's lines, their row cache slots and rows, and the memtable
-    /// paths of the keys it may hold. (Prefetching their memtable paths as well, as
-    /// writes do, cost what it saved.)
+    /// filter's lines, their row cache slots and rows, and, for the keys
+    /// the memtable may hold, the paths, versions and values their reads
+    /// find there. (Walking the memtable for every key, as writes do, cost
+    /// what it saved.)
     pub fn prefetch_reads(&self, keys: &[&[u8]], hashes: &[u64]) {
         let mem = self.inner.mem.borrow();
         mem.prefetch_filter(hashes);
