@@ -5,7 +5,7 @@
 
 use bytes::{Buf, BytesMut};
 use tessera_protocol::frame::next_frame;
-use tessera_protocol::message::{response_status, BatchOp};
+use tessera_protocol::message::{encode_get_frame, encode_put_frame, response_status, BatchOp};
 use tessera_protocol::Request;
 
 thread_local! {
@@ -45,14 +45,9 @@ impl Protocol {
         match self {
             Protocol::Tessera => {
                 let request = match command {
-                    Command::Get(k) => Request::Get {
-                        key: k.to_vec().into(),
-                    },
-                    Command::Set(k, v, ttl_ms) => Request::Put {
-                        key: k.to_vec().into(),
-                        value: v.to_vec().into(),
-                        ttl_ms: *ttl_ms,
-                    },
+                    // Written straight from the borrowed key and value.
+                    Command::Get(k) => return encode_get_frame(id, k, out),
+                    Command::Set(k, v, ttl_ms) => return encode_put_frame(id, k, v, *ttl_ms, out),
                     Command::Scan(k, n) => Request::Scan {
                         start: k.to_vec().into(),
                         end: None,

@@ -562,8 +562,15 @@ impl Request {
     /// Appends the request as one frame to `out`, built in `b` (reset
     /// first): a connection reuses one builder instead of allocating one
     /// per message.
+    ///
+    /// The commonest requests (get, put) are written straight into `out`
+    /// in a fixed layout ([`crate::direct`]), without `b`.
     pub fn encode_frame(&self, id: u64, b: &mut FlatBufferBuilder<'_>, out: &mut Vec<u8>) {
-        append_frame(b, out, |b| self.build(id, b));
+        match self {
+            Request::Get { key } => encode_get_frame(id, key, out),
+            Request::Put { key, value, ttl_ms } => encode_put_frame(id, key, value, *ttl_ms, out),
+            _ => append_frame(b, out, |b| self.build(id, b)),
+        }
     }
 
     fn build(&self, id: u64, b: &mut FlatBufferBuilder<'_>) {
@@ -927,6 +934,18 @@ fn unknown_outcome(id: u64, outcome: wire::Outcome) -> DecodeError {
         code: ErrorCode::BadFrame,
         message: format!("unknown result type {}", outcome.0),
     }
+}
+
+/// Appends the frame of a `Get` request for `key`, as
+/// [`Request::encode_frame`] would, from the key as it is.
+pub fn encode_get_frame(id: u64, key: &[u8], out: &mut Vec<u8>) {
+    direct::get_request(out, id, key);
+}
+
+/// Appends the frame of a `Put` request (`ttl_ms` 0: no TTL), as
+/// [`Request::encode_frame`] would, from the key and value as they are.
+pub fn encode_put_frame(id: u64, key: &[u8], value: &[u8], ttl_ms: u64, out: &mut Vec<u8>) {
+    direct::put_request(out, id, key, value, ttl_ms);
 }
 
 /// A response's id and, if it is an error, its code: all a client that
