@@ -293,8 +293,89 @@ fn bytes_of(v: Option<flatbuffers::Vector<'_, u8>>) -> Bytes {
         .unwrap_or_default()
 }
 
+/// The checks every decoded key and value pass, for request `id`.
+struct Checks<'a> {
+    id: u64,
+    limits: &'a Limits,
+}
+
+impl Checks<'_> {
+    fn fail(&self, code: ErrorCode, message: String) -> DecodeError {
+        DecodeError {
+            id: self.id,
+            code,
+            message,
+        }
+    }
+
+    fn key(&self, key: &[u8]) -> Result<(), DecodeError> {
+        if key.is_empty() {
+            Err(self.fail(ErrorCode::InvalidArgument, "key is empty".into()))
+        } else if key.len() > self.limits.key_bytes_max {
+            Err(self.fail(
+                ErrorCode::KeyTooLarge,
+                format!(
+                    "key of {} bytes exceeds the limit of {}",
+                    key.len(),
+                    self.limits.key_bytes_max
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn value(&self, value: &[u8]) -> Result<(), DecodeError> {
+        if value.len() > self.limits.value_bytes_max {
+            Err(self.fail(
+                ErrorCode::ValueTooLarge,
+                format!(
+                    "value of {} bytes exceeds the limit of {}",
+                    value.len(),
+                    self.limits.value_bytes_max
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Decodes and checks one request frame.
+///
+/// A get or put in the fixed layout [`crate::direct`] writes (what the
+/// Rust SDK and the load generator send) is read without the generic
+/// flatbuffers verifier; any other payload goes through it.
 pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), DecodeError> {
+    let Some((id, parsed)) = direct::parse_request(buf) else {
+        return decode_verified_request(buf, limits);
+    };
+    let checks = Checks { id, limits };
+    let request = match parsed {
+        direct::Parsed::Get { key } => {
+            checks.key(key)?;
+            Request::Get {
+                key: Bytes::copy_from_slice(key),
+            }
+        }
+        direct::Parsed::Put { key, value, ttl_ms } => {
+            checks.key(key)?;
+            checks.value(value)?;
+            Request::Put {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(value),
+                ttl_ms,
+            }
+        }
+    };
+    Ok((id, request))
+}
+
+/// [`decode_request`] through the flatbuffers verifier.
+pub(crate) fn decode_verified_request(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<(u64, Request), DecodeError> {
     let req = flatbuffers::root_with_opts::<wire::Request>(&verifier(), buf).map_err(|e| {
         DecodeError {
             id: 0,
@@ -303,37 +384,10 @@ pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<(u64, Request), Dec
         }
     })?;
     let id = req.id();
-    let fail = |code, message: String| DecodeError { id, code, message };
-    let check_key = |key: &Bytes| {
-        if key.is_empty() {
-            Err(fail(ErrorCode::InvalidArgument, "key is empty".into()))
-        } else if key.len() > limits.key_bytes_max {
-            Err(fail(
-                ErrorCode::KeyTooLarge,
-                format!(
-                    "key of {} bytes exceeds the limit of {}",
-                    key.len(),
-                    limits.key_bytes_max
-                ),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    let check_value = |value: &Bytes| {
-        if value.len() > limits.value_bytes_max {
-            Err(fail(
-                ErrorCode::ValueTooLarge,
-                format!(
-                    "value of {} bytes exceeds the limit of {}",
-                    value.len(),
-                    limits.value_bytes_max
-                ),
-            ))
-        } else {
-            Ok(())
-        }
-    };
+    let checks = Checks { id, limits };
+    let fail = |code, message: String| checks.fail(code, message);
+    let check_key = |key: &Bytes| checks.key(key);
+    let check_value = |value: &Bytes| checks.value(value);
     let request = match req.op_type() {
         wire::Op::Hello => {
             let h = req.op_as_hello().expect("verified union");
