@@ -267,8 +267,12 @@ mod tests {
     /// verifier's checks must not depend on it).
     fn framed(response: &Response, id: u64, prefix: usize) -> Vec<u8> {
         let mut out = vec![0xAB; prefix];
-        let mut builder = FlatBufferBuilder::new();
-        response.encode_frame(id, &mut builder, &mut out);
+        response.encode_frame(id, &mut FlatBufferBuilder::new(), &mut out);
+        payload_after(&out, prefix)
+    }
+
+    /// The payload of the one whole frame in `out` after `prefix` bytes.
+    fn payload_after(out: &[u8], prefix: usize) -> Vec<u8> {
         let mut frame = bytes::BytesMut::from(&out[prefix..]);
         let payload = next_frame(&mut frame, usize::MAX)
             .expect("a frame")
@@ -311,12 +315,7 @@ mod tests {
     fn request_framed(request: &Request, id: u64, prefix: usize) -> Vec<u8> {
         let mut out = vec![0xAB; prefix];
         request.encode_frame(id, &mut FlatBufferBuilder::new(), &mut out);
-        let mut frame = bytes::BytesMut::from(&out[prefix..]);
-        let payload = next_frame(&mut frame, usize::MAX)
-            .expect("a frame")
-            .expect("whole");
-        assert!(frame.is_empty(), "the length prefix is the payload's");
-        payload.to_vec()
+        payload_after(&out, prefix)
     }
 
     fn request() -> impl Strategy<Value = Request> {
