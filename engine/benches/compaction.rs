@@ -23,6 +23,8 @@ fn opts(l0_compaction_trigger: usize) -> Options {
     Options {
         memtable_bytes_max: 256 << 20,
         l0_compaction_trigger,
+        l0_slowdown_trigger: l0_compaction_trigger.max(20),
+        l0_stop_trigger: l0_compaction_trigger.max(36),
         level_base_bytes: 1 << 40,
         compaction_bytes_per_sec: 1 << 40,
         ..Options::default()

@@ -164,6 +164,8 @@ pub(crate) struct Counters {
     pub wal_batches: Cell<u64>,
     pub wal_errors: Cell<u64>,
     pub write_stalls: Cell<u64>,
+    /// Flushes that waited for level 0 to drop below `l0_stop_trigger`.
+    pub l0_stops: Cell<u64>,
     pub flushes: Cell<u64>,
     pub flush_errors: Cell<u64>,
     pub compactions: Cell<u64>,
@@ -201,6 +203,9 @@ pub(crate) struct Inner<D: Disk> {
     /// Flush and compaction tasks still running (close waits for zero).
     pub tasks_running: Cell<usize>,
     pub swap_requested: Cell<bool>,
+    /// Explicit flushes ([`Engine::flush`], close) waiting: flushes then
+    /// run even with level 0 at `l0_stop_trigger`.
+    pub flushes_forced: Cell<usize>,
     pub stats: Counters,
     pub watermark_pin: Cell<Option<u64>>,
     pub compaction_lock: glommio::sync::Semaphore,
@@ -253,6 +258,9 @@ pub struct EngineStats {
     pub wal_batches: u64,
     pub wal_errors: u64,
     pub write_stalls: u64,
+    /// Flushes that waited for compaction to bring level 0 below
+    /// `l0_stop_trigger` (the writes behind them stalled meanwhile).
+    pub l0_stops: u64,
     pub flushes: u64,
     pub flush_errors: u64,
     pub compactions: u64,
@@ -430,6 +438,7 @@ impl<D: Disk> Engine<D> {
             // Flush what the WAL replay rebuilt, so the replayed segments
             // are recycled instead of read again at every open.
             swap_requested: Cell::new(replay.batches > 0),
+            flushes_forced: Cell::new(0),
             stats: Counters::default(),
             watermark_pin: Cell::new(None),
             compaction_lock: glommio::sync::Semaphore::new(1),
@@ -719,6 +728,7 @@ impl<D: Disk> Engine<D> {
         }
         inner.swap_requested.set(true);
         inner.events.work.notify(usize::MAX);
+        let _forced = Forced::new(inner);
         let flushes_before = inner.stats.flushes.get();
         let errors_before = inner.stats.flush_errors.get();
         wait_until(&inner.events.flushed, || {
@@ -795,6 +805,7 @@ impl<D: Disk> Engine<D> {
             wal_batches: s.wal_batches.get(),
             wal_errors: s.wal_errors.get(),
             write_stalls: s.write_stalls.get(),
+            l0_stops: s.l0_stops.get(),
             flushes: s.flushes.get(),
             flush_errors: s.flush_errors.get(),
             compactions: s.compactions.get(),
@@ -1055,9 +1066,38 @@ impl<D: Disk> Inner<D> {
     /// that gave way every 100 µs got a few percent of the CPU, and the
     /// writes it held up stalled for tens of milliseconds; one that did not
     /// give way at all held requests 4-5 ms at a time.
-    pub(crate) fn background_behind(&self) -> bool {
+    fn background_behind(&self) -> bool {
         self.imms.borrow().len() >= self.opts.immutable_memtables_max
             || self.version.borrow().levels[0].len() >= 2 * self.opts.l0_compaction_trigger
+    }
+
+    /// How long a flush or compaction runs before it gives way
+    /// ([`Slices`]): [`BACKGROUND_SLICE`], or [`BEHIND_SLICE`] while
+    /// [`Inner::background_behind`]. From `l0_slowdown_trigger` level-0
+    /// tables on it grows with them, to [`STOP_SLICE`] at
+    /// `l0_stop_trigger`: the foreground, which gets the CPU between
+    /// slices, gets a shrinking share, so writes slow down as compaction
+    /// falls behind instead of running at full speed into the stop.
+    pub(crate) fn background_slice(&self) -> Duration {
+        let l0 = self.version.borrow().levels[0].len();
+        let (slowdown, stop) = (self.opts.l0_slowdown_trigger, self.opts.l0_stop_trigger);
+        if l0 >= slowdown {
+            let depth = (l0 - slowdown + 1) as f64 / (stop - slowdown + 1) as f64;
+            return BEHIND_SLICE + (STOP_SLICE - BEHIND_SLICE).mul_f64(depth.min(1.0));
+        }
+        match self.background_behind() {
+            true => BEHIND_SLICE,
+            false => BACKGROUND_SLICE,
+        }
+    }
+
+    /// Whether flushes wait for compaction: level 0 holds
+    /// `l0_stop_trigger` tables, and neither an explicit flush nor a close
+    /// is waiting for them.
+    pub(crate) fn l0_stopped(&self) -> bool {
+        self.version.borrow().levels[0].len() >= self.opts.l0_stop_trigger
+            && self.flushes_forced.get() == 0
+            && !self.closed.get()
     }
 
     /// Records why a memtable could not be flushed: a flush waiting for it
@@ -1533,7 +1573,7 @@ async fn shed(mem: Rc<Memtable>) {
     // flush's rule, with every memtable slot full, it freed a whole
     // memtable in one ~15 ms go.)
     while pieces.free(STEP) {
-        slices.tick(|| false).await;
+        slices.tick(|| BACKGROUND_SLICE).await;
     }
 }
 
@@ -1570,6 +1610,15 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
             .await;
             continue;
         };
+        if inner.l0_stopped() {
+            inner.stats.l0_stops.set(inner.stats.l0_stops.get() + 1);
+            tracing::debug!(
+                tables = inner.version.borrow().levels[0].len(),
+                "flush waits for compaction of level 0"
+            );
+            wait_until(&inner.events.flush, || !inner.l0_stopped()).await;
+            continue;
+        }
         match flush_one(&inner, &mem, boundary).await {
             Ok(()) => {
                 backoff = Duration::from_millis(50);
@@ -1590,6 +1639,23 @@ async fn flush_loop<D: Disk>(inner: Rc<Inner<D>>) {
     }
 }
 
+/// Counts an explicit flush in [`Inner::flushes_forced`] while it lives.
+struct Forced<'a, D: Disk>(&'a Inner<D>);
+
+impl<'a, D: Disk> Forced<'a, D> {
+    fn new(inner: &'a Inner<D>) -> Self {
+        inner.flushes_forced.set(inner.flushes_forced.get() + 1);
+        inner.events.flush.notify(usize::MAX);
+        Forced(inner)
+    }
+}
+
+impl<D: Disk> Drop for Forced<'_, D> {
+    fn drop(&mut self) {
+        self.0.flushes_forced.set(self.0.flushes_forced.get() - 1);
+    }
+}
+
 /// Background CPU between chances for the foreground: a flush or a
 /// compaction that ran on without awaiting anything left every request on
 /// its shard waiting as long.
@@ -1598,6 +1664,9 @@ const BACKGROUND_SLICE: Duration = Duration::from_micros(100);
 /// it then takes most of the CPU, yet still holds requests for at most
 /// about this long.
 const BEHIND_SLICE: Duration = Duration::from_micros(500);
+/// The longest slice, with level 0 at `l0_stop_trigger`
+/// ([`Inner::background_slice`]).
+const STOP_SLICE: Duration = Duration::from_millis(4);
 /// Versions a flush copies into its table between [`Slices::tick`]s.
 const FLUSH_STEP_VERSIONS: usize = 32;
 
@@ -1623,18 +1692,40 @@ impl Slices {
     }
 
     /// Counts one unit of work; at the end of a slice, lets the foreground
-    /// run. A slice is [`BACKGROUND_SLICE`] long, or [`BEHIND_SLICE`] while
-    /// `behind()` holds.
-    pub(crate) async fn tick(&mut self, behind: impl Fn() -> bool) {
+    /// run, and returns true. A slice is at least [`BACKGROUND_SLICE`]
+    /// long, and as long as `slice()` says.
+    pub(crate) async fn tick(&mut self, slice: impl Fn() -> Duration) -> bool {
         self.units = self.units.wrapping_add(1);
         if !self.units.is_multiple_of(self.check_every) {
-            return;
+            return false;
         }
         let ran = self.started.elapsed();
-        if ran >= BEHIND_SLICE || (ran >= BACKGROUND_SLICE && !behind()) {
+        if ran >= BACKGROUND_SLICE && ran >= slice() {
             glommio::timer::sleep(Duration::from_micros(1)).await;
             self.started = std::time::Instant::now();
+            return true;
         }
+        false
+    }
+
+    /// Awaits `f`, which may wait (for the disk, say); if it did, the
+    /// foreground had the CPU meanwhile, and a fresh slice starts. Without
+    /// this a compaction counted its waits as work: with writes pending
+    /// after each read it gave way at once, and had under a fifth of the
+    /// shard however far behind it was.
+    pub(crate) async fn wait<F: std::future::Future>(&mut self, f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut waited = false;
+        let out = std::future::poll_fn(|cx| {
+            let poll = f.as_mut().poll(cx);
+            waited |= poll.is_pending();
+            poll
+        })
+        .await;
+        if waited {
+            self.started = std::time::Instant::now();
+        }
+        out
     }
 }
 
@@ -1700,11 +1791,11 @@ async fn write_flushed_table<D: Disk>(
             budget -= 1;
             !builder.push(k.user(), k.ts(), kind, value) && budget > 0
         });
-        builder.write_if_due().await?;
+        slices.wait(builder.write_if_due()).await?;
         if resume.is_none() {
             break;
         }
-        slices.tick(|| inner.background_behind()).await;
+        slices.tick(|| inner.background_slice()).await;
     }
     let (meta, file) = builder.finish().await?;
     inner.disk.sync_dir(&inner.sst_dir).await?;
@@ -1796,6 +1887,88 @@ mod tests {
                 engine.get(b"k599").await.unwrap().as_deref(),
                 Some(&b"v"[..])
             );
+            engine.close().await.unwrap();
+        });
+    }
+
+    /// A wait inside a slice (for the disk, say) ends it: the foreground
+    /// ran meanwhile. Counted as work, it made a compaction that waited
+    /// after each read give way at once, whatever its slice.
+    #[test]
+    fn a_wait_starts_a_fresh_slice() {
+        crate::run_local(|| async {
+            let spin = |d: Duration| {
+                let t = std::time::Instant::now();
+                while t.elapsed() < d {}
+            };
+            let mut slices = Slices::new(1);
+            spin(2 * BACKGROUND_SLICE);
+            slices
+                .wait(glommio::timer::sleep(Duration::from_millis(1)))
+                .await;
+            assert!(!slices.tick(|| BEHIND_SLICE).await, "gave way after a wait");
+            spin(BEHIND_SLICE);
+            assert!(slices.tick(|| BEHIND_SLICE).await, "ran past its slice");
+            // What is ready at once is no wait.
+            spin(BEHIND_SLICE);
+            slices.wait(async {}).await;
+            assert!(slices.tick(|| BEHIND_SLICE).await, "ran past its slice");
+        });
+    }
+
+    /// With level 0 at `l0_stop_trigger` tables, flushes wait for
+    /// compaction, so writes stall once the memtable slots are full and
+    /// level 0 grows no further; an explicit flush still runs, and the
+    /// writes go on once compaction does.
+    #[test]
+    fn writes_stall_while_level_0_is_at_its_stop_and_go_on_after_compaction() {
+        crate::run_local(|| async {
+            let opts = Options::for_tests();
+            let stop = opts.l0_stop_trigger;
+            let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
+            let compaction = engine
+                .inner
+                .compaction_lock
+                .acquire_permit(1)
+                .await
+                .unwrap();
+            let writer = glommio::spawn_local({
+                let engine = engine.clone();
+                async move {
+                    for i in 0..6000u32 {
+                        engine
+                            .put(format!("key-{i:05}"), vec![b'v'; 300])
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+            let level0 = || engine.stats().level_tables[0];
+            let sleep = |ms| glommio::timer::sleep(Duration::from_millis(ms));
+            for waited in 0.. {
+                if engine.stats().l0_stops > 0 {
+                    break;
+                }
+                assert!(waited < 1000, "no flush waited: {}", engine.debug_state());
+                sleep(5).await;
+            }
+            // The memtable slots fill, then nothing moves.
+            sleep(50).await;
+            let written = engine.stats().wal_batches;
+            sleep(100).await;
+            assert_eq!(level0(), stop);
+            assert_eq!(engine.stats().wal_batches, written, "writes went on");
+            assert_eq!(engine.stats().immutable_memtables, 2);
+            // An explicit flush does not wait for compaction.
+            engine.flush().await.unwrap();
+            assert!(level0() > stop, "the explicit flush added no table");
+            drop(compaction);
+            writer.await;
+            assert!(level0() <= stop + 2, "{} tables in level 0", level0());
+            for i in [0, 2999, 5999] {
+                let value = engine.get(format!("key-{i:05}").as_bytes()).await.unwrap();
+                assert_eq!(value.as_deref(), Some(&[b'v'; 300][..]));
+            }
             engine.close().await.unwrap();
         });
     }

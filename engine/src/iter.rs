@@ -72,10 +72,11 @@ impl<F: DiskFile> Source<F> {
         Self::run_with(tables, None)
     }
 
-    /// A run read from its start to its end in large reads that bypass
-    /// the cache ([`Table::block_read_ahead`]): for compaction.
-    pub fn run_read_ahead(tables: Vec<Rc<Table<F>>>) -> Self {
-        Self::run_with(tables, Some(Box::default()))
+    /// A run read from its start to its end in reads of up to
+    /// `window_bytes` that bypass the cache ([`Table::block_read_ahead`]):
+    /// for compaction.
+    pub fn run_read_ahead(tables: Vec<Rc<Table<F>>>, window_bytes: usize) -> Self {
+        Self::run_with(tables, Some(Box::new(ReadAhead::new(window_bytes))))
     }
 
     fn run_with(tables: Vec<Rc<Table<F>>>, ahead: Option<Box<ReadAhead>>) -> Self {
@@ -205,7 +206,7 @@ impl<F: DiskFile> Source<F> {
                         continue;
                     }
                     let b = match ahead {
-                        Some(ahead) => t.block_read_ahead(*block, ahead).await?,
+                        Some(ahead) => Table::block_read_ahead(t, *block, ahead).await?,
                         None => t.block(*block, cache).await?,
                     };
                     *current = Some((b, *table, *block));
@@ -435,6 +436,30 @@ mod tests {
         Rc::new(Table::open(file, meta).await.unwrap())
     }
 
+    /// A pass with read-ahead reads each window once, and reads the window
+    /// after the one it is in before it is asked for.
+    #[test]
+    fn read_ahead_reads_the_next_window_before_it_is_needed() {
+        crate::run_local(|| async {
+            let disk = MemDisk::new();
+            disk.create_dir_all(Path::new("/t")).await.unwrap();
+            let versions: Vec<Version> = (0..60).map(|k| version(k, 10, "a")).collect();
+            let t = table(&disk, 1, &versions).await;
+            let blocks = t.block_count();
+            assert!(blocks >= 6, "{blocks} blocks");
+            // Two 4 KiB blocks a window.
+            let mut ahead = ReadAhead::new(2 * 4096);
+            let before = disk.reads();
+            Table::block_read_ahead(&t, 0, &mut ahead).await.unwrap();
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            assert_eq!(disk.reads() - before, 2, "the next window was not read");
+            for i in 1..blocks {
+                Table::block_read_ahead(&t, i, &mut ahead).await.unwrap();
+            }
+            assert_eq!(disk.reads() - before, blocks.div_ceil(2) as u64);
+        });
+    }
+
     /// Two runs (one of two tables), a memtable, overlapping keys and an
     /// exact duplicate in two sources: `next` and `next_ref` return the
     /// same versions in (key asc, ts desc) order, the duplicate once, and
@@ -471,7 +496,7 @@ mod tests {
             let sources = || {
                 vec![
                     Source::mem(mem.clone()),
-                    Source::run_read_ahead(vec![ta.clone()]),
+                    Source::run_read_ahead(vec![ta.clone()], 2 * 4096),
                     Source::run(vec![tb1.clone(), tb2.clone()]),
                 ]
             };

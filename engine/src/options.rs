@@ -122,12 +122,27 @@ pub struct Options {
     pub wal_group_bytes_max: usize,
     /// Level-0 tables that trigger a compaction into level 1. Default 4.
     pub l0_compaction_trigger: usize,
+    /// Level-0 tables at which foreground work starts giving compaction a
+    /// larger share of the shard, growing until `l0_stop_trigger`: writes
+    /// slow down instead of stopping at once. Default 20 (RocksDB's).
+    pub l0_slowdown_trigger: usize,
+    /// Level-0 tables at which memtable flushes wait for compaction, so
+    /// that once the memtable slots are full, writes stall: every point
+    /// read probes each level-0 table, so level 0 must not grow without
+    /// bound when writes outrun compaction. Default 36 (RocksDB's).
+    pub l0_stop_trigger: usize,
     /// Target size of level 1; each deeper level is 10× larger. Default 256 MiB.
     pub level_base_bytes: u64,
     /// Size at which compaction output tables are cut. Default 64 MiB.
     pub table_target_bytes: u64,
     /// Compaction write rate limit. Default 200 MiB/s.
     pub compaction_bytes_per_sec: u64,
+    /// How much of an input table compaction reads at once; the next
+    /// window is read while this one is merged. Default 1 MiB: with 256
+    /// KiB, under 16-deep SETs, compaction still waited ~1,700 times per
+    /// level-0 compaction for a read (each wait a round of the
+    /// foreground's tasks).
+    pub compaction_read_ahead_bytes: usize,
     /// How far back `read_at` can go. Compaction keeps every version newer
     /// than this window. Default 60 s.
     pub retention_ms: u64,
@@ -167,9 +182,12 @@ impl Default for Options {
             wal_spare_segments: 2,
             wal_group_bytes_max: 2 << 20,
             l0_compaction_trigger: 4,
+            l0_slowdown_trigger: 20,
+            l0_stop_trigger: 36,
             level_base_bytes: 256 << 20,
             table_target_bytes: 64 << 20,
             compaction_bytes_per_sec: 200 << 20,
+            compaction_read_ahead_bytes: 1 << 20,
             retention_ms: 60_000,
             key_bytes_max: 1024,
             value_bytes_max: 1 << 20,
@@ -200,9 +218,12 @@ impl Options {
             wal_segment_bytes: 128 << 10,
             wal_group_bytes_max: 32 << 10,
             l0_compaction_trigger: 3,
+            l0_slowdown_trigger: 6,
+            l0_stop_trigger: 10,
             level_base_bytes: 256 << 10,
             table_target_bytes: 64 << 10,
             compaction_bytes_per_sec: 1 << 30,
+            compaction_read_ahead_bytes: 256 << 10,
             manifest_roll_bytes: 16 << 10,
             value_bytes_max: 16 << 10,
             txn_ts_cache_keys: 1 << 12,
@@ -229,6 +250,11 @@ impl Options {
             return bad(
                 "memtable_bytes_max must be at least 4 KiB and immutable_memtables_max at least 1",
             );
+        }
+        if !(1..=self.l0_slowdown_trigger).contains(&self.l0_compaction_trigger)
+            || self.l0_slowdown_trigger > self.l0_stop_trigger
+        {
+            return bad("level-0 triggers must satisfy 1 <= compaction <= slowdown <= stop");
         }
         if self.compaction_bytes_per_sec == 0 {
             return bad("compaction_bytes_per_sec must be positive");

@@ -4,7 +4,6 @@
 
 use bytes::Bytes;
 use tessera_engine::io::MemDisk;
-use tessera_engine::sst::READ_AHEAD_BYTES;
 use tessera_engine::{run_local, Engine, Options};
 
 fn key(i: usize) -> Bytes {
@@ -131,6 +130,8 @@ fn compaction_reads_ahead_past_the_block_cache() {
             memtable_bytes_max: 4 << 20,
             block_cache_bytes: 1 << 20,
             l0_compaction_trigger: 100,
+            l0_slowdown_trigger: 100,
+            l0_stop_trigger: 100,
             level_base_bytes: 1 << 30,
             ..Options::for_tests()
         };
@@ -162,7 +163,10 @@ fn compaction_reads_ahead_past_the_block_cache() {
         assert_eq!(before.level_tables[0], rounds, "one table per flush");
         let input_bytes = before.level_bytes[0];
         // Several read-ahead windows per table, so windows follow each other.
-        assert!(input_bytes > 3 * rounds as u64 * READ_AHEAD_BYTES as u64);
+        assert!(
+            input_bytes
+                > 3 * rounds as u64 * Options::for_tests().compaction_read_ahead_bytes as u64
+        );
         let reads = disk.reads();
         engine.compact().await.unwrap();
         let after = engine.stats();
@@ -170,7 +174,8 @@ fn compaction_reads_ahead_past_the_block_cache() {
         // Each input is read in windows (the last one of a table partial);
         // each output table is opened with a read of its footer and one of
         // its index. Block by block it would be ~input_bytes / 4 KiB reads.
-        let windows = input_bytes / READ_AHEAD_BYTES as u64 + rounds as u64;
+        let windows =
+            input_bytes / Options::for_tests().compaction_read_ahead_bytes as u64 + rounds as u64;
         let opens = 2 * after.level_tables[1] as u64;
         let made = disk.reads() - reads;
         assert!(

@@ -3,7 +3,6 @@
 //! case that broke glommio 0.9 (the first DMA file opened is empty).
 
 use tessera_engine::io::{Disk, DiskFile, DmaDisk, ALIGN};
-use tessera_engine::sst::READ_AHEAD_BYTES;
 use tessera_engine::{run_local, Engine, Options};
 
 #[test]
@@ -67,6 +66,8 @@ fn compaction_on_the_real_disk_reads_its_inputs_ahead() {
         let opts = |trigger| Options {
             memtable_bytes_max: 4 << 20,
             l0_compaction_trigger: trigger,
+            l0_slowdown_trigger: trigger,
+            l0_stop_trigger: trigger,
             ..Options::for_tests()
         };
         let value = |i: u32, round: u32| format!("{i}-{round}-{}", "v".repeat(150));
@@ -82,7 +83,9 @@ fn compaction_on_the_real_disk_reads_its_inputs_ahead() {
         }
         let stats = engine.stats();
         // Each table spans several windows.
-        assert!(stats.level_bytes[0] > 3 * 2 * READ_AHEAD_BYTES as u64);
+        assert!(
+            stats.level_bytes[0] > 3 * 2 * Options::for_tests().compaction_read_ahead_bytes as u64
+        );
         engine.close().await.unwrap();
         let engine = Engine::open(&path, opts(2)).await.unwrap();
         engine.compact().await.unwrap();

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use std::path::PathBuf;
 use std::time::Duration;
 use tessera_engine::io::{Fault, MemDisk};
-use tessera_engine::sst::READ_AHEAD_BYTES;
 use tessera_engine::{
     run_local, Engine, Error, Options, SyncMode, WalRecovery, WriteBatch, WriteStart,
 };
@@ -154,6 +153,8 @@ fn a_bit_flip_in_a_block_compaction_reads_ahead_fails_the_compaction() {
         let opts = Options {
             memtable_bytes_max: 4 << 20,
             l0_compaction_trigger: 100,
+            l0_slowdown_trigger: 100,
+            l0_stop_trigger: 100,
             ..Options::for_tests()
         };
         let engine = Engine::open_on(disk.clone(), "/db", opts.clone())
@@ -167,7 +168,7 @@ fn a_bit_flip_in_a_block_compaction_reads_ahead_fails_the_compaction() {
         let tables = paths_with(&disk, ".sst");
         assert_eq!(tables.len(), 2);
         // In the second read-ahead window of the table, past its first.
-        let at = READ_AHEAD_BYTES as u64 + 5000;
+        let at = Options::for_tests().compaction_read_ahead_bytes as u64 + 5000;
         assert!(disk.file_len(&tables[0]).unwrap() > at + 64 * 1024);
         disk.flip_bit(&tables[0], at, 5);
         let low = Options {
@@ -452,6 +453,8 @@ fn enospc_during_compaction_keeps_the_old_tables_and_recovers() {
         let disk = MemDisk::new();
         let opts = Options {
             l0_compaction_trigger: 100,
+            l0_slowdown_trigger: 100,
+            l0_stop_trigger: 100,
             ..Options::for_tests()
         };
         let engine = Engine::open_on(disk.clone(), "/db", opts.clone())

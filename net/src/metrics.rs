@@ -194,6 +194,7 @@ impl ShardMetrics {
         push("wal_groups_total".into(), engine.wal_groups as f64);
         push("wal_errors_total".into(), engine.wal_errors as f64);
         push("write_stalls_total".into(), engine.write_stalls as f64);
+        push("l0_stops_total".into(), engine.l0_stops as f64);
         push("flushes_total".into(), engine.flushes as f64);
         push("flush_errors_total".into(), engine.flush_errors as f64);
         push("compactions_total".into(), engine.compactions as f64);
@@ -228,6 +229,9 @@ impl ShardMetrics {
         );
         for (level, n) in engine.level_tables.iter().enumerate() {
             push(format!("level_tables{{level=\"{level}\"}}"), *n as f64);
+        }
+        for (level, n) in engine.level_bytes.iter().enumerate() {
+            push(format!("level_bytes{{level=\"{level}\"}}"), *n as f64);
         }
         out
     }

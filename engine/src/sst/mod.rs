@@ -54,11 +54,16 @@ pub fn parse_table_name(name: &str) -> Option<u64> {
 
 /// Streams sorted versions into a new table file.
 pub struct TableBuilder<F: DiskFile> {
-    file: F,
+    file: Rc<F>,
     id: u64,
     block_bytes: usize,
     out: Vec<u8>,
     out_offset: u64,
+    /// The last chunk's write, in flight while the next chunk fills; it
+    /// hands back the chunk's buffer. A flush or compaction that waited
+    /// for each write waited for the foreground too (the executor reaps a
+    /// completed write only between foreground tasks).
+    writing: Option<glommio::Task<(Vec<u8>, Result<()>)>>,
     block: BlockBuilder,
     index: Vec<IndexEntry>,
     hashes: Vec<u64>,
@@ -82,11 +87,12 @@ impl<F: DiskFile> TableBuilder<F> {
     /// put in that cache.
     pub fn new(file: F, id: u64, block_bytes: usize, warm: Option<Rc<BlockCache>>) -> Self {
         TableBuilder {
-            file,
+            file: Rc::new(file),
             id,
             block_bytes,
             out: Vec::with_capacity(WRITE_CHUNK_BYTES + ALIGN),
             out_offset: 0,
+            writing: None,
             block: BlockBuilder::default(),
             index: Vec::new(),
             hashes: Vec::new(),
@@ -187,13 +193,31 @@ impl<F: DiskFile> TableBuilder<F> {
         });
     }
 
+    /// Starts writing the buffered chunk, once the last one is written.
     async fn write_out(&mut self) -> Result<usize> {
         let n = self.out.len();
         debug_assert_eq!(n % ALIGN, 0);
-        self.file.write_at(&self.out, self.out_offset).await?;
+        let spare = self.written().await?;
+        let chunk = std::mem::replace(&mut self.out, spare);
+        let (file, offset) = (self.file.clone(), self.out_offset);
+        self.writing = Some(glommio::spawn_local(async move {
+            let done = file.write_at(&chunk, offset).await;
+            (chunk, done)
+        }));
         self.out_offset += n as u64;
-        self.out.clear();
         Ok(n)
+    }
+
+    /// Waits for the write in flight, if any; returns its buffer, emptied,
+    /// for the next chunk.
+    async fn written(&mut self) -> Result<Vec<u8>> {
+        let Some(write) = self.writing.take() else {
+            return Ok(Vec::with_capacity(WRITE_CHUNK_BYTES + ALIGN));
+        };
+        let (mut buf, done) = write.await;
+        done?;
+        buf.clear();
+        Ok(buf)
     }
 
     /// Writes the index, bloom filter, props and footer, then syncs.
@@ -225,7 +249,10 @@ impl<F: DiskFile> TableBuilder<F> {
         self.out.resize(total - FOOTER_BYTES, 0);
         self.out.extend_from_slice(&footer.encode());
         self.write_out().await?;
+        self.written().await?;
         self.file.sync().await?;
+        // The finished write task dropped its handle on the file.
+        let file = Rc::into_inner(self.file).expect("no write holds the table's file");
         let meta = TableMeta {
             id: self.id,
             file_bytes: self.out_offset,
@@ -233,21 +260,33 @@ impl<F: DiskFile> TableBuilder<F> {
             largest: InternalKey::new(Bytes::from(self.last_key), self.last_ts),
             props: self.props,
         };
-        Ok((meta, self.file))
+        Ok((meta, file))
     }
 }
 
-/// How much of a table a pass in order (compaction) reads at once: 64
-/// blocks of 4 KiB per read instead of one.
-pub const READ_AHEAD_BYTES: usize = 256 << 10;
-
-/// The blocks a pass in order read last (see [`Table::block_read_ahead`]).
-#[derive(Default)]
+/// The blocks a pass in order read last, and the read of the blocks after
+/// them (see [`Table::block_read_ahead`]).
 pub struct ReadAhead {
+    /// The most a read takes (whole blocks, so at least one).
+    window_bytes: usize,
     /// The table they belong to (ids are never reused) and where they start.
     table: u64,
     offset: u64,
     data: Bytes,
+    /// The next window's table, offset and read, in flight meanwhile.
+    next: Option<(u64, u64, glommio::Task<Result<Bytes>>)>,
+}
+
+impl ReadAhead {
+    pub fn new(window_bytes: usize) -> Self {
+        ReadAhead {
+            window_bytes,
+            table: 0,
+            offset: 0,
+            data: Bytes::new(),
+            next: None,
+        }
+    }
 }
 
 /// An open table: its index and bloom filter in memory, blocks via the cache.
@@ -360,35 +399,64 @@ impl<F: DiskFile> Table<F> {
         Ok(block)
     }
 
-    /// Loads block `i` for a pass over the whole table in order
-    /// (compaction): from `ahead` if it holds the block, else by reading
-    /// the blocks from `i` on, up to `READ_AHEAD_BYTES`, into `ahead` in
-    /// one read. Bypasses the cache: the table is about to be replaced,
-    /// and its blocks would evict ones that requests read.
-    pub async fn block_read_ahead(&self, i: usize, ahead: &mut ReadAhead) -> Result<Block> {
-        let e = self.index.handle(i);
+    /// Loads block `i` of `table` for a pass over the whole table in
+    /// order (compaction): from `ahead` if it holds the block, else by
+    /// reading the window of blocks from `i` on, up to its
+    /// `window_bytes`, into `ahead` in one read. The window after it
+    /// is read meanwhile: a compaction that waited for each window in turn
+    /// waited longest while the shard was busiest (the executor reaps a
+    /// completed read only between foreground tasks), and fell behind the
+    /// writes. Bypasses the cache: the table is about to be replaced, and
+    /// its blocks would evict ones that requests read.
+    pub async fn block_read_ahead(
+        table: &Rc<Self>,
+        i: usize,
+        ahead: &mut ReadAhead,
+    ) -> Result<Block> {
+        let e = table.index.handle(i);
+        let id = table.meta.id;
         let held = e.offset >= ahead.offset
             && e.offset + e.len as u64 <= ahead.offset + ahead.data.len() as u64;
-        if ahead.table != self.meta.id || !held {
-            // Blocks are aligned and back to back: read whole blocks only
-            // (one that does not follow on is read on its own).
-            let mut end = e.offset + align_up(e.len as usize) as u64;
-            for j in i + 1..self.index.len() {
-                let next = self.index.handle(j);
-                let next_end = next.offset + align_up(next.len as usize) as u64;
-                if next.offset != end || next_end - e.offset > READ_AHEAD_BYTES as u64 {
-                    break;
-                }
-                end = next_end;
-            }
-            ahead.data = self
-                .file
-                .read_at(e.offset, (end - e.offset) as usize)
-                .await?;
-            ahead.table = self.meta.id;
+        if ahead.table != id || !held {
+            let (len, after) = table.window(i, ahead.window_bytes);
+            ahead.data = match ahead.next.take() {
+                Some((t, offset, read)) if t == id && offset == e.offset => read.await?,
+                _ => table.file.read_at(e.offset, len).await?,
+            };
+            ahead.table = id;
             ahead.offset = e.offset;
+            if after < table.index.len() {
+                let offset = table.index.handle(after).offset;
+                let (len, _) = table.window(after, ahead.window_bytes);
+                let t = table.clone();
+                let read = glommio::spawn_local(async move { t.file.read_at(offset, len).await });
+                ahead.next = Some((id, offset, read));
+            }
         }
-        self.parse_block(i, &ahead.data, (e.offset - ahead.offset) as usize)
+        table.parse_block(i, &ahead.data, (e.offset - ahead.offset) as usize)
+    }
+
+    /// The read-ahead window from block `i`, of up to `bytes`: its length,
+    /// and the first block after it. Blocks are aligned and back to back:
+    /// a window holds whole blocks only (one that does not follow on
+    /// starts the next).
+    fn window(&self, i: usize, bytes: usize) -> (usize, usize) {
+        let start = self.index.handle(i).offset;
+        let aligned_end = |j: usize| {
+            let h = self.index.handle(j);
+            h.offset + align_up(h.len as usize) as u64
+        };
+        let mut end = aligned_end(i);
+        let mut j = i + 1;
+        while j < self.index.len() {
+            let next = self.index.handle(j);
+            if next.offset != end || aligned_end(j) - start > bytes as u64 {
+                break;
+            }
+            end = aligned_end(j);
+            j += 1;
+        }
+        ((end - start) as usize, j)
     }
 
     /// Parses block `i`, which starts `at` bytes into `raw`.
