@@ -138,10 +138,8 @@ pub struct Options {
     /// Compaction write rate limit. Default 200 MiB/s.
     pub compaction_bytes_per_sec: u64,
     /// How much of an input table compaction reads at once; the next
-    /// window is read while this one is merged. Default 1 MiB: with 256
-    /// KiB, under 16-deep SETs, compaction still waited ~1,700 times per
-    /// level-0 compaction for a read (each wait a round of the
-    /// foreground's tasks).
+    /// windows are read while this one is merged
+    /// ([`crate::sst::READ_AHEAD_WINDOWS`]). Default 256 KiB.
     pub compaction_read_ahead_bytes: usize,
     /// How far back `read_at` can go. Compaction keeps every version newer
     /// than this window. Default 60 s.
@@ -187,7 +185,7 @@ impl Default for Options {
             level_base_bytes: 256 << 20,
             table_target_bytes: 64 << 20,
             compaction_bytes_per_sec: 200 << 20,
-            compaction_read_ahead_bytes: 1 << 20,
+            compaction_read_ahead_bytes: 256 << 10,
             retention_ms: 60_000,
             key_bytes_max: 1024,
             value_bytes_max: 1 << 20,
@@ -254,7 +252,10 @@ impl Options {
         if !(1..=self.l0_slowdown_trigger).contains(&self.l0_compaction_trigger)
             || self.l0_slowdown_trigger > self.l0_stop_trigger
         {
-            return bad("level-0 triggers must satisfy 1 <= compaction <= slowdown <= stop");
+            return bad(&format!(
+                "level-0 tables must be 1 <= compaction trigger ({}) <= slowdown ({}) <= stop ({})",
+                self.l0_compaction_trigger, self.l0_slowdown_trigger, self.l0_stop_trigger
+            ));
         }
         if self.compaction_bytes_per_sec == 0 {
             return bad("compaction_bytes_per_sec must be positive");

@@ -73,6 +73,18 @@ pub struct Flags {
     /// Compaction write rate limit per shard [default: 200 MiB/s].
     #[arg(long)]
     pub compaction_bytes_per_sec: Option<u64>,
+    /// How much of an input table compaction reads at once (the next
+    /// window is read meanwhile) [default: 1 MiB].
+    #[arg(long)]
+    pub compaction_read_ahead_bytes: Option<usize>,
+    /// Level-0 tables from which writes slow down: compaction gets a
+    /// growing share of the shard [default: 20].
+    #[arg(long)]
+    pub l0_slowdown_tables: Option<usize>,
+    /// Level-0 tables at which flushes, and so writes, wait for compaction
+    /// [default: 36].
+    #[arg(long)]
+    pub l0_stop_tables: Option<usize>,
     /// Time-travel retention window in ms [default: 60000].
     #[arg(long)]
     pub retention_ms: Option<u64>,
@@ -350,6 +362,10 @@ impl Config {
             wal_segment_bytes: pick!(wal_segment_bytes).unwrap_or(defaults.wal_segment_bytes),
             compaction_bytes_per_sec: pick!(compaction_bytes_per_sec)
                 .unwrap_or(defaults.compaction_bytes_per_sec),
+            compaction_read_ahead_bytes: pick!(compaction_read_ahead_bytes)
+                .unwrap_or(defaults.compaction_read_ahead_bytes),
+            l0_slowdown_trigger: pick!(l0_slowdown_tables).unwrap_or(defaults.l0_slowdown_trigger),
+            l0_stop_trigger: pick!(l0_stop_tables).unwrap_or(defaults.l0_stop_trigger),
             retention_ms: pick!(retention_ms).unwrap_or(defaults.retention_ms),
             txn_wait_ms: pick!(txn_wait_ms).unwrap_or(defaults.txn_wait_ms),
             txn_ts_cache_keys: pick!(txn_ts_cache_keys).unwrap_or(defaults.txn_ts_cache_keys),

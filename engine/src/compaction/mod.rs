@@ -331,11 +331,11 @@ async fn write_outputs<D: Disk>(
     let mut settled = false;
     let mut written = 0u64;
     // A merged version is well under a microsecond of work.
-    let mut slices = Slices::new(64);
+    let mut slices = Slices::new(64, || inner.background_slice());
     // Versions are borrowed from the merge: copying each key out of its
     // block and cloning it per key were two allocations per version.
     while let Some(e) = slices.wait(iter.next_ref()).await? {
-        slices.tick(|| inner.background_slice()).await;
+        slices.tick().await;
         if inner.closed.get() {
             return Err(Error::Closed);
         }
