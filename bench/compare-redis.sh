@@ -45,18 +45,6 @@ if [ "${TLS:-0}" = 1 ]; then
   target/release/tessera cert "$tls_dir" --host 127.0.0.1 >/dev/null
   client_args+=(--tls-ca "$tls_dir/ca.pem")
 fi
-# CPU time (clock ticks) Tessera's process has used so far.
-tessera_ticks() { awk '{print $14 + $15}' "/proc/$tpid/stat"; }
-# Waits (up to 60 s) until Tessera uses under 2% of a core over a second.
-tessera_idle() {
-  local hz before after
-  hz=$(getconf CLK_TCK)
-  for _ in $(seq 60); do
-    before=$(tessera_ticks); sleep 1; after=$(tessera_ticks)
-    [ $((after - before)) -le $((hz / 50)) ] && return
-  done
-  echo "note: tessera-server still busy after 60 s" >&2
-}
 
 # run NAME TARGET WORKLOAD PIPELINE RUN -> appends
 # "name ops p99_ms saturated load_generator_cores"
@@ -92,8 +80,6 @@ both() {
     run "tessera-$scenario" "tessera://127.0.0.1:$tport" "$workload" "$pipeline" "$i"
   done
 }
-preload() { taskset -c 1 "$bench" --target "$1" --workload set --keys "$keys" --preload --requests 1 \
-  --connections 50 --pipeline 16 --cpus 1 --quiet "${client_args[@]}" >/dev/null; }
 
 : >"$work/results"
 : >"$work/beside"

@@ -50,3 +50,21 @@ start_tessera() { # sync mode, extra args...: sets tpid
   cat "$work/tessera.err" >&2; exit 1
 }
 stop_tessera() { pkill -TERM -f "tessera-server --data $work" || true; sleep 1; }
+# CPU time (clock ticks) Tessera's process has used so far.
+tessera_ticks() { awk '{print $14 + $15}' "/proc/$tpid/stat"; }
+# Waits (up to 60 s) until Tessera uses under 2% of a core over a second.
+tessera_idle() {
+  local hz before after
+  hz=$(getconf CLK_TCK)
+  for _ in $(seq 60); do
+    before=$(tessera_ticks); sleep 1; after=$(tessera_ticks)
+    [ $((after - before)) -le $((hz / 50)) ] && return
+  done
+  echo "note: tessera-server still busy after 60 s" >&2
+}
+# preload TARGET: writes each of $keys keys once (needs $bench, and
+# client_args, possibly empty).
+preload() {
+  taskset -c 1 "$bench" --target "$1" --workload set --keys "$keys" --preload --requests 1 \
+    --connections 50 --pipeline 16 --cpus 1 --quiet "${client_args[@]}" >/dev/null
+}
