@@ -521,6 +521,29 @@ mod tests {
     }
 
     #[test]
+    fn level_0_limits_reach_the_engine_and_must_be_ordered() {
+        let defaults = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
+        assert_eq!(defaults.engine.l0_slowdown_trigger, 20);
+        assert_eq!(defaults.engine.l0_stop_trigger, 36);
+        let flags = Flags::parse_from([
+            "tessera-server",
+            "--l0-slowdown-tables",
+            "8",
+            "--l0-stop-tables",
+            "12",
+            "--compaction-read-ahead-bytes",
+            "65536",
+        ]);
+        let c = Config::resolve(flags).unwrap();
+        assert_eq!(c.engine.l0_slowdown_trigger, 8);
+        assert_eq!(c.engine.l0_stop_trigger, 12);
+        assert_eq!(c.engine.compaction_read_ahead_bytes, 65536);
+        let flags = Flags::parse_from(["tessera-server", "--l0-stop-tables", "10"]);
+        let err = Config::resolve(flags).unwrap_err().to_string();
+        assert!(err.contains("slowdown (20) <= stop (10)"), "{err}");
+    }
+
+    #[test]
     fn memory_is_prefaulted_unless_turned_off() {
         let on = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
         assert!(on.prefault_memory);
