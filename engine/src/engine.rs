@@ -196,6 +196,8 @@ pub(crate) struct Inner<D: Disk> {
     pub wal_segment: Cell<u64>,
     pub events: Events,
     pub bg_error: RefCell<Option<String>>,
+    /// Why the last compaction failed, until one succeeds.
+    pub compaction_error: RefCell<Option<String>>,
     pub closed: Cell<bool>,
     pub writer_done: Cell<bool>,
     /// Where the writer task is (for `debug_state`).
@@ -431,6 +433,7 @@ impl<D: Disk> Engine<D> {
             wal_segment: Cell::new(wal.segment_id()),
             events: Events::default(),
             bg_error: RefCell::default(),
+            compaction_error: RefCell::default(),
             closed: Cell::new(false),
             writer_done: Cell::new(false),
             writer_phase: Cell::new("starting"),
@@ -738,7 +741,7 @@ impl<D: Disk> Engine<D> {
         .await;
         if inner.stats.flush_errors.get() > errors_before {
             let bg = inner.bg_error.borrow().clone().unwrap_or_default();
-            return Err(Error::Stalled(bg));
+            return Err(Error::Stalled(format!("background flush failed: {bg}")));
         }
         debug_assert!(inner.stats.flushes.get() >= flushes_before);
         Ok(())
@@ -1097,6 +1100,23 @@ impl<D: Disk> Inner<D> {
         self.version.borrow().levels[0].len() >= self.opts.l0_stop_trigger
             && self.flushes_forced.get() == 0
             && !self.closed.get()
+    }
+
+    /// Why writes that wait for a memtable slot should fail instead: the
+    /// flush is failing, or level 0 is at its stop and compaction is
+    /// failing (on a nearly full disk flushes may still fit where a
+    /// compaction does not; the writes would otherwise wait for good).
+    pub(crate) fn stall_error(&self) -> Option<String> {
+        if let Some(bg) = self.bg_error.borrow().clone() {
+            return Some(format!("background flush failed: {bg}"));
+        }
+        let failing = self.compaction_error.borrow().clone()?;
+        self.l0_stopped().then(|| {
+            format!(
+                "level 0 holds {} tables and compaction is failing: {failing}",
+                self.version.borrow().levels[0].len()
+            )
+        })
     }
 
     /// Records why a memtable could not be flushed: a flush waiting for it
@@ -1976,6 +1996,49 @@ mod tests {
             for i in [0, 2999, 5999] {
                 let value = engine.get(format!("key-{i:05}").as_bytes()).await.unwrap();
                 assert_eq!(value.as_deref(), Some(&[b'v'; 300][..]));
+            }
+            engine.close().await.unwrap();
+        });
+    }
+
+    /// With level 0 at its stop and compaction failing (a nearly full
+    /// disk can take a flush but not a compaction), durable writes that
+    /// wait for a memtable slot fail with a clear error instead of
+    /// waiting for good; once compaction succeeds, writes go on.
+    #[test]
+    fn writes_fail_while_level_0_is_stopped_and_compaction_is_failing() {
+        crate::run_local(|| async {
+            let opts = Options::for_tests();
+            let stop = opts.l0_stop_trigger;
+            let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
+            let compaction = engine
+                .inner
+                .compaction_lock
+                .acquire_permit(1)
+                .await
+                .unwrap();
+            *engine.inner.compaction_error.borrow_mut() = Some("No space left".into());
+            let value = || vec![b'v'; 300];
+            let mut failed = None;
+            for i in 0..6000u32 {
+                if let Err(e) = engine.put(format!("key-{i:05}"), value()).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let err = failed.expect("every write succeeded");
+            assert!(matches!(err, Error::Stalled(_)), "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("level 0 holds {stop} tables"))
+                    && msg.contains("compaction is failing: No space left"),
+                "{msg}"
+            );
+            // Compaction recovers: writes go on.
+            *engine.inner.compaction_error.borrow_mut() = None;
+            drop(compaction);
+            for i in 0..200u32 {
+                engine.put(format!("later-{i}"), value()).await.unwrap();
             }
             engine.close().await.unwrap();
         });

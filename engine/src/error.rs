@@ -37,8 +37,9 @@ pub enum Error {
     /// Waited longer than `txn_wait_ms` for an older transaction.
     #[error("gave up after {waited_ms} ms waiting for transaction {holder}")]
     WaitTimeout { holder: u64, waited_ms: u64 },
-    /// A write could not proceed because background flushing keeps failing.
-    #[error("writes stalled: background flush failed: {0}")]
+    /// A write could not proceed because background flushing keeps
+    /// failing, or compaction does with level 0 at its stop.
+    #[error("writes stalled: {0}")]
     Stalled(String),
     /// The engine was closed.
     #[error("engine is closed")]

@@ -385,8 +385,8 @@ async fn maybe_swap_memtable<D: Disk>(inner: &Rc<Inner<D>>, wal: &mut Wal<D>) ->
             .stats
             .write_stalls
             .set(inner.stats.write_stalls.get() + 1);
-        if let Some(bg) = inner.bg_error.borrow().clone() {
-            fail_queue(inner, Error::Stalled(bg));
+        if let Some(why) = inner.stall_error() {
+            fail_queue(inner, Error::Stalled(why));
         }
         let imms_max = inner.opts.immutable_memtables_max;
         futures_lite::future::or(

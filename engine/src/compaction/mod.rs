@@ -166,7 +166,10 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
             return;
         }
         match compact_once(&inner).await {
-            Ok(true) => backoff = Duration::from_millis(100),
+            Ok(true) => {
+                backoff = Duration::from_millis(100);
+                *inner.compaction_error.borrow_mut() = None;
+            }
             Ok(false) => {
                 let seen = inner.stats.flushes.get();
                 let woken = wait_until(&inner.events.compact, || {
@@ -187,6 +190,7 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
             Err(Error::Closed) => {}
             Err(e) => {
                 tracing::error!(error = %e, "compaction failed; retrying");
+                *inner.compaction_error.borrow_mut() = Some(e.to_string());
                 inner
                     .stats
                     .compaction_errors
