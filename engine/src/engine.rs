@@ -1944,6 +1944,16 @@ mod tests {
         });
     }
 
+    /// Keeps compaction from running while the permit lives.
+    async fn hold_compaction(engine: &Engine<MemDisk>) -> glommio::sync::Permit<'_> {
+        engine
+            .inner
+            .compaction_lock
+            .acquire_permit(1)
+            .await
+            .unwrap()
+    }
+
     /// With level 0 at `l0_stop_trigger` tables, flushes wait for
     /// compaction, so writes stall once the memtable slots are full and
     /// level 0 grows no further; an explicit flush still runs, and the
@@ -1954,12 +1964,7 @@ mod tests {
             let opts = Options::for_tests();
             let stop = opts.l0_stop_trigger;
             let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
-            let compaction = engine
-                .inner
-                .compaction_lock
-                .acquire_permit(1)
-                .await
-                .unwrap();
+            let compaction = hold_compaction(&engine).await;
             let writer = glommio::spawn_local({
                 let engine = engine.clone();
                 async move {
@@ -2011,12 +2016,7 @@ mod tests {
             let opts = Options::for_tests();
             let stop = opts.l0_stop_trigger;
             let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
-            let compaction = engine
-                .inner
-                .compaction_lock
-                .acquire_permit(1)
-                .await
-                .unwrap();
+            let compaction = hold_compaction(&engine).await;
             *engine.inner.compaction_error.borrow_mut() = Some("No space left".into());
             let value = || vec![b'v'; 300];
             let mut failed = None;
