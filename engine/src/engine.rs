@@ -2019,13 +2019,20 @@ mod tests {
             let compaction = hold_compaction(&engine).await;
             *engine.inner.compaction_error.borrow_mut() = Some("No space left".into());
             let value = || vec![b'v'; 300];
-            let mut failed = None;
-            for i in 0..6000u32 {
-                if let Err(e) = engine.put(format!("key-{i:05}"), value()).await {
-                    failed = Some(e);
-                    break;
+            let writes = async {
+                for i in 0..6000u32 {
+                    if let Err(e) = engine.put(format!("key-{i:05}"), value()).await {
+                        return Some(e);
+                    }
                 }
-            }
+                None
+            };
+            // A write that waits for good fails the test rather than hangs it.
+            let gave_up = async {
+                glommio::timer::sleep(Duration::from_secs(20)).await;
+                panic!("a write still waits after 20 s: {}", engine.debug_state());
+            };
+            let failed = futures_lite::future::or(writes, gave_up).await;
             let err = failed.expect("every write succeeded");
             assert!(matches!(err, Error::Stalled(_)), "{err}");
             let msg = err.to_string();
