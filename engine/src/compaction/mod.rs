@@ -213,7 +213,7 @@ pub(crate) fn pick_needed<D: Disk>(inner: &Inner<D>) -> bool {
 /// down, and every level-0 compaction rewrote all of a level 1 that grew
 /// without bound (15 tables of 64 MiB after 40 s of 16-deep SETs).
 fn most_needed<D: Disk>(inner: &Inner<D>, version: &Version<D::File>) -> Option<usize> {
-    let bytes: Vec<u64> = (0..LEVELS).map(|l| version.level_bytes(l)).collect();
+    let bytes: [u64; LEVELS] = std::array::from_fn(|l| version.level_bytes(l));
     most_overdue(&inner.opts, version.levels[0].len(), &bytes)
 }
 
