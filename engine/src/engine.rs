@@ -899,9 +899,24 @@ impl<D: Disk> Inner<D> {
     /// Waits until the write queue has room for `bytes` (and, in `none`
     /// mode, a memtable slot is free: acknowledged writes go straight to
     /// the memtable there, so this is where memory is bounded; the writer
-    /// task stalls the other modes).
+    /// task stalls the other modes). A write that waits for a slot fails
+    /// with [`Error::Stalled`] while flushes, or compactions with level 0
+    /// at its stop, are failing ([`Inner::stall_error`]), as the writer
+    /// task fails durable writes: it would otherwise wait for good on a
+    /// full disk.
     pub(crate) async fn wait_for_room(&self, bytes: usize) -> Result<()> {
-        wait_until(&self.events.flushed, || self.memtable_has_room()).await;
+        while !self.memtable_has_room() {
+            if let Some(why) = self.stall_error() {
+                return Err(Error::Stalled(why));
+            }
+            // A failing flush notifies `flushed`; a failing compaction
+            // does not, hence the timer (the writer task's period too).
+            futures_lite::future::or(
+                wait_until(&self.events.flushed, || self.memtable_has_room()),
+                glommio::timer::sleep(STALL_CHECK),
+            )
+            .await;
+        }
         wait_until(&self.events.space, || self.queue_has_room(bytes)).await;
         if self.closed.get() {
             return Err(Error::Closed);
@@ -1675,6 +1690,10 @@ impl<D: Disk> Drop for Forced<'_, D> {
     }
 }
 
+/// How often a write waiting for a memtable slot looks again at whether
+/// it should fail instead ([`Inner::stall_error`]).
+pub(crate) const STALL_CHECK: Duration = Duration::from_millis(50);
+
 /// Background CPU between chances for the foreground: a flush or a
 /// compaction that ran on without awaiting anything left every request on
 /// its shard waiting as long.
@@ -2007,13 +2026,24 @@ mod tests {
     }
 
     /// With level 0 at its stop and compaction failing (a nearly full
-    /// disk can take a flush but not a compaction), durable writes that
-    /// wait for a memtable slot fail with a clear error instead of
-    /// waiting for good; once compaction succeeds, writes go on.
+    /// disk can take a flush but not a compaction), writes that wait for a
+    /// memtable slot fail with a clear error instead of waiting for good,
+    /// durable ones (failed by the writer task) and `none`-mode ones
+    /// (which wait before they go into the memtable) alike; once
+    /// compaction succeeds, writes go on.
     #[test]
     fn writes_fail_while_level_0_is_stopped_and_compaction_is_failing() {
-        crate::run_local(|| async {
-            let opts = Options::for_tests();
+        for wal_sync in [SyncMode::Always, SyncMode::None] {
+            writes_fail_while_level_0_is_stopped_and_compaction_is_failing_in(wal_sync);
+        }
+    }
+
+    fn writes_fail_while_level_0_is_stopped_and_compaction_is_failing_in(wal_sync: SyncMode) {
+        crate::run_local(move || async move {
+            let opts = Options {
+                wal_sync,
+                ..Options::for_tests()
+            };
             let stop = opts.l0_stop_trigger;
             let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
             let compaction = hold_compaction(&engine).await;
@@ -2030,7 +2060,10 @@ mod tests {
             // A write that waits for good fails the test rather than hangs it.
             let gave_up = async {
                 glommio::timer::sleep(Duration::from_secs(20)).await;
-                panic!("a write still waits after 20 s: {}", engine.debug_state());
+                panic!(
+                    "a {wal_sync:?} write still waits after 20 s: {}",
+                    engine.debug_state()
+                );
             };
             let failed = futures_lite::future::or(writes, gave_up).await;
             let err = failed.expect("every write succeeded");

@@ -8,7 +8,7 @@
 //! 300k durable writes/s needs ≥ 50 writers per group; the group is bounded
 //! by `wal_group_bytes_max` (1 MiB ≈ 7k 100-byte writes).
 
-use crate::engine::Inner;
+use crate::engine::{Inner, STALL_CHECK};
 use crate::error::{Error, Result};
 use crate::io::Disk;
 use crate::memtable::Memtable;
@@ -393,9 +393,7 @@ async fn maybe_swap_memtable<D: Disk>(inner: &Rc<Inner<D>>, wal: &mut Wal<D>) ->
             wait_until(&inner.events.flushed, || {
                 inner.imms.borrow().len() < imms_max
             }),
-            async {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            },
+            glommio::timer::sleep(STALL_CHECK),
         )
         .await;
         if inner.closed.get() && inner.imms.borrow().len() >= imms_max {

@@ -418,6 +418,48 @@ fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
     });
 }
 
+/// In `none` mode a write is done once it is in the memtable, so a full
+/// disk shows where a write waits for a memtable slot: while the flush is
+/// failing, it fails with a clear error instead of waiting for good.
+/// Nothing acknowledged is lost, and writes go on once space returns.
+#[test]
+fn a_full_disk_during_flush_fails_none_mode_writes_instead_of_hanging_them() {
+    run_local(|| async {
+        let opts = Options {
+            wal_sync: SyncMode::None,
+            ..Options::for_tests()
+        };
+        let disk = MemDisk::new();
+        let engine = Engine::open_on(disk.clone(), "/db", opts).await.unwrap();
+        disk.inject(Fault::WritesTo(".sst"));
+        let writes = async {
+            for i in 0.. {
+                if let Err(e) = engine.put(key(i), value(i)).await {
+                    return (i, e);
+                }
+            }
+            unreachable!()
+        };
+        let gave_up = async {
+            glommio::timer::sleep(Duration::from_secs(20)).await;
+            panic!("a write still waits after 20 s: {}", engine.debug_state());
+        };
+        let (failed, err) = futures_lite::future::or(writes, gave_up).await;
+        assert!(matches!(err, Error::Stalled(_)), "{err}");
+        assert!(err.to_string().contains("background flush failed"), "{err}");
+        // The memtables filled before any write failed (two of 64 KiB
+        // hold ~1,000 of these writes).
+        assert!(failed > 900, "failed at write {failed}");
+        assert_all_present(&engine, 0..failed).await;
+        disk.clear_faults();
+        engine.flush().await.unwrap();
+        put_all(&engine, failed..failed + 2000).await;
+        engine.flush().await.unwrap();
+        assert_all_present(&engine, 0..failed + 2000).await;
+        engine.close().await.unwrap();
+    });
+}
+
 #[test]
 fn a_spare_wal_segment_that_fails_to_fill_leaves_no_file() {
     run_local(|| async {
