@@ -1,7 +1,12 @@
 //! Ordered iteration over versions from several sources (memtables, runs of
 //! tables) merged into one (key asc, ts desc) stream. Used by scans and by
-//! compaction. Sources are few (memtables + L0 tables + one run per level),
-//! so the merge picks the smallest head by a linear pass instead of a heap.
+//! compaction. The next version is picked by a tournament tree of losers
+//! over the sources' heads (log2 of the sources' count comparisons per
+//! version): a level-0 compaction under sustained writes merges 20-36
+//! tables, and picking the smallest head by a linear pass (each source's
+//! head compared, each asked to fill) made its merge 4.3x slower per
+//! version with 32 sources than with 4 (`cargo bench -p tessera-engine
+//! --bench merge`).
 
 use crate::cache::BlockCache;
 use crate::error::Result;
@@ -160,6 +165,19 @@ impl<F: DiskFile> Source<F> {
 
     /// Makes sure the head is loaded if the source has more versions.
     async fn fill(&mut self, cache: &BlockCache) -> Result<()> {
+        while !self.fill_now()? {
+            self.load_block(cache).await?;
+        }
+        Ok(())
+    }
+
+    /// Loads the head without waiting where it can: from a memtable, or
+    /// from a run's current block. True once the head is loaded or the
+    /// source is done; false if a run needs its next block
+    /// ([`Source::load_block`]). Most versions a merge takes come this
+    /// way, without a future polled per version.
+    #[inline]
+    fn fill_now(&mut self) -> Result<bool> {
         match self {
             Source::Mem {
                 table,
@@ -180,45 +198,69 @@ impl<F: DiskFile> Source<F> {
                         None => *exhausted = true,
                     }
                 }
+                Ok(true)
             }
             Source::Run {
                 tables,
                 table,
-                block,
                 current,
                 cursor,
                 head,
-                ahead,
+                ..
             } => {
-                while head.is_none() {
-                    if let Some((b, t, i)) = current.as_ref() {
-                        match b.step(cursor) {
-                            Ok(Some(slot)) => *head = Some(slot),
-                            Ok(None) => *current = None,
-                            Err(_) => return Err(tables[*t].block_error(*i)),
-                        }
-                        continue;
-                    }
-                    let Some(t) = tables.get(*table) else { break };
-                    if *block >= t.block_count() {
-                        *table += 1;
-                        *block = 0;
-                        continue;
-                    }
-                    let b = match ahead {
-                        Some(ahead) => Table::block_read_ahead(t, *block, ahead).await?,
-                        None => t.block(*block, cache).await?,
-                    };
-                    *current = Some((b, *table, *block));
-                    cursor.rewind();
-                    *block += 1;
+                if head.is_some() {
+                    return Ok(true);
                 }
+                if let Some((b, t, i)) = current.as_ref() {
+                    match b.step(cursor) {
+                        Ok(Some(slot)) => {
+                            *head = Some(slot);
+                            return Ok(true);
+                        }
+                        Ok(None) => *current = None,
+                        Err(_) => return Err(tables[*t].block_error(*i)),
+                    }
+                }
+                Ok(*table >= tables.len())
             }
+        }
+    }
+
+    /// Loads a run's next block (its current one is done), moving to the
+    /// next table at the end of one.
+    async fn load_block(&mut self, cache: &BlockCache) -> Result<()> {
+        let Source::Run {
+            tables,
+            table,
+            block,
+            current,
+            cursor,
+            ahead,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        while let Some(t) = tables.get(*table) {
+            if *block >= t.block_count() {
+                *table += 1;
+                *block = 0;
+                continue;
+            }
+            let b = match ahead {
+                Some(ahead) => Table::block_read_ahead(t, *block, ahead).await?,
+                None => t.block(*block, cache).await?,
+            };
+            *current = Some((b, *table, *block));
+            cursor.rewind();
+            *block += 1;
+            return Ok(());
         }
         Ok(())
     }
 
     /// The next version's key and timestamp.
+    #[inline]
     fn head_key(&self) -> Option<(&[u8], u64)> {
         match self {
             Source::Mem { buf, .. } => buf.front().map(|e| (&e.key[..], e.ts)),
@@ -287,6 +329,19 @@ pub struct VersionRef<'a> {
 pub struct MergeIter<F: DiskFile> {
     sources: Vec<Source<F>>,
     cache: Rc<BlockCache>,
+    /// A tournament tree of losers over the sources' heads: the sources
+    /// are its leaves (source `i` is node `sources.len() + i`), each inner
+    /// node `1..sources.len()` holds the source that lost the match there,
+    /// and `tree[0]` the overall winner, whose head is the next version. A
+    /// source without a head loses every match.
+    tree: Vec<usize>,
+    /// Whether `tree` must be built again before the next pick: on a new
+    /// merge and after a seek, every source fills and the tree is built.
+    stale: bool,
+    /// Whether the winner's head was returned (and is taken or lent):
+    /// before the next pick, the source fills and replays its matches up
+    /// the tree.
+    top_taken: bool,
     /// The last version returned, copied into a reused buffer: cloning
     /// the entry's `Bytes` key instead cost an allocation per entry (a
     /// key copied out of a block is Vec-backed, and its first clone
@@ -302,6 +357,9 @@ impl<F: DiskFile> MergeIter<F> {
         MergeIter {
             sources,
             cache,
+            tree: Vec::new(),
+            stale: true,
+            top_taken: false,
             last_key: Vec::with_capacity(64),
             last_ts: None,
             lent: None,
@@ -317,6 +375,7 @@ impl<F: DiskFile> MergeIter<F> {
     pub async fn seek(&mut self, key: &[u8], ts: u64) -> Result<()> {
         self.last_ts = None;
         self.lent = None;
+        self.stale = true;
         for s in &mut self.sources {
             s.seek_start(key, ts, &self.cache).await?;
         }
@@ -363,24 +422,31 @@ impl<F: DiskFile> MergeIter<F> {
         if let Some(i) = self.lent.take() {
             self.sources[i].skip();
         }
-        loop {
+        if self.stale {
             for s in &mut self.sources {
-                if s.head_key().is_none() {
-                    s.fill(&self.cache).await?;
-                }
+                s.fill(&self.cache).await?;
             }
-            let mut best: Option<(usize, &[u8], u64)> = None;
-            for (i, s) in self.sources.iter().enumerate() {
-                let Some((k, ts)) = s.head_key() else {
-                    continue;
-                };
-                if best.is_none_or(|(_, bk, bts)| compare(k, ts, bk, bts) == Ordering::Less) {
-                    best = Some((i, k, ts));
-                }
-            }
-            let Some((i, key, ts)) = best else {
+            self.build_tree();
+            self.stale = false;
+            self.top_taken = false;
+        }
+        loop {
+            let Some(&i) = self.tree.first() else {
                 return Ok(None);
             };
+            if self.top_taken {
+                self.top_taken = false;
+                if !self.sources[i].fill_now()? {
+                    self.sources[i].fill(&self.cache).await?;
+                }
+                self.replay(i);
+            }
+            let i = self.tree[0];
+            let Some((key, ts)) = self.sources[i].head_key() else {
+                return Ok(None);
+            };
+            // The caller takes this head, or it is skipped below.
+            self.top_taken = true;
             // `None`: an exact duplicate of the last version, which came
             // out once already.
             let verdict = match self.last_ts {
@@ -399,6 +465,56 @@ impl<F: DiskFile> MergeIter<F> {
             self.last_key.extend_from_slice(key);
             self.last_ts = Some(ts);
             return Ok(Some((i, new_key)));
+        }
+    }
+
+    /// Builds the tree from the sources' heads: each inner node, from the
+    /// last up, plays the winners of its two children.
+    fn build_tree(&mut self) {
+        let n = self.sources.len();
+        self.tree.clear();
+        if n == 0 {
+            return;
+        }
+        self.tree.resize(n, 0);
+        // The winner at every node, leaves included.
+        let mut winners: Vec<usize> = (0..2 * n).map(|node| node.wrapping_sub(n)).collect();
+        for node in (1..n).rev() {
+            let (a, b) = (winners[2 * node], winners[2 * node + 1]);
+            let (winner, loser) = match self.head_before(a, b) {
+                true => (a, b),
+                false => (b, a),
+            };
+            self.tree[node] = loser;
+            winners[node] = winner;
+        }
+        self.tree[0] = if n == 1 { 0 } else { winners[1] };
+    }
+
+    /// Source `i`, the last winner, has a new head (or none): it plays
+    /// the losers on its way up from its leaf, and the winner of each match
+    /// goes on.
+    fn replay(&mut self, i: usize) {
+        let n = self.sources.len();
+        let mut winner = i;
+        let mut node = (n + i) / 2;
+        while node > 0 {
+            if self.head_before(self.tree[node], winner) {
+                std::mem::swap(&mut self.tree[node], &mut winner);
+            }
+            node /= 2;
+        }
+        self.tree[0] = winner;
+    }
+
+    /// Whether source `a`'s head comes before source `b`'s; a source with
+    /// no head comes after every other.
+    #[inline]
+    fn head_before(&self, a: usize, b: usize) -> bool {
+        match (self.sources[a].head_key(), self.sources[b].head_key()) {
+            (Some((ka, tsa)), Some((kb, tsb))) => compare(ka, tsa, kb, tsb) == Ordering::Less,
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 }
@@ -554,6 +670,97 @@ mod tests {
             let e = iter.next().await.unwrap().unwrap();
             assert_eq!(e.key, Bytes::from(expected[from + 1].0.clone()));
             assert_eq!(e.ts, expected[from + 1].1);
+        });
+    }
+
+    /// Many sources of random versions (tables, a memtable, an empty
+    /// memtable), some versions in two sources: for every count of
+    /// sources the merge returns each version once, in (key asc, ts desc)
+    /// order, from the start and from a seek.
+    #[test]
+    fn any_number_of_sources_merge_in_order_each_version_once() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        crate::run_local(|| async {
+            let disk = MemDisk::new();
+            disk.create_dir_all(Path::new("/t")).await.unwrap();
+            let mut rng = StdRng::seed_from_u64(11);
+            let mut next_id = 0;
+            for tables in [1usize, 2, 3, 5, 8, 13, 33] {
+                // Each version in one table, or in two (as a version both
+                // replayed from the WAL and flushed), or in the memtable.
+                let mut per_table: Vec<Vec<Version>> = vec![Vec::new(); tables];
+                let mem = Rc::new(Memtable::new());
+                let mut expected = Vec::new();
+                for ts in 1..=40 * tables as u64 {
+                    let v = version(rng.gen_range(0..300), ts, &format!("v{ts}"));
+                    match rng.gen_range(0..10) {
+                        0 => {
+                            let (key, ts, kind, value) = v.clone();
+                            mem.insert(Entry {
+                                key: key.into(),
+                                ts,
+                                kind,
+                                value: value.into(),
+                            });
+                        }
+                        1 if tables > 1 => {
+                            let a = rng.gen_range(0..tables);
+                            let b = (a + rng.gen_range(1..tables)) % tables;
+                            per_table[a].push(v.clone());
+                            per_table[b].push(v.clone());
+                        }
+                        _ => per_table[rng.gen_range(0..tables)].push(v.clone()),
+                    }
+                    expected.push(v);
+                }
+                expected.sort_by(|x, y| compare(x.0.as_bytes(), x.1, y.0.as_bytes(), y.1));
+                let mut runs = Vec::new();
+                for mut versions in per_table {
+                    versions.sort_by(|x, y| compare(x.0.as_bytes(), x.1, y.0.as_bytes(), y.1));
+                    next_id += 1;
+                    if !versions.is_empty() {
+                        runs.push(table(&disk, next_id, &versions).await);
+                    }
+                }
+                let sources = || {
+                    let mut sources: Vec<Source<_>> = runs
+                        .iter()
+                        .map(|t| Source::run_read_ahead(vec![t.clone()], 2 * 4096))
+                        .collect();
+                    sources.insert(sources.len() / 2, Source::mem(mem.clone()));
+                    sources.push(Source::mem(Rc::new(Memtable::new())));
+                    sources
+                };
+                let cache = Rc::new(BlockCache::new(1 << 20));
+                let mut merged = Vec::new();
+                let mut iter = MergeIter::new(sources(), cache.clone());
+                while let Some(e) = iter.next_ref().await.unwrap() {
+                    let key = String::from_utf8(e.key.to_vec()).unwrap();
+                    merged.push((
+                        key,
+                        e.ts,
+                        e.kind,
+                        String::from_utf8(e.value.to_vec()).unwrap(),
+                    ));
+                }
+                assert_eq!(merged, expected, "{tables} tables");
+
+                let from = expected.len() / 3;
+                let (key, ts) = (expected[from].0.clone(), expected[from].1);
+                let mut iter = MergeIter::new(sources(), cache);
+                iter.seek(key.as_bytes(), ts).await.unwrap();
+                let mut rest = Vec::new();
+                while let Some(e) = iter.next().await.unwrap() {
+                    let key = String::from_utf8(e.key.to_vec()).unwrap();
+                    rest.push((
+                        key,
+                        e.ts,
+                        e.kind,
+                        String::from_utf8(e.value.to_vec()).unwrap(),
+                    ));
+                }
+                assert_eq!(rest, expected[from..], "{tables} tables, from {key}@{ts}");
+            }
         });
     }
 }
