@@ -5,7 +5,7 @@
 # on core 1, 50 connections. Five-second runs (bench/compare-redis.sh)
 # end before a write-heavy load has to pay for its compactions; this one
 # does not: Tessera's level 0 is sampled every 5 s (its slowdown starts at
-# 20 tables, writes stop at 36), and the table gives the rates, latencies
+# 14 tables, writes stop at 36), and the table gives the rates, latencies
 # and the ratio to Redis, plus the slowest and fastest second.
 # KEYS=N preloads N keys instead.
 # Usage: bench/sustained-writes.sh [seconds, default 120]

@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn level_0_limits_reach_the_engine_and_must_be_ordered() {
         let defaults = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
-        assert_eq!(defaults.engine.l0_slowdown_trigger, 20);
+        assert_eq!(defaults.engine.l0_slowdown_trigger, 14);
         assert_eq!(defaults.engine.l0_stop_trigger, 36);
         let flags = Flags::parse_from([
             "tessera-server",
@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(c.engine.compaction_read_ahead_bytes, 65536);
         let flags = Flags::parse_from(["tessera-server", "--l0-stop-tables", "10"]);
         let err = Config::resolve(flags).unwrap_err().to_string();
-        assert!(err.contains("slowdown (20) <= stop (10)"), "{err}");
+        assert!(err.contains("slowdown (14) <= stop (10)"), "{err}");
     }
 
     #[test]
