@@ -533,6 +533,12 @@ mod tests {
         (format!("key{key:04}"), ts, Kind::Put, value.to_string())
     }
 
+    /// A merged version as a [`Version`], to compare with those written.
+    fn readable(key: &[u8], ts: u64, kind: Kind, value: &[u8]) -> Version {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        (text(key), ts, kind, text(value))
+    }
+
     /// A table of `versions` (sorted) in blocks of a few entries each, so
     /// a run crosses many block boundaries.
     async fn table(
@@ -632,13 +638,7 @@ mod tests {
             let mut owned = Vec::new();
             let mut iter = MergeIter::new(sources(), cache.clone());
             while let Some(e) = iter.next().await.unwrap() {
-                let value = String::from_utf8(e.value.to_vec()).unwrap();
-                owned.push((
-                    String::from_utf8(e.key.to_vec()).unwrap(),
-                    e.ts,
-                    e.kind,
-                    value,
-                ));
+                owned.push(readable(&e.key, e.ts, e.kind, &e.value));
             }
             assert_eq!(owned, expected);
 
@@ -646,12 +646,11 @@ mod tests {
             let mut firsts = Vec::new();
             let mut iter = MergeIter::new(sources(), cache);
             while let Some(e) = iter.next_ref().await.unwrap() {
-                let key = String::from_utf8(e.key.to_vec()).unwrap();
-                let value = String::from_utf8(e.value.to_vec()).unwrap();
+                let version = readable(e.key, e.ts, e.kind, e.value);
                 if e.new_key {
-                    firsts.push(key.clone());
+                    firsts.push(version.0.clone());
                 }
-                borrowed.push((key, e.ts, e.kind, value));
+                borrowed.push(version);
             }
             assert_eq!(borrowed, expected);
             let mut keys: Vec<String> = expected.iter().map(|v| v.0.clone()).collect();
@@ -735,13 +734,7 @@ mod tests {
                 let mut merged = Vec::new();
                 let mut iter = MergeIter::new(sources(), cache.clone());
                 while let Some(e) = iter.next_ref().await.unwrap() {
-                    let key = String::from_utf8(e.key.to_vec()).unwrap();
-                    merged.push((
-                        key,
-                        e.ts,
-                        e.kind,
-                        String::from_utf8(e.value.to_vec()).unwrap(),
-                    ));
+                    merged.push(readable(e.key, e.ts, e.kind, e.value));
                 }
                 assert_eq!(merged, expected, "{tables} tables");
 
@@ -751,13 +744,7 @@ mod tests {
                 iter.seek(key.as_bytes(), ts).await.unwrap();
                 let mut rest = Vec::new();
                 while let Some(e) = iter.next().await.unwrap() {
-                    let key = String::from_utf8(e.key.to_vec()).unwrap();
-                    rest.push((
-                        key,
-                        e.ts,
-                        e.kind,
-                        String::from_utf8(e.value.to_vec()).unwrap(),
-                    ));
+                    rest.push(readable(&e.key, e.ts, e.kind, &e.value));
                 }
                 assert_eq!(rest, expected[from..], "{tables} tables, from {key}@{ts}");
             }
