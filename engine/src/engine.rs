@@ -1560,9 +1560,7 @@ async fn reap<D: Disk>(inner: Rc<Inner<D>>) {
         let closed = wait_until(&inner.events.compact, || inner.closed.get());
         futures_lite::future::or(glommio::timer::sleep(REAP_EVERY), closed).await;
         if inner.closed.get() {
-            inner.reaping.set(false);
-            inner.events.flushed.notify(usize::MAX);
-            return;
+            return reap_ended(&inner);
         }
         let mut due = Vec::new();
         inner.retired.borrow_mut().retain_mut(|r| {
@@ -1583,10 +1581,18 @@ async fn reap<D: Disk>(inner: Rc<Inner<D>>) {
             inner.remove_table_file(id).await;
         }
         if inner.retired.borrow().is_empty() {
-            inner.reaping.set(false);
-            return;
+            return reap_ended(&inner);
         }
     }
+}
+
+/// Marks the reaping task ended, and wakes a close waiting for it: a
+/// close that came while the task removed the last retired files, and so
+/// found nothing left to reap, waited for good (a server once hung on
+/// SIGTERM after a sustained write load that way).
+fn reap_ended<D: Disk>(inner: &Inner<D>) {
+    inner.reaping.set(false);
+    inner.events.flushed.notify(usize::MAX);
 }
 
 /// Frees a flushed memtable a slice at a time, letting the shard serve
@@ -2116,6 +2122,53 @@ mod tests {
             assert!(engine.get(b"late").await.unwrap().is_some());
             assert_eq!(engine.scan(b"", None, 1000, None).await.unwrap().len(), 98);
             engine.close().await.unwrap();
+        });
+    }
+
+    /// A close that comes while the reaping task removes the last retired
+    /// tables' files returns once the removals end. (The task, finding
+    /// nothing left to reap, ended without waking the close, which then
+    /// waited for good: a server hung on SIGTERM that way after a
+    /// sustained write load.)
+    #[test]
+    fn a_close_during_the_last_file_removals_returns() {
+        crate::run_local(|| async {
+            let disk = MemDisk::new();
+            let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+                .await
+                .unwrap();
+            for i in 0..600u32 {
+                engine
+                    .put(format!("key-{:03}", i % 97), vec![b'v'; 300])
+                    .await
+                    .unwrap();
+            }
+            engine.flush().await.unwrap();
+            engine.compact().await.unwrap();
+            assert!(engine.inner.reaping.get());
+            disk.hold_removes(true);
+            // The task's second look finds the retired tables due and
+            // starts removing their files.
+            let sleep = |ms| glommio::timer::sleep(Duration::from_millis(ms));
+            sleep(5 * REAP_EVERY.as_millis() as u64).await;
+            let close = glommio::spawn_local({
+                let engine = engine.clone();
+                async move { engine.close().await }
+            });
+            sleep(10).await;
+            disk.hold_removes(false);
+            let closed = futures_lite::future::or(
+                async {
+                    close.await.unwrap();
+                    true
+                },
+                async {
+                    sleep(5000).await;
+                    false
+                },
+            )
+            .await;
+            assert!(closed, "close still waits: {}", engine.debug_state());
         });
     }
 

@@ -69,6 +69,9 @@ struct State {
     faults: Vec<Fault>,
     syncs: u64,
     reads: u64,
+    /// While set, removes wait ([`MemDisk::hold_removes`]).
+    removes_held: bool,
+    removes_released: event_listener::Event,
 }
 
 impl State {
@@ -118,6 +121,17 @@ impl MemDisk {
 
     pub fn clear_faults(&self) {
         self.state.borrow_mut().faults.clear();
+    }
+
+    /// While `held`, every remove waits (as a real one waits for its
+    /// unlink off the executor's thread), so a test can close an engine
+    /// while one is in flight; releasing lets them finish.
+    pub fn hold_removes(&self, held: bool) {
+        let mut state = self.state.borrow_mut();
+        state.removes_held = held;
+        if !held {
+            state.removes_released.notify(usize::MAX);
+        }
     }
 
     /// Limits the total size of all files; writes past it fail with ENOSPC.
@@ -207,6 +221,7 @@ impl MemDisk {
                 faults: Vec::new(),
                 syncs: 0,
                 reads: 0,
+                ..State::default()
             })),
         }
     }
@@ -285,6 +300,16 @@ impl Disk for MemDisk {
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {
+        loop {
+            let released = {
+                let state = self.state.borrow();
+                if !state.removes_held {
+                    break;
+                }
+                state.removes_released.listen()
+            };
+            released.await;
+        }
         let mut state = self.state.borrow_mut();
         state
             .names
