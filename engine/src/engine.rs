@@ -2125,6 +2125,24 @@ mod tests {
         });
     }
 
+    /// An engine whose compactions retired tables, whose files the
+    /// reaping task removes later.
+    async fn with_retired_tables(disk: &MemDisk) -> Engine<MemDisk> {
+        let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
+            .await
+            .unwrap();
+        for i in 0..600u32 {
+            engine
+                .put(format!("key-{:03}", i % 97), vec![b'v'; 300])
+                .await
+                .unwrap();
+        }
+        engine.flush().await.unwrap();
+        engine.compact().await.unwrap();
+        assert!(engine.inner.reaping.get());
+        engine
+    }
+
     /// A close that comes while the reaping task removes the last retired
     /// tables' files returns once the removals end. (The task, finding
     /// nothing left to reap, ended without waking the close, which then
@@ -2134,18 +2152,7 @@ mod tests {
     fn a_close_during_the_last_file_removals_returns() {
         crate::run_local(|| async {
             let disk = MemDisk::new();
-            let engine = Engine::open_on(disk.clone(), "/db", Options::for_tests())
-                .await
-                .unwrap();
-            for i in 0..600u32 {
-                engine
-                    .put(format!("key-{:03}", i % 97), vec![b'v'; 300])
-                    .await
-                    .unwrap();
-            }
-            engine.flush().await.unwrap();
-            engine.compact().await.unwrap();
-            assert!(engine.inner.reaping.get());
+            let engine = with_retired_tables(&disk).await;
             disk.hold_removes(true);
             // The task's second look finds the retired tables due and
             // starts removing their files.
@@ -2175,19 +2182,7 @@ mod tests {
     #[test]
     fn once_close_returns_no_task_holds_the_engine() {
         crate::run_local(|| async {
-            let engine = Engine::open_on(MemDisk::new(), "/db", Options::for_tests())
-                .await
-                .unwrap();
-            for i in 0..600u32 {
-                engine
-                    .put(format!("key-{:03}", i % 97), vec![b'v'; 300])
-                    .await
-                    .unwrap();
-            }
-            // Compactions retire tables, whose files a task removes later.
-            engine.flush().await.unwrap();
-            engine.compact().await.unwrap();
-            assert!(engine.inner.reaping.get());
+            let engine = with_retired_tables(&MemDisk::new()).await;
             engine.close().await.unwrap();
             let state = Rc::downgrade(&engine.inner);
             drop(engine);
