@@ -61,6 +61,37 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<DirLock> {
     Ok(DirLock { _file: file })
 }
 
+/// Makes any panic end the process: logs it, then aborts. Unwinding out of
+/// a shard ends only that shard's thread, and the server would go on
+/// without it: its keys unreachable, other shards' messages to it
+/// unanswered, nothing for a supervisor to see. And a panic may stop a
+/// shard's engine halfway through a change, so its state cannot be
+/// trusted after one. Aborting fails the whole server at once; a restart
+/// recovers every acknowledged write from the WAL. For the server binary,
+/// not embedders: an embedding process decides its own panic policy.
+pub fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => format!("\n{backtrace}"),
+            _ => String::new(),
+        };
+        let (name, location) = (
+            thread.name().unwrap_or("unnamed"),
+            info.location().map(|l| l.to_string()).unwrap_or_default(),
+        );
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        let what = "aborting the server (a restart recovers acknowledged writes from the WAL)";
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(thread = name, %location, "panic: {message}; {what}{backtrace}");
+        } else {
+            eprintln!("thread {name} panicked at {location}: {message}; {what}{backtrace}");
+        }
+        std::process::abort();
+    }));
+}
+
 /// A port nobody listens on right now (for `--listen host:0`).
 fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
     Ok(StdListener::bind((ip, 0))?.local_addr()?.port())

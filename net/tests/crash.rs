@@ -82,3 +82,59 @@ fn acknowledged_writes_survive_sigkill_of_the_server() {
     }
     eprintln!("{cycles} server crash cycles, {acked_total} acknowledged writes all present");
 }
+
+/// Set in the child process of the test below.
+const PANIC_CHILD: &str = "TESSERA_TEST_PANIC_CHILD";
+
+/// A panic on one shard's thread ends the whole process (the server
+/// binary's hook): without it that thread alone ends and the process goes
+/// on. The test runs itself again as a child that installs the hook, keeps
+/// a second shard-like thread running, and panics a task on the first.
+#[test]
+fn a_panic_on_a_shard_thread_aborts_the_server_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let name = "a_panic_on_a_shard_thread_aborts_the_server_process";
+    if std::env::var_os(PANIC_CHILD).is_some() {
+        // As the server binary does: log through tracing, then the hook.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+        tessera_net::runtime::abort_on_panic();
+        let executor =
+            |name: &str| glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).name(name);
+        let _other = executor("tessera-shard-0")
+            .spawn(|| glommio::timer::sleep(Duration::from_secs(30)))
+            .unwrap();
+        let panicking = executor("tessera-shard-1")
+            .spawn(|| async {
+                glommio::spawn_local(async { panic!("injected shard panic") }).await;
+            })
+            .unwrap();
+        let joined = panicking.join();
+        println!("the process went on after the panic (joined: {joined:?})");
+        std::process::exit(0);
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(PANIC_CHILD, "1")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr),
+    );
+    assert_eq!(
+        child.status.signal(),
+        Some(libc::SIGABRT),
+        "{:?}\nstdout: {stdout}\nstderr: {stderr}",
+        child.status
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("injected shard panic"))
+        .unwrap_or_else(|| panic!("no panic line in: {stderr}"));
+    assert!(line.contains("tessera-shard-1"), "{line}");
+    assert!(line.contains("aborting the server"), "{line}");
+}

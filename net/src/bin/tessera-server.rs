@@ -18,6 +18,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    tessera_net::runtime::abort_on_panic();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
