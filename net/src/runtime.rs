@@ -92,6 +92,100 @@ pub fn abort_on_panic() {
     }));
 }
 
+/// Claims the shared listen address for this process: the claim is held
+/// until it is dropped, and fails while another process listens there.
+///
+/// Every shard listens on the shared address with SO_REUSEPORT, so the
+/// kernel spreads connections over them; but the kernel lets any process
+/// of the same user join that group, and a second server (another data
+/// directory, same `--listen`) used to start and take half the
+/// connections, each client then talking to whichever database it drew.
+/// So first a plain bind, which fails on an address anyone listens on,
+/// with or without SO_REUSEPORT; and for the moment between that check
+/// and the shards' own binds, an abstract Unix socket named after the
+/// address, which only one process can hold. An address in use is
+/// retried briefly ([`InUseRetry`]).
+fn claim_listen_address(addr: SocketAddr) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    let name = UnixAddr::from_abstract_name(format!("tessera-server {addr}"))?;
+    let claim = || -> std::io::Result<UnixListener> {
+        let claim = UnixListener::bind_addr(&name)?;
+        drop(StdListener::bind(addr)?);
+        Ok(claim)
+    };
+    let retry = InUseRetry::new();
+    loop {
+        match claim() {
+            Err(e) if retry.again(&e) => std::thread::sleep(IN_USE_RETRY_EVERY),
+            result => {
+                return result.with_context(|| {
+                    format!(
+                        "listening on {addr}: the address is in use \
+                         (by another tessera-server or another program)"
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// How long a start retries an address in use, and how often. A server
+/// killed with its connections open leaves its sockets until the kernel
+/// has torn down its io_uring rings (~5-10 ms here), and a supervisor may
+/// restart it sooner than that.
+const IN_USE_RETRY_FOR: Duration = Duration::from_secs(2);
+const IN_USE_RETRY_EVERY: Duration = Duration::from_millis(20);
+
+/// Whether to bind again after an error: while the address is in use, up
+/// to [`IN_USE_RETRY_FOR`] after the first attempt.
+struct InUseRetry {
+    until: std::time::Instant,
+}
+
+impl InUseRetry {
+    fn new() -> Self {
+        InUseRetry {
+            until: std::time::Instant::now() + IN_USE_RETRY_FOR,
+        }
+    }
+
+    fn again(&self, e: &std::io::Error) -> bool {
+        e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < self.until
+    }
+}
+
+/// A listening socket for a shard. `shared`: with SO_REUSEPORT, for the
+/// address every shard listens on; else the shard's alone (its own port,
+/// metrics), and binding an address another process listens on fails
+/// instead of sharing it. SO_REUSEADDR either way: the connections of a
+/// server killed with clients connected stay in FIN_WAIT2 for ~60 s, and
+/// the next start's binds (and [`claim_listen_address`]'s plain one) pass
+/// them only if they carry it. An address in use is retried briefly
+/// ([`InUseRetry`]).
+async fn listener(addr: SocketAddr, shared: bool) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::IntoRawFd;
+    let bind = || -> std::io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(shared)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket)
+    };
+    let retry = InUseRetry::new();
+    let socket = loop {
+        match bind() {
+            Err(e) if retry.again(&e) => glommio::timer::sleep(IN_USE_RETRY_EVERY).await,
+            result => break result.with_context(|| format!("listening on {addr}"))?,
+        }
+    };
+    // SAFETY: a bound, listening TCP socket whose descriptor we own and
+    // hand over; glommio makes it non-blocking.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// A port nobody listens on right now (for `--listen host:0`).
 fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
     Ok(StdListener::bind((ip, 0))?.local_addr()?.port())
@@ -165,6 +259,7 @@ pub fn run(
     if config.listen.port() == 0 {
         config.listen.set_port(free_port(config.listen.ip())?);
     }
+    let _claim = claim_listen_address(config.listen)?;
     let config = Arc::new(config);
     let n = config.shards;
     if config.prefault_memory {
@@ -342,20 +437,17 @@ async fn shard_main(
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", dir.display()))),
     };
-    let shared = TcpListener::bind(config.listen)
-        .with_context(|| format!("listening on {}", config.listen))?;
+    let shared = listener(config.listen, true).await?;
     let own_port = if config.shard_base_port == 0 {
         0
     } else {
         config.shard_base_port + i as u16
     };
     let own_addr = SocketAddr::new(config.listen.ip(), own_port);
-    let own = TcpListener::bind(own_addr).with_context(|| format!("listening on {own_addr}"))?;
+    let own = listener(own_addr, false).await?;
     let own_addr = own.local_addr()?;
     let metrics = match (i, config.metrics) {
-        (0, Some(addr)) => {
-            Some(TcpListener::bind(addr).with_context(|| format!("metrics on {addr}"))?)
-        }
+        (0, Some(addr)) => Some(listener(addr, false).await.context("metrics")?),
         _ => None,
     };
     let metrics_addr = metrics.as_ref().map(|m| m.local_addr()).transpose()?;

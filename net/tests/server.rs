@@ -265,6 +265,51 @@ fn a_taken_shard_port_stops_the_server_with_a_clear_error() {
     );
 }
 
+/// A second server (its own data directory) on any address a running
+/// server listens on is refused: the shared one, a shard's own, the
+/// metrics one. With SO_REUSEPORT the kernel let it join, and split the
+/// connections between two databases.
+#[test]
+fn a_second_server_on_a_running_servers_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start(dir.path(), 2, &[]);
+    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.to_string();
+    let shard_port = port(&first.shard_addresses[0]);
+    let metrics = first.metrics.clone().unwrap();
+    let cases: [(&[&str], String); 3] = [
+        (
+            &["--listen", &first.listen],
+            format!("listening on {}: the address is in use", first.listen),
+        ),
+        (
+            &["--shard-base-port", &shard_port],
+            format!("shard 0: listening on 127.0.0.1:{shard_port}"),
+        ),
+        (
+            &["--metrics", &metrics],
+            format!("metrics: listening on {metrics}"),
+        ),
+    ];
+    for (args, expected) in cases {
+        let other = tempfile::tempdir().unwrap();
+        let err = Server::try_start(other.path(), 2, args)
+            .err()
+            .unwrap_or_else(|| panic!("a second server with {args:?} started"));
+        assert!(err.contains(&expected), "{args:?}: {err}");
+        assert!(err.contains("Address already in use"), "{args:?}: {err}");
+    }
+    // Every new connection still reaches the first server's data.
+    Client::connect(first.listen.as_str())
+        .unwrap()
+        .put("owner", "first")
+        .unwrap();
+    for _ in 0..20 {
+        let mut client = Client::connect(first.listen.as_str()).unwrap();
+        assert_eq!(client.get("owner").unwrap(), Some(Bytes::from("first")));
+    }
+    assert!(first.stop());
+}
+
 /// One raw connection's framing, for tests that control how request bytes
 /// reach the server.
 struct RawConnection {

@@ -33,13 +33,18 @@ impl Server {
             true => &[][..],
             false => &["--listen", "127.0.0.1:0"][..],
         };
+        let metrics = match extra.contains(&"--metrics") {
+            true => &[][..],
+            false => &["--metrics", "127.0.0.1:0"][..],
+        };
         let mut child = Command::new(server_binary())
             .arg("--data")
             .arg(data)
             .args(listen)
             .args(["--cpus", "any"])
             .args(base_port)
-            .args(["--shards", &shards.to_string(), "--metrics", "127.0.0.1:0"])
+            .args(["--shards", &shards.to_string()])
+            .args(metrics)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

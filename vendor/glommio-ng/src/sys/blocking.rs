@@ -173,7 +173,10 @@ impl BlockingThread {
                 let resp = BlockingThreadResp { id, res };
 
                 if tx.send(resp).is_err() {
-                    panic!("failed to send response");
+                    // The executor that asked has gone (a failed start, a
+                    // stop): nobody waits for the answer, and the thread
+                    // has nothing left to serve.
+                    break;
                 }
                 reactor_sleep_notifier.notify(el.latency_sensitive);
             }
