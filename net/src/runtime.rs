@@ -92,6 +92,61 @@ pub fn abort_on_panic() {
     }));
 }
 
+/// Raises this process's soft limit on open files to its hard limit, and
+/// returns the limit then in force. The soft limit is often 1024: ~1000
+/// connections used it up, and then a shard could not open a table or a
+/// WAL segment either, so its flushes failed. For the server binary: the
+/// limit is the whole process's.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // An unlimited hard limit still stops at the kernel's `nr_open`.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .map_or(limit.rlim_max, |n| n.min(limit.rlim_max));
+    if limit.rlim_cur < ceiling {
+        let raised = libc::rlimit {
+            rlim_cur: ceiling,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads a struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = ceiling;
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// This process's soft limit on open files, if it can be read.
+fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// Fewer connections per shard than this, for the open-files limit, is
+/// worth a warning.
+const CONNECTIONS_FEW: usize = 1024;
+
+/// Connections per shard that an open-files limit leaves room for: half
+/// of it at most goes to connections, the rest to the engines' tables,
+/// WAL segments and manifests, the rings, listeners and the mesh.
+fn connections_room(wanted: usize, shards: usize, open_files: u64) -> usize {
+    let room = open_files / 2 / shards.max(1) as u64;
+    wanted.min(usize::try_from(room).unwrap_or(usize::MAX).max(1))
+}
+
 /// Claims the shared listen address for this process: the claim is held
 /// until it is dropped, and fails while another process listens there.
 ///
@@ -260,6 +315,32 @@ pub fn run(
         config.listen.set_port(free_port(config.listen.ip())?);
     }
     let _claim = claim_listen_address(config.listen)?;
+    if let Some(open_files) = open_files_limit() {
+        let room = connections_room(config.connections_max, config.shards, open_files);
+        if room < config.connections_max {
+            let why = "the open-files limit leaves room for fewer connections than \
+                       --connections-max (half of it goes to connections)";
+            let (wanted, room_per_shard) = (config.connections_max, room);
+            // A warning only when the room is small: a limit of 20,000
+            // already takes some of the default 10,000 per shard away.
+            if room < CONNECTIONS_FEW {
+                tracing::warn!(
+                    open_files,
+                    connections_max = wanted,
+                    connections_per_shard = room_per_shard,
+                    "{why}; raise it (ulimit -n, LimitNOFILE= in systemd)"
+                );
+            } else {
+                tracing::info!(
+                    open_files,
+                    connections_max = wanted,
+                    connections_per_shard = room_per_shard,
+                    "{why}"
+                );
+            }
+            config.connections_max = room;
+        }
+    }
     let config = Arc::new(config);
     let n = config.shards;
     if config.prefault_memory {
@@ -541,5 +622,14 @@ mod tests {
         assert_eq!(prefault_bytes(4 << 30, available), 1 << 30);
         assert_eq!(prefault_bytes(512 << 20, None), 0);
         assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn connections_get_at_most_half_the_open_files_limit() {
+        assert_eq!(connections_room(10_000, 2, 1 << 20), 10_000);
+        assert_eq!(connections_room(10_000, 2, 1024), 256);
+        assert_eq!(connections_room(10_000, 1, 1024), 512);
+        assert_eq!(connections_room(100, 1, 1024), 100);
+        assert_eq!(connections_room(10_000, 4, 4), 1);
     }
 }

@@ -310,6 +310,77 @@ fn a_second_server_on_a_running_servers_address_is_refused() {
     assert!(first.stop());
 }
 
+/// A server started with a low open-files limit raises its soft limit to
+/// the hard one, and keeps half of it from connections: clients beyond
+/// that are refused, and flushes and compactions still get the files they
+/// open. Before, ~1000 connections under the usual soft limit of 1024 took
+/// every descriptor, and a shard's flushes failed.
+#[test]
+fn connections_leave_the_engine_room_under_the_open_files_limit() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Server::command(
+        dir.path(),
+        1,
+        &["--memtable-bytes", "131072", "--prefault-memory", "false"],
+    );
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 100,
+                rlim_max: 200,
+            };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let server = Server::spawn(command).unwrap();
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    // 200 files, half for connections: 150 more are more than fit.
+    let held: Vec<_> = (0..150)
+        .map(|_| std::net::TcpStream::connect(server.listen.as_str()).unwrap())
+        .collect();
+    let value = Bytes::from(vec![b'v'; 1024]);
+    for i in 0..3000 {
+        client.put(format!("key-{i:05}"), value.clone()).unwrap();
+    }
+    for i in (0..3000).step_by(97) {
+        assert_eq!(
+            client.get(format!("key-{i:05}")).unwrap(),
+            Some(value.clone())
+        );
+    }
+    let stats = client.stats().unwrap();
+    let metric = |name: &str| {
+        stats
+            .iter()
+            .filter(|m| m.name == name)
+            .map(|m| m.value)
+            .sum::<f64>()
+    };
+    assert!(metric("connections_refused_total") >= 40.0, "{stats:?}");
+    assert!(metric("flushes_total") >= 10.0, "{stats:?}");
+    for failures in [
+        "flush_errors_total",
+        "compaction_errors_total",
+        "wal_errors_total",
+    ] {
+        assert_eq!(metric(failures), 0.0, "{failures}");
+    }
+    drop((held, client));
+    let (stopped, stderr) = server.stop_with_stderr();
+    assert!(stopped, "{stderr}");
+    assert!(
+        stderr.contains("the open-files limit leaves room for fewer connections")
+            && stderr.contains("open_files=200")
+            && stderr.contains("connections_per_shard=100"),
+        "{stderr}"
+    );
+}
+
 /// One raw connection's framing, for tests that control how request bytes
 /// reach the server.
 struct RawConnection {

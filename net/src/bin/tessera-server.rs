@@ -19,6 +19,9 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tessera_net::runtime::abort_on_panic();
+    if let Err(e) = tessera_net::runtime::raise_open_files_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -25,6 +25,11 @@ impl Server {
     /// Starts the server; `Err` carries its stderr when it exits instead.
     /// Shard ports are picked free unless `extra` names a base port.
     pub fn try_start(data: &Path, shards: usize, extra: &[&str]) -> Result<Server, String> {
+        Self::spawn(Self::command(data, shards, extra))
+    }
+
+    /// The command [`Server::try_start`] runs, to adjust before [`Server::spawn`].
+    pub fn command(data: &Path, shards: usize, extra: &[&str]) -> Command {
         let base_port = match extra.contains(&"--shard-base-port") {
             true => &[][..],
             false => &["--shard-base-port", "0"][..],
@@ -37,7 +42,8 @@ impl Server {
             true => &[][..],
             false => &["--metrics", "127.0.0.1:0"][..],
         };
-        let mut child = Command::new(server_binary())
+        let mut command = Command::new(server_binary());
+        command
             .arg("--data")
             .arg(data)
             .args(listen)
@@ -48,7 +54,13 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs `command` and waits for the server's ready line.
+    pub fn spawn(mut command: Command) -> Result<Server, String> {
+        let mut child = command
             .spawn()
             .expect("tessera-server is built for this test");
         let stdout = child.stdout.take().unwrap();
@@ -75,6 +87,16 @@ impl Server {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap().success()
+    }
+
+    /// SIGTERM, then waits; returns whether it exited 0, and its stderr.
+    pub fn stop_with_stderr(mut self) -> (bool, String) {
+        let mut stderr = self.child.stderr.take().unwrap();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        (self.child.wait().unwrap().success(), text)
     }
 
     pub fn kill9(mut self) {
