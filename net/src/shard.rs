@@ -563,6 +563,7 @@ impl Shard {
                     server_version: env!("CARGO_PKG_VERSION").to_string(),
                     shards: n as u32,
                     retention_ms: self.config.engine.retention_ms,
+                    frame_bytes_max: self.config.limits.frame_bytes_max as u64,
                 }
             }
             Request::Ping => Response::Pong,

@@ -229,3 +229,34 @@ fn a_client_that_never_reads_its_responses_cannot_grow_the_server() {
     good.ping().unwrap();
     assert!(server.stop());
 }
+
+/// A request larger than the server's frames is refused by the SDK before
+/// anything is sent (the server would end the connection), with the limit
+/// the server's hello gave; the connection goes on.
+#[test]
+fn a_request_over_the_servers_frame_limit_is_refused_before_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &["--frame-bytes-max", "4194304"]);
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    // 3 MiB fits a 4 MiB frame: sent, and the value limit answers.
+    let err = client.put("big", vec![b'x'; 3 << 20]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Server {
+                code: ErrorCode::ValueTooLarge,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = client.put("big", vec![b'x'; 5 << 20]).unwrap_err();
+    assert!(
+        matches!(err, Error::RequestTooLarge { limit, .. } if limit == 4 << 20),
+        "{err}"
+    );
+    client.ping().unwrap();
+    client.put("small", "v").unwrap();
+    assert_eq!(client.get("small").unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(server.stop());
+}

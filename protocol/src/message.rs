@@ -226,6 +226,8 @@ pub enum Response {
         server_version: String,
         shards: u32,
         retention_ms: u64,
+        /// The largest request frame the server reads (0: not said).
+        frame_bytes_max: u64,
     },
     Pong,
     /// A Get's or a ReadAt's answer; `expires_at_ms`: when the key
@@ -821,6 +823,7 @@ impl Response {
                 server_version,
                 shards,
                 retention_ms,
+                frame_bytes_max,
             } => {
                 let server_version = Some(b.create_string(server_version));
                 let o = wire::HelloResult::create(
@@ -830,6 +833,7 @@ impl Response {
                         server_version,
                         shards: *shards,
                         retention_ms: *retention_ms,
+                        frame_bytes_max: *frame_bytes_max,
                     },
                 );
                 (wire::Outcome::HelloResult, o.as_union_value())
@@ -1037,6 +1041,7 @@ pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
                 server_version: h.server_version().unwrap_or_default().to_string(),
                 shards: h.shards(),
                 retention_ms: h.retention_ms(),
+                frame_bytes_max: h.frame_bytes_max(),
             }
         }
         wire::Outcome::PingResult => Response::Pong,
@@ -1245,6 +1250,7 @@ mod tests {
                 server_version: "x".into(),
                 shards: 2,
                 retention_ms: 60_000,
+                frame_bytes_max: 2 << 20,
             },
             Response::Txn(TxnOutcome {
                 committed: false,

@@ -2652,6 +2652,7 @@ impl<'a> HelloResult<'a> {
   pub const VT_SERVER_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 8;
   pub const VT_RETENTION_MS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FRAME_BYTES_MAX: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2663,6 +2664,7 @@ impl<'a> HelloResult<'a> {
     args: &'args HelloResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<HelloResult<'bldr>> {
     let mut builder = HelloResultBuilder::new(_fbb);
+    builder.add_frame_bytes_max(args.frame_bytes_max);
     builder.add_retention_ms(args.retention_ms);
     builder.add_shards(args.shards);
     if let Some(x) = args.server_version { builder.add_server_version(x); }
@@ -2699,6 +2701,13 @@ impl<'a> HelloResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(HelloResult::VT_RETENTION_MS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn frame_bytes_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HelloResult::VT_FRAME_BYTES_MAX, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HelloResult<'_> {
@@ -2711,6 +2720,7 @@ impl ::flatbuffers::Verifiable for HelloResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("server_version", Self::VT_SERVER_VERSION, false)?
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
      .visit_field::<u64>("retention_ms", Self::VT_RETENTION_MS, false)?
+     .visit_field::<u64>("frame_bytes_max", Self::VT_FRAME_BYTES_MAX, false)?
      .finish();
     Ok(())
   }
@@ -2720,6 +2730,7 @@ pub struct HelloResultArgs<'a> {
     pub server_version: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shards: u32,
     pub retention_ms: u64,
+    pub frame_bytes_max: u64,
 }
 impl<'a> Default for HelloResultArgs<'a> {
   #[inline]
@@ -2729,6 +2740,7 @@ impl<'a> Default for HelloResultArgs<'a> {
       server_version: None,
       shards: 0,
       retention_ms: 0,
+      frame_bytes_max: 0,
     }
   }
 }
@@ -2755,6 +2767,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloResultBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u64>(HelloResult::VT_RETENTION_MS, retention_ms, 0);
   }
   #[inline]
+  pub fn add_frame_bytes_max(&mut self, frame_bytes_max: u64) {
+    self.fbb_.push_slot::<u64>(HelloResult::VT_FRAME_BYTES_MAX, frame_bytes_max, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloResultBuilder {
@@ -2776,6 +2792,7 @@ impl ::core::fmt::Debug for HelloResult<'_> {
       ds.field("server_version", &self.server_version());
       ds.field("shards", &self.shards());
       ds.field("retention_ms", &self.retention_ms());
+      ds.field("frame_bytes_max", &self.frame_bytes_max());
       ds.finish()
   }
 }

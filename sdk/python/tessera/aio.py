@@ -48,7 +48,9 @@ from .client import (
     TxnOutcome,
     WriteOp,
     decode_response,
-    encode_request,
+    FRAME_BYTES_MAX_DEFAULT,
+    encode_requests,
+    frame_limit_after,
     host_port,
     is_conflict,
     retry_delays,
@@ -70,6 +72,8 @@ class Connection:
         self._reader = reader
         self._writer = writer
         self._next_id = 1
+        #: As in ``tessera.Connection``.
+        self.frame_bytes_max = FRAME_BYTES_MAX_DEFAULT
         self._pending: dict[int, asyncio.Future] = {}
         self._broken: Exception | None = None
         self._drain = asyncio.Lock()
@@ -138,11 +142,11 @@ class Connection:
         if self._writer.is_closing():
             raise ConnectionClosed(f"connection to {self.address} is closed")
         loop = asyncio.get_running_loop()
-        waiters, frames = [], []
-        for request in requests:
-            request_id = self._next_id
-            self._next_id += 1
-            frames.append(encode_request(request, request_id))
+        ids = range(self._next_id, self._next_id + len(requests))
+        frames = encode_requests(requests, ids, self.frame_bytes_max)
+        self._next_id += len(requests)
+        waiters = []
+        for request_id in ids:
             waiter = loop.create_future()
             self._pending[request_id] = waiter
             waiters.append(waiter)
@@ -159,6 +163,7 @@ class Connection:
             raise Timeout(f"waiting for {self.address}") from e
         if isinstance(value, ServerError):
             raise value
+        self.frame_bytes_max = frame_limit_after(value, self.frame_bytes_max)
         return value
 
     async def call(self, request: Request):

@@ -62,6 +62,9 @@ IDLE_CHECK_AFTER = 1.0
 #: The protocol version this client speaks (``Hello.protocol_version``).
 PROTOCOL_VERSION = 1
 
+#: The largest request frame a server reads unless its hello says otherwise.
+FRAME_BYTES_MAX_DEFAULT = 2 << 20
+
 #: Largest response frame the client accepts.
 RESPONSE_BYTES_MAX = 64 << 20
 
@@ -110,6 +113,19 @@ class ServerError(TesseraError):
 
 class ProtocolError(TesseraError):
     """The server sent something this client cannot understand."""
+
+
+class RequestTooLarge(TesseraError, ValueError):
+    """A request larger than the server reads in one frame; nothing was
+    sent, and the connection stays usable. ``size`` and ``limit`` in bytes."""
+
+    def __init__(self, size: int, limit: int):
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"request of {size} bytes exceeds the server's frame limit of {limit} bytes"
+            " (--frame-bytes-max); split it"
+        )
 
 
 class Timeout(TesseraError, TimeoutError):
@@ -407,6 +423,24 @@ class Txn:
 Request = Union[Hello, Ping, Get, Put, Delete, Scan, ReadAt, Batch, Stats, Topology, Txn]
 
 
+def encode_requests(requests: Sequence[Request], ids: Sequence[int], limit: int) -> list[bytes]:
+    """The frames of ``requests`` under ``ids``; raises ``RequestTooLarge``,
+    before anything is sent, if one exceeds the server's ``limit``."""
+    frames = [encode_request(r, i) for r, i in zip(requests, ids)]
+    for frame in frames:
+        if len(frame) - _LENGTH.size > limit:
+            raise RequestTooLarge(len(frame) - _LENGTH.size, limit)
+    return frames
+
+
+def frame_limit_after(value, limit: int) -> int:
+    """A connection's request frame limit once ``value`` arrived: what a
+    hello's answer says, else unchanged."""
+    if isinstance(value, HelloInfo) and value.frame_bytes_max:
+        return value.frame_bytes_max
+    return limit
+
+
 def encode_request(request: Request, request_id: int) -> bytes:
     """One frame (length prefix included) holding ``request``."""
     b = flatbuffers.Builder(64)
@@ -430,6 +464,8 @@ class HelloInfo:
     shards: int
     #: How far back ``read_at`` and scans at a timestamp can go.
     retention_ms: int
+    #: The largest request frame the server reads (0: not said).
+    frame_bytes_max: int = 0
 
 
 class Expiring(bytes):
@@ -601,7 +637,13 @@ def _outcome_value(kind: int, table: flatbuffers.table.Table):
         return TxnOutcome(t.Committed(), t.Ts(), None if failed < 0 else failed, reads)
     if kind == o.HelloResult:
         h = _as(_hello_result.HelloResult, table)
-        return HelloInfo(h.ProtocolVersion(), _text(h.ServerVersion()), h.Shards(), h.RetentionMs())
+        return HelloInfo(
+            h.ProtocolVersion(),
+            _text(h.ServerVersion()),
+            h.Shards(),
+            h.RetentionMs(),
+            h.FrameBytesMax(),
+        )
     if kind == o.StatsResult:
         s = _as(_stats_result.StatsResult, table)
         out = []
@@ -683,6 +725,9 @@ class Connection:
         checking the server's certificate for ``server_hostname`` (default:
         the host of ``address``)."""
         self.address = address
+        #: The largest request frame the server reads: what its hello says,
+        #: until then the protocol's default.
+        self.frame_bytes_max = FRAME_BYTES_MAX_DEFAULT
         host, port = host_port(address)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -725,8 +770,9 @@ class Connection:
     def send_many(self, requests: Sequence[Request]) -> list[int]:
         """Sends requests in one write; returns their ids."""
         ids = list(range(self._next_id, self._next_id + len(requests)))
+        encoded = encode_requests(requests, ids, self.frame_bytes_max)
         self._next_id += len(requests)
-        frames = b"".join(encode_request(r, i) for r, i in zip(requests, ids))
+        frames = b"".join(encoded)
         try:
             self._sock.sendall(frames)
         except socket.timeout as e:
@@ -767,6 +813,7 @@ class Connection:
                     continue
             if isinstance(value, ServerError):
                 raise value
+            self.frame_bytes_max = frame_limit_after(value, self.frame_bytes_max)
             return value
 
     def call(self, request: Request):

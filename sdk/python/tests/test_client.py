@@ -113,6 +113,38 @@ class ClientTest(unittest.TestCase):
         db.ping()
         self.assertIsNone(db.get("k"), "nothing was written")
 
+    def test_a_request_over_the_frame_limit_is_refused_before_it_is_sent(self):
+        # The server reads frames of at most 2 MiB (its default, said in
+        # its hello): a larger request would end the connection.
+        db = self.db
+        self.assertEqual(db.entry.frame_bytes_max, 2 << 20)
+        with self.assertRaises(tessera.RequestTooLarge) as e:
+            db.put("big", b"x" * (3 << 20))
+        self.assertEqual(e.exception.limit, 2 << 20)
+        self.assertIn("frame limit of 2097152 bytes", str(e.exception))
+        batch = tessera.Batch([tessera.PutOp(f"b{i}", b"x" * (200 << 10)) for i in range(12)])
+        with self.assertRaises(tessera.RequestTooLarge):
+            db.entry.call(batch)
+        # Nothing went out, and the connections go on.
+        self.assertEqual(db.entry.pipeline([tessera.Ping(), tessera.Get("big")]), [None, None])
+        db.put("big", b"x" * 1000)
+        self.assertEqual(db.get("big"), b"x" * 1000)
+
+    def test_the_frame_limit_comes_from_the_servers_hello(self):
+        server = Server(1, "--frame-bytes-max", str(4 << 20))
+        try:
+            with tessera.Client(server.address, timeout=30) as db:
+                self.assertEqual(db.entry.frame_bytes_max, 4 << 20)
+                # Sent: the server refuses the value, not the frame.
+                with self.assertRaises(tessera.ServerError) as e:
+                    db.put("big", b"x" * (3 << 20))
+                self.assertEqual(e.exception.code, tessera.ErrorCode.ValueTooLarge)
+                with self.assertRaises(tessera.RequestTooLarge):
+                    db.put("big", b"x" * (5 << 20))
+                db.ping()
+        finally:
+            server.stop()
+
     def test_scan_pages_in_key_order_across_shards(self):
         db = self.db
         keys = sorted(f"scan:{i:03}" for i in range(57))

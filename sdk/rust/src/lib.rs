@@ -27,7 +27,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_protocol::frame::{next_frame, put_frame};
+use tessera_protocol::frame::{next_frame, put_frame, Limits};
 use tessera_protocol::message::{decode_response, Metric};
 pub use tessera_protocol::message::{BatchOp, Condition, ReadValue, TxnOutcome};
 pub use tessera_protocol::{ErrorCode, Request, Response, Token, PROTOCOL_VERSION};
@@ -47,6 +47,13 @@ pub enum Error {
     Protocol(String),
     #[error("TLS: {0}")]
     Tls(String),
+    /// A request larger than the server reads in one frame: nothing was
+    /// sent, and the connection stays usable.
+    #[error(
+        "request of {bytes} bytes exceeds the server's frame limit of {limit} bytes \
+         (--frame-bytes-max); split it"
+    )]
+    RequestTooLarge { bytes: usize, limit: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -160,6 +167,9 @@ pub struct Connection {
     outstanding: usize,
     /// When the connection last sent or received.
     last_used: Instant,
+    /// The largest request frame the server reads: what its hello says,
+    /// until then the protocol's default.
+    frame_bytes_max: usize,
 }
 
 /// How long a connection may sit unused before [`Client`] checks, ahead
@@ -201,6 +211,7 @@ impl Connection {
             addr,
             outstanding: 0,
             last_used: Instant::now(),
+            frame_bytes_max: Limits::default().frame_bytes_max,
         })
     }
 
@@ -235,9 +246,16 @@ impl Connection {
     /// Sends a request; returns its id.
     pub fn send(&mut self, request: &Request) -> Result<u64> {
         let id = self.next_id;
+        let payload = request.encode(id);
+        if payload.len() > self.frame_bytes_max {
+            return Err(Error::RequestTooLarge {
+                bytes: payload.len(),
+                limit: self.frame_bytes_max,
+            });
+        }
         self.next_id += 1;
         let mut frame = Vec::new();
-        put_frame(&mut frame, &request.encode(id));
+        put_frame(&mut frame, &payload);
         self.stream.write_all(&frame).map_err(timeout_or_io)?;
         self.stream.flush().map_err(timeout_or_io)?;
         self.outstanding += 1;
@@ -318,12 +336,18 @@ impl Connection {
                 server_version,
                 shards,
                 retention_ms,
+                frame_bytes_max,
                 ..
-            } => Ok(ServerInfo {
-                server_version,
-                shards,
-                retention_ms,
-            }),
+            } => {
+                if frame_bytes_max > 0 {
+                    self.frame_bytes_max = usize::try_from(frame_bytes_max).unwrap_or(usize::MAX);
+                }
+                Ok(ServerInfo {
+                    server_version,
+                    shards,
+                    retention_ms,
+                })
+            }
             other => Err(unexpected(other)),
         }
     }

@@ -54,8 +54,15 @@ class HelloResult(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # HelloResult
+    def FrameBytesMax(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def HelloResultStart(builder: flatbuffers.Builder):
-    builder.StartObject(4)
+    builder.StartObject(5)
 
 def Start(builder: flatbuffers.Builder):
     HelloResultStart(builder)
@@ -83,6 +90,12 @@ def HelloResultAddRetentionMs(builder: flatbuffers.Builder, retentionMs: int):
 
 def AddRetentionMs(builder: flatbuffers.Builder, retentionMs: int):
     HelloResultAddRetentionMs(builder, retentionMs)
+
+def HelloResultAddFrameBytesMax(builder: flatbuffers.Builder, frameBytesMax: int):
+    builder.PrependUint64Slot(4, frameBytesMax, 0)
+
+def AddFrameBytesMax(builder: flatbuffers.Builder, frameBytesMax: int):
+    HelloResultAddFrameBytesMax(builder, frameBytesMax)
 
 def HelloResultEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
