@@ -173,14 +173,15 @@ fn claim_listen_address(addr: SocketAddr) -> anyhow::Result<std::os::unix::net::
     loop {
         match claim() {
             Err(e) if retry.again(&e) => std::thread::sleep(IN_USE_RETRY_EVERY),
-            result => {
-                return result.with_context(|| {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(e).with_context(|| {
                     format!(
                         "listening on {addr}: the address is in use \
                          (by another tessera-server or another program)"
                     )
                 })
             }
+            result => return result.with_context(|| format!("listening on {addr}")),
         }
     }
 }
