@@ -6,13 +6,15 @@ use std::path::PathBuf;
 /// Everything that can go wrong inside the engine that is not a bug.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O call failed. `op` names the call, `path` the file.
-    #[error("{op} {path}: {source}")]
+    /// An I/O call failed. `op` names the call, `path` the file. The OS
+    /// error is part of the message (clients get it), so it is not also
+    /// the error's `source()`: a printer of the whole chain (`{:#}`) said
+    /// it twice.
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Bytes on disk failed their checksum or do not parse. Never served.
     #[error("corruption in {path} at offset {offset}: {detail}")]
@@ -50,11 +52,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -78,7 +80,7 @@ impl Error {
     /// The OS error number behind an I/O error, if any.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Io { error, .. } => error.raw_os_error(),
             _ => None,
         }
     }
@@ -86,12 +88,12 @@ impl Error {
     /// A copy good enough to hand to every writer of a failed group.
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::Io { op, path, source } => Error::Io {
+            Error::Io { op, path, error } => Error::Io {
                 op,
                 path: path.clone(),
-                source: match source.raw_os_error() {
+                error: match error.raw_os_error() {
                     Some(code) => std::io::Error::from_raw_os_error(code),
-                    None => std::io::Error::new(source.kind(), source.to_string()),
+                    None => std::io::Error::new(error.kind(), error.to_string()),
                 },
             },
             Error::Corruption {

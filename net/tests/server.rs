@@ -265,6 +265,27 @@ fn a_taken_shard_port_stops_the_server_with_a_clear_error() {
     );
 }
 
+/// A start that fails on the disk says so in one line, the OS error once:
+/// the engine's I/O error carried it in its message and as its source, and
+/// the server prints the whole chain.
+#[test]
+fn a_failed_start_names_the_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &[]);
+    assert!(server.stop());
+    std::fs::remove_dir_all(dir.path().join("shard-0")).unwrap();
+    std::fs::write(dir.path().join("shard-0"), b"not a directory").unwrap();
+    let err = Server::try_start(dir.path(), 1, &[])
+        .err()
+        .expect("a shard directory that is a file must stop the start");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in: {err}"));
+    assert!(line.contains("opening"), "{line}");
+    assert_eq!(line.matches("os error").count(), 1, "{line}");
+}
+
 /// A second server (its own data directory) on any address a running
 /// server listens on is refused: the shared one, a shard's own, the
 /// metrics one. With SO_REUSEPORT the kernel let it join, and split the
