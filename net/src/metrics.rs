@@ -155,6 +155,17 @@ impl ShardMetrics {
                     hists[i].value_at_quantile(q) as f64,
                 );
             }
+            // A summary's sum and count (the sum from the histogram's
+            // buckets, 3 significant digits).
+            let h = &hists[i];
+            push(
+                format!("request_latency_us_sum{{op=\"{}\"}}", op.name()),
+                (h.mean() * h.len() as f64).round(),
+            );
+            push(
+                format!("request_latency_us_count{{op=\"{}\"}}", op.name()),
+                h.len() as f64,
+            );
         }
         push("bytes_in_total".into(), self.bytes_in.get() as f64);
         push("bytes_out_total".into(), self.bytes_out.get() as f64);
@@ -237,15 +248,49 @@ impl ShardMetrics {
     }
 }
 
-/// Renders metrics as Prometheus text exposition format.
+/// The one metric family a summary's lines belong to.
+const SUMMARY: &str = "request_latency_us";
+
+/// A metric's name without its labels.
+fn base_name(m: &Metric) -> &str {
+    m.name.split_once('{').map_or(m.name.as_str(), |(b, _)| b)
+}
+
+/// The family a metric belongs to: its name, but a summary's `_sum` and
+/// `_count` belong to the summary.
+fn family(m: &Metric) -> &str {
+    match base_name(m) {
+        b if b.starts_with(SUMMARY) => SUMMARY,
+        b => b,
+    }
+}
+
+/// Renders metrics as Prometheus text exposition format: each family's
+/// lines together (every shard's; `metrics` lists shard after shard),
+/// after its one `# TYPE` line: `_total` counters, the latency summary,
+/// gauges.
 pub fn render_prometheus(metrics: &[Metric]) -> String {
-    let mut out = String::new();
+    let mut families: Vec<&str> = Vec::new();
     for m in metrics {
-        let (base, labels) = match m.name.split_once('{') {
-            Some((base, rest)) => (base, format!("{{shard=\"{}\",{rest}", m.shard)),
-            None => (m.name.as_str(), format!("{{shard=\"{}\"}}", m.shard)),
+        if !families.contains(&family(m)) {
+            families.push(family(m));
+        }
+    }
+    let mut out = String::new();
+    for name in families {
+        let kind = match name {
+            SUMMARY => "summary",
+            n if n.ends_with("_total") => "counter",
+            _ => "gauge",
         };
-        let _ = writeln!(out, "tessera_{base}{labels} {}", m.value);
+        let _ = writeln!(out, "# TYPE tessera_{name} {kind}");
+        for m in metrics.iter().filter(|m| family(m) == name) {
+            let labels = match m.name.split_once('{') {
+                Some((_, rest)) => format!("{{shard=\"{}\",{rest}", m.shard),
+                None => format!("{{shard=\"{}\"}}", m.shard),
+            };
+            let _ = writeln!(out, "tessera_{}{labels} {}", base_name(m), m.value);
+        }
     }
     out
 }
@@ -273,5 +318,51 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("op=\"put\""));
+    }
+
+    /// The exposition format wants each family's lines in one group after
+    /// its one `# TYPE` line; the shards' lists come one after the other.
+    #[test]
+    fn prometheus_families_are_grouped_and_typed_across_shards() {
+        let m = ShardMetrics::default();
+        m.record(OpKind::Get, 40, false);
+        m.record(OpKind::Get, 60, false);
+        let mut all = m.snapshot(0, &EngineStats::default());
+        all.extend(m.snapshot(1, &EngineStats::default()));
+        let text = render_prometheus(&all);
+        let mut seen: Vec<String> = Vec::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(typed) = line.strip_prefix("# TYPE ") {
+                let (name, _) = typed.split_once(' ').unwrap();
+                assert!(
+                    !seen.contains(&name.to_string()),
+                    "{name} typed twice:\n{text}"
+                );
+                seen.push(name.to_string());
+                current = name.to_string();
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            let belongs = name == current
+                || (current == "tessera_request_latency_us"
+                    && [current.clone() + "_sum", current.clone() + "_count"]
+                        .contains(&name.to_string()));
+            assert!(belongs, "{name} outside its group (in {current}):\n{text}");
+        }
+        for (family, kind) in [
+            ("tessera_requests_total", "counter"),
+            ("tessera_memtable_bytes", "gauge"),
+            ("tessera_request_latency_us", "summary"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("tessera_requests_total{shard=\"0\",op=\"get\"} 2\n"));
+        assert!(text.contains("tessera_requests_total{shard=\"1\",op=\"get\"} 2\n"));
+        assert!(text.contains("tessera_request_latency_us_count{shard=\"1\",op=\"get\"} 2\n"));
+        assert!(text.contains("tessera_request_latency_us_sum{shard=\"0\",op=\"get\"} 100\n"));
     }
 }
