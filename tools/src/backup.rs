@@ -46,7 +46,8 @@ const TRAILER: u32 = u32::MAX;
 pub const PAGE_ROWS: u32 = 10_000;
 /// A restore batch: at most this many puts...
 const BATCH_OPS: usize = 256;
-/// ...and about this many bytes (well under the server's 2 MiB frame).
+/// ...and about this many bytes, or half the server's frame limit if that
+/// is less (its default is 2 MiB).
 const BATCH_BYTES: usize = 512 << 10;
 /// Batches in flight per shard during a restore.
 const BATCHES_IN_FLIGHT: usize = 8;
@@ -365,6 +366,8 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
     let mut batch_bytes = vec![0usize; shards];
     let mut in_flight: Vec<std::collections::VecDeque<u64>> = vec![Default::default(); shards];
     let mut expired = 0;
+    // Half the frame leaves room for the batch's encoding around the rows.
+    let batch_bytes_max = BATCH_BYTES.min(client.entry().frame_bytes_max() / 2);
     while let Some(BackupRow {
         key,
         value,
@@ -382,12 +385,22 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
             },
         };
         let shard = client.shard_of(&key);
-        batch_bytes[shard] += key.len() + value.len();
-        batches[shard].push(BatchOp::Put { key, value, ttl_ms });
-        if batches[shard].len() >= BATCH_OPS || batch_bytes[shard] >= BATCH_BYTES {
-            batch_bytes[shard] = 0;
-            let ops = std::mem::take(&mut batches[shard]);
-            send_batch(client, ops, &mut in_flight[shard])?;
+        let row_bytes = key.len() + value.len();
+        let (ops, bytes, sent) = (
+            &mut batches[shard],
+            &mut batch_bytes[shard],
+            &mut in_flight[shard],
+        );
+        // A row that would take the batch past its bytes goes in the next.
+        if !ops.is_empty() && *bytes + row_bytes > batch_bytes_max {
+            *bytes = 0;
+            send_batch(client, std::mem::take(ops), sent)?;
+        }
+        *bytes += row_bytes;
+        ops.push(BatchOp::Put { key, value, ttl_ms });
+        if ops.len() >= BATCH_OPS || *bytes >= batch_bytes_max {
+            *bytes = 0;
+            send_batch(client, std::mem::take(ops), sent)?;
         }
     }
     for (shard, ops) in batches.into_iter().enumerate() {

@@ -220,6 +220,12 @@ impl Connection {
         self.addr
     }
 
+    /// The largest request frame the server reads (its hello says; the
+    /// protocol's default before one). [`Connection::send`] refuses more.
+    pub fn frame_bytes_max(&self) -> usize {
+        self.frame_bytes_max
+    }
+
     /// Whether the server has closed this idle connection (or sent it
     /// something no request asked for): checked without waiting, and only
     /// on a connection with nothing in flight that sat unused a while.
