@@ -71,6 +71,15 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual((piped[0], piped[2]), (b"v", b"v"))
         self.assertEqual(piped[1].code, tessera.ErrorCode.InvalidArgument)
 
+    async def test_a_request_over_the_frame_limit_is_refused_before_it_is_sent(self):
+        db = self.db
+        self.assertEqual(db.entry.frame_bytes_max, 2 << 20)
+        with self.assertRaises(tessera.RequestTooLarge):
+            await db.put("aio:big", b"x" * (3 << 20))
+        # Nothing went out: the connection goes on.
+        await db.put("aio:big", b"x" * 1000)
+        self.assertEqual(await db.get("aio:big"), b"x" * 1000)
+
     async def test_a_key_with_a_ttl_expires(self):
         await self.db.put("aio-ttl", "x", ttl=1.5)
         self.assertEqual(await self.db.get("aio-ttl"), b"x")
