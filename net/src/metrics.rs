@@ -166,6 +166,34 @@ impl ShardMetrics {
                 format!("request_latency_us_count{{op=\"{}\"}}", op.name()),
                 h.len() as f64,
             );
+            // The same as a Prometheus histogram (cumulative buckets, in
+            // seconds), whose rate over a window gives recent latency; the
+            // quantiles above are over the shard's life.
+            for bound_us in DURATION_BUCKETS_US {
+                push(
+                    format!(
+                        "request_duration_seconds_bucket{{op=\"{}\",le=\"{}\"}}",
+                        op.name(),
+                        bound_us as f64 / 1e6
+                    ),
+                    h.count_between(0, bound_us) as f64,
+                );
+            }
+            push(
+                format!(
+                    "request_duration_seconds_bucket{{op=\"{}\",le=\"+Inf\"}}",
+                    op.name()
+                ),
+                h.len() as f64,
+            );
+            push(
+                format!("request_duration_seconds_sum{{op=\"{}\"}}", op.name()),
+                h.mean() * h.len() as f64 / 1e6,
+            );
+            push(
+                format!("request_duration_seconds_count{{op=\"{}\"}}", op.name()),
+                h.len() as f64,
+            );
         }
         push("bytes_in_total".into(), self.bytes_in.get() as f64);
         push("bytes_out_total".into(), self.bytes_out.get() as f64);
@@ -251,16 +279,23 @@ impl ShardMetrics {
 /// The one metric family a summary's lines belong to.
 const SUMMARY: &str = "request_latency_us";
 
+/// The one histogram family, and its buckets' upper bounds (µs).
+const HISTOGRAM: &str = "request_duration_seconds";
+const DURATION_BUCKETS_US: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
 /// A metric's name without its labels.
 fn base_name(m: &Metric) -> &str {
     m.name.split_once('{').map_or(m.name.as_str(), |(b, _)| b)
 }
 
-/// The family a metric belongs to: its name, but a summary's `_sum` and
-/// `_count` belong to the summary.
+/// The family a metric belongs to: its name, but a summary's or a
+/// histogram's `_bucket`, `_sum` and `_count` belong to it.
 fn family(m: &Metric) -> &str {
     match base_name(m) {
         b if b.starts_with(SUMMARY) => SUMMARY,
+        b if b.starts_with(HISTOGRAM) => HISTOGRAM,
         b => b,
     }
 }
@@ -280,6 +315,7 @@ pub fn render_prometheus(metrics: &[Metric]) -> String {
     for name in families {
         let kind = match name {
             SUMMARY => "summary",
+            HISTOGRAM => "histogram",
             n if n.ends_with("_total") => "counter",
             _ => "gauge",
         };
@@ -344,16 +380,18 @@ mod tests {
                 continue;
             }
             let name = line.split(['{', ' ']).next().unwrap();
+            let part = |suffix: &str| name == current.clone() + suffix;
             let belongs = name == current
-                || (current == "tessera_request_latency_us"
-                    && [current.clone() + "_sum", current.clone() + "_count"]
-                        .contains(&name.to_string()));
+                || (current == "tessera_request_latency_us" && (part("_sum") || part("_count")))
+                || (current == "tessera_request_duration_seconds"
+                    && (part("_bucket") || part("_sum") || part("_count")));
             assert!(belongs, "{name} outside its group (in {current}):\n{text}");
         }
         for (family, kind) in [
             ("tessera_requests_total", "counter"),
             ("tessera_memtable_bytes", "gauge"),
             ("tessera_request_latency_us", "summary"),
+            ("tessera_request_duration_seconds", "histogram"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} {kind}\n")),
@@ -364,5 +402,16 @@ mod tests {
         assert!(text.contains("tessera_requests_total{shard=\"1\",op=\"get\"} 2\n"));
         assert!(text.contains("tessera_request_latency_us_count{shard=\"1\",op=\"get\"} 2\n"));
         assert!(text.contains("tessera_request_latency_us_sum{shard=\"0\",op=\"get\"} 100\n"));
+        // 40 and 60 µs: one under 50 µs, both under 100 µs, cumulative.
+        for (le, n) in [("0.00005", 1), ("0.0001", 2), ("1", 2), ("+Inf", 2)] {
+            let line = format!(
+                "tessera_request_duration_seconds_bucket{{shard=\"1\",op=\"get\",le=\"{le}\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "{line}{text}");
+        }
+        assert!(text.contains("tessera_request_duration_seconds_count{shard=\"0\",op=\"get\"} 2\n"));
+        assert!(
+            text.contains("tessera_request_duration_seconds_sum{shard=\"0\",op=\"get\"} 0.0001\n")
+        );
     }
 }
