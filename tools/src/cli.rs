@@ -18,6 +18,42 @@ pub enum CliError {
     Backup(#[from] backup::Error),
     #[error(transparent)]
     Cert(#[from] crate::cert::Error),
+    #[error("{path}: {error}")]
+    File {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// The bytes `put` stores: VALUE, or the file `--value-file` names (`-`:
+/// standard input).
+fn put_value(value: &Option<String>, file: &Option<PathBuf>) -> Result<Bytes, CliError> {
+    let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+        if path == Path::new("-") {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut all)?;
+            Ok(all)
+        } else {
+            std::fs::read(path)
+        }
+    };
+    match (value, file) {
+        (_, Some(path)) => read(path).map(Bytes::from).map_err(|error| CliError::File {
+            path: path.clone(),
+            error,
+        }),
+        (Some(value), None) => Ok(Bytes::from(value.clone())),
+        (None, None) => Ok(Bytes::new()),
+    }
+}
+
+/// `get --raw`: the value's bytes, if the key has one.
+pub fn get_raw(client: &mut Client, key: &str, at: Option<u64>) -> Result<Option<Bytes>, CliError> {
+    let key = Bytes::from(key.to_string());
+    Ok(match at {
+        Some(ts) => client.read_at(key, ts)?,
+        None => client.get(key)?,
+    })
 }
 
 /// `tessera cert`: makes the files and says how to use them.
@@ -80,13 +116,23 @@ pub enum Command {
         key: String,
         #[arg(long)]
         at: Option<u64>,
+        /// Write the value's bytes as they are, with no escaping and no
+        /// newline (e.g. into a file); a missing key writes nothing and
+        /// exits 1. The shell prints escaped values either way.
+        #[arg(long)]
+        raw: bool,
     },
     /// Print how long KEY has left, if it was written with a TTL.
     Ttl { key: String },
     /// Store VALUE under KEY.
     Put {
         key: String,
-        value: String,
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Store the bytes of this file instead of VALUE (`-`: standard
+        /// input).
+        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
         /// Expire the key this long after the write, e.g. 30s, 10m, 1h 30m.
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<std::time::Duration>,
@@ -242,7 +288,7 @@ pub fn show(b: &[u8]) -> String {
 /// Runs one command; returns the text to print.
 pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<String, CliError> {
     let text = match command {
-        Command::Get { key, at } => {
+        Command::Get { key, at, .. } => {
             let found = match at {
                 Some(ts) => client.read_at_with_expiry(Bytes::from(key.clone()), *ts)?,
                 None => client.get_with_expiry(Bytes::from(key.clone()))?,
@@ -281,10 +327,16 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
                 }
             }
         }
-        Command::Put { key, value, ttl } => {
+        Command::Put {
+            key,
+            value,
+            value_file,
+            ttl,
+        } => {
+            let value = put_value(value, value_file)?;
             let ts = match ttl {
-                Some(ttl) => client.put_with_ttl(key.clone(), value.clone(), *ttl)?,
-                None => client.put(key.clone(), value.clone())?,
+                Some(ttl) => client.put_with_ttl(key.clone(), value, *ttl)?,
+                None => client.put(key.clone(), value)?,
             };
             let expires = ttl.map(|ttl| humantime::format_duration(ttl).to_string());
             match (as_json, expires) {

@@ -206,3 +206,65 @@ fn the_shell_runs_commands_from_its_input() {
     assert!(out.contains("unrecognized subcommand 'bogus'"), "{out}");
     assert!(out.contains("commands: get KEY"), "{out}");
 }
+
+/// Binary values through files and pipes: `put --value-file` (a path, or
+/// `-` for standard input) and `get --raw` store and give back the exact
+/// bytes, which VALUE arguments and escaped output cannot carry.
+#[test]
+fn binary_values_go_in_from_a_file_or_stdin_and_out_raw() {
+    let server = InProcessServer::start();
+    let a = server.addr;
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    let (ok, out, err) = tessera(a, &["put", "blob", "--value-file", file.to_str().unwrap()]);
+    assert!(ok && out.starts_with("OK (ts "), "{out}{err}");
+    let raw = |key: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["--addr", &a.to_string(), "get", key, "--raw"])
+            .output()
+            .unwrap()
+    };
+    let got = raw("blob");
+    assert!(got.status.success());
+    assert!(got.stdout == blob, "the raw bytes differ");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "--addr",
+            &a.to_string(),
+            "put",
+            "piped",
+            "--value-file",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&blob[..1000])
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert!(raw("piped").stdout == blob[..1000], "stdin's bytes differ");
+
+    // A missing key: nothing written, exit 1.
+    let missing = raw("nothing-here");
+    assert!(!missing.status.success() && missing.stdout.is_empty());
+    let (ok, _, err) = tessera(a, &["put", "k", "--value-file", "/nonexistent/file"]);
+    assert!(
+        !ok && err.starts_with("error: /nonexistent/file: No such file"),
+        "{err}"
+    );
+    let (ok, _, err) = tessera(
+        a,
+        &["put", "k", "v", "--value-file", file.to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, _, err) = tessera(a, &["put", "k"]);
+    assert!(!ok && err.contains("required"), "{err}");
+}

@@ -2,12 +2,13 @@
 
 use clap::Parser;
 use rustyline::error::ReadlineError;
+use std::io::Write;
 use std::time::Duration;
 use tessera_client::{Client, ConnectOptions, TlsOptions};
 use tessera_tools::backup;
-use tessera_tools::cli::{cert, execute, report, Cli, Command};
+use tessera_tools::cli::{cert, execute, get_raw, report, Cli, Command};
 
-const SHELL_HELP: &str = "commands: get KEY [--at TS] | ttl KEY | put KEY VALUE [--ttl 30s] | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
+const SHELL_HELP: &str = "commands: get KEY [--at TS] | ttl KEY | put KEY VALUE [--ttl 30s] | put KEY --value-file PATH | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
 quote arguments with spaces: put greeting \"hello world\"";
 
 fn main() {
@@ -80,6 +81,22 @@ fn main() {
         }
     };
     match &cli.command {
+        Some(Command::Get { key, at, raw: true }) if !cli.json => {
+            match get_raw(&mut client, key, *at) {
+                Ok(Some(value)) => {
+                    let mut out = std::io::stdout().lock();
+                    if let Err(e) = out.write_all(&value).and_then(|()| out.flush()) {
+                        eprintln!("error: writing the value: {e}");
+                        std::process::exit(1);
+                    }
+                }
+                Ok(None) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Some(command) => match execute(&mut client, command, cli.json) {
             Ok(text) => println!("{text}"),
             Err(e) => {
