@@ -124,7 +124,7 @@ pub enum Command {
     },
     /// Print how long KEY has left, if it was written with a TTL.
     Ttl { key: String },
-    /// Store VALUE under KEY.
+    /// Store VALUE (or the bytes of --value-file) under KEY.
     Put {
         key: String,
         #[arg(required_unless_present = "value_file")]
