@@ -7,6 +7,13 @@ use common::{tessera, tessera_env, InProcessServer};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+/// Writes `input` to a spawned command's standard input, closes it, and
+/// waits for the command's output.
+fn fed(mut child: std::process::Child, input: &[u8]) -> std::process::Output {
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn json_of(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
@@ -186,7 +193,7 @@ fn a_server_that_requires_a_token_serves_the_cli_given_one() {
 fn the_shell_runs_commands_from_its_input() {
     let server = InProcessServer::start();
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let shell = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .arg("--addr")
         .arg(server.addr.to_string())
         .env("HOME", home.path())
@@ -194,13 +201,8 @@ fn the_shell_runs_commands_from_its_input() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"put k \"two words\"\nget k\nbogus\nhelp\nquit\n")
-        .unwrap();
-    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let output = fed(shell, b"put k \"two words\"\nget k\nbogus\nhelp\nquit\n");
+    let out = String::from_utf8(output.stdout).unwrap();
     assert!(out.contains("OK (ts "), "{out}");
     assert!(out.contains("two words\n"), "{out}");
     assert!(out.contains("unrecognized subcommand 'bogus'"), "{out}");
@@ -230,7 +232,7 @@ fn binary_values_go_in_from_a_file_or_stdin_and_out_raw() {
     assert!(got.status.success());
     assert!(got.stdout == blob, "the raw bytes differ");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let put = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args([
             "--addr",
             &a.to_string(),
@@ -243,13 +245,7 @@ fn binary_values_go_in_from_a_file_or_stdin_and_out_raw() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&blob[..1000])
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    assert!(fed(put, &blob[..1000]).status.success());
     assert!(raw("piped").stdout == blob[..1000], "stdin's bytes differ");
 
     // A missing key: nothing written, exit 1.
