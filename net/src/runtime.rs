@@ -626,6 +626,21 @@ mod tests {
     }
 
     #[test]
+    fn only_an_address_in_use_is_called_in_use() {
+        let taken = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = format!("{:#}", claim_listen_address(addr).unwrap_err());
+        assert!(err.contains("the address is in use"), "{err}");
+        // TEST-NET-1: no machine has it.
+        let absent: SocketAddr = "192.0.2.1:7878".parse().unwrap();
+        let err = format!("{:#}", claim_listen_address(absent).unwrap_err());
+        assert!(err.starts_with("listening on 192.0.2.1:7878: "), "{err}");
+        assert!(!err.contains("in use"), "{err}");
+        drop(taken);
+        assert!(claim_listen_address(addr).is_ok());
+    }
+
+    #[test]
     fn connections_get_at_most_half_the_open_files_limit() {
         assert_eq!(connections_room(10_000, 2, 1 << 20), 10_000);
         assert_eq!(connections_room(10_000, 2, 1024), 256);
