@@ -564,6 +564,8 @@ impl Shard {
                     shards: n as u32,
                     retention_ms: self.config.engine.retention_ms,
                     frame_bytes_max: self.config.limits.frame_bytes_max as u64,
+                    batch_ops_max: u32::try_from(self.config.limits.batch_ops_max)
+                        .unwrap_or(u32::MAX),
                 }
             }
             Request::Ping => Response::Pong,

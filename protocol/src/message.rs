@@ -228,6 +228,9 @@ pub enum Response {
         retention_ms: u64,
         /// The largest request frame the server reads (0: not said).
         frame_bytes_max: u64,
+        /// The most operations a batch or a transaction may carry (0: not
+        /// said).
+        batch_ops_max: u32,
     },
     Pong,
     /// A Get's or a ReadAt's answer; `expires_at_ms`: when the key
@@ -824,6 +827,7 @@ impl Response {
                 shards,
                 retention_ms,
                 frame_bytes_max,
+                batch_ops_max,
             } => {
                 let server_version = Some(b.create_string(server_version));
                 let o = wire::HelloResult::create(
@@ -834,6 +838,7 @@ impl Response {
                         shards: *shards,
                         retention_ms: *retention_ms,
                         frame_bytes_max: *frame_bytes_max,
+                        batch_ops_max: *batch_ops_max,
                     },
                 );
                 (wire::Outcome::HelloResult, o.as_union_value())
@@ -1042,6 +1047,7 @@ pub fn decode_response(buf: &[u8]) -> Result<(u64, Response), DecodeError> {
                 shards: h.shards(),
                 retention_ms: h.retention_ms(),
                 frame_bytes_max: h.frame_bytes_max(),
+                batch_ops_max: h.batch_ops_max(),
             }
         }
         wire::Outcome::PingResult => Response::Pong,
@@ -1251,6 +1257,7 @@ mod tests {
                 shards: 2,
                 retention_ms: 60_000,
                 frame_bytes_max: 2 << 20,
+                batch_ops_max: 1024,
             },
             Response::Txn(TxnOutcome {
                 committed: false,

@@ -44,7 +44,8 @@ const TRAILER: u32 = u32::MAX;
 /// Rows per scan page (the server's most; its byte budget bounds a page of
 /// large values).
 pub const PAGE_ROWS: u32 = 10_000;
-/// A restore batch: at most this many puts...
+/// A restore batch: at most this many puts (or the server's most, if
+/// fewer)...
 const BATCH_OPS: usize = 256;
 /// ...and about this many bytes, or half the server's frame limit if that
 /// is less (its default is 2 MiB).
@@ -368,6 +369,7 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
     let mut expired = 0;
     // Half the frame leaves room for the batch's encoding around the rows.
     let batch_bytes_max = BATCH_BYTES.min(client.entry().frame_bytes_max() / 2);
+    let batch_ops_max = BATCH_OPS.min(client.entry().batch_ops_max());
     while let Some(BackupRow {
         key,
         value,
@@ -398,7 +400,7 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
         }
         *bytes += row_bytes;
         ops.push(BatchOp::Put { key, value, ttl_ms });
-        if ops.len() >= BATCH_OPS || *bytes >= batch_bytes_max {
+        if ops.len() >= batch_ops_max || *bytes >= batch_bytes_max {
             *bytes = 0;
             send_batch(client, std::mem::take(ops), sent)?;
         }

@@ -87,16 +87,18 @@ fn a_restore_brings_back_every_key_and_value() {
     );
 }
 
-/// A restore into a server whose frames are small (64 KiB) sends batches
-/// that fit them: it used to send ~512 KiB batches whatever the server.
+/// A restore sends batches that fit the server's limits, from its hello:
+/// into 64 KiB frames, and at most 20 operations. It used to send ~512 KiB
+/// batches of up to 256 puts whatever the server.
 #[test]
-fn a_restore_fits_its_batches_to_the_servers_frames() {
+fn a_restore_fits_its_batches_to_the_servers_limits() {
     let source = InProcessServer::start();
     let mut client = Client::connect(source.addr).unwrap();
     for i in 0..300u32 {
         client
             .put(format!("k{i:03}"), vec![(i % 251) as u8; 20 << 10])
             .unwrap();
+        client.put(format!("small{i:03}"), "v").unwrap();
     }
     let want = all_rows(&mut client);
     let dir = tempfile::tempdir().unwrap();
@@ -107,10 +109,11 @@ fn a_restore_fits_its_batches_to_the_servers_frames() {
     let target = InProcessServer::start_with(|flags| {
         flags.frame_bytes_max = Some(64 << 10);
         flags.value_bytes_max = Some(32 << 10);
+        flags.batch_ops_max = Some(20);
     });
     let (ok, out, err) = tessera(target.addr, &["restore", file_arg]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("restore: 300 rows"), "{out}");
+    assert!(out.starts_with("restore: 600 rows"), "{out}");
     let mut restored = Client::connect(target.addr).unwrap();
     assert!(all_rows(&mut restored) == want, "the restored rows differ");
 }

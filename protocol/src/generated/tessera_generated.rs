@@ -2653,6 +2653,7 @@ impl<'a> HelloResult<'a> {
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 8;
   pub const VT_RETENTION_MS: ::flatbuffers::VOffsetT = 10;
   pub const VT_FRAME_BYTES_MAX: ::flatbuffers::VOffsetT = 12;
+  pub const VT_BATCH_OPS_MAX: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2666,6 +2667,7 @@ impl<'a> HelloResult<'a> {
     let mut builder = HelloResultBuilder::new(_fbb);
     builder.add_frame_bytes_max(args.frame_bytes_max);
     builder.add_retention_ms(args.retention_ms);
+    builder.add_batch_ops_max(args.batch_ops_max);
     builder.add_shards(args.shards);
     if let Some(x) = args.server_version { builder.add_server_version(x); }
     builder.add_protocol_version(args.protocol_version);
@@ -2708,6 +2710,13 @@ impl<'a> HelloResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(HelloResult::VT_FRAME_BYTES_MAX, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn batch_ops_max(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(HelloResult::VT_BATCH_OPS_MAX, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HelloResult<'_> {
@@ -2721,6 +2730,7 @@ impl ::flatbuffers::Verifiable for HelloResult<'_> {
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
      .visit_field::<u64>("retention_ms", Self::VT_RETENTION_MS, false)?
      .visit_field::<u64>("frame_bytes_max", Self::VT_FRAME_BYTES_MAX, false)?
+     .visit_field::<u32>("batch_ops_max", Self::VT_BATCH_OPS_MAX, false)?
      .finish();
     Ok(())
   }
@@ -2731,6 +2741,7 @@ pub struct HelloResultArgs<'a> {
     pub shards: u32,
     pub retention_ms: u64,
     pub frame_bytes_max: u64,
+    pub batch_ops_max: u32,
 }
 impl<'a> Default for HelloResultArgs<'a> {
   #[inline]
@@ -2741,6 +2752,7 @@ impl<'a> Default for HelloResultArgs<'a> {
       shards: 0,
       retention_ms: 0,
       frame_bytes_max: 0,
+      batch_ops_max: 0,
     }
   }
 }
@@ -2771,6 +2783,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloResultBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u64>(HelloResult::VT_FRAME_BYTES_MAX, frame_bytes_max, 0);
   }
   #[inline]
+  pub fn add_batch_ops_max(&mut self, batch_ops_max: u32) {
+    self.fbb_.push_slot::<u32>(HelloResult::VT_BATCH_OPS_MAX, batch_ops_max, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloResultBuilder {
@@ -2793,6 +2809,7 @@ impl ::core::fmt::Debug for HelloResult<'_> {
       ds.field("shards", &self.shards());
       ds.field("retention_ms", &self.retention_ms());
       ds.field("frame_bytes_max", &self.frame_bytes_max());
+      ds.field("batch_ops_max", &self.batch_ops_max());
       ds.finish()
   }
 }

@@ -466,6 +466,8 @@ class HelloInfo:
     retention_ms: int
     #: The largest request frame the server reads (0: not said).
     frame_bytes_max: int = 0
+    #: The most operations a batch or a transaction may carry (0: not said).
+    batch_ops_max: int = 0
 
 
 class Expiring(bytes):
@@ -643,6 +645,7 @@ def _outcome_value(kind: int, table: flatbuffers.table.Table):
             h.Shards(),
             h.RetentionMs(),
             h.FrameBytesMax(),
+            h.BatchOpsMax(),
         )
     if kind == o.StatsResult:
         s = _as(_stats_result.StatsResult, table)

@@ -170,6 +170,8 @@ pub struct Connection {
     /// The largest request frame the server reads: what its hello says,
     /// until then the protocol's default.
     frame_bytes_max: usize,
+    /// The most operations a batch or a transaction may carry, likewise.
+    batch_ops_max: usize,
 }
 
 /// How long a connection may sit unused before [`Client`] checks, ahead
@@ -212,6 +214,7 @@ impl Connection {
             outstanding: 0,
             last_used: Instant::now(),
             frame_bytes_max: Limits::default().frame_bytes_max,
+            batch_ops_max: Limits::default().batch_ops_max,
         })
     }
 
@@ -224,6 +227,12 @@ impl Connection {
     /// protocol's default before one). [`Connection::send`] refuses more.
     pub fn frame_bytes_max(&self) -> usize {
         self.frame_bytes_max
+    }
+
+    /// The most operations a batch or a transaction may carry (its hello
+    /// says; the protocol's default before one).
+    pub fn batch_ops_max(&self) -> usize {
+        self.batch_ops_max
     }
 
     /// Whether the server has closed this idle connection (or sent it
@@ -343,10 +352,14 @@ impl Connection {
                 shards,
                 retention_ms,
                 frame_bytes_max,
+                batch_ops_max,
                 ..
             } => {
                 if frame_bytes_max > 0 {
                     self.frame_bytes_max = usize::try_from(frame_bytes_max).unwrap_or(usize::MAX);
+                }
+                if batch_ops_max > 0 {
+                    self.batch_ops_max = batch_ops_max as usize;
                 }
                 Ok(ServerInfo {
                     server_version,

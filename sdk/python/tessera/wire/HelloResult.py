@@ -61,8 +61,15 @@ class HelloResult(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # HelloResult
+    def BatchOpsMax(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
 def HelloResultStart(builder: flatbuffers.Builder):
-    builder.StartObject(5)
+    builder.StartObject(6)
 
 def Start(builder: flatbuffers.Builder):
     HelloResultStart(builder)
@@ -96,6 +103,12 @@ def HelloResultAddFrameBytesMax(builder: flatbuffers.Builder, frameBytesMax: int
 
 def AddFrameBytesMax(builder: flatbuffers.Builder, frameBytesMax: int):
     HelloResultAddFrameBytesMax(builder, frameBytesMax)
+
+def HelloResultAddBatchOpsMax(builder: flatbuffers.Builder, batchOpsMax: int):
+    builder.PrependUint32Slot(5, batchOpsMax, 0)
+
+def AddBatchOpsMax(builder: flatbuffers.Builder, batchOpsMax: int):
+    HelloResultAddBatchOpsMax(builder, batchOpsMax)
 
 def HelloResultEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
