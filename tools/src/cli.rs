@@ -445,8 +445,14 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
                     .collect();
                 json!({"metrics": all}).to_string()
             } else {
-                let width = metrics.iter().map(|m| m.name.len()).max().unwrap_or(0);
-                metrics
+                // The latency histogram's buckets are for Prometheus; the
+                // quantiles say the same to a reader.
+                let shown: Vec<_> = metrics
+                    .iter()
+                    .filter(|m| !m.name.contains("_bucket{"))
+                    .collect();
+                let width = shown.iter().map(|m| m.name.len()).max().unwrap_or(0);
+                shown
                     .iter()
                     .map(|m| format!("shard {:<3} {:<width$} {}", m.shard, m.name, m.value))
                     .collect::<Vec<_>>()

@@ -43,6 +43,10 @@ fn one_shot_commands_print_results_and_json() {
         out.contains("shard 1") && out.contains("requests_total{op=\"put\"}"),
         "{out}"
     );
+    // Histogram buckets go to Prometheus and --json, not to a reader.
+    assert!(!out.contains("_bucket{"), "{out}");
+    let (_, out, _) = tessera(a, &["--json", "stats"]);
+    assert!(out.contains("request_duration_seconds_bucket{"), "{out}");
     let (ok, _, err) = tessera(a, &["put", &"k".repeat(5000), "v"]);
     assert!(
         !ok && err.starts_with("error: server error KeyTooLarge"),
