@@ -47,6 +47,7 @@ from .client import (
     Txn,
     TxnOutcome,
     WriteOp,
+    closed_before_hello,
     decode_response,
     FRAME_BYTES_MAX_DEFAULT,
     encode_requests,
@@ -234,7 +235,10 @@ class Client(Routing):
         shards: list[Connection] = []
         hello = Hello(PROTOCOL_VERSION, client_name, token)
         try:
-            info = await entry.call(hello)
+            try:
+                info = await entry.call(hello)
+            except ConnectionClosed as e:
+                raise closed_before_hello(e, tls) from e
             topology = await entry.call(Topology())
             client = cls(entry, shards, info, topology)
             client._open_args = (timeout, tls, name)

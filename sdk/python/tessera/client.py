@@ -136,6 +136,15 @@ class ConnectionClosed(TesseraError, ConnectionError):
     """The server closed the connection."""
 
 
+def closed_before_hello(error: ConnectionClosed, tls) -> ConnectionClosed:
+    """``error``, raised by a connection's first hello, with a hint for a
+    plain connection: a TLS server closes one that does not start with a
+    handshake."""
+    if tls is not None:
+        return error
+    return ConnectionClosed(f"{error} (if the server uses TLS, pass tls=...)")
+
+
 # --- requests ---------------------------------------------------------------
 
 
@@ -951,7 +960,11 @@ class Client(Routing):
         self.entry = Connection(address, timeout, tls, name)
         self.shards: list[Connection] = []
         try:
-            self._route(self.entry.call(self._hello), self.entry.call(Topology()))
+            try:
+                hello = self.entry.call(self._hello)
+            except ConnectionClosed as e:
+                raise closed_before_hello(e, tls) from e
+            self._route(hello, self.entry.call(Topology()))
             for address in self.addresses:
                 self.shards.append(self._open(address))
         except BaseException:

@@ -43,9 +43,12 @@ class TlsTest(unittest.IsolatedAsyncioTestCase):
             results = db.connection_for("tls:big").pipeline([tessera.Get("tls:big")] * 20)
             self.assertEqual(results, [big] * 20)
 
-    def test_plain_clients_and_unknown_cas_are_refused(self):
-        with self.assertRaises(tessera.ConnectionClosed):
+    async def test_plain_clients_and_unknown_cas_are_refused(self):
+        # A plain client is told TLS may be why.
+        with self.assertRaisesRegex(tessera.ConnectionClosed, r"pass tls="):
             tessera.Client(self.server.address, token=TOKEN, timeout=5)
+        with self.assertRaisesRegex(tessera.ConnectionClosed, r"pass tls="):
+            await tessera.aio.Client.connect(self.server.address, token=TOKEN, timeout=5)
         with tempfile.TemporaryDirectory() as other:
             other_ca = make_certs(other)[0]
             with self.assertRaises(ssl.SSLCertVerificationError):
