@@ -129,3 +129,19 @@ fn keys_with_a_ttl_expire_for_every_read_and_survive_a_crash_with_their_expiry()
     assert_eq!(client.get("long").unwrap().as_deref(), Some(&b"lives"[..]));
     assert!(server.stop());
 }
+
+/// A TTL of zero expires at once, like one under a millisecond: sent as 0
+/// it meant no expiry at all, the opposite of what was asked.
+#[test]
+fn a_zero_ttl_expires_at_once_instead_of_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &[]);
+    let mut client = Client::connect(&server.listen).unwrap();
+    client.put_with_ttl("zero", "v", Duration::ZERO).unwrap();
+    let txn = Txn::new().put_with_ttl("zero-txn", "v", Duration::ZERO);
+    assert!(client.txn(&txn).unwrap().committed);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(client.get("zero").unwrap(), None);
+    assert_eq!(client.get("zero-txn").unwrap(), None);
+    assert!(server.stop());
+}

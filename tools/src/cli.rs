@@ -25,6 +25,16 @@ pub enum CliError {
     },
 }
 
+/// A `--ttl`: a duration above zero (the protocol's TTL of 0 means none,
+/// the opposite of what `--ttl 0s` asks).
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("a TTL must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The bytes `put` stores: VALUE, or the file `--value-file` names (`-`:
 /// standard input).
 fn put_value(value: &Option<String>, file: &Option<PathBuf>) -> Result<Bytes, CliError> {
@@ -134,7 +144,7 @@ pub enum Command {
         #[arg(long, value_name = "PATH", conflicts_with = "value")]
         value_file: Option<PathBuf>,
         /// Expire the key this long after the write, e.g. 30s, 10m, 1h 30m.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = positive_duration)]
         ttl: Option<std::time::Duration>,
     },
     /// Delete KEY.

@@ -47,6 +47,8 @@ fn one_shot_commands_print_results_and_json() {
     assert!(!out.contains("_bucket{"), "{out}");
     let (_, out, _) = tessera(a, &["--json", "stats"]);
     assert!(out.contains("request_duration_seconds_bucket{"), "{out}");
+    let (ok, _, err) = tessera(a, &["put", "k", "v", "--ttl", "0s"]);
+    assert!(!ok && err.contains("a TTL must be above zero"), "{err}");
     let (ok, _, err) = tessera(a, &["put", &"k".repeat(5000), "v"]);
     assert!(
         !ok && err.starts_with("error: server error KeyTooLarge"),

@@ -916,10 +916,12 @@ impl Client {
     }
 }
 
-/// A TTL in whole milliseconds, rounded up (a TTL under a millisecond is
-/// one, not 0, which would mean no expiry).
+/// A TTL in whole milliseconds, rounded up: a TTL under a millisecond,
+/// zero too, is one, not 0, which would mean no expiry.
 fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// A Get's or ReadAt's value and expiry.
