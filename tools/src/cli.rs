@@ -5,7 +5,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use tessera_client::{Client, Error, Retry, Txn};
+use tessera_client::{Client, Retry, Txn};
 
 use crate::backup;
 
@@ -18,6 +18,9 @@ pub enum CliError {
     Backup(#[from] backup::Error),
     #[error(transparent)]
     Cert(#[from] crate::cert::Error),
+    /// Arguments that make no command (beyond what the parser checks).
+    #[error("{0}")]
+    Usage(String),
     #[error("{path}: {error}")]
     File {
         path: PathBuf,
@@ -232,10 +235,10 @@ pub enum Command {
 }
 
 /// Splits `KEY=VALUE`.
-fn pair(flag: &str, arg: &str) -> tessera_client::Result<(String, String)> {
+fn pair(flag: &str, arg: &str) -> Result<(String, String), CliError> {
     arg.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| Error::Protocol(format!("--{flag} wants KEY=VALUE, got {arg:?}")))
+        .ok_or_else(|| CliError::Usage(format!("--{flag} wants KEY=VALUE, got {arg:?}")))
 }
 
 /// The transaction the `txn` flags describe, and each condition as the
@@ -248,7 +251,7 @@ fn build_txn(
     read: &[String],
     put: &[String],
     del: &[String],
-) -> tessera_client::Result<(Txn, Vec<String>)> {
+) -> Result<(Txn, Vec<String>), CliError> {
     let mut txn = Txn::new();
     let mut described = Vec::new();
     for k in exists {
@@ -268,7 +271,7 @@ fn build_txn(
         let (k, v) = pair("version", arg)?;
         let ts = v
             .parse()
-            .map_err(|_| Error::Protocol(format!("--version wants KEY=TIMESTAMP, got {arg:?}")))?;
+            .map_err(|_| CliError::Usage(format!("--version wants KEY=TIMESTAMP, got {arg:?}")))?;
         txn = txn.version_is(k, ts);
         described.push(format!("--version {arg}"));
     }
@@ -283,7 +286,7 @@ fn build_txn(
         txn = txn.delete(k.clone());
     }
     if txn.home_key().is_none() {
-        return Err(Error::Protocol(
+        return Err(CliError::Usage(
             "a transaction needs at least one condition, read or write".into(),
         ));
     }
