@@ -98,41 +98,33 @@ pub fn abort_on_panic() {
 /// WAL segment either, so its flushes failed. For the server binary: the
 /// limit is the whole process's.
 pub fn raise_open_files_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut limit = open_files_limits()?;
     // An unlimited hard limit still stops at the kernel's `nr_open`.
     let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|n| n.trim().parse::<u64>().ok())
         .map_or(limit.rlim_max, |n| n.min(limit.rlim_max));
     if limit.rlim_cur < ceiling {
-        let raised = libc::rlimit {
-            rlim_cur: ceiling,
-            rlim_max: limit.rlim_max,
-        };
+        limit.rlim_cur = ceiling;
         // SAFETY: setrlimit reads a struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        limit.rlim_cur = ceiling;
     }
     Ok(limit.rlim_cur)
 }
 
-/// This process's soft limit on open files, if it can be read.
-fn open_files_limit() -> Option<u64> {
+/// This process's soft and hard limits on open files.
+fn open_files_limits() -> std::io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into a struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => Ok(limit),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Fewer connections per shard than this, for the open-files limit, is
@@ -316,7 +308,11 @@ pub fn run(
         config.listen.set_port(free_port(config.listen.ip())?);
     }
     let _claim = claim_listen_address(config.listen)?;
-    if let Some(open_files) = open_files_limit() {
+    if let Ok(libc::rlimit {
+        rlim_cur: open_files,
+        ..
+    }) = open_files_limits()
+    {
         let room = connections_room(config.connections_max, config.shards, open_files);
         if room < config.connections_max {
             let why = "the open-files limit leaves room for fewer connections than \
