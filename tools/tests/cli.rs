@@ -209,11 +209,17 @@ fn the_shell_runs_commands_from_its_input() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let output = fed(shell, b"put k \"two words\"\nget k\nbogus\nhelp\nquit\n");
+    let output = fed(
+        shell,
+        b"put k \"two words\"\nget k\nbogus\nget\nhelp\nquit\n",
+    );
     let out = String::from_utf8(output.stdout).unwrap();
     assert!(out.contains("OK (ts "), "{out}");
     assert!(out.contains("two words\n"), "{out}");
     assert!(out.contains("unrecognized subcommand 'bogus'"), "{out}");
+    // A missing argument is named, and the usage text is left out.
+    assert!(out.contains("were not provided:\n  <KEY>\n"), "{out}");
+    assert!(!out.contains("Usage:"), "{out}");
     assert!(out.contains("commands: get KEY"), "{out}");
 }
 

@@ -118,6 +118,18 @@ fn host_of(addr: &str) -> Option<String> {
     )
 }
 
+/// A shell line's parse error up to clap's usage block: the message and
+/// what it lists ("the following required arguments were not provided:"
+/// is followed by the arguments), without the usage text that follows.
+fn usage_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .collect();
+    message.join("\n")
+}
+
 fn shell(cli: &Cli, client: &mut Client) {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
@@ -170,10 +182,7 @@ fn shell(cli: &Cli, client: &mut Client) {
                 Err(e) => println!("error: {e}"),
             },
             Ok(_) => println!("{SHELL_HELP}"),
-            Err(e) => println!(
-                "{}",
-                e.render().to_string().lines().next().unwrap_or("error")
-            ),
+            Err(e) => println!("{}", usage_error(&e)),
         }
     }
     if let Some(h) = &history {
