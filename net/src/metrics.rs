@@ -228,6 +228,10 @@ impl ShardMetrics {
             "row_cache_misses_total".into(),
             engine.row_cache_misses as f64,
         );
+        push(
+            "table_resident_bytes".into(),
+            engine.table_resident_bytes as f64,
+        );
         push("wal_syncs_total".into(), engine.wal_syncs as f64);
         push("wal_bytes_total".into(), engine.wal_bytes as f64);
         push("wal_groups_total".into(), engine.wal_groups as f64);
