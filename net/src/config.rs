@@ -2,6 +2,7 @@
 //! by flags (flags win), every field with a documented default
 //! (docs/operations.md).
 
+use crate::memory::{Fit, Given, MemoryLimit};
 use crate::tls::Tls;
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -53,14 +54,17 @@ pub struct Flags {
     /// the writes after it) [default: strict].
     #[arg(long)]
     pub wal_recovery: Option<String>,
-    /// Memtable size per shard in bytes [default: 64 MiB].
+    /// Memtable size per shard in bytes [default: 64 MiB; less under a
+    /// memory limit that the defaults would not fit in a third of].
     #[arg(long)]
     pub memtable_bytes: Option<usize>,
-    /// Block cache per shard in bytes [default: 256 MiB].
+    /// Block cache per shard in bytes [default: 256 MiB; less under a
+    /// memory limit, as --memtable-bytes].
     #[arg(long)]
     pub cache_bytes: Option<usize>,
     /// Row cache per shard in bytes: the newest version of recently read
-    /// keys; 0 turns it off [default: 64 MiB].
+    /// keys; 0 turns it off [default: 64 MiB; less under a memory limit,
+    /// as --memtable-bytes].
     #[arg(long)]
     pub row_cache_bytes: Option<usize>,
     /// Touch each shard's memory budget (caches and memtables) at
@@ -74,11 +78,11 @@ pub struct Flags {
     #[arg(long)]
     pub compaction_bytes_per_sec: Option<u64>,
     /// How much of an input table compaction reads at once (the next
-    /// window is read meanwhile) [default: 1 MiB].
+    /// window is read meanwhile) [default: 256 KiB].
     #[arg(long)]
     pub compaction_read_ahead_bytes: Option<usize>,
     /// Level-0 tables from which writes slow down: compaction gets a
-    /// growing share of the shard [default: 20].
+    /// growing share of the shard [default: 14].
     #[arg(long)]
     pub l0_slowdown_tables: Option<usize>,
     /// Level-0 tables at which flushes, and so writes, wait for compaction
@@ -157,6 +161,10 @@ pub struct Config {
     pub connections_max: usize,
     pub inflight_per_connection_max: usize,
     pub prefault_memory: bool,
+    /// The memory the server may use (the machine's, or its cgroup's).
+    pub memory_limit: Option<MemoryLimit>,
+    /// What sizing the memory settings to `memory_limit` did.
+    pub memory_fit: Fit,
     /// The token connections must present and the TLS certificate they
     /// are served with, reloadable (SIGHUP).
     pub credentials: Arc<CredentialSource>,
@@ -284,8 +292,14 @@ impl Flags {
 }
 
 impl Config {
-    /// Resolves flags over the `--config` file over defaults.
+    /// Resolves flags over the `--config` file over defaults, the memory
+    /// settings not given sized to this machine's (or cgroup's) memory.
     pub fn resolve(flags: Flags) -> anyhow::Result<Config> {
+        Self::resolve_with(flags, crate::memory::limit())
+    }
+
+    /// [`Config::resolve`] with the memory limit given.
+    pub fn resolve_with(flags: Flags, memory_limit: Option<MemoryLimit>) -> anyhow::Result<Config> {
         let file: Flags = match &flags.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -353,7 +367,7 @@ impl Config {
         if limits.key_bytes_max + limits.value_bytes_max + 256 > limits.frame_bytes_max {
             bail!("frame-bytes-max must exceed key-bytes-max + value-bytes-max");
         }
-        let engine = Options {
+        let mut engine = Options {
             wal_sync,
             wal_recovery,
             memtable_bytes_max: pick!(memtable_bytes).unwrap_or(defaults.memtable_bytes_max),
@@ -374,6 +388,15 @@ impl Config {
             wal_group_bytes_max: defaults.wal_group_bytes_max.max(limits.frame_bytes_max),
             ..defaults
         };
+        let given = Given {
+            memtable: pick!(memtable_bytes).is_some(),
+            block_cache: pick!(cache_bytes).is_some(),
+            row_cache: pick!(row_cache_bytes).is_some(),
+        };
+        let memory_fit = match memory_limit {
+            Some(limit) => crate::memory::fit(&mut engine, given, shards, limit.bytes),
+            None => Fit::Fits,
+        };
         engine.validate()?;
         let shard_base_port = pick!(shard_base_port).unwrap_or(if listen.port() == 0 {
             0
@@ -393,6 +416,8 @@ impl Config {
             connections_max: pick!(connections_max).unwrap_or(10_000),
             inflight_per_connection_max: pick!(inflight_per_connection_max).unwrap_or(256),
             prefault_memory: pick!(prefault_memory).unwrap_or(true),
+            memory_limit,
+            memory_fit,
             credentials: Arc::new(CredentialSource::load(
                 pick!(auth_token_file),
                 match (pick!(tls_cert), pick!(tls_key)) {
@@ -541,6 +566,52 @@ mod tests {
         let flags = Flags::parse_from(["tessera-server", "--l0-stop-tables", "10"]);
         let err = Config::resolve(flags).unwrap_err().to_string();
         assert!(err.contains("slowdown (14) <= stop (10)"), "{err}");
+    }
+
+    /// `--help` states the engine's defaults, which it cannot take from
+    /// them (the flags are options, so a config file can fill them).
+    #[test]
+    fn the_help_states_the_engines_defaults() {
+        use clap::CommandFactory;
+        let help = Flags::command().render_long_help().to_string();
+        let d = Options::default();
+        let size = |bytes: usize| match bytes {
+            b if b >= 1 << 20 => format!("{} MiB", b >> 20),
+            b => format!("{} KiB", b >> 10),
+        };
+        let stated = [
+            ("--memtable-bytes", size(d.memtable_bytes_max)),
+            ("--cache-bytes", size(d.block_cache_bytes)),
+            ("--row-cache-bytes", size(d.row_cache_bytes)),
+            ("--wal-segment-bytes", size(d.wal_segment_bytes as usize)),
+            (
+                "--compaction-bytes-per-sec",
+                format!("{}/s", size(d.compaction_bytes_per_sec as usize)),
+            ),
+            (
+                "--compaction-read-ahead-bytes",
+                size(d.compaction_read_ahead_bytes),
+            ),
+            ("--l0-slowdown-tables", d.l0_slowdown_trigger.to_string()),
+            ("--l0-stop-tables", d.l0_stop_trigger.to_string()),
+            ("--retention-ms", d.retention_ms.to_string()),
+            ("--txn-wait-ms", d.txn_wait_ms.to_string()),
+            ("--txn-ts-cache-keys", d.txn_ts_cache_keys.to_string()),
+        ];
+        for (flag, default) in stated {
+            let start = help.find(&format!("{flag} <")).expect(flag);
+            let end = help[start + 2..]
+                .find("\n      --")
+                .map_or(help.len(), |e| start + 2 + e);
+            let text = help[start..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                text.contains(&format!("[default: {default}")),
+                "{flag} should state [default: {default}]: {text}"
+            );
+        }
     }
 
     #[test]

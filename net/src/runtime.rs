@@ -6,6 +6,7 @@
 //! (stop accepting, finish in-flight writes, flush, exit 0).
 
 use crate::config::{Config, Placement};
+use crate::memory::{Fit, MemoryLimit};
 use crate::server::{accept_loop, metrics_loop};
 use crate::shard::{MeshMsg, Shard};
 use crate::slots::SlotMap;
@@ -340,8 +341,9 @@ pub fn run(
     }
     let config = Arc::new(config);
     let n = config.shards;
+    log_memory_fit(&config);
     if config.prefault_memory {
-        prefault(config.engine.memory_budget() * n, n);
+        prefault(config.engine.memory_budget() * n, n, config.memory_limit);
     }
     let mesh = (n > 1).then(|| MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_DEPTH));
     let addresses: Arc<OnceLock<Vec<String>>> = Arc::new(OnceLock::new());
@@ -430,15 +432,53 @@ pub fn run(
     Ok(())
 }
 
+/// Says how the memory settings were sized to the memory limit.
+fn log_memory_fit(config: &Config) {
+    let Some(limit) = config.memory_limit else {
+        return;
+    };
+    let limit_mib = limit.bytes >> 20;
+    let of = if limit.cgroup { "cgroup" } else { "machine" };
+    let (memtable_mib, cache_mib, row_cache_mib) = (
+        config.engine.memtable_bytes_max >> 20,
+        config.engine.block_cache_bytes >> 20,
+        config.engine.row_cache_bytes >> 20,
+    );
+    match config.memory_fit {
+        Fit::Fits => {}
+        Fit::Shrunk {
+            from_bytes,
+            to_bytes,
+        } => tracing::info!(
+            limit_mib,
+            of,
+            from_mib = from_bytes >> 20,
+            to_mib = to_bytes >> 20,
+            memtable_mib,
+            cache_mib,
+            row_cache_mib,
+            "memory settings not given were shrunk for the shards to fit a third of the memory limit"
+        ),
+        Fit::Over { budget_bytes } => tracing::warn!(
+            limit_mib,
+            of,
+            budget_mib = budget_bytes >> 20,
+            memtable_mib,
+            cache_mib,
+            row_cache_mib,
+            "the shards' memory budget exceeds a third of the memory limit: lower --memtable-bytes, \
+             --cache-bytes or --row-cache-bytes, or run fewer shards"
+        ),
+    }
+}
+
 /// Touches the shards' memory budget before they start, one thread per
 /// shard (see `tessera_engine::memory::prefault`), at most half the memory
-/// the kernel reports available: a budget the machine cannot hold would
-/// otherwise be forced into memory at startup, and a budget is a ceiling
-/// the shards may never reach.
-fn prefault(budget: usize, shards: usize) {
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| mem_available(&m));
+/// the kernel reports available (and the cgroup allows): a budget the
+/// machine cannot hold would otherwise be forced into memory at startup,
+/// and a budget is a ceiling the shards may never reach.
+fn prefault(budget: usize, shards: usize, limit: Option<MemoryLimit>) {
+    let available = crate::memory::available(limit);
     let bytes = prefault_bytes(budget, available);
     if bytes < budget {
         tracing::warn!(
@@ -461,18 +501,6 @@ fn prefault(budget: usize, shards: usize) {
 /// unknown, so none).
 fn prefault_bytes(budget: usize, available: Option<usize>) -> usize {
     available.map_or(0, |a| budget.min(a / 2))
-}
-
-/// `MemAvailable` from /proc/meminfo, in bytes.
-fn mem_available(meminfo: &str) -> Option<usize> {
-    let kib: usize = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib << 10)
 }
 
 async fn shard_main(
@@ -612,13 +640,10 @@ mod tests {
 
     #[test]
     fn prefault_stops_at_half_the_available_memory() {
-        let info = "MemTotal:       24000000 kB\nMemAvailable:    2097152 kB\n";
-        let available = mem_available(info);
-        assert_eq!(available, Some(2 << 30));
+        let available = Some(2 << 30);
         assert_eq!(prefault_bytes(512 << 20, available), 512 << 20);
         assert_eq!(prefault_bytes(4 << 30, available), 1 << 30);
         assert_eq!(prefault_bytes(512 << 20, None), 0);
-        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
     }
 
     #[test]

@@ -402,6 +402,112 @@ fn connections_leave_the_engine_room_under_the_open_files_limit() {
     );
 }
 
+/// A memory cgroup of this test's own, removed when dropped: cgroup v1's
+/// memory hierarchy or, without it, the v2 root when it delegates the
+/// memory controller. `None` where neither can be written (not root).
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+    /// `cgroup.procs`, opened before the fork: writing "0" to it moves the
+    /// writer, the child between fork and exec.
+    procs: std::fs::File,
+}
+
+impl MemoryCgroup {
+    fn create(limit_bytes: u64) -> Option<MemoryCgroup> {
+        let name = format!("tessera-test-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let delegates_memory = std::fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(&name), "memory.limit_in_bytes")
+        } else if delegates_memory {
+            (v2.join(&name), "memory.max")
+        } else {
+            return None;
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let made = std::fs::write(dir.join(limit_file), limit_bytes.to_string()).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+        });
+        match made {
+            Ok(procs) => Some(MemoryCgroup { dir, procs }),
+            Err(_) => {
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A server in a container's memory limit sizes itself to the limit,
+/// not to the host's memory that /proc/meminfo reports there. Before,
+/// two default shards prefaulted their 1 GiB budget at startup and the
+/// kernel killed the server before it was ready; now the settings not
+/// given shrink to fit a third of the limit, it says so, and it serves.
+#[test]
+fn a_server_in_a_memory_limited_cgroup_sizes_itself_to_the_limit() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Some(cgroup) = MemoryCgroup::create(768 << 20) else {
+        eprintln!("skipped: no memory cgroup can be made here (needs root and cgroups)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Server::command(dir.path(), 2, &["--wal-sync", "none"]);
+    command.env("RUST_LOG", "info");
+    let procs = cgroup.procs.as_raw_fd();
+    // SAFETY: one write(2) to a descriptor opened before the fork.
+    unsafe {
+        command.pre_exec(move || match libc::write(procs, b"0".as_ptr().cast(), 1) {
+            1 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let server = Server::spawn(command).expect("the server starts inside the limit");
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    let value = Bytes::from(vec![b'v'; 16 << 10]);
+    for i in 0..8000 {
+        client.put(format!("key-{i:05}"), value.clone()).unwrap();
+    }
+    for i in (0..8000).step_by(61) {
+        assert_eq!(
+            client.get(format!("key-{i:05}")).unwrap(),
+            Some(value.clone())
+        );
+    }
+    drop(client);
+    let (stopped, stderr) = server.stop_with_stderr();
+    assert!(stopped, "{stderr}");
+    // 768 MiB / 3 / 2 shards = 128 MiB each: every default quartered.
+    let shrunk = stderr
+        .lines()
+        .find(|l| l.contains("memory settings not given were shrunk"))
+        .unwrap_or_else(|| panic!("no sizing line: {stderr}"));
+    for said in [
+        "limit_mib=768",
+        "of=\"cgroup\"",
+        "to_mib=256",
+        "memtable_mib=16",
+        "cache_mib=64",
+        "row_cache_mib=16",
+    ] {
+        assert!(shrunk.contains(said), "{said} not in {shrunk}");
+    }
+    assert!(
+        stderr.contains("memory budget prefaulted mib=256"),
+        "{stderr}"
+    );
+}
+
 /// One raw connection's framing, for tests that control how request bytes
 /// reach the server.
 struct RawConnection {
