@@ -2,7 +2,7 @@
 //! by flags (flags win), every field with a documented default
 //! (docs/operations.md).
 
-use crate::memory::{Fit, Given, MemoryLimit};
+use crate::machine::{Fit, Given, Machine, MemoryLimit};
 use crate::tls::Tls;
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -39,7 +39,9 @@ pub struct Flags {
     /// Number of shards [default: one per CPU in --cpus, or per available core].
     #[arg(long)]
     pub shards: Option<usize>,
-    /// CPUs to pin shards to, e.g. "0-3" or "0,2"; "any" lets them float [default: 0..shards].
+    /// CPUs to pin shards to, e.g. "0-3" or "0,2"; "any" lets them float
+    /// [default: the CPUs this process may run on (taskset, cpuset), in
+    /// order, one shard each, wrapping around when there are more shards].
     #[arg(long)]
     pub cpus: Option<String>,
     /// Prometheus endpoint address, or "off" [default: 127.0.0.1:9187].
@@ -292,14 +294,15 @@ impl Flags {
 }
 
 impl Config {
-    /// Resolves flags over the `--config` file over defaults, the memory
-    /// settings not given sized to this machine's (or cgroup's) memory.
+    /// Resolves flags over the `--config` file over defaults, for this
+    /// machine: shards pinned among the CPUs the process may run on, the
+    /// memory settings not given sized to its (or its cgroup's) memory.
     pub fn resolve(flags: Flags) -> anyhow::Result<Config> {
-        Self::resolve_with(flags, crate::memory::limit())
+        Self::resolve_on(flags, &Machine::read())
     }
 
-    /// [`Config::resolve`] with the memory limit given.
-    pub fn resolve_with(flags: Flags, memory_limit: Option<MemoryLimit>) -> anyhow::Result<Config> {
+    /// [`Config::resolve`] for the machine given.
+    pub fn resolve_on(flags: Flags, machine: &Machine) -> anyhow::Result<Config> {
         let file: Flags = match &flags.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -316,13 +319,17 @@ impl Config {
         let listen: SocketAddr =
             pick!(listen).unwrap_or_else(|| "127.0.0.1:7878".parse().expect("valid"));
         let cpus = pick!(cpus);
-        let available = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let available = machine.parallelism;
         let (placement, shards) = match cpus.as_deref() {
             Some("any") => (Placement::Floating, pick!(shards).unwrap_or(available)),
             Some(list) => {
                 let cpus = parse_cpus(list).with_context(|| format!("--cpus {list:?}"))?;
+                if let Some(cpu) = cpus.iter().find(|c| !machine.cpus.contains(c)) {
+                    bail!(
+                        "--cpus {list}: CPU {cpu} is not one this process may run on ({}; see taskset or the container's cpuset)",
+                        crate::machine::cpu_ranges(&machine.cpus)
+                    );
+                }
                 let shards = pick!(shards).unwrap_or(cpus.len());
                 if shards != cpus.len() {
                     bail!(
@@ -335,7 +342,11 @@ impl Config {
             None => {
                 let shards = pick!(shards).unwrap_or(available);
                 (
-                    Placement::Pinned((0..shards).map(|i| i % available).collect()),
+                    Placement::Pinned(
+                        (0..shards)
+                            .map(|i| machine.cpus[i % machine.cpus.len()])
+                            .collect(),
+                    ),
                     shards,
                 )
             }
@@ -393,8 +404,9 @@ impl Config {
             block_cache: pick!(cache_bytes).is_some(),
             row_cache: pick!(row_cache_bytes).is_some(),
         };
+        let memory_limit = machine.memory;
         let memory_fit = match memory_limit {
-            Some(limit) => crate::memory::fit(&mut engine, given, shards, limit.bytes),
+            Some(limit) => crate::machine::fit(&mut engine, given, shards, limit.bytes),
             None => Fit::Fits,
         };
         engine.validate()?;
@@ -616,7 +628,11 @@ mod tests {
 
     #[test]
     fn memory_is_prefaulted_unless_turned_off() {
-        let on = Config::resolve(Flags::parse_from(["tessera-server"])).unwrap();
+        let machine = Machine {
+            memory: None,
+            ..Machine::read()
+        };
+        let on = Config::resolve_on(Flags::parse_from(["tessera-server"]), &machine).unwrap();
         assert!(on.prefault_memory);
         assert_eq!(
             on.engine.memory_budget(),
@@ -631,6 +647,42 @@ mod tests {
         assert_eq!(parse_cpus("0-2,5").unwrap(), vec![0, 1, 2, 5]);
         let flags = Flags::parse_from(["tessera-server", "--cpus", "0,1", "--shards", "3"]);
         assert!(Config::resolve(flags).is_err());
+    }
+
+    /// Shards are pinned among the CPUs the process may run on (as under
+    /// `taskset -c 2,3,6`), and a `--cpus` outside them is refused.
+    #[test]
+    fn shards_are_pinned_among_the_cpus_this_process_may_run_on() {
+        let machine = Machine {
+            memory: None,
+            cpus: vec![2, 3, 6],
+            parallelism: 3,
+        };
+        let resolve = |args: &[&str]| {
+            let all = [&["tessera-server"][..], args].concat();
+            Config::resolve_on(Flags::parse_from(all), &machine)
+        };
+        let c = resolve(&[]).unwrap();
+        assert_eq!(
+            (c.shards, c.placement),
+            (3, Placement::Pinned(vec![2, 3, 6]))
+        );
+        let c = resolve(&["--shards", "5"]).unwrap();
+        assert_eq!(c.placement, Placement::Pinned(vec![2, 3, 6, 2, 3]));
+        let c = resolve(&["--cpus", "3,6"]).unwrap();
+        assert_eq!(c.placement, Placement::Pinned(vec![3, 6]));
+        let err = resolve(&["--cpus", "0-1"]).unwrap_err().to_string();
+        assert!(
+            err.contains("CPU 0 is not one this process may run on (2-3,6"),
+            "{err}"
+        );
+        // A CPU quota below the CPUs (a container's --cpus 1.5): fewer shards.
+        let quota = Machine {
+            parallelism: 1,
+            ..machine.clone()
+        };
+        let c = Config::resolve_on(Flags::parse_from(["tessera-server"]), &quota).unwrap();
+        assert_eq!((c.shards, c.placement), (1, Placement::Pinned(vec![2])));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! belongs to `tessera-engine`.
 
 pub mod config;
-pub mod memory;
+pub mod machine;
 pub mod metrics;
 pub mod runtime;
 pub mod server;

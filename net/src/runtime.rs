@@ -6,7 +6,7 @@
 //! (stop accepting, finish in-flight writes, flush, exit 0).
 
 use crate::config::{Config, Placement};
-use crate::memory::{Fit, MemoryLimit};
+use crate::machine::{Fit, MemoryLimit};
 use crate::server::{accept_loop, metrics_loop};
 use crate::shard::{MeshMsg, Shard};
 use crate::slots::SlotMap;
@@ -341,6 +341,13 @@ pub fn run(
     }
     let config = Arc::new(config);
     let n = config.shards;
+    match &config.placement {
+        Placement::Pinned(cpus) => {
+            let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();
+            tracing::info!(shards = n, cpus = %cpus.join(","), "shards pinned, shard i to the i-th CPU")
+        }
+        Placement::Floating => tracing::info!(shards = n, "shards float (--cpus any)"),
+    }
     log_memory_fit(&config);
     if config.prefault_memory {
         prefault(config.engine.memory_budget() * n, n, config.memory_limit);
@@ -478,7 +485,7 @@ fn log_memory_fit(config: &Config) {
 /// machine cannot hold would otherwise be forced into memory at startup,
 /// and a budget is a ceiling the shards may never reach.
 fn prefault(budget: usize, shards: usize, limit: Option<MemoryLimit>) {
-    let available = crate::memory::available(limit);
+    let available = crate::machine::available(limit);
     let bytes = prefault_bytes(budget, available);
     if bytes < budget {
         tracing::warn!(

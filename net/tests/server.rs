@@ -508,6 +508,73 @@ fn a_server_in_a_memory_limited_cgroup_sizes_itself_to_the_limit() {
     );
 }
 
+/// A server started under `taskset` (or in a container's cpuset) runs
+/// its shards on the CPUs it was given. Before, it pinned shard 0 to CPU
+/// 0 whatever its affinity: `taskset -c 1 tessera-server` served from
+/// CPU 0.
+#[test]
+fn a_server_under_taskset_pins_its_shards_to_the_cpus_it_was_given() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls write at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
+    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    let Some(&cpu) = allowed.last().filter(|_| allowed.len() >= 2) else {
+        eprintln!("skipped: this process may run on one CPU only");
+        return;
+    };
+    let mut only = unsafe { std::mem::zeroed::<libc::cpu_set_t>() };
+    unsafe { libc::CPU_SET(cpu, &mut only) };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(common::server_binary());
+    command
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--shard-base-port", "0"])
+        .args(["--metrics", "off", "--prefault-memory", "false"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: one sched_setaffinity(2) between fork and exec.
+    unsafe {
+        command.pre_exec(move || match libc::sched_setaffinity(0, size, &only) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let server = Server::spawn(command).unwrap();
+    assert_eq!(server.shard_addresses.len(), 1, "one CPU, one shard");
+    let tasks = format!("/proc/{}/task", server.child.id());
+    let shard_cpus: Vec<String> = std::fs::read_dir(tasks)
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            (comm.trim() == "tessera-shard-0").then(|| {
+                let status = std::fs::read_to_string(t.join("status")).unwrap();
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+        })
+        .collect();
+    assert!(!shard_cpus.is_empty(), "no tessera-shard-0 thread");
+    for on in shard_cpus {
+        assert_eq!(
+            on,
+            cpu.to_string(),
+            "shard 0 runs on CPUs {on}, given {cpu}"
+        );
+    }
+    assert!(server.stop());
+}
+
 /// One raw connection's framing, for tests that control how request bytes
 /// reach the server.
 struct RawConnection {

@@ -1,15 +1,80 @@
-//! How much memory the server may use, and its shards' memory budgets
-//! sized to it.
+//! What the server may use of this machine: its memory and its CPUs.
 //!
-//! The limit is the machine's memory or, when lower, the memory limit of
-//! the cgroup the server runs in (a container's `--memory`, a systemd
-//! unit's `MemoryMax=`): /proc/meminfo reports the host's memory inside a
-//! container, and a server that sized itself from it was killed by the
-//! kernel's OOM killer before it was ready (two default shards prefault
-//! 1 GiB; measured in a 1 GiB cgroup).
+//! The memory limit is the machine's memory or, when lower, the memory
+//! limit of the cgroup the server runs in (a container's `--memory`, a
+//! systemd unit's `MemoryMax=`): /proc/meminfo reports the host's memory
+//! inside a container, and a server that sized itself from it was killed
+//! by the kernel's OOM killer before it was ready (two default shards
+//! prefault 1 GiB; measured in a 1 GiB cgroup). The shards' memory budgets
+//! are sized to it ([`fit`]).
+//!
+//! The CPUs are those of the process's affinity mask (`taskset`, a
+//! container's cpuset): shards are pinned among them. Pinned to CPUs
+//! 0..n instead, a server started with `taskset -c 1` ran its shard on
+//! CPU 0, off the CPUs it was given (and where a cpuset forbids that, the
+//! pinning fails).
 
 use std::path::{Path, PathBuf};
 use tessera_engine::Options;
+
+/// What the server may use of this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub memory: Option<MemoryLimit>,
+    /// The CPUs this process may run on, ascending (never empty).
+    pub cpus: Vec<usize>,
+    /// Shards by default: std's `available_parallelism`, which is the
+    /// count of `cpus` lowered by a cgroup CPU quota.
+    pub parallelism: usize,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = allowed_cpus().unwrap_or_else(|| (0..parallelism).collect());
+        Machine {
+            memory: limit(),
+            cpus,
+            parallelism,
+        }
+    }
+}
+
+/// The CPUs of this process's affinity mask, ascending.
+fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and
+    // sched_getaffinity writes at most its size.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        set
+    };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below the set's size.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// CPUs as a list of ranges: "0-3,6".
+pub fn cpu_ranges(cpus: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        parts.push(match cpus[i] == start {
+            true => start.to_string(),
+            false => format!("{start}-{}", cpus[i]),
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
 
 /// The memory the server may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +394,16 @@ mod tests {
         let cgroups = "0::/docker/c0ffee\n";
         let read = files(&[("/sys/fs/cgroup/memory.max", "536870912\n")]);
         assert_eq!(cgroup_limit(cgroups, mounts, read), Some(512 * MIB));
+    }
+
+    #[test]
+    fn cpus_print_as_ranges_and_this_process_has_some() {
+        assert_eq!(cpu_ranges(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(cpu_ranges(&[1]), "1");
+        assert_eq!(cpu_ranges(&[0, 2, 4, 5]), "0,2,4-5");
+        let machine = Machine::read();
+        assert!(!machine.cpus.is_empty());
+        assert!(machine.parallelism >= 1 && machine.parallelism <= machine.cpus.len());
     }
 
     #[test]
