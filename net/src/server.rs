@@ -128,6 +128,9 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// done (`--tls-cert`).
 async fn serve(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    // The address the client reached: a shard on every address is
+    // advertised at it (`Shard::topology`).
+    let seen_at = stream.local_addr().ok().map(|a| a.ip());
     // Buffered, so that glommio can hand the kernel a read to complete
     // (an io_uring `RECV`) instead of arming a poll and then calling `recv`
     // itself: for a connection that sends one request at a time this is
@@ -138,7 +141,7 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
     let stream = stream.buffered_with(Preallocated::new(READ_CHUNK_BYTES));
     let tls = shard.credentials.borrow().tls.clone();
     let Some(tls) = tls else {
-        return serve_connection(shard, stream).await;
+        return serve_connection(shard, stream, seen_at).await;
     };
     let handshake = futures_rustls::TlsAcceptor::from(tls.config).accept(stream);
     let timeout = async {
@@ -149,7 +152,7 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
         ))
     };
     match futures_lite::future::or(handshake, timeout).await {
-        Ok(stream) => serve_connection(shard, stream).await,
+        Ok(stream) => serve_connection(shard, stream, seen_at).await,
         Err(e) => {
             ShardMetrics::add(&shard.metrics.tls_handshake_failures, 1);
             tracing::debug!(shard = shard.id, error = %e, "TLS handshake failed");
@@ -247,7 +250,11 @@ impl<S: Conn> Outbox<S> {
 /// requests (a client that does not read its responses stops being read).
 const OUTBOX_BYTES_MAX: usize = 1 << 20;
 
-async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Result<()> {
+async fn serve_connection<S: Conn>(
+    shard: &Rc<Shard>,
+    stream: S,
+    seen_at: Option<std::net::IpAddr>,
+) -> std::io::Result<()> {
     let (mut reader, writer) = futures_lite::io::split(stream);
     let outbox = Rc::new(Outbox {
         frames: RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES)),
@@ -448,7 +455,11 @@ async fn serve_connection<S: Conn>(shard: &Rc<Shard>, stream: S) -> std::io::Res
             // without a future; most other requests complete on their first
             // poll. Either is answered here, with no task, channel or
             // allocation per response.
-            let response = match shard.start(request, arrived_ms) {
+            let response = match request {
+                Request::Topology => Started::Now(shard.topology(seen_at)),
+                request => shard.start(request, arrived_ms),
+            };
+            let response = match response {
                 Started::Now(response) => response,
                 Started::Queued(write) => {
                     waiting.make_room(shard, &outbox, &wake, inflight_max).await;

@@ -18,6 +18,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
@@ -637,20 +638,34 @@ impl Shard {
                 }
                 Response::Stats(metrics)
             }
-            Request::Topology => Response::Topology {
-                slots: SLOTS,
-                slot_owner: self.slots.owners().to_vec(),
-                shards: self
-                    .addresses
-                    .get()
-                    .map(|a| {
-                        a.iter()
-                            .enumerate()
-                            .map(|(i, s)| (i as u32, s.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            },
+            Request::Topology => self.topology(None),
+        }
+    }
+
+    /// The slot map and each shard's address. A shard listening on every
+    /// address (`0.0.0.0`, `::`) is given as `seen_at`, the address the
+    /// asking connection reached this server on, with the shard's port:
+    /// a remote client handed `0.0.0.0:7879` connected to itself.
+    pub fn topology(&self, seen_at: Option<std::net::IpAddr>) -> Response {
+        let advertised = |address: &String| match (address.parse::<SocketAddr>(), seen_at) {
+            (Ok(bound), Some(ip)) if bound.ip().is_unspecified() => {
+                SocketAddr::new(ip.to_canonical(), bound.port()).to_string()
+            }
+            _ => address.clone(),
+        };
+        Response::Topology {
+            slots: SLOTS,
+            slot_owner: self.slots.owners().to_vec(),
+            shards: self
+                .addresses
+                .get()
+                .map(|a| {
+                    a.iter()
+                        .enumerate()
+                        .map(|(i, s)| (i as u32, advertised(s)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 

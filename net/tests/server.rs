@@ -575,6 +575,44 @@ fn a_server_under_taskset_pins_its_shards_to_the_cpus_it_was_given() {
     assert!(server.stop());
 }
 
+/// A server listening on every address (`--listen 0.0.0.0:PORT`)
+/// advertises its shards at the address each client reached it on. Before,
+/// the topology said `0.0.0.0:PORT`: shard-aware clients on this machine
+/// got through only because connecting to 0.0.0.0 reaches the local host,
+/// and a client on another machine connected to itself.
+#[test]
+fn a_server_on_every_address_advertises_its_shards_where_the_client_reached_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2, &["--listen", "0.0.0.0:0"]);
+    let port = server.listen.rsplit(':').next().unwrap().to_string();
+    assert!(server.listen.starts_with("0.0.0.0:"), "{}", server.listen);
+    for seen_at in ["127.0.0.1", "127.0.0.2"] {
+        let mut c = tessera_client::Connection::open(
+            format!("{seen_at}:{port}"),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        c.hello("test", None).unwrap();
+        let Response::Topology { shards, .. } = c.call(&Request::Topology).unwrap() else {
+            panic!("not a topology");
+        };
+        let advertised: Vec<String> = shards.into_iter().map(|(_, a)| a).collect();
+        let bound: Vec<String> = server
+            .shard_addresses
+            .iter()
+            .map(|a| a.replacen("0.0.0.0", seen_at, 1))
+            .collect();
+        assert_eq!(advertised, bound, "reached at {seen_at}");
+    }
+    let mut client = Client::connect(format!("127.0.0.2:{port}")).unwrap();
+    for i in 0..50 {
+        client.put(format!("k{i}"), "v").unwrap();
+    }
+    assert_eq!(client.get("k7").unwrap(), Some(Bytes::from("v")));
+    drop(client);
+    assert!(server.stop());
+}
+
 /// One raw connection's framing, for tests that control how request bytes
 /// reach the server.
 struct RawConnection {
