@@ -178,6 +178,24 @@ pub struct Connection {
 /// of its next request, whether the server has closed it.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
+/// Connects to the first of `addr`'s addresses that accepts, in the
+/// resolver's order, as `TcpStream::connect` does: `localhost` may
+/// resolve to `::1` before `127.0.0.1`, and a server listening on one
+/// of them only was refused when only the first was tried.
+fn connect_any(addr: impl ToSocketAddrs, timeout: Duration) -> Result<(TcpStream, SocketAddr)> {
+    let mut last = None;
+    for addr in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(socket) => return Ok((socket, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => e.into(),
+        None => Error::Protocol("address resolves to nothing".into()),
+    })
+}
+
 impl Connection {
     pub fn open(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Connection> {
         Connection::open_with(addr, timeout, None)
@@ -190,11 +208,7 @@ impl Connection {
         timeout: Duration,
         tls: Option<&TlsOptions>,
     ) -> Result<Connection> {
-        let addr = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| Error::Protocol("address resolves to nothing".into()))?;
-        let socket = TcpStream::connect_timeout(&addr, timeout)?;
+        let (socket, addr) = connect_any(addr, timeout)?;
         socket.set_nodelay(true)?;
         socket.set_read_timeout(Some(timeout))?;
         socket.set_write_timeout(Some(timeout))?;
@@ -630,16 +644,13 @@ impl Client {
     /// connection says hello too, with the token if there is one).
     pub fn connect_with(addr: impl ToSocketAddrs, options: &ConnectOptions) -> Result<Client> {
         let timeout = options.timeout;
-        let open = |addr| -> Result<(Connection, ServerInfo)> {
+        let open = |addr: &[SocketAddr]| -> Result<(Connection, ServerInfo)> {
             let mut connection = Connection::open_with(addr, timeout, options.tls.as_ref())?;
             let info = connection.hello(&options.client_name, options.token.as_ref())?;
             Ok((connection, info))
         };
-        let addr = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| Error::Protocol("address resolves to nothing".into()))?;
-        let (mut entry, info) = open(addr)?;
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        let (mut entry, info) = open(&addrs[..])?;
         let (slot_owner, addresses) = match entry.call(&Request::Topology)? {
             Response::Topology {
                 slot_owner, shards, ..
@@ -648,10 +659,13 @@ impl Client {
         };
         let mut shards = Vec::with_capacity(addresses.len());
         for (_, address) in &addresses {
-            let address = address.as_str().to_socket_addrs()?.next().ok_or_else(|| {
-                Error::Protocol(format!("shard address {address} resolves to nothing"))
-            })?;
-            shards.push(open(address)?.0);
+            let resolved: Vec<SocketAddr> = address.as_str().to_socket_addrs()?.collect();
+            if resolved.is_empty() {
+                return Err(Error::Protocol(format!(
+                    "shard address {address} resolves to nothing"
+                )));
+            }
+            shards.push(open(&resolved[..])?.0);
         }
         if slot_owner.iter().any(|&o| o as usize >= shards.len()) {
             return Err(Error::Protocol(
@@ -939,5 +953,27 @@ fn written(r: Response) -> Result<u64> {
     match r {
         Response::Written { ts } => Ok(ts),
         other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every resolved address is tried in turn, as for a `localhost` that
+    /// resolves to `::1` first with the server on `127.0.0.1` only.
+    #[test]
+    fn a_connection_tries_each_address_until_one_accepts() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = closed.local_addr().unwrap();
+        drop(closed);
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let accepting = open.local_addr().unwrap();
+        let (_, reached) = connect_any(&[refused, accepting][..], Duration::from_secs(5)).unwrap();
+        assert_eq!(reached, accepting);
+        let err = connect_any(&[refused][..], Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        let none: &[SocketAddr] = &[];
+        assert!(connect_any(none, Duration::from_secs(5)).is_err());
     }
 }
