@@ -235,7 +235,7 @@ impl<S: Conn> Outbox<S> {
         let all_sent = frames.is_empty() && flushed;
         if all_sent && frames.capacity() > BUFFER_KEEP_BYTES_MAX {
             // Idle connections should not each hold a burst's worth.
-            frames = Vec::with_capacity(READ_CHUNK_BYTES);
+            frames = Vec::new();
         }
         let mut queued = self.frames.borrow_mut();
         if !queued.is_empty() {
@@ -257,7 +257,10 @@ async fn serve_connection<S: Conn>(
 ) -> std::io::Result<()> {
     let (mut reader, writer) = futures_lite::io::split(stream);
     let outbox = Rc::new(Outbox {
-        frames: RefCell::new(Vec::with_capacity(READ_CHUNK_BYTES)),
+        // Output buffers grow with the responses: reserved up front, two of
+        // 64 KiB per connection were resident (in huge pages) for
+        // connections that never sent a request.
+        frames: RefCell::new(Vec::new()),
         builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
         socket: Cell::new(Some(writer)),
     });
@@ -267,7 +270,7 @@ async fn serve_connection<S: Conn>(
     let write_task = {
         let (outbox, shard) = (outbox.clone(), shard.clone());
         glommio::spawn_local(async move {
-            let mut sending = Vec::with_capacity(READ_CHUNK_BYTES);
+            let mut sending = Vec::new();
             let mut reader_done = false;
             loop {
                 std::mem::swap(&mut sending, &mut *outbox.frames.borrow_mut());
@@ -300,7 +303,7 @@ async fn serve_connection<S: Conn>(
                 sending.clear();
                 if sending.capacity() > BUFFER_KEEP_BYTES_MAX {
                     // Idle connections should not each hold a burst's worth.
-                    sending = Vec::with_capacity(READ_CHUNK_BYTES);
+                    sending = Vec::new();
                 }
             }
             let mut socket = outbox.socket.take().expect("socket in place");
@@ -311,7 +314,9 @@ async fn serve_connection<S: Conn>(
     let inflight_max = shard.config.inflight_per_connection_max;
     let mut waiting = WaitingSet::default();
     let limit = shard.config.limits.frame_bytes_max;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Frames are assembled here from the copied pieces; it grows for
+    // larger frames and bursts.
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES);
     let mut chunk = vec![0u8; COPY_CHUNK_BYTES];
     let mut decoded = VecDeque::with_capacity(DECODE_AHEAD);
     let mut too_large = None;
