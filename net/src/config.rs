@@ -36,7 +36,14 @@ pub struct Flags {
     /// First per-shard port; shard i listens on it + i [default: listen port + 1; 0 = any free port].
     #[arg(long)]
     pub shard_base_port: Option<u16>,
-    /// Number of shards [default: one per CPU in --cpus, or per available core].
+    /// Host (name or address) shard-aware clients are told to reach the
+    /// shard ports at, as seen from where they run (behind NAT, such as a
+    /// container's published ports) [default: the address --listen
+    /// names; on 0.0.0.0 or ::, the address each client reached].
+    #[arg(long)]
+    pub advertise_host: Option<String>,
+    /// Number of shards [default: one per CPU in --cpus, or per CPU this
+    /// process may run on].
     #[arg(long)]
     pub shards: Option<usize>,
     /// CPUs to pin shards to, e.g. "0-3" or "0,2"; "any" lets them float
@@ -155,6 +162,9 @@ pub struct Config {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub shard_base_port: u16,
+    /// What shard-aware clients are told the shards' host is
+    /// (`--advertise-host`).
+    pub advertise_host: Option<String>,
     pub shards: usize,
     pub placement: Placement,
     pub metrics: Option<SocketAddr>,
@@ -416,17 +426,31 @@ impl Config {
             listen.port() + 1
         });
         check_ports_distinct(listen, shard_base_port, shards, metrics)?;
+        let connections_max = pick!(connections_max).unwrap_or(10_000);
+        let inflight_per_connection_max = pick!(inflight_per_connection_max).unwrap_or(256);
+        // Zero would start a server that refuses every connection, never
+        // answers a write, or refuses every batch.
+        for (flag, value) in [
+            ("--connections-max", connections_max),
+            ("--inflight-per-connection-max", inflight_per_connection_max),
+            ("--batch-ops-max", limits.batch_ops_max),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
         Ok(Config {
             data: pick!(data).unwrap_or_else(|| PathBuf::from("./data")),
             shard_base_port,
+            advertise_host: pick!(advertise_host),
             listen,
             shards,
             placement,
             metrics,
             engine,
             limits,
-            connections_max: pick!(connections_max).unwrap_or(10_000),
-            inflight_per_connection_max: pick!(inflight_per_connection_max).unwrap_or(256),
+            connections_max,
+            inflight_per_connection_max,
             prefault_memory: pick!(prefault_memory).unwrap_or(true),
             memory_limit,
             memory_fit,
@@ -640,6 +664,21 @@ mod tests {
         );
         let off = Flags::parse_from(["tessera-server", "--prefault-memory", "false"]);
         assert!(!Config::resolve(off).unwrap().prefault_memory);
+    }
+
+    #[test]
+    fn limits_that_would_serve_nothing_are_refused() {
+        for flag in [
+            "--connections-max",
+            "--inflight-per-connection-max",
+            "--batch-ops-max",
+        ] {
+            let flags = Flags::parse_from(["tessera-server", flag, "0"]);
+            let err = Config::resolve(flags).unwrap_err().to_string();
+            assert_eq!(err, format!("{flag} must be at least 1"));
+            let flags = Flags::parse_from(["tessera-server", flag, "1"]);
+            assert!(Config::resolve(flags).is_ok(), "{flag} 1");
+        }
     }
 
     #[test]

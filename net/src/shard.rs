@@ -642,17 +642,24 @@ impl Shard {
         }
     }
 
-    /// The slot map and each shard's address. A shard listening on every
-    /// address (`0.0.0.0`, `::`) is given as `seen_at`, the address the
-    /// asking connection reached this server on, with the shard's port:
-    /// a remote client handed `0.0.0.0:7879` connected to itself.
+    /// The slot map and each shard's address: at `--advertise-host` when
+    /// given, else as bound. A shard listening on every address
+    /// (`0.0.0.0`, `::`) is given as `seen_at`, the address the asking
+    /// connection reached this server on, with the shard's port: a remote
+    /// client handed `0.0.0.0:7879` connected to itself.
     pub fn topology(&self, seen_at: Option<std::net::IpAddr>) -> Response {
-        let advertised = |address: &String| match (address.parse::<SocketAddr>(), seen_at) {
-            (Ok(bound), Some(ip)) if bound.ip().is_unspecified() => {
-                SocketAddr::new(ip.to_canonical(), bound.port()).to_string()
-            }
-            _ => address.clone(),
-        };
+        let advertise = self.config.advertise_host.as_deref();
+        let advertised =
+            |address: &String| match (address.parse::<SocketAddr>(), advertise, seen_at) {
+                (Ok(bound), Some(host), _) => match host.parse::<std::net::Ipv6Addr>() {
+                    Ok(v6) => SocketAddr::new(v6.into(), bound.port()).to_string(),
+                    Err(_) => format!("{host}:{}", bound.port()),
+                },
+                (Ok(bound), None, Some(ip)) if bound.ip().is_unspecified() => {
+                    SocketAddr::new(ip.to_canonical(), bound.port()).to_string()
+                }
+                _ => address.clone(),
+            };
         Response::Topology {
             slots: SLOTS,
             slot_owner: self.slots.owners().to_vec(),

@@ -613,6 +613,40 @@ fn a_server_on_every_address_advertises_its_shards_where_the_client_reached_it()
     assert!(server.stop());
 }
 
+/// `--advertise-host` is the host shard-aware clients are told to reach
+/// the shard ports at (behind NAT the server cannot see it).
+#[test]
+fn an_advertised_host_is_what_clients_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        2,
+        &["--listen", "0.0.0.0:0", "--advertise-host", "localhost"],
+    );
+    let port = server.listen.rsplit(':').next().unwrap().to_string();
+    let mut c = tessera_client::Connection::open(
+        format!("127.0.0.1:{port}"),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    c.hello("test", None).unwrap();
+    let Response::Topology { shards, .. } = c.call(&Request::Topology).unwrap() else {
+        panic!("not a topology");
+    };
+    let told: Vec<String> = shards.into_iter().map(|(_, a)| a).collect();
+    let expected: Vec<String> = server
+        .shard_addresses
+        .iter()
+        .map(|a| a.replacen("0.0.0.0", "localhost", 1))
+        .collect();
+    assert_eq!(told, expected);
+    let mut client = Client::connect(format!("127.0.0.1:{port}")).unwrap();
+    client.put("k", "v").unwrap();
+    assert_eq!(client.get("k").unwrap(), Some(Bytes::from("v")));
+    drop(client);
+    assert!(server.stop());
+}
+
 /// One raw connection's framing, for tests that control how request bytes
 /// reach the server.
 struct RawConnection {
