@@ -575,6 +575,16 @@ fn a_server_under_taskset_pins_its_shards_to_the_cpus_it_was_given() {
     assert!(server.stop());
 }
 
+/// The shard addresses a server's topology gives a connection to `addr`.
+fn shard_addresses_told(addr: &str) -> Vec<String> {
+    let mut c = tessera_client::Connection::open(addr, std::time::Duration::from_secs(10)).unwrap();
+    c.hello("test", None).unwrap();
+    let Response::Topology { shards, .. } = c.call(&Request::Topology).unwrap() else {
+        panic!("not a topology");
+    };
+    shards.into_iter().map(|(_, a)| a).collect()
+}
+
 /// A server listening on every address (`--listen 0.0.0.0:PORT`)
 /// advertises its shards at the address each client reached it on. Before,
 /// the topology said `0.0.0.0:PORT`: shard-aware clients on this machine
@@ -587,16 +597,7 @@ fn a_server_on_every_address_advertises_its_shards_where_the_client_reached_it()
     let port = server.listen.rsplit(':').next().unwrap().to_string();
     assert!(server.listen.starts_with("0.0.0.0:"), "{}", server.listen);
     for seen_at in ["127.0.0.1", "127.0.0.2"] {
-        let mut c = tessera_client::Connection::open(
-            format!("{seen_at}:{port}"),
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap();
-        c.hello("test", None).unwrap();
-        let Response::Topology { shards, .. } = c.call(&Request::Topology).unwrap() else {
-            panic!("not a topology");
-        };
-        let advertised: Vec<String> = shards.into_iter().map(|(_, a)| a).collect();
+        let advertised = shard_addresses_told(&format!("{seen_at}:{port}"));
         let bound: Vec<String> = server
             .shard_addresses
             .iter()
@@ -624,16 +625,7 @@ fn an_advertised_host_is_what_clients_are_told() {
         &["--listen", "0.0.0.0:0", "--advertise-host", "localhost"],
     );
     let port = server.listen.rsplit(':').next().unwrap().to_string();
-    let mut c = tessera_client::Connection::open(
-        format!("127.0.0.1:{port}"),
-        std::time::Duration::from_secs(10),
-    )
-    .unwrap();
-    c.hello("test", None).unwrap();
-    let Response::Topology { shards, .. } = c.call(&Request::Topology).unwrap() else {
-        panic!("not a topology");
-    };
-    let told: Vec<String> = shards.into_iter().map(|(_, a)| a).collect();
+    let told = shard_addresses_told(&format!("127.0.0.1:{port}"));
     let expected: Vec<String> = server
         .shard_addresses
         .iter()
