@@ -331,6 +331,20 @@ fn a_second_server_on_a_running_servers_address_is_refused() {
     assert!(first.stop());
 }
 
+/// Writes `count` keys of `value_bytes` each, then reads back a sample.
+fn write_and_read_back(client: &mut Client, count: usize, value_bytes: usize) {
+    let value = Bytes::from(vec![b'v'; value_bytes]);
+    for i in 0..count {
+        client.put(format!("key-{i:05}"), value.clone()).unwrap();
+    }
+    for i in (0..count).step_by(61) {
+        assert_eq!(
+            client.get(format!("key-{i:05}")).unwrap(),
+            Some(value.clone())
+        );
+    }
+}
+
 /// A server started with a low open-files limit raises its soft limit to
 /// the hard one, and keeps half of it from connections: clients beyond
 /// that are refused, and flushes and compactions still get the files they
@@ -364,16 +378,7 @@ fn connections_leave_the_engine_room_under_the_open_files_limit() {
     let held: Vec<_> = (0..150)
         .map(|_| std::net::TcpStream::connect(server.listen.as_str()).unwrap())
         .collect();
-    let value = Bytes::from(vec![b'v'; 1024]);
-    for i in 0..3000 {
-        client.put(format!("key-{i:05}"), value.clone()).unwrap();
-    }
-    for i in (0..3000).step_by(97) {
-        assert_eq!(
-            client.get(format!("key-{i:05}")).unwrap(),
-            Some(value.clone())
-        );
-    }
+    write_and_read_back(&mut client, 3000, 1024);
     let stats = client.stats().unwrap();
     let metric = |name: &str| {
         stats
@@ -474,16 +479,7 @@ fn a_server_in_a_memory_limited_cgroup_sizes_itself_to_the_limit() {
     }
     let server = Server::spawn(command).expect("the server starts inside the limit");
     let mut client = Client::connect(server.listen.as_str()).unwrap();
-    let value = Bytes::from(vec![b'v'; 16 << 10]);
-    for i in 0..8000 {
-        client.put(format!("key-{i:05}"), value.clone()).unwrap();
-    }
-    for i in (0..8000).step_by(61) {
-        assert_eq!(
-            client.get(format!("key-{i:05}")).unwrap(),
-            Some(value.clone())
-        );
-    }
+    write_and_read_back(&mut client, 8000, 16 << 10);
     drop(client);
     let (stopped, stderr) = server.stop_with_stderr();
     assert!(stopped, "{stderr}");
