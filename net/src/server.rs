@@ -693,6 +693,9 @@ fn encode<S: Conn>(id: u64, response: &Response, outbox: &Outbox<S>) {
     }
 }
 
+/// How long the metrics endpoint waits for a request's head.
+const METRICS_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `GET /metrics` in Prometheus text format, gathering every shard's
 /// figures over the mesh.
 pub async fn metrics_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -702,21 +705,41 @@ pub async fn metrics_loop(shard: Rc<Shard>, listener: TcpListener) {
         }
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            let mut request = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+            let read_head = async {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
                 }
-            }
-            let (status, body) = if request.starts_with(b"GET /metrics ") {
-                match shard.handle(Request::Stats, None).await {
+                Some(request)
+            };
+            // A client that never finishes its request does not hold its
+            // connection (and a descriptor) for good.
+            let give_up = async {
+                glommio::timer::sleep(METRICS_REQUEST_TIMEOUT).await;
+                None
+            };
+            let Some(request) = futures_lite::future::or(read_head, give_up).await else {
+                return;
+            };
+            let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+            let mut words = line.split(|&b| b == b' ');
+            let (method, target) = (words.next(), words.next().unwrap_or_default());
+            // A query string (`?name[]=...`) is ignored: every family is sent.
+            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+            let (status, body) = match (method, path) {
+                (Some(b"GET"), b"/metrics") => match shard.handle(Request::Stats, None).await {
                     Response::Stats(m) => ("200 OK", render_prometheus(&m)),
                     other => ("500 Internal Server Error", format!("{other:?}\n")),
-                }
-            } else {
-                ("404 Not Found", "try GET /metrics\n".to_string())
+                },
+                (_, b"/metrics") => (
+                    "405 Method Not Allowed\r\nAllow: GET",
+                    "only GET /metrics\n".to_string(),
+                ),
+                _ => ("404 Not Found", "try GET /metrics\n".to_string()),
             };
             let reply = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

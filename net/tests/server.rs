@@ -113,12 +113,42 @@ fn exercise_every_operation(server: &Server, shards: usize) {
     assert_eq!(puts, 200.0);
 }
 
-fn http_get(addr: &str, path: &str) -> String {
+/// The status line and body of an HTTP request to `addr`.
+fn http(addr: &str, request: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out
+    let status = out.lines().next().unwrap_or_default().to_string();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn the_metrics_endpoint_serves_get_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1, &[]);
+    let metrics = server.metrics.clone().unwrap();
+    let (status, body) = http(
+        &metrics,
+        "GET /metrics?name[]=x HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("# TYPE tessera_bytes_in_total counter"),
+        "{body}"
+    );
+    let (status, _) = http(&metrics, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let (status, body) = http(&metrics, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 404 Not Found", "try GET /metrics\n")
+    );
+    assert!(server.stop());
 }
 
 #[test]
@@ -134,8 +164,11 @@ fn two_shards_serve_every_operation_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), 2, &[]);
     exercise_every_operation(&server, 2);
-    let text = http_get(server.metrics.as_deref().unwrap(), "/metrics");
-    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let (status, text) = http(
+        server.metrics.as_deref().unwrap(),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(
         text.contains("tessera_requests_total{shard=\"0\",op=\"put\"}"),
         "{text}"
