@@ -241,6 +241,18 @@ fn limit_bytes(text: &str) -> Option<usize> {
     (bytes < 1 << 62).then_some(bytes as usize)
 }
 
+/// Memory an open connection is counted at: ~115 KB was resident per
+/// idle connection (its 64 KiB receive buffer, a 16 KiB copy buffer, a
+/// frame buffer and its task; docs/benchmarks.md), more while it has
+/// responses queued.
+pub const CONNECTION_BYTES: usize = 128 << 10;
+
+/// Connections per shard that a third of `limit` holds at
+/// [`CONNECTION_BYTES`] each (at least 64).
+pub fn connections_for_memory(limit: usize, shards: usize) -> usize {
+    (limit / 3 / CONNECTION_BYTES / shards.max(1)).max(64)
+}
+
 /// Which memory settings were given (flag or config file), and so are
 /// kept as they are.
 #[derive(Debug, Clone, Copy, Default)]
@@ -404,6 +416,14 @@ mod tests {
         let machine = Machine::read();
         assert!(!machine.cpus.is_empty());
         assert!(machine.parallelism >= 1 && machine.parallelism <= machine.cpus.len());
+    }
+
+    #[test]
+    fn connections_get_a_third_of_the_limit() {
+        // 768 MiB, 2 shards: 256 MiB for connections, 1,024 per shard.
+        assert_eq!(connections_for_memory(768 * MIB, 2), 1024);
+        assert_eq!(connections_for_memory(24 << 30, 2), 32768);
+        assert_eq!(connections_for_memory(64 * MIB, 8), 64);
     }
 
     #[test]

@@ -339,6 +339,20 @@ pub fn run(
             config.connections_max = room;
         }
     }
+    if let Some(limit) = config.memory_limit {
+        let room = crate::machine::connections_for_memory(limit.bytes, config.shards);
+        if room < config.connections_max {
+            tracing::info!(
+                limit_mib = limit.bytes >> 20,
+                of = if limit.cgroup { "cgroup" } else { "machine" },
+                connections_max = config.connections_max,
+                connections_per_shard = room,
+                "the memory limit leaves room for fewer connections than --connections-max \
+                 (a third of it, at 128 KiB each)"
+            );
+            config.connections_max = room;
+        }
+    }
     let config = Arc::new(config);
     let n = config.shards;
     match &config.placement {

@@ -490,7 +490,8 @@ impl Drop for MemoryCgroup {
 /// not to the host's memory that /proc/meminfo reports there. Before,
 /// two default shards prefaulted their 1 GiB budget at startup and the
 /// kernel killed the server before it was ready; now the settings not
-/// given shrink to fit a third of the limit, it says so, and it serves.
+/// given shrink to fit a third of the limit, connections are capped at
+/// what another third holds, it says so, and it serves.
 #[test]
 fn a_server_in_a_memory_limited_cgroup_sizes_itself_to_the_limit() {
     use std::os::fd::AsRawFd;
@@ -533,6 +534,14 @@ fn a_server_in_a_memory_limited_cgroup_sizes_itself_to_the_limit() {
     }
     assert!(
         stderr.contains("memory budget prefaulted mib=256"),
+        "{stderr}"
+    );
+    // Connections get another third: 1,024 per shard at 128 KiB.
+    assert!(
+        stderr.lines().any(
+            |l| l.contains("the memory limit leaves room for fewer connections")
+                && l.contains("connections_per_shard=1024")
+        ),
         "{stderr}"
     );
 }
