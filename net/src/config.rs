@@ -264,6 +264,16 @@ impl CredentialSource {
     }
 }
 
+/// `--advertise-host` is a name or an address, without a port (each
+/// shard's port is added to it).
+fn check_advertise_host(host: String) -> anyhow::Result<String> {
+    let is_v6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+    if host.is_empty() || host.contains(char::is_whitespace) || (host.contains(':') && !is_v6) {
+        bail!("--advertise-host {host:?}: give a host name or address without a port");
+    }
+    Ok(host)
+}
+
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
     let mut cpus = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -442,7 +452,10 @@ impl Config {
         Ok(Config {
             data: pick!(data).unwrap_or_else(|| PathBuf::from("./data")),
             shard_base_port,
-            advertise_host: pick!(advertise_host),
+            advertise_host: match pick!(advertise_host) {
+                Some(host) => Some(check_advertise_host(host)?),
+                None => None,
+            },
             listen,
             shards,
             placement,
@@ -664,6 +677,17 @@ mod tests {
         );
         let off = Flags::parse_from(["tessera-server", "--prefault-memory", "false"]);
         assert!(!Config::resolve(off).unwrap().prefault_memory);
+    }
+
+    #[test]
+    fn an_advertised_host_has_no_port() {
+        for good in ["db.example.com", "10.0.0.7", "::1", "fe80::1"] {
+            assert_eq!(check_advertise_host(good.into()).unwrap(), good);
+        }
+        for bad in ["", "db:7878", "10.0.0.7:7878", "[::1]:7878", "a b"] {
+            let err = check_advertise_host(bad.into()).unwrap_err().to_string();
+            assert!(err.contains("without a port"), "{bad}: {err}");
+        }
     }
 
     #[test]
