@@ -163,6 +163,14 @@ impl Counts {
     }
 }
 
+/// What a cached block costs beyond its own bytes: its map entry, with
+/// the map's spare capacity (at most half empty after it doubles), and its
+/// slot in the clock's ring. Uncharged, they were ~13% on top of a 128 MiB
+/// cache of 1 KB values' blocks (heaptrack: 17 MB for the map at its peak;
+/// docs/benchmarks.md, "Resident memory").
+pub const BLOCK_ENTRY_BYTES: usize =
+    2 * std::mem::size_of::<(BlockId, Slot<Block>)>() + std::mem::size_of::<BlockId>();
+
 /// Verified data blocks by (table id, offset), with hit and miss counts.
 pub struct BlockCache {
     blocks: ClockCache<BlockId, Block, BuildHasherDefault<BlockIdHasher>>,
@@ -190,10 +198,12 @@ impl BlockCache {
         found
     }
 
-    /// Caches a block (loaded twice when two readers missed at once: the
-    /// second copy replaces the first and is charged the difference).
+    /// Caches a block of `bytes`, charged with its entry (loaded twice
+    /// when two readers missed at once: the second copy replaces the first
+    /// and is charged the difference).
     pub fn insert(&self, table: u64, offset: u64, block: Block, bytes: usize) {
-        self.blocks.insert((table, offset), block, bytes);
+        self.blocks
+            .insert((table, offset), block, bytes + BLOCK_ENTRY_BYTES);
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -209,6 +219,11 @@ mod tests {
     use crate::sst::block::BlockBuilder;
     use bytes::Bytes;
 
+    /// What a block of `bytes` is charged.
+    fn charged(bytes: usize) -> usize {
+        bytes + BLOCK_ENTRY_BYTES
+    }
+
     fn block() -> Block {
         let mut b = BlockBuilder::default();
         b.add(b"key", 1, Kind::Put, b"value");
@@ -219,27 +234,27 @@ mod tests {
 
     #[test]
     fn the_budget_holds_and_the_oldest_unread_block_goes_first() {
-        let cache = BlockCache::new(300);
+        let cache = BlockCache::new(3 * charged(100));
         for offset in 0..3 {
             cache.insert(1, offset, block(), 100);
         }
-        assert_eq!(cache.stats().bytes, 300);
+        assert_eq!(cache.stats().bytes, 3 * charged(100));
         cache.insert(1, 3, block(), 100);
-        assert_eq!(cache.stats().bytes, 300);
+        assert_eq!(cache.stats().bytes, 3 * charged(100));
         assert!(cache.get(1, 0).is_none(), "the oldest block was evicted");
         for offset in 1..4 {
             assert!(cache.get(1, offset).is_some(), "block {offset} is cached");
         }
         // Loading a block again charges the difference only.
         cache.insert(1, 3, block(), 50);
-        assert_eq!(cache.stats().bytes, 250);
+        assert_eq!(cache.stats().bytes, 2 * charged(100) + charged(50));
         assert!(cache.get(1, 3).is_some());
         assert_eq!((cache.stats().hits, cache.stats().misses), (4, 1));
     }
 
     #[test]
     fn a_block_read_since_the_hand_passed_gets_a_second_chance() {
-        let cache = BlockCache::new(300);
+        let cache = BlockCache::new(3 * charged(100));
         for offset in 0..3 {
             cache.insert(1, offset, block(), 100);
         }
@@ -253,7 +268,7 @@ mod tests {
             assert!(cache.get(1, offset).is_some());
         }
         cache.insert(1, 4, block(), 100);
-        assert_eq!(cache.stats().bytes, 300);
+        assert_eq!(cache.stats().bytes, 3 * charged(100));
         assert!(
             cache.get(1, 2).is_none(),
             "after a full turn the hand's first goes"
