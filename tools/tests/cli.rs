@@ -211,7 +211,7 @@ fn the_shell_runs_commands_from_its_input() {
         .unwrap();
     let output = fed(
         shell,
-        b"put k \"two words\"\nget k\nbogus\nget\nhelp\nquit\n",
+        b"put k \"two words\"\nget k\nbogus\nget\n--addr 127.0.0.1:1 get k\nhelp\nquit\n",
     );
     let out = String::from_utf8(output.stdout).unwrap();
     assert!(out.contains("OK (ts "), "{out}");
@@ -220,6 +220,11 @@ fn the_shell_runs_commands_from_its_input() {
     // A missing argument is named, and the usage text is left out.
     assert!(out.contains("were not provided:\n  <KEY>\n"), "{out}");
     assert!(!out.contains("Usage:"), "{out}");
+    // The connection's options belong to the shell, not to a line.
+    assert!(
+        out.contains("error: --addr applies to the whole shell"),
+        "{out}"
+    );
     assert!(out.contains("commands: get KEY"), "{out}");
 }
 

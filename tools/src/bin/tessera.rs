@@ -1,6 +1,7 @@
 //! `tessera`: run one command, or an interactive shell without one.
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use rustyline::error::ReadlineError;
 use std::io::Write;
 use std::time::Duration;
@@ -171,7 +172,33 @@ fn shell(cli: &Cli, client: &mut Client) {
             println!("error: unbalanced quotes");
             continue;
         };
-        let parsed = Cli::try_parse_from(std::iter::once("tessera".to_string()).chain(words));
+        let line_args = std::iter::once("tessera".to_string()).chain(words);
+        let parsed = Cli::command()
+            .try_get_matches_from(line_args)
+            .and_then(|matches| {
+                // The connection is the shell's: options that shape it
+                // would be ignored on a line, so they are refused there.
+                let fixed = [
+                    "addr",
+                    "timeout_ms",
+                    "token_file",
+                    "tls_ca",
+                    "tls_server_name",
+                ]
+                .into_iter()
+                .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine));
+                match fixed {
+                    Some(id) => Err(Cli::command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!(
+                            "--{} applies to the whole shell: start it with `tessera --{} ...`",
+                            id.replace('_', "-"),
+                            id.replace('_', "-")
+                        ),
+                    )),
+                    None => Cli::from_arg_matches(&matches),
+                }
+            });
         match parsed {
             Ok(Cli {
                 command: Some(command),
