@@ -84,6 +84,16 @@ pub struct MemoryLimit {
     pub cgroup: bool,
 }
 
+impl MemoryLimit {
+    /// Whose limit it is, for the log: "cgroup" or "machine".
+    pub fn of(&self) -> &'static str {
+        match self.cgroup {
+            true => "cgroup",
+            false => "machine",
+        }
+    }
+}
+
 /// The machine's memory, or its cgroup's limit when lower; `None` when
 /// neither can be read.
 pub fn limit() -> Option<MemoryLimit> {

@@ -344,7 +344,7 @@ pub fn run(
         if room < config.connections_max {
             tracing::info!(
                 limit_mib = limit.bytes >> 20,
-                of = if limit.cgroup { "cgroup" } else { "machine" },
+                of = limit.of(),
                 connections_max = config.connections_max,
                 connections_per_shard = room,
                 "the memory limit leaves room for fewer connections than --connections-max \
@@ -459,7 +459,7 @@ fn log_memory_fit(config: &Config) {
         return;
     };
     let limit_mib = limit.bytes >> 20;
-    let of = if limit.cgroup { "cgroup" } else { "machine" };
+    let of = limit.of();
     let (memtable_mib, cache_mib, row_cache_mib) = (
         config.engine.memtable_bytes_max >> 20,
         config.engine.block_cache_bytes >> 20,
