@@ -93,7 +93,14 @@ pub fn cert(dir: &Path, hosts: &[String], days: u32, as_json: bool) -> Result<St
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about = "Command-line client for Tessera")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Command-line client for Tessera",
+    after_help = "Exit status: 0 done; 1 an error (one line on stderr); 2 bad arguments; \
+                  3 the answer is no: the key of a get or ttl is not found, or a txn did not \
+                  commit (a condition failed; nothing was written)."
+)]
 pub struct Cli {
     /// Server address (any shard's port or the shared port).
     #[arg(long, global = true, default_value = "127.0.0.1:7878")]
@@ -130,8 +137,8 @@ pub enum Command {
         #[arg(long)]
         at: Option<u64>,
         /// Write the value's bytes as they are, with no escaping and no
-        /// newline (e.g. into a file); a missing key writes nothing and
-        /// exits 1. The shell prints escaped values either way.
+        /// newline (e.g. into a file); a missing key writes nothing. The
+        /// shell prints escaped values either way.
         #[arg(long)]
         raw: bool,
     },
@@ -298,8 +305,21 @@ pub fn show(b: &[u8]) -> String {
     b.escape_ascii().to_string()
 }
 
+/// The exit status of a command whose answer is "no": the key of a `get`
+/// or `ttl` is not found, or a `txn` did not commit (a condition failed,
+/// so nothing was written). Errors exit 1 and bad arguments 2.
+pub const EXIT_NO: i32 = 3;
+
+/// What a command printed, and whether its answer was "no" (`EXIT_NO`).
+#[derive(Debug)]
+pub struct Answer {
+    pub text: String,
+    pub no: bool,
+}
+
 /// Runs one command; returns the text to print.
-pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<String, CliError> {
+pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<Answer, CliError> {
+    let mut no = false;
     let text = match command {
         Command::Get { key, at, .. } => {
             let found = match at {
@@ -307,6 +327,7 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
                 None => client.get_with_expiry(Bytes::from(key.clone()))?,
             };
             let (value, expires_at_ms) = found.map_or((None, None), |(v, at)| (Some(v), at));
+            no = value.is_none();
             if as_json {
                 json!({"key": key, "found": value.is_some(), "value": value.as_deref().map(show),
                        "expires_at_ms": expires_at_ms})
@@ -321,6 +342,7 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
         Command::Ttl { key } => {
             let found = client.get_with_expiry(Bytes::from(key.clone()))?;
             let left_ms = |at: u64| at.saturating_sub(backup::wall_ms());
+            no = found.is_none();
             if as_json {
                 let expires_at_ms = found.as_ref().and_then(|(_, at)| *at);
                 json!({"key": key, "found": found.is_some(), "expires_at_ms": expires_at_ms,
@@ -416,6 +438,7 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
             let failed = outcome
                 .failed_condition
                 .and_then(|i| described.get(i as usize).cloned());
+            no = !outcome.committed;
             if as_json {
                 let reads: Vec<_> = outcome
                     .reads
@@ -442,9 +465,10 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
                         )
                     })
                     .collect();
-                out.push(match failed {
-                    None => format!("COMMITTED (ts {})", outcome.ts),
-                    Some(c) => format!("NOT COMMITTED: condition {c} does not hold"),
+                out.push(match (outcome.committed, failed) {
+                    (true, _) => format!("COMMITTED (ts {})", outcome.ts),
+                    (false, Some(c)) => format!("NOT COMMITTED: condition {c} does not hold"),
+                    (false, None) => "NOT COMMITTED".into(),
                 });
                 out.join("\n")
             }
@@ -491,7 +515,7 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
             }
         }
     };
-    Ok(text)
+    Ok(Answer { text, no })
 }
 
 /// The line (or JSON object) a backup, verify or restore prints.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{tessera, tessera_env, InProcessServer};
+use common::{tessera, tessera_env, tessera_status, InProcessServer};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -25,7 +25,13 @@ fn one_shot_commands_print_results_and_json() {
     let (ok, out, _) = tessera(a, &["put", "greeting", "hello world"]);
     assert!(ok && out.starts_with("OK (ts "), "{out}");
     assert_eq!(tessera(a, &["get", "greeting"]).1, "hello world\n");
+    // "Not found" is an answer, not an error, with its own exit status.
+    let no = |args: &[&str]| tessera_status(a, args).0;
     assert_eq!(tessera(a, &["get", "nope"]).1, "(not found)\n");
+    assert_eq!(no(&["get", "nope"]), Some(3));
+    assert_eq!(no(&["--json", "get", "nope"]), Some(3));
+    assert_eq!(no(&["ttl", "nope"]), Some(3));
+    assert_eq!(no(&["get", "greeting"]), Some(0));
     let (_, out, _) = tessera(a, &["--json", "get", "greeting"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["value"], "hello world");
@@ -133,7 +139,7 @@ fn transactions_and_reads_at_a_timestamp() {
     let (_, out, _) = tessera(a, &["scan", "acct-", "--at", &before]);
     assert_eq!(out, "acct-a\t10\n(1 rows)\n");
     // A failed condition names itself and writes nothing.
-    let (ok, out, _) = tessera(
+    let (status, out, _) = tessera_status(
         a,
         &[
             "--json",
@@ -144,15 +150,25 @@ fn transactions_and_reads_at_a_timestamp() {
             "acct-a=0",
         ],
     );
-    assert!(ok);
+    // Exit 3: a script can tell "not committed" from done and from an error.
+    assert_eq!(status, Some(3));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["committed"], false);
     assert_eq!(v["failed_condition"], "--equals acct-a=10");
     assert_eq!(tessera(a, &["get", "acct-a"]).1, "4\n");
-    let (ok, _, err) = tessera(a, &["txn", "--put", "novalue"]);
-    // The CLI's own usage errors, not the SDK's "protocol:" ones.
+    let (status, out, _) = tessera_status(a, &["txn", "--missing", "acct-a", "--put", "x=1"]);
+    assert_eq!(
+        (status, out.as_str()),
+        (
+            Some(3),
+            "NOT COMMITTED: condition --missing acct-a does not hold\n"
+        )
+    );
+    let (status, _, err) = tessera_status(a, &["txn", "--put", "novalue"]);
+    // The CLI's own usage errors, not the SDK's "protocol:" ones, exit 2
+    // as clap's do.
     assert_eq!(err, "error: --put wants KEY=VALUE, got \"novalue\"\n");
-    assert!(!ok);
+    assert_eq!(status, Some(2));
     let (ok, _, err) = tessera(a, &["get", "acct-a", "--at", "1"]);
     assert!(!ok && err.contains("TimestampTooOld"), "{err}");
 }
@@ -267,9 +283,9 @@ fn binary_values_go_in_from_a_file_or_stdin_and_out_raw() {
     assert!(fed(put, &blob[..1000]).status.success());
     assert!(raw("piped").stdout == blob[..1000], "stdin's bytes differ");
 
-    // A missing key: nothing written, exit 1.
+    // A missing key: nothing written, exit 3 (not found).
     let missing = raw("nothing-here");
-    assert!(!missing.status.success() && missing.stdout.is_empty());
+    assert!(missing.status.code() == Some(3) && missing.stdout.is_empty());
     let (ok, _, err) = tessera(a, &["put", "k", "--value-file", "/nonexistent/file"]);
     assert!(
         !ok && err.starts_with("error: /nonexistent/file: No such file"),

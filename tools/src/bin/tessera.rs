@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Duration;
 use tessera_client::{Client, ConnectOptions, TlsOptions};
 use tessera_tools::backup;
-use tessera_tools::cli::{cert, execute, get_raw, report, Cli, Command};
+use tessera_tools::cli::{cert, execute, get_raw, report, Cli, Command, EXIT_NO};
 
 const SHELL_HELP: &str = "commands: get KEY [--at TS] | ttl KEY | put KEY VALUE [--ttl 30s] | put KEY --value-file PATH | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
 quote arguments with spaces: put greeting \"hello world\"";
@@ -91,7 +91,7 @@ fn main() {
                         std::process::exit(1);
                     }
                 }
-                Ok(None) => std::process::exit(1),
+                Ok(None) => std::process::exit(EXIT_NO),
                 Err(e) => {
                     eprintln!("error: {e}");
                     std::process::exit(1);
@@ -99,10 +99,17 @@ fn main() {
             }
         }
         Some(command) => match execute(&mut client, command, cli.json) {
-            Ok(text) => println!("{text}"),
+            Ok(answer) => {
+                println!("{}", answer.text);
+                if answer.no {
+                    std::process::exit(EXIT_NO);
+                }
+            }
             Err(e) => {
                 eprintln!("error: {e}");
-                std::process::exit(1);
+                // As clap exits on the arguments it checks itself.
+                let usage = matches!(e, tessera_tools::cli::CliError::Usage(_));
+                std::process::exit(if usage { 2 } else { 1 });
             }
         },
         None => shell(&cli, &mut client),
@@ -205,7 +212,7 @@ fn shell(cli: &Cli, client: &mut Client) {
                 json,
                 ..
             }) => match execute(client, &command, json || cli.json) {
-                Ok(text) => println!("{text}"),
+                Ok(answer) => println!("{}", answer.text),
                 Err(e) => println!("error: {e}"),
             },
             Ok(_) => println!("{SHELL_HELP}"),

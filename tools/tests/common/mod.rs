@@ -47,6 +47,11 @@ pub fn tessera(addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
     tessera_env(addr, args, &[])
 }
 
+/// Like [`tessera`], with the exit status instead of its success.
+pub fn tessera_status(addr: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+    run(addr, args, &[])
+}
+
 /// Like [`tessera`], with these environment variables set (and no
 /// `TESSERA_TOKEN` but one set here).
 pub fn tessera_env(
@@ -54,6 +59,11 @@ pub fn tessera_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (bool, String, String) {
+    let (status, out, err) = run(addr, args, env);
+    (status == Some(0), out, err)
+}
+
+fn run(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .arg("--addr")
         .arg(addr.to_string())
@@ -63,7 +73,7 @@ pub fn tessera_env(
         .output()
         .unwrap();
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
