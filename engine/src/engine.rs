@@ -196,6 +196,8 @@ pub(crate) struct Inner<D: Disk> {
     pub wal_segment: Cell<u64>,
     pub events: Events,
     pub bg_error: RefCell<Option<String>>,
+    /// Why the last WAL write failed, until one succeeds.
+    pub wal_error: RefCell<Option<String>>,
     /// Why the last compaction failed, until one succeeds.
     pub compaction_error: RefCell<Option<String>>,
     pub closed: Cell<bool>,
@@ -271,6 +273,9 @@ pub struct EngineStats {
     pub retention_watermark_ts: u64,
     pub last_ts: u64,
     pub background_error: Option<String>,
+    /// Why writes fail now, or will once the memtables fill
+    /// ([`Engine::write_health`]).
+    pub writes_failing: Option<String>,
     /// Keys under an undecided transaction's intent.
     pub txn_intents: usize,
     /// Transactions prepared here awaiting their decision.
@@ -433,6 +438,7 @@ impl<D: Disk> Engine<D> {
             wal_segment: Cell::new(wal.segment_id()),
             events: Events::default(),
             bg_error: RefCell::default(),
+            wal_error: RefCell::default(),
             compaction_error: RefCell::default(),
             closed: Cell::new(false),
             writer_done: Cell::new(false),
@@ -747,6 +753,19 @@ impl<D: Disk> Engine<D> {
         Ok(())
     }
 
+    /// Whether writes succeed now and will go on doing so; `Err` says why
+    /// not: the last WAL write failed (and none has succeeded since), the
+    /// last flush failed (writes stall once the memtables are full), or
+    /// level 0 is at its stop while compaction fails. Reads are served
+    /// either way.
+    pub fn write_health(&self) -> std::result::Result<(), String> {
+        let inner = &self.inner;
+        if let Some(why) = inner.wal_error.borrow().clone() {
+            return Err(format!("the last WAL write failed: {why}"));
+        }
+        inner.stall_error().map_or(Ok(()), Err)
+    }
+
     /// Runs compactions until no level needs one.
     pub async fn compact(&self) -> Result<()> {
         while compaction::compact_once(&self.inner).await? {}
@@ -817,6 +836,7 @@ impl<D: Disk> Engine<D> {
             retention_watermark_ts: inner.watermark(),
             last_ts: inner.clock.last(),
             background_error: inner.bg_error.borrow().clone(),
+            writes_failing: self.write_health().err(),
             txn_intents: inner.cc.borrow().intent_count(),
             txn_prepared: inner.prepared.borrow().len(),
             txn_decisions: inner.decisions.borrow().len(),

@@ -264,10 +264,12 @@ pub(crate) async fn writer_loop<D: Disk>(inner: Rc<Inner<D>>, mut wal: Wal<D>) {
                     mem.insert_all(batches.drain(..).flat_map(Record::into_applied_entries));
                 }
                 group.complete(None);
+                inner.wal_error.take();
             }
             Err(e) => {
                 tracing::error!(error = %e, "WAL write failed; the group is not acknowledged");
                 inner.stats.wal_errors.set(inner.stats.wal_errors.get() + 1);
+                *inner.wal_error.borrow_mut() = Some(e.to_string());
                 group.complete(Some(e));
             }
         }

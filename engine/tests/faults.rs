@@ -260,10 +260,14 @@ fn enospc_on_the_wal_fails_the_write_loses_nothing_and_recovers() {
     run_local(|| async {
         let (disk, engine) = with_writes(50).await;
         disk.inject(Fault::Writes(libc::ENOSPC));
+        assert_eq!(engine.write_health(), Ok(()));
         let err = engine.put(key(50), value(50)).await.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        let why = engine.write_health().unwrap_err();
+        assert!(why.starts_with("the last WAL write failed: "), "{why}");
         disk.clear_faults();
         engine.put(key(51), value(51)).await.unwrap();
+        assert_eq!(engine.write_health(), Ok(()));
         for i in 0..50 {
             assert_eq!(engine.get(&key(i)).await.unwrap(), Some(value(i)));
         }
@@ -402,6 +406,8 @@ fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
         let err = engine.flush().await.unwrap_err();
         assert!(matches!(err, Error::Stalled(_)), "{err}");
         assert!(engine.stats().background_error.is_some());
+        let why = engine.stats().writes_failing.unwrap();
+        assert!(why.starts_with("background flush failed: "), "{why}");
         // The failed flush removed its partial table (kept, it would hold
         // space a full disk needs for the retry).
         assert_eq!(paths_with(&disk, ".sst"), Vec::<PathBuf>::new());
@@ -410,6 +416,7 @@ fn a_full_disk_during_flush_reports_and_recovers_once_space_returns() {
         disk.clear_faults();
         engine.flush().await.unwrap();
         assert_eq!(engine.stats().background_error, None);
+        assert_eq!(engine.stats().writes_failing, None);
         assert!(!paths_with(&disk, ".sst").is_empty());
         let disk = disk.crash();
         let engine = open(&disk).await;

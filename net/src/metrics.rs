@@ -237,6 +237,10 @@ impl ShardMetrics {
         push("wal_groups_total".into(), engine.wal_groups as f64);
         push("wal_errors_total".into(), engine.wal_errors as f64);
         push("write_stalls_total".into(), engine.write_stalls as f64);
+        push(
+            "writes_failing".into(),
+            f64::from(u8::from(engine.writes_failing.is_some())),
+        );
         push("l0_stops_total".into(), engine.l0_stops as f64);
         push("flushes_total".into(), engine.flushes as f64);
         push("flush_errors_total".into(), engine.flush_errors as f64);

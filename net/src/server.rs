@@ -696,8 +696,31 @@ fn encode<S: Conn>(id: u64, response: &Response, outbox: &Outbox<S>) {
 /// How long the metrics endpoint waits for a request's head.
 const METRICS_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long `GET /health` waits for a shard's answer (under the 1-s
+/// timeout of a Kubernetes probe).
+const HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `GET /health`'s status and body: 200 when every shard answered and can
+/// take writes, else 503; a line per shard either way.
+fn health_page(shards: &[Result<(), String>]) -> (&'static str, String) {
+    let status = match shards.iter().all(Result::is_ok) {
+        true => "200 OK",
+        false => "503 Service Unavailable",
+    };
+    let lines: String = shards
+        .iter()
+        .enumerate()
+        .map(|(i, health)| match health {
+            Ok(()) => format!("shard {i}: ok\n"),
+            Err(why) => format!("shard {i}: {why}\n"),
+        })
+        .collect();
+    (status, lines)
+}
+
 /// Serves `GET /metrics` in Prometheus text format, gathering every shard's
-/// figures over the mesh.
+/// figures over the mesh, and `GET /health`: whether every shard answers
+/// and can take writes.
 pub async fn metrics_loop(shard: Rc<Shard>, listener: TcpListener) {
     while let Ok(mut stream) = listener.accept().await {
         if shard.shutting_down.get() {
@@ -735,11 +758,15 @@ pub async fn metrics_loop(shard: Rc<Shard>, listener: TcpListener) {
                     Response::Stats(m) => ("200 OK", render_prometheus(&m)),
                     other => ("500 Internal Server Error", format!("{other:?}\n")),
                 },
-                (_, b"/metrics") => (
+                (Some(b"GET"), b"/health") => health_page(&shard.health(HEALTH_DEADLINE).await),
+                (_, b"/metrics" | b"/health") => (
                     "405 Method Not Allowed\r\nAllow: GET",
-                    "only GET /metrics\n".to_string(),
+                    "only GET\n".to_string(),
                 ),
-                _ => ("404 Not Found", "try GET /metrics\n".to_string()),
+                _ => (
+                    "404 Not Found",
+                    "try GET /metrics or GET /health\n".to_string(),
+                ),
             };
             let reply = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

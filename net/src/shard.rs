@@ -77,6 +77,8 @@ pub enum ShardOp {
         ts: u64,
     },
     Stats,
+    /// Can this shard take writes now (`Engine::write_health`)?
+    Health,
     /// A participant's part of a transaction (see `txn.rs`).
     Txn {
         part: TxnPart,
@@ -96,6 +98,8 @@ pub enum ShardReply {
     Written(u64),
     Rows(Vec<Row>),
     Stats(Vec<Metric>),
+    /// `Err`: why writes would fail now.
+    Health(Result<(), String>),
     /// A participant's vote and its clock (the coordinator observes it).
     Vote {
         vote: Vote,
@@ -429,6 +433,7 @@ impl Shard {
             ShardOp::Stats => {
                 ShardReply::Stats(self.metrics.snapshot(self.id as u32, &self.engine.stats()))
             }
+            ShardOp::Health => ShardReply::Health(self.engine.write_health()),
         }
     }
 
@@ -642,6 +647,27 @@ impl Shard {
         }
     }
 
+    /// Each shard's health, asked of all at once: `Err` says why writes
+    /// would fail on it, or that it did not answer within `deadline`.
+    pub async fn health(self: &Rc<Self>, deadline: std::time::Duration) -> Vec<Result<(), String>> {
+        let n = self.slots.shards();
+        let asks = (0..n).map(|shard| {
+            let ask = async move {
+                match self.execute(shard, ShardOp::Health).await {
+                    ShardReply::Health(health) => health,
+                    ShardReply::Error(_, why) => Err(why),
+                    other => Err(format!("unexpected reply {other:?}")),
+                }
+            };
+            let late = async move {
+                glommio::timer::sleep(deadline).await;
+                Err(format!("no answer within {} ms", deadline.as_millis()))
+            };
+            futures_lite::future::or(ask, late)
+        });
+        futures_util::future::join_all(asks).await
+    }
+
     /// The slot map and each shard's address: at `--advertise-host` when
     /// given, else as bound. A shard listening on every address
     /// (`0.0.0.0`, `::`) is given as `seen_at`, the address the asking
@@ -809,12 +835,13 @@ fn into_response(reply: ShardReply) -> Response {
         ShardReply::Rows(rows) => scan_response(rows, None),
         ShardReply::Stats(m) => Response::Stats(m),
         ShardReply::Error(code, message) => Response::Error { code, message },
-        other @ (ShardReply::Vote { .. } | ShardReply::Status(_) | ShardReply::Done) => {
-            Response::error(
-                ErrorCode::Internal,
-                format!("unexpected shard reply {other:?}"),
-            )
-        }
+        other @ (ShardReply::Vote { .. }
+        | ShardReply::Status(_)
+        | ShardReply::Health(_)
+        | ShardReply::Done) => Response::error(
+            ErrorCode::Internal,
+            format!("unexpected shard reply {other:?}"),
+        ),
     }
 }
 

@@ -12,7 +12,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::Server;
+use common::{http, Server};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,8 +22,10 @@ use tessera_protocol::ErrorCode;
 
 const IMAGE_MIB: u64 = 64;
 /// Taken from the filesystem before the server starts and given back once
-/// the disk is full.
-const FILLER_MIB: usize = 12;
+/// the disk is full: enough for the flushes and compactions that failed
+/// meanwhile to finish (with 12 MiB they filled the disk again, and the
+/// health check rightly stayed 503).
+const FILLER_MIB: usize = 24;
 const VALUE_BYTES: usize = 4096;
 const WRITERS: usize = 4;
 
@@ -188,6 +190,15 @@ fn a_full_disk_fails_writes_clearly_and_loses_no_acknowledged_write() {
         failures > 0.0,
         "the metrics show no failed flush or compaction"
     );
+    let failing = |client: &mut Client| {
+        let stats = client.stats().unwrap();
+        stats
+            .iter()
+            .find(|m| m.name == "writes_failing")
+            .unwrap()
+            .value
+    };
+    assert_eq!(failing(&mut client), 1.0);
     for key in &acked {
         assert_eq!(
             client.get(key.clone()).unwrap(),
@@ -195,6 +206,15 @@ fn a_full_disk_fails_writes_clearly_and_loses_no_acknowledged_write() {
             "{key} while full"
         );
     }
+    // The health check says writes fail, and why.
+    let metrics = server.metrics.clone().unwrap();
+    let health = || http(&metrics, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, body) = health();
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(
+        body.starts_with("shard 0: ") && body.contains("No space left"),
+        "{body}"
+    );
 
     // With space back, writes are accepted again once a flush retries.
     std::fs::remove_file(&filler).unwrap();
@@ -210,6 +230,17 @@ fn a_full_disk_fails_writes_clearly_and_loses_no_acknowledged_write() {
         }
     }
     acked.push(key);
+    // Healthy again once the failed flush has been retried.
+    loop {
+        let (status, body) = health();
+        if status == "HTTP/1.1 200 OK" {
+            assert_eq!(body, "shard 0: ok\n");
+            assert_eq!(failing(&mut client), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unhealthy: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // And a crash loses none of them.
     drop(client);

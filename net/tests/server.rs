@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::Server;
+use common::{http, Server};
 use std::io::{Read, Write};
 use tessera_client::{BatchOp, Client, Request, Response};
 use tessera_protocol::frame::{next_frame, put_frame};
@@ -113,22 +113,8 @@ fn exercise_every_operation(server: &Server, shards: usize) {
     assert_eq!(puts, 200.0);
 }
 
-/// The status line and body of an HTTP request to `addr`.
-fn http(addr: &str, request: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.lines().next().unwrap_or_default().to_string();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
 #[test]
-fn the_metrics_endpoint_serves_get_only() {
+fn the_metrics_and_health_endpoints_serve_get_only() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), 1, &[]);
     let metrics = server.metrics.clone().unwrap();
@@ -143,10 +129,20 @@ fn the_metrics_endpoint_serves_get_only() {
     );
     let (status, _) = http(&metrics, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let (status, body) = http(&metrics, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "shard 0: ok\n")
+    );
+    let (status, _) = http(&metrics, "DELETE /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
     let (status, body) = http(&metrics, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(
         (status.as_str(), body.as_str()),
-        ("HTTP/1.1 404 Not Found", "try GET /metrics\n")
+        (
+            "HTTP/1.1 404 Not Found",
+            "try GET /metrics or GET /health\n"
+        )
     );
     assert!(server.stop());
 }
@@ -164,6 +160,15 @@ fn two_shards_serve_every_operation_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), 2, &[]);
     exercise_every_operation(&server, 2);
+    // Every shard answers the health check, over the mesh for shard 1.
+    let (status, text) = http(
+        server.metrics.as_deref().unwrap(),
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(
+        (status.as_str(), text.as_str()),
+        ("HTTP/1.1 200 OK", "shard 0: ok\nshard 1: ok\n")
+    );
     let (status, text) = http(
         server.metrics.as_deref().unwrap(),
         "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
