@@ -21,8 +21,15 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 use tessera_engine::{Engine, Options, WalRecovery};
 
-/// Capacity of each mesh queue (per ordered pair of shards).
-const MESH_QUEUE_DEPTH: usize = 1024;
+/// Capacity of each mesh queue (one per ordered pair of shards): 1024
+/// messages up to 9 shards, then fewer so that a shard's queues from all
+/// its peers hold ~8192 together, down to 128. A full queue makes its
+/// sender wait. Each slot is ~128 bytes, so at 1024 for any count, 64
+/// shards held 4032 queues of 128 KiB (~500 MiB) and 128 shards ~2 GiB.
+fn mesh_queue_depth(shards: usize) -> usize {
+    let share = 8192 / shards.saturating_sub(1).max(1);
+    1 << share.clamp(128, 1024).ilog2()
+}
 
 /// What the server reports once every shard listens.
 #[derive(Debug, Clone)]
@@ -366,7 +373,7 @@ pub fn run(
     if config.prefault_memory {
         prefault(config.engine.memory_budget() * n, n, config.memory_limit);
     }
-    let mesh = (n > 1).then(|| MeshBuilder::<MeshMsg, _>::full(n, MESH_QUEUE_DEPTH));
+    let mesh = (n > 1).then(|| MeshBuilder::<MeshMsg, _>::full(n, mesh_queue_depth(n)));
     let addresses: Arc<OnceLock<Vec<String>>> = Arc::new(OnceLock::new());
     let (started_tx, started_rx) = mpsc::channel();
     let mut executors = Vec::new();
@@ -658,6 +665,15 @@ async fn unless_stopped<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mesh_queues_shrink_as_shards_grow() {
+        let depths: Vec<usize> = [2, 9, 10, 16, 33, 64, 100, 256]
+            .into_iter()
+            .map(mesh_queue_depth)
+            .collect();
+        assert_eq!(depths, [1024, 1024, 512, 512, 256, 128, 128, 128]);
+    }
 
     #[test]
     fn prefault_stops_at_half_the_available_memory() {

@@ -194,6 +194,8 @@ impl Role {
 struct JoinState<T: Send> {
     peers: Vec<Peer>,
     ready: bool,
+    /// Peers whose ends of every channel have joined them (tessera patch 7).
+    connected: usize,
     senders: Vec<Vec<Option<SharedSender<T>>>>,
     receivers: Vec<Vec<Option<SharedReceiver<T>>>>,
 }
@@ -211,6 +213,7 @@ impl<T: Send> JoinState<T> {
         Self {
             peers: Vec::new(),
             ready: false,
+            connected: 0,
             senders,
             receivers,
         }
@@ -267,6 +270,8 @@ pub struct MeshBuilder<T: Send, A: MeshAdapter> {
     nr_peers: usize,
     channel_size: usize,
     state: Arc<Mutex<JoinState<T>>>,
+    /// Signalled when `state` moves on (tessera patch 7).
+    changed: Arc<std::sync::Condvar>,
     adapter: A,
 }
 
@@ -276,6 +281,7 @@ impl<T: Send, A: MeshAdapter> Clone for MeshBuilder<T, A> {
             nr_peers: self.nr_peers,
             channel_size: self.channel_size,
             state: self.state.clone(),
+            changed: self.changed.clone(),
             adapter: self.adapter.clone(),
         }
     }
@@ -320,6 +326,7 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
             nr_peers,
             channel_size,
             state: Arc::new(Mutex::new(JoinState::new(nr_peers))),
+            changed: Arc::new(std::sync::Condvar::new()),
             adapter,
         }
     }
@@ -327,6 +334,22 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
     /// Returns number of all peers in the mesh
     pub fn nr_peers(&self) -> usize {
         self.nr_peers
+    }
+
+    /// Blocks this executor's thread until `done` holds of the join's
+    /// state: it only awaits the other executors' progress in their own
+    /// joins (tessera patch 7). Upstream yielded in a loop: a yielding
+    /// executor never parks, so with more executors than CPUs the waiting
+    /// ones took the CPUs from the peers (and from the thread spawning them)
+    /// they waited for. Waiting in the executor instead (a timer, or naps
+    /// with a yield between them) left, about once in 50 starts of 64-100
+    /// executors on 2 CPUs, one executor asleep in its reactor with the
+    /// joining task woken but never run again (not root-caused). The cost:
+    /// nothing else runs on this executor while it joins, so an executor
+    /// must not join two meshes at once.
+    fn wait_for(&self, done: impl Fn(&JoinState<T>) -> bool) {
+        let state = self.state.lock().unwrap();
+        drop(self.changed.wait_while(state, |state| !done(state)).unwrap());
     }
 
     async fn register(&self, role: Role) -> Result<(usize, usize), ()> {
@@ -373,21 +396,11 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
                 }
 
                 state.ready = true;
+                self.changed.notify_all();
             }
         } else {
-            // Wait until last joiner finishes building
-            loop {
-                let ready = {
-                    let state = self.state.lock().unwrap();
-                    state.ready
-                };
-
-                if ready {
-                    break;
-                }
-
-                futures_lite::future::yield_now().await;
-            }
+            // Wait until last joiner finishes building.
+            self.wait_for(|state| state.ready);
         }
 
         let state = self.state.lock().unwrap();
@@ -439,20 +452,31 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
         let mut senders_vec = Vec::with_capacity(self.nr_peers);
         let mut receivers_vec = Vec::with_capacity(self.nr_peers);
 
-        for i in 0..self.nr_peers {
-            let sender = senders[i].take();
-            let receiver = receivers[i].take();
+        // Every end joins its channel here and now; then this executor
+        // waits until every peer has done the same, so that no channel
+        // waits for its peer below (tessera patch 7). Upstream awaited the
+        // channels one at a time, each spinning until its peer reached the
+        // same channel in its own sequence: a chain of waits across all the
+        // executors.
+        let connecting: Vec<_> = (0..self.nr_peers)
+            .map(|i| {
+                let sender = senders[i].take().map(|s| s.start_connecting());
+                let receiver = receivers[i].take().map(|r| r.start_connecting());
+                (sender, receiver)
+            })
+            .collect();
+        self.state.lock().unwrap().connected += 1;
+        self.changed.notify_all();
+        self.wait_for(|state| state.connected == self.nr_peers);
 
-            let sender = sender.map(|s| crate::spawn_local(s.connect()).detach());
-            let receiver = receiver.map(|r| crate::spawn_local(r.connect()).detach());
-
+        for (sender, receiver) in connecting {
             match sender {
                 None => {
                     if self.adapter.is_full() {
                         senders_vec.push(None)
                     }
                 }
-                Some(h) => senders_vec.push(Some(h.await.unwrap())),
+                Some(h) => senders_vec.push(Some(h.await)),
             }
 
             match receiver {
@@ -461,7 +485,7 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
                         receivers_vec.push(None)
                     }
                 }
-                Some(h) => receivers_vec.push(Some(h.await.unwrap())),
+                Some(h) => receivers_vec.push(Some(h.await)),
             }
         }
 

@@ -251,7 +251,13 @@ impl<T: 'static + Send + Sized> SharedSender<T> {
     /// to send data into this channel
     ///
     /// [`ConnectedSender`]: struct.ConnectedSender.html
-    pub async fn connect(mut self) -> ConnectedSender<T> {
+    pub async fn connect(self) -> ConnectedSender<T> {
+        self.start_connecting().await
+    }
+
+    /// Joins this executor to the channel now, and returns the future that
+    /// waits for the peer to join too (see `MeshBuilder::join`).
+    pub(crate) fn start_connecting(mut self) -> impl Future<Output = ConnectedSender<T>> {
         let state = self.state.take().unwrap();
         let reactor = crate::executor().reactor();
         state.buffer.connect(reactor.id());
@@ -265,12 +271,14 @@ impl<T: 'static + Send + Sized> SharedSender<T> {
 
         let reactor = Rc::downgrade(&reactor);
         let peer = Connector::new(state.buffer.clone_internal(), reactor.clone());
-        let notifier = peer.await;
-        ConnectedSender {
-            id,
-            state,
-            reactor,
-            notifier,
+        async move {
+            let notifier = peer.await;
+            ConnectedSender {
+                id,
+                state,
+                reactor,
+                notifier,
+            }
         }
     }
 }
@@ -416,7 +424,13 @@ impl<T: 'static + Send + Sized> SharedReceiver<T> {
     /// used to send data into this channel
     ///
     /// [`ConnectedReceiver`]: struct.ConnectedReceiver.html
-    pub async fn connect(mut self) -> ConnectedReceiver<T> {
+    pub async fn connect(self) -> ConnectedReceiver<T> {
+        self.start_connecting().await
+    }
+
+    /// Joins this executor to the channel now, and returns the future that
+    /// waits for the peer to join too (see `MeshBuilder::join`).
+    pub(crate) fn start_connecting(mut self) -> impl Future<Output = ConnectedReceiver<T>> {
         let reactor = crate::executor().reactor();
         let state = self.state.take().unwrap();
         state.buffer.connect(reactor.id());
@@ -430,12 +444,14 @@ impl<T: 'static + Send + Sized> SharedReceiver<T> {
 
         let reactor = Rc::downgrade(&reactor);
         let peer = Connector::new(state.buffer.clone_internal(), reactor.clone());
-        let notifier = peer.await;
-        ConnectedReceiver {
-            id,
-            state,
-            reactor,
-            notifier,
+        async move {
+            let notifier = peer.await;
+            ConnectedReceiver {
+                id,
+                state,
+                reactor,
+                notifier,
+            }
         }
     }
 }
