@@ -347,7 +347,11 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
     /// joining task woken but never run again (not root-caused). The cost:
     /// nothing else runs on this executor while it joins, so an executor
     /// must not join two meshes at once.
-    fn wait_for(&self, done: impl Fn(&JoinState<T>) -> bool) {
+    async fn wait_for(&self, done: impl Fn(&JoinState<T>) -> bool) {
+        // Once first, the executor's other tasks run: a second join of the
+        // same mesh from this executor then fails (panics) as upstream's
+        // does, instead of never running.
+        futures_lite::future::yield_now().await;
         let state = self.state.lock().unwrap();
         drop(self.changed.wait_while(state, |state| !done(state)).unwrap());
     }
@@ -400,7 +404,7 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
             }
         } else {
             // Wait until last joiner finishes building.
-            self.wait_for(|state| state.ready);
+            self.wait_for(|state| state.ready).await;
         }
 
         let state = self.state.lock().unwrap();
@@ -467,7 +471,7 @@ impl<T: 'static + Send, A: MeshAdapter> MeshBuilder<T, A> {
             .collect();
         self.state.lock().unwrap().connected += 1;
         self.changed.notify_all();
-        self.wait_for(|state| state.connected == self.nr_peers);
+        self.wait_for(|state| state.connected == self.nr_peers).await;
 
         for (sender, receiver) in connecting {
             match sender {
