@@ -103,26 +103,36 @@ pub fn cert(dir: &Path, hosts: &[String], days: u32, as_json: bool) -> Result<St
 )]
 pub struct Cli {
     /// Server address (any shard's port or the shared port).
-    #[arg(long, global = true, default_value = "127.0.0.1:7878")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        default_value = "127.0.0.1:7878"
+    )]
     pub addr: String,
     /// Print one JSON object per command.
     #[arg(long, global = true)]
     pub json: bool,
     /// Request timeout in milliseconds.
-    #[arg(long, global = true, default_value_t = 10_000)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        default_value_t = 10_000
+    )]
     pub timeout_ms: u64,
     /// File holding the server's token (`--auth-token-file` of the
     /// server) [default: $TESSERA_TOKEN, if set].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection")]
     pub token_file: Option<PathBuf>,
     /// Connect over TLS, trusting the CA certificates in this PEM file
     /// (e.g. the ca.pem of `tessera cert`) [default: $TESSERA_TLS_CA, if
     /// set; else plain TCP].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection")]
     pub tls_ca: Option<PathBuf>,
     /// The name the server's certificate must carry [default: the host of
     /// --addr].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection")]
     pub tls_server_name: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
