@@ -3,6 +3,7 @@
 //! (docs/operations.md).
 
 use crate::machine::{Fit, Given, Machine, MemoryLimit};
+use crate::slots::SlotMap;
 use crate::tls::Tls;
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -42,7 +43,8 @@ pub struct Flags {
     /// names; on 0.0.0.0 or ::, the address each client reached].
     #[arg(long)]
     pub advertise_host: Option<String>,
-    /// Number of shards [default: one per CPU in --cpus, or per CPU this
+    /// Number of shards [default: the count the data directory was
+    /// written with; for a new one, one per CPU in --cpus, or per CPU this
     /// process may run on].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -166,6 +168,9 @@ pub struct Config {
     /// (`--advertise-host`).
     pub advertise_host: Option<String>,
     pub shards: usize,
+    /// The shard count came from the data directory's slot map, not from
+    /// `--shards`, `--cpus` or the CPUs.
+    pub shards_from_data: bool,
     pub placement: Placement,
     pub metrics: Option<SocketAddr>,
     pub engine: Options,
@@ -338,10 +343,20 @@ impl Config {
         }
         let listen: SocketAddr =
             pick!(listen).unwrap_or_else(|| "127.0.0.1:7878".parse().expect("valid"));
+        let data = pick!(data).unwrap_or_else(|| PathBuf::from("./data"));
         let cpus = pick!(cpus);
         let available = machine.parallelism;
+        // A data directory keeps the shard count it was written with
+        // (its slot map), whatever CPUs it is started on next.
+        let saved = match (pick!(shards), cpus.as_deref()) {
+            (None, None | Some("any")) => SlotMap::saved(&data)?.map(|map| map.shards()),
+            _ => None,
+        };
         let (placement, shards) = match cpus.as_deref() {
-            Some("any") => (Placement::Floating, pick!(shards).unwrap_or(available)),
+            Some("any") => (
+                Placement::Floating,
+                pick!(shards).or(saved).unwrap_or(available),
+            ),
             Some(list) => {
                 let cpus = parse_cpus(list).with_context(|| format!("--cpus {list:?}"))?;
                 if let Some(cpu) = cpus.iter().find(|c| !machine.cpus.contains(c)) {
@@ -360,7 +375,7 @@ impl Config {
                 (Placement::Pinned(cpus), shards)
             }
             None => {
-                let shards = pick!(shards).unwrap_or(available);
+                let shards = pick!(shards).or(saved).unwrap_or(available);
                 (
                     Placement::Pinned(
                         (0..shards)
@@ -450,7 +465,7 @@ impl Config {
             }
         }
         Ok(Config {
-            data: pick!(data).unwrap_or_else(|| PathBuf::from("./data")),
+            data,
             shard_base_port,
             advertise_host: match pick!(advertise_host) {
                 Some(host) => Some(check_advertise_host(host)?),
@@ -458,6 +473,7 @@ impl Config {
             },
             listen,
             shards,
+            shards_from_data: saved.is_some(),
             placement,
             metrics,
             engine,
@@ -746,6 +762,45 @@ mod tests {
         };
         let c = Config::resolve_on(Flags::parse_from(["tessera-server"]), &quota).unwrap();
         assert_eq!((c.shards, c.placement), (1, Placement::Pinned(vec![2])));
+    }
+
+    /// A data directory keeps its shard count on a machine with other
+    /// CPUs; `--shards` or a `--cpus` list still say what is asked (and a
+    /// count other than the directory's is then refused at startup).
+    #[test]
+    fn a_data_directory_keeps_the_shard_count_it_was_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        SlotMap::load_or_create(dir.path(), 3).unwrap();
+        let machine = Machine {
+            memory: None,
+            cpus: vec![0, 1],
+            parallelism: 2,
+        };
+        let data = dir.path().to_str().unwrap();
+        let resolve = |args: &[&str]| {
+            let all = [&["tessera-server", "--data", data][..], args].concat();
+            Config::resolve_on(Flags::parse_from(all), &machine).unwrap()
+        };
+        let c = resolve(&[]);
+        assert_eq!(
+            (c.shards, c.shards_from_data, c.placement),
+            (3, true, Placement::Pinned(vec![0, 1, 0]))
+        );
+        let c = resolve(&["--cpus", "any"]);
+        assert_eq!((c.shards, c.placement), (3, Placement::Floating));
+        let c = resolve(&["--shards", "2"]);
+        assert_eq!((c.shards, c.shards_from_data), (2, false));
+        let c = resolve(&["--cpus", "1"]);
+        assert_eq!((c.shards, c.shards_from_data), (1, false));
+        let err = SlotMap::load_or_create(dir.path(), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("back it up and restore"), "{err}");
+        // A new directory: one shard per CPU.
+        let empty = tempfile::tempdir().unwrap();
+        let flags = Flags::parse_from(["tessera-server", "--data", empty.path().to_str().unwrap()]);
+        let c = Config::resolve_on(flags, &machine).unwrap();
+        assert_eq!((c.shards, c.shards_from_data), (2, false));
     }
 
     #[test]

@@ -362,6 +362,13 @@ pub fn run(
     }
     let config = Arc::new(config);
     let n = config.shards;
+    if config.shards_from_data {
+        tracing::info!(
+            shards = n,
+            data = %config.data.display(),
+            "the data directory was written with this many shards; starting that many"
+        );
+    }
     match &config.placement {
         Placement::Pinned(cpus) => {
             let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();

@@ -1,7 +1,9 @@
 //! The slot map: which shard owns each of the 16384 slots a key hashes to
 //! (`tessera_protocol::slot_of`). Persisted in `<data>/SLOTMAP` so the map,
-//! not the shard count, is the source of truth; restarting with another
-//! shard count is refused until slots can be moved.
+//! not the shard count, is the source of truth: a restart without
+//! `--shards` starts the count the map names, and one with another count
+//! is refused until slots can be moved (a backup restored into a new
+//! directory changes the count).
 //!
 //! ```text
 //! SLOTMAP := "TSLOTMAP" | version:u32 | shards:u32 | owner:u16 * 16384 | crc32c:u32
@@ -86,27 +88,35 @@ impl SlotMap {
         Ok(SlotMap { shards, owner })
     }
 
+    /// The map saved in `<data>/SLOTMAP`, if the directory has one.
+    pub fn saved(data: &Path) -> anyhow::Result<Option<SlotMap>> {
+        let path = data.join("SLOTMAP");
+        match std::fs::read(&path) {
+            Ok(raw) => SlotMap::decode(&raw)
+                .map(Some)
+                .with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
     /// Loads `<data>/SLOTMAP`, or writes an even map for `shards` if the
     /// directory is new. A map for another shard count is refused.
     pub fn load_or_create(data: &Path, shards: usize) -> anyhow::Result<SlotMap> {
         std::fs::create_dir_all(data)
             .with_context(|| format!("creating data directory {}", data.display()))?;
-        let path = data.join("SLOTMAP");
-        match std::fs::read(&path) {
-            Ok(raw) => {
-                let map =
-                    SlotMap::decode(&raw).with_context(|| format!("reading {}", path.display()))?;
-                if map.shards != shards {
-                    bail!(
-                        "data directory {} was written with {} shards; started with {shards} (use --shards {})",
-                        data.display(),
-                        map.shards,
-                        map.shards
-                    );
-                }
-                Ok(map)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match SlotMap::saved(data)? {
+            Some(map) if map.shards != shards => bail!(
+                "data directory {} was written with {} shards; started with {shards} \
+                 (start it with --shards {}, or without --shards; to change the count, \
+                 back it up and restore into a new directory: docs/operations.md)",
+                data.display(),
+                map.shards,
+                map.shards
+            ),
+            Some(map) => Ok(map),
+            None => {
+                let path = data.join("SLOTMAP");
                 let map = SlotMap::even(shards);
                 let tmp = data.join("SLOTMAP.tmp");
                 let mut f = std::fs::File::create(&tmp)?;
@@ -116,7 +126,6 @@ impl SlotMap {
                 std::fs::File::open(data)?.sync_all()?;
                 Ok(map)
             }
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
 }
