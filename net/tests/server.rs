@@ -305,24 +305,32 @@ fn each_shards_memory_budget_is_resident_once_ready_unless_turned_off() {
     );
 }
 
+/// A restart without `--shards` starts the count the directory was
+/// written with (here one more than the CPUs, which a fresh start would
+/// take); one with another count is refused.
 #[test]
 fn data_survives_a_restart_and_a_shard_count_change_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), 2, &[]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let shards = cpus + 1;
+    let server = Server::start(dir.path(), shards, &[]);
     let mut client = Client::connect(server.listen.as_str()).unwrap();
     for i in 0..100 {
         client.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
     drop(client);
     assert!(server.stop());
-    let err = Server::try_start(dir.path(), 3, &[])
+    let err = Server::try_start(dir.path(), cpus, &[])
         .err()
-        .expect("3 shards on a 2-shard directory must be refused");
+        .expect("another shard count must be refused");
     assert!(
-        err.contains("written with 2 shards; started with 3 (use --shards 2)"),
+        err.contains(&format!(
+            "written with {shards} shards; started with {cpus} (start it with --shards {shards}"
+        )),
         "{err}"
     );
-    let server = Server::start(dir.path(), 2, &[]);
+    let server = Server::spawn(Server::command_without_shards(dir.path(), &[])).unwrap();
+    assert_eq!(server.shard_addresses.len(), shards);
     let mut client = Client::connect(server.listen.as_str()).unwrap();
     for i in 0..100 {
         assert_eq!(

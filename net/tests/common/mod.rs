@@ -30,6 +30,13 @@ impl Server {
 
     /// The command [`Server::try_start`] runs, to adjust before [`Server::spawn`].
     pub fn command(data: &Path, shards: usize, extra: &[&str]) -> Command {
+        let mut command = Self::command_without_shards(data, extra);
+        command.args(["--shards", &shards.to_string()]);
+        command
+    }
+
+    /// [`Server::command`] without `--shards`: the server picks the count.
+    pub fn command_without_shards(data: &Path, extra: &[&str]) -> Command {
         let base_port = match extra.contains(&"--shard-base-port") {
             true => &[][..],
             false => &["--shard-base-port", "0"][..],
@@ -49,7 +56,6 @@ impl Server {
             .args(listen)
             .args(["--cpus", "any"])
             .args(base_port)
-            .args(["--shards", &shards.to_string()])
             .args(metrics)
             .args(extra)
             .env("RUST_LOG", "warn")
