@@ -31,7 +31,11 @@ pub enum Error {
         limit: usize,
     },
     /// A read asked for a timestamp that compaction may already have collapsed.
-    #[error("timestamp {requested} is older than the retention watermark {watermark}")]
+    #[error(
+        "timestamp {requested} is older than the retention watermark {watermark} (by {} ms): \
+         reads reach back only the retention window (retention_ms; the server's --retention-ms)",
+        crate::clock::ms_of_ts(*watermark).saturating_sub(crate::clock::ms_of_ts(*requested))
+    )]
     TimestampTooOld { requested: u64, watermark: u64 },
     /// A read at a timestamp too far ahead of this shard's clock.
     #[error("timestamp {requested} is ahead of the shard clock ({now})")]
