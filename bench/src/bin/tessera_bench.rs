@@ -41,7 +41,8 @@ struct Args {
     #[arg(long)]
     cpus: Option<String>,
     /// Open loop at this many requests per second (latency from the
-    /// intended send time); closed loop when absent.
+    /// intended send time; each thread wakes for each due time, so add
+    /// --threads when the CPU line warns); closed loop when absent.
     #[arg(long)]
     rate: Option<f64>,
     /// Measured seconds (after warmup).
