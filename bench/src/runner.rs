@@ -84,10 +84,9 @@ impl Alarm {
         Ok(())
     }
 
-    /// The timer fired: read its count so it can fire again.
+    /// The timer fired. Its count needs no read: arming it again resets
+    /// the count, and the next expiry is a new edge for epoll.
     fn fired(&mut self) {
-        let mut count = [0u8; 8];
-        let _ = nix::unistd::read(&self.timer, &mut count);
         self.armed_for = None;
     }
 }
