@@ -7,6 +7,9 @@
 //! record    := crc32c:u32 | len:u32 | edit[len]     (crc over len and edit)
 //! edit      := tag:u8 field ...    1 log_number:u64 | 2 next_table_id:u64
 //!              | 3 add level:u8 table | 4 remove level:u8 id:u64
+//!              | 5 expiring:u64 expires_by_ms:u64 | 6 overwritten:u64
+//!                (5 and 6 follow the 3 of the table they describe, only
+//!                 when not zero)
 //! table     := id:u64 | file_bytes:u64 | key_len:u16 | smallest | ts:u64
 //!              | key_len:u16 | largest | ts:u64 | entries:u64 | min_ts:u64 | max_ts:u64
 //! ```
@@ -139,6 +142,10 @@ pub fn encode_edit(edit: &Edit) -> Vec<u8> {
             out.put_u64_le(t.props.expiring);
             out.put_u64_le(t.props.expires_by_ms);
         }
+        if t.props.overwritten > 0 {
+            out.put_u8(6);
+            out.put_u64_le(t.props.overwritten);
+        }
     }
     for (level, id) in &edit.removed {
         out.put_u8(4);
@@ -192,6 +199,11 @@ pub fn decode_edit(mut b: &[u8]) -> Option<Edit> {
                 let (_, table) = edit.added.last_mut()?;
                 table.props.expiring = b.get_u64_le();
                 table.props.expires_by_ms = b.get_u64_le();
+            }
+            // The overwritten count of the table just added.
+            6 if b.remaining() >= 8 => {
+                let (_, table) = edit.added.last_mut()?;
+                table.props.overwritten = b.get_u64_le();
             }
             4 if b.remaining() >= 9 => {
                 let level = b.get_u8() as usize;
@@ -377,6 +389,7 @@ mod tests {
                             max_ts: 5,
                             expiring: 2,
                             expires_by_ms: 1_800_000_000_000,
+                            overwritten: 1,
                         },
                     },
                 ),
@@ -403,6 +416,9 @@ mod tests {
         // Expiry figures with no table before them.
         let mut orphan = vec![5];
         orphan.extend_from_slice(&[0; 16]);
+        assert_eq!(decode_edit(&orphan), None);
+        let mut orphan = vec![6];
+        orphan.extend_from_slice(&[0; 8]);
         assert_eq!(decode_edit(&orphan), None);
     }
 }

@@ -115,3 +115,73 @@ fn compacted_tables_files_are_removed_once_unread() {
         engine.close().await.unwrap();
     });
 }
+
+/// Overwrites leave the newest versions in one level over the versions
+/// they replaced in the next; once the tables are at rest (every version
+/// past the retention window) compaction moves the upper level down and
+/// drops the replaced versions: the tables shrink to about one version
+/// per key, every value still read back.
+#[test]
+fn at_rest_compaction_drops_what_overwrites_replaced() {
+    run_local(|| async {
+        let opts = Options {
+            wal_sync: SyncMode::None,
+            retention_ms: 300,
+            expiry_check_ms: 50,
+            ..Options::for_tests()
+        };
+        let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
+        let (keys, passes) = (3000, 6);
+        for pass in 0..passes {
+            for chunk in 0..keys / 100 {
+                let mut batch = WriteBatch::with_capacity(100);
+                for i in chunk * 100..(chunk + 1) * 100 {
+                    batch.put(key(i), vec![pass as u8; 100]);
+                }
+                engine.write(batch).await.unwrap();
+            }
+        }
+        engine.flush().await.unwrap();
+        // Only the static targets, within the retention window: the
+        // levels hold several versions of most keys.
+        engine.compact().await.unwrap();
+        let total = |s: &tessera_engine::EngineStats| s.level_bytes.iter().sum::<u64>();
+        let before = engine.stats();
+        let live = (keys * 120) as u64;
+        assert!(
+            total(&before) > 2 * live,
+            "expected overwritten versions in the tables: {:?}",
+            before.level_bytes
+        );
+        // At rest: the compaction task, woken by its periodic check, runs
+        // until no level is over its share of the last.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let after = loop {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let s = engine.stats();
+            let last = s.level_bytes.iter().rposition(|&b| b > 0).unwrap();
+            let settled = (1..last).all(|l| s.level_bytes[l] <= s.level_bytes[last] / 10);
+            if settled && s.compactions > before.compactions {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no compaction for space: {:?}",
+                s.level_bytes
+            );
+        };
+        assert!(
+            total(&after) < live * 3 / 2,
+            "{} bytes in the tables for {live} live ({:?}, before {:?})",
+            total(&after),
+            after.level_bytes,
+            before.level_bytes
+        );
+        for i in (0..keys).step_by(7) {
+            assert_eq!(
+                engine.get(&key(i)).await.unwrap(),
+                Some(Bytes::from(vec![(passes - 1) as u8; 100]))
+            );
+        }
+    });
+}

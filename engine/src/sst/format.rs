@@ -6,7 +6,8 @@
 //!             last 64 bytes of the last 4 KiB block)
 //! index   := (last_key_len:u16 | last_key | last_ts:u64 | offset:u64 | len:u32)* | crc32c:u32
 //! bloom   := filter (see bloom.rs) | crc32c:u32
-//! props   := entries:u64 | min_ts:u64 | max_ts:u64 | crc32c:u32
+//! props   := entries:u64 | min_ts:u64 | max_ts:u64
+//!            [| expiring:u64 | expires_by_ms:u64 [| overwritten:u64]] | crc32c:u32
 //! footer  := index_off:u64 | index_len:u32 | bloom_off:u64 | bloom_len:u32
 //!            | props_off:u64 | props_len:u32 | 0:u32 * 3 | version:u32
 //!            | magic:u64 | crc32c:u32        (64 bytes, crc over the first 60)
@@ -257,6 +258,10 @@ pub struct Props {
     /// have expired (see `compaction::pick`).
     pub expiring: u64,
     pub expires_by_ms: u64,
+    /// Versions with a newer version of their key in the same table:
+    /// once every version is past the retention watermark, compaction
+    /// drops them (see `compaction::pick`).
+    pub overwritten: u64,
 }
 
 /// Props of a table without expiring puts: three numbers, as tables have
@@ -264,22 +269,27 @@ pub struct Props {
 const PROPS_BYTES: usize = 24;
 /// With the expiring count and last expiry.
 const PROPS_EXPIRY_BYTES: usize = 40;
+/// With those and the overwritten count.
+const PROPS_OVERWRITTEN_BYTES: usize = 48;
 
 pub fn encode_props(out: &mut Vec<u8>, p: &Props) {
     let start = out.len();
     out.put_u64_le(p.entries);
     out.put_u64_le(p.min_ts);
     out.put_u64_le(p.max_ts);
-    if p.expiring > 0 {
+    if p.expiring > 0 || p.overwritten > 0 {
         out.put_u64_le(p.expiring);
         out.put_u64_le(p.expires_by_ms);
+    }
+    if p.overwritten > 0 {
+        out.put_u64_le(p.overwritten);
     }
     seal(out, start);
 }
 
 pub fn decode_props(raw: &[u8]) -> Option<Props> {
     let mut b = unseal(raw)?;
-    if b.len() != PROPS_BYTES && b.len() != PROPS_EXPIRY_BYTES {
+    if ![PROPS_BYTES, PROPS_EXPIRY_BYTES, PROPS_OVERWRITTEN_BYTES].contains(&b.len()) {
         return None;
     }
     let mut props = Props {
@@ -292,6 +302,9 @@ pub fn decode_props(raw: &[u8]) -> Option<Props> {
         props.expiring = b.get_u64_le();
         props.expires_by_ms = b.get_u64_le();
     }
+    if b.has_remaining() {
+        props.overwritten = b.get_u64_le();
+    }
     Some(props)
 }
 
@@ -300,7 +313,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn props_round_trip_in_both_sizes() {
+    fn props_round_trip_in_every_size() {
         for p in [
             Props {
                 entries: 9,
@@ -314,14 +327,22 @@ mod tests {
                 max_ts: 7,
                 expiring: 4,
                 expires_by_ms: 1_800_000_000_000,
+                ..Props::default()
+            },
+            Props {
+                entries: 9,
+                min_ts: 1,
+                max_ts: 7,
+                overwritten: 3,
+                ..Props::default()
             },
         ] {
             let mut raw = Vec::new();
             encode_props(&mut raw, &p);
-            let want = if p.expiring > 0 {
-                PROPS_EXPIRY_BYTES
-            } else {
-                PROPS_BYTES
+            let want = match (p.expiring, p.overwritten) {
+                (_, 1..) => PROPS_OVERWRITTEN_BYTES,
+                (1.., 0) => PROPS_EXPIRY_BYTES,
+                (0, 0) => PROPS_BYTES,
             };
             assert_eq!(unseal(&raw).map(|b| b.len()), Some(want));
             assert_eq!(decode_props(&raw), Some(p));

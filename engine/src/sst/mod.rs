@@ -106,6 +106,7 @@ impl<F: DiskFile> TableBuilder<F> {
                 max_ts: 0,
                 expiring: 0,
                 expires_by_ms: 0,
+                overwritten: 0,
             },
             warm,
         }
@@ -141,6 +142,8 @@ impl<F: DiskFile> TableBuilder<F> {
             );
             if self.last_key != key {
                 self.hashes.push(bloom::hash(key));
+            } else {
+                self.props.overwritten += 1;
             }
         } else {
             self.hashes.push(bloom::hash(key));
