@@ -120,7 +120,8 @@ fn compacted_tables_files_are_removed_once_unread() {
 /// they replaced in the next; once the tables are at rest (every version
 /// past the retention window) compaction moves the upper level down and
 /// drops the replaced versions: the tables shrink to about one version
-/// per key, every value still read back.
+/// per key, every value still read back. Deleting every key then empties
+/// them.
 #[test]
 fn at_rest_compaction_drops_what_overwrites_replaced() {
     run_local(|| async {
@@ -183,5 +184,26 @@ fn at_rest_compaction_drops_what_overwrites_replaced() {
                 Some(Bytes::from(vec![(passes - 1) as u8; 100]))
             );
         }
+
+        // Delete every key: once at rest, the tombstones (level 0) and the
+        // values they deleted (level 1 or 2) go together.
+        for chunk in 0..keys / 100 {
+            let mut batch = WriteBatch::with_capacity(100);
+            for i in chunk * 100..(chunk + 1) * 100 {
+                batch.delete(key(i));
+            }
+            engine.write(batch).await.unwrap();
+        }
+        engine.flush().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while total(&engine.stats()) > live / 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "deleted keys still hold {:?}",
+                engine.stats().level_bytes
+            );
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(engine.get(&key(5)).await.unwrap(), None);
     });
 }

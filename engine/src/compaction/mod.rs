@@ -19,8 +19,8 @@
 //! retention watermark (no flush for the retention window), a level above
 //! the last holding more than its share of the last level's bytes (a
 //! tenth per level between them, RocksDB's dynamic level sizing) is
-//! compacted down, one table at a time, dropping the versions it
-//! overwrote. The static targets alone let a level 1 of the newest
+//! compacted down, one table at a time (level 0 whole), dropping the
+//! versions it overwrote and the ones its tombstones deleted. The static targets alone let a level 1 of the newest
 //! versions sit over a level 2 of the versions they replaced: after five
 //! overwrites of 1M keys (~140 MB live) the tables held 487 MB at rest.
 //! Under writes the tables always hold versions newer than the
@@ -118,8 +118,20 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
             .expect("non-empty");
         (lo, hi)
     };
-    // One table of `level` (round-robin by key) into the next level.
+    // Level 0 whole into level 1; one table of a deeper level (round-robin
+    // by key) into the next.
     let level_job = |level: usize| {
+        if level == 0 {
+            let inputs = version.levels[0].clone();
+            let (lo, hi) = range(&inputs);
+            return Job {
+                level: 0,
+                next: overlapping(1, &lo, &hi),
+                bottommost: !deeper_overlap(1, &lo, &hi),
+                inputs,
+                in_place: false,
+            };
+        }
         let tables = &version.levels[level];
         let pointer = inner.compaction_pointer.borrow()[level].clone();
         let chosen = pointer
@@ -139,20 +151,8 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
             in_place: false,
         }
     };
-    match most_needed(inner, &version) {
-        Some(0) => {
-            let inputs = version.levels[0].clone();
-            let (lo, hi) = range(&inputs);
-            return Some(Job {
-                level: 0,
-                next: overlapping(1, &lo, &hi),
-                bottommost: !deeper_overlap(1, &lo, &hi),
-                inputs,
-                in_place: false,
-            });
-        }
-        Some(level) => return Some(level_job(level)),
-        None => {}
+    if let Some(level) = most_needed(inner, &version) {
+        return Some(level_job(level));
     }
     if let Some(level) = space_needed(inner, &version) {
         tracing::debug!(
@@ -198,11 +198,13 @@ fn space_needed<D: Disk>(inner: &Inner<D>, version: &Version<D::File>) -> Option
 }
 
 /// The level above the last non-empty one most over its share of it: a
-/// tenth of the last level's bytes per level between them. None when no
-/// level is over (or only one level holds tables).
+/// tenth of the last level's bytes per level between them (level 0
+/// included: its tables may be all that is left of the newest writes, or
+/// the tombstones of deletes). None when no level is over (or only one
+/// level holds tables).
 fn space_overdue(level_bytes: &[u64]) -> Option<usize> {
     let last = (1..level_bytes.len()).rev().find(|&l| level_bytes[l] > 0)?;
-    (1..last)
+    (0..last)
         .filter_map(|l| {
             let share = level_bytes[last] / 10u64.pow((last - l) as u32);
             let ratio = level_bytes[l] as f64 / share.max(1) as f64;
@@ -515,5 +517,10 @@ mod tests {
         assert_eq!(space_overdue(&[0, 11, 100, 1000, 0, 0, 0]), Some(1));
         assert_eq!(space_overdue(&[0, 11, 300, 1000, 0, 0, 0]), Some(2));
         assert_eq!(space_overdue(&[0, 10, 100, 1000, 0, 0, 0]), None);
+        // Level 0 (the tombstones of deleting every key, say) over a
+        // tenth of level 1; a table of level 0 alone stays.
+        assert_eq!(space_overdue(&[20, 129, 0, 0, 0, 0, 0]), Some(0));
+        assert_eq!(space_overdue(&[12, 129, 0, 0, 0, 0, 0]), None);
+        assert_eq!(space_overdue(&[20, 0, 0, 0, 0, 0, 0]), None);
     }
 }
