@@ -9,8 +9,10 @@
 //! that is one I/O, not a write and an fdatasync).
 //!
 //! Recovery rules: segments are replayed in id order. A segment ends at its
-//! seal record; the last segment may instead end at the first invalid record
-//! (a torn tail), which recovery cuts off by writing a seal there. An invalid
+//! seal record; the last segment may instead end at the first invalid record,
+//! where recovery writes a seal: a torn tail (logged and reported) if its
+//! header names this segment or none, else the bytes of a recycled file's
+//! earlier use, which simply follow this use's records. An invalid
 //! record followed by any valid record of the same segment, or an unsealed
 //! segment followed by a newer one, is corruption and fails the open.
 
@@ -327,7 +329,10 @@ fn replay_segment(
                         "segment ends without a seal but a newer segment exists".into(),
                     );
                 }
-                if parsed == Parsed::Invalid {
+                // A recycled segment keeps its earlier use's bytes past the
+                // records of this one: only a header of this segment's own
+                // id begins a record that was cut off.
+                if parsed == Parsed::Invalid && record::names_segment(&data[pos..], id) {
                     tracing::warn!(path = %path.display(), offset = pos, "cutting torn WAL tail");
                     report.torn_tail_at = Some(pos as u64);
                 }

@@ -264,6 +264,17 @@ pub fn parse(buf: &[u8], segment_id: u64) -> Parsed<'_> {
     }
 }
 
+/// Whether `buf` may start a record of this use of segment `segment_id`,
+/// whether or not it checks out, rather than a leftover of an earlier use
+/// of a recycled file: its header names `segment_id`, or names no segment
+/// at all (a header cut off before its id, over zeros).
+pub fn names_segment(buf: &[u8], segment_id: u64) -> bool {
+    let Some(id) = buf.get(12..HEADER_BYTES) else {
+        return true;
+    };
+    id == segment_id.to_le_bytes() || id == [0; 8]
+}
+
 /// Bytes a batch payload will take.
 pub fn batch_payload_len(entries: &[Entry]) -> usize {
     12 + entries
