@@ -164,6 +164,12 @@ pub struct Options {
     /// How long a transaction or timestamped read waits for an older
     /// transaction's intent before giving up. Default 10 s.
     pub txn_wait_ms: u64,
+    /// How long after the tables' newest version (and at least
+    /// `retention_ms`) compaction counts them at rest and reclaims the
+    /// space of overwritten and deleted versions (see `compaction`): a
+    /// pause in the writes, so the work never adds to a write load.
+    /// Default 10 s.
+    pub rest_after_ms: u64,
     /// How often compaction, with nothing else to do, looks for tables
     /// most of whose entries are expiring puts that have expired (writes
     /// and flushes wake it too). Default 60 s.
@@ -198,6 +204,7 @@ impl Default for Options {
             txn_ts_cache_keys: 1 << 18,
             txn_wait_ms: 10_000,
             expiry_check_ms: 60_000,
+            rest_after_ms: 10_000,
         }
     }
 }

@@ -129,6 +129,7 @@ fn at_rest_compaction_drops_what_overwrites_replaced() {
             wal_sync: SyncMode::None,
             retention_ms: 300,
             expiry_check_ms: 50,
+            rest_after_ms: 300,
             ..Options::for_tests()
         };
         let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();

@@ -15,23 +15,24 @@
 //! the key. Older versions are dropped. An expiring put expired by the
 //! watermark counts as a tombstone.
 //!
-//! Space at rest: once every version in the tables is at or below the
-//! retention watermark (no flush for the retention window), a level above
+//! Space at rest: once the tables are at rest (their newest version past
+//! the retention window and `rest_after_ms` old: no flush for that long),
+//! a level above
 //! the last holding more than its share of the last level's bytes (a
 //! tenth per level between them, RocksDB's dynamic level sizing) is
 //! compacted down, one table at a time (level 0 whole), dropping the
 //! versions it overwrote and the ones its tombstones deleted. The static targets alone let a level 1 of the newest
 //! versions sit over a level 2 of the versions they replaced: after five
 //! overwrites of 1M keys (~140 MB live) the tables held 487 MB at rest.
-//! Under writes the tables always hold versions newer than the
-//! watermark, so this never adds to the write load.
+//! Under writes the tables always hold a version younger than that, so
+//! this never adds to the write load (`rest_after_ms` keeps it so with a
+//! retention window of zero).
 //!
 //! Garbage in a table: with no level over its target, a table is
 //! compacted anyway when at least half of its entries are expiring puts,
-//! all expired by the watermark, or at least a quarter are versions a
-//! newer one in the same table overwrote, every version in it at or
-//! below the watermark (compactions inside the retention window keep
-//! them). It is rewritten in place when no deeper level overlaps it (the
+//! all expired by the watermark, or, with the tables at rest, at least a
+//! quarter are versions a newer one in the same table overwrote
+//! (compactions inside the retention window keep them). It is rewritten in place when no deeper level overlaps it (the
 //! garbage then goes), else merged into the next level (expired puts
 //! become tombstones there). Without this, keys that expired, or versions
 //! overwritten, in a table no write reaches would hold their space for
@@ -75,18 +76,29 @@ fn mostly_expired(props: &crate::sst::format::Props, watermark_ms: u64) -> bool 
 }
 
 /// Whether a quarter or more of a table's entries are versions a newer
-/// one in the same table overwrote, every version in it at or below the
-/// watermark (so a rewrite drops them all).
-fn overwritten_at_rest(props: &crate::sst::format::Props, watermark: u64) -> bool {
-    props.overwritten > 0
-        && props.overwritten.saturating_mul(4) >= props.entries
-        && props.max_ts <= watermark
+/// one in the same table overwrote (with the tables at rest, every version
+/// in it is at or below the watermark, so a rewrite drops them all).
+fn mostly_overwritten(props: &crate::sst::format::Props) -> bool {
+    props.overwritten > 0 && props.overwritten.saturating_mul(4) >= props.entries
 }
 
 /// Whether a table holds enough garbage that compaction rewrites it with
-/// nothing else to do: expired puts or overwritten versions.
-fn garbage(props: &crate::sst::format::Props, watermark: u64) -> bool {
-    mostly_expired(props, ms_of_ts(watermark)) || overwritten_at_rest(props, watermark)
+/// nothing else to do: expired puts, or overwritten versions once the
+/// tables are at rest.
+fn garbage(props: &crate::sst::format::Props, watermark: u64, at_rest: bool) -> bool {
+    mostly_expired(props, ms_of_ts(watermark)) || (at_rest && mostly_overwritten(props))
+}
+
+/// The wall-clock ms from which the tables count as at rest: their newest
+/// version past the retention window and `rest_after_ms` old.
+fn rest_from_ms<D: Disk>(inner: &Inner<D>, version: &Version<D::File>) -> u64 {
+    let quiet = inner.opts.retention_ms.max(inner.opts.rest_after_ms);
+    ms_of_ts(version.max_ts).saturating_add(quiet + 1)
+}
+
+/// Whether the tables are at rest (see the module's documentation).
+fn at_rest<D: Disk>(inner: &Inner<D>, version: &Version<D::File>) -> bool {
+    wall_ms() >= rest_from_ms(inner, version) && version.max_ts <= inner.watermark()
 }
 
 fn level_target_bytes(base: u64, level: usize) -> u64 {
@@ -162,11 +174,11 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
         );
         return Some(level_job(level));
     }
-    let watermark = inner.watermark();
+    let (watermark, rest) = (inner.watermark(), at_rest(inner, &version));
     for level in 1..LEVELS {
         let Some(t) = version.levels[level]
             .iter()
-            .find(|t| garbage(&t.meta.props, watermark))
+            .find(|t| garbage(&t.meta.props, watermark, rest))
         else {
             continue;
         };
@@ -190,7 +202,7 @@ fn pick<D: Disk>(inner: &Inner<D>) -> Option<Job<D::File>> {
 /// version in them at or below the watermark: see the module's
 /// documentation).
 fn space_needed<D: Disk>(inner: &Inner<D>, version: &Version<D::File>) -> Option<usize> {
-    if version.max_ts > inner.watermark() {
+    if !at_rest(inner, version) {
         return None;
     }
     let bytes: [u64; LEVELS] = std::array::from_fn(|l| version.level_bytes(l));
@@ -221,10 +233,11 @@ fn space_overdue(level_bytes: &[u64]) -> Option<usize> {
 fn garbage_table<D: Disk>(inner: &Inner<D>) -> bool {
     let watermark = inner.watermark();
     let version = inner.version.borrow();
+    let rest = at_rest(inner, &version);
     version.levels[1..]
         .iter()
         .flatten()
-        .any(|t| garbage(&t.meta.props, watermark))
+        .any(|t| garbage(&t.meta.props, watermark, rest))
 }
 
 /// The compaction task: waits for level changes and compacts until no level
@@ -252,9 +265,8 @@ pub(crate) async fn compaction_loop<D: Disk>(inner: Rc<Inner<D>>) {
                 // then at rest).
                 let expiry_check = async {
                     loop {
-                        let at_rest_ms = ms_of_ts(inner.version.borrow().max_ts)
-                            .saturating_add(inner.opts.retention_ms + 1);
-                        let until_rest = at_rest_ms.saturating_sub(wall_ms());
+                        let rest_ms = rest_from_ms(&inner, &inner.version.borrow());
+                        let until_rest = rest_ms.saturating_sub(wall_ms());
                         let wait = match until_rest {
                             0 => inner.opts.expiry_check_ms,
                             ms => ms.min(inner.opts.expiry_check_ms),
