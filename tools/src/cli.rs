@@ -169,17 +169,24 @@ pub enum Command {
     },
     /// Delete KEY.
     Del { key: String },
-    /// List keys from START (inclusive) to --end (exclusive).
+    /// List keys and their values from START (inclusive) to --end
+    /// (exclusive), in key order across all shards.
     Scan {
+        /// The first key (or a prefix of it) [default: the first key].
         #[arg(default_value = "")]
         start: String,
+        /// Stop before this key [default: the last key].
         #[arg(long)]
         end: Option<String>,
+        /// Most rows to list; the last line says where the rest start.
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Read as of this timestamp.
         #[arg(long)]
         at: Option<u64>,
+        /// List the keys without their values.
+        #[arg(long)]
+        keys_only: bool,
     },
     /// Run a transaction: conditions, reads and writes on any keys,
     /// atomically (serializable). Conditions are checked in the order
@@ -406,13 +413,17 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
             end,
             limit,
             at,
+            keys_only,
         } => {
             let page = client.scan_at(start.clone(), end.clone(), *limit, *at)?;
             if as_json {
                 let rows: Vec<_> = page
                     .rows
                     .iter()
-                    .map(|(k, v)| json!({"key": show(k), "value": show(v)}))
+                    .map(|(k, v)| match keys_only {
+                        true => json!({"key": show(k)}),
+                        false => json!({"key": show(k), "value": show(v)}),
+                    })
                     .collect();
                 json!({"rows": rows, "next_start": page.next_start.as_deref().map(show)})
                     .to_string()
@@ -420,7 +431,10 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
                 let mut out: Vec<String> = page
                     .rows
                     .iter()
-                    .map(|(k, v)| format!("{}\t{}", show(k), show(v)))
+                    .map(|(k, v)| match keys_only {
+                        true => show(k),
+                        false => format!("{}\t{}", show(k), show(v)),
+                    })
                     .collect();
                 out.push(match &page.next_start {
                     Some(next) => format!("({} rows; more from {})", page.rows.len(), show(next)),

@@ -41,6 +41,10 @@ fn one_shot_commands_print_results_and_json() {
     }
     let (_, out, _) = tessera(a, &["scan", "a", "--end", "b", "--limit", "2"]);
     assert_eq!(out, "a1\tx\na2\tx\n(2 rows; more from a2\\x00)\n");
+    let (_, out, _) = tessera(a, &["scan", "a", "--keys-only"]);
+    assert_eq!(out, "a1\na2\na3\nb1\ngreeting\n(5 rows)\n");
+    let (_, out, _) = tessera(a, &["--json", "scan", "b", "--end", "c", "--keys-only"]);
+    assert_eq!(out, "{\"next_start\":null,\"rows\":[{\"key\":\"b1\"}]}\n");
     assert!(tessera(a, &["del", "a1"]).0);
     assert_eq!(tessera(a, &["get", "a1"]).1, "(not found)\n");
     assert_eq!(tessera(a, &["ping"]).1, "PONG\n");

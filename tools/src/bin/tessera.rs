@@ -9,7 +9,7 @@ use tessera_client::{Client, ConnectOptions, TlsOptions};
 use tessera_tools::backup;
 use tessera_tools::cli::{cert, execute, get_raw, report, Cli, Command, EXIT_NO};
 
-const SHELL_HELP: &str = "commands: get KEY [--at TS] | ttl KEY | put KEY VALUE [--ttl 30s] | put KEY --value-file PATH | del KEY | scan [START] [--end END] [--limit N] [--at TS] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
+const SHELL_HELP: &str = "commands: get KEY [--at TS] | ttl KEY | put KEY VALUE [--ttl 30s] | put KEY --value-file PATH | del KEY | scan [START] [--end END] [--limit N] [--at TS] [--keys-only] | txn [--exists K] [--missing K] [--equals K=V] [--version K=TS] [--read K] [--put K=V] [--del K] [--retry] | stats | backup FILE | verify FILE | cert DIR [--host H] | restore FILE [--merge] | ping | help | quit
 quote arguments with spaces: put greeting \"hello world\"";
 
 fn main() {
