@@ -31,7 +31,14 @@ pub struct Summary {
     /// Cores' worth of CPU the load generator used, and threads it had.
     pub cpu_cores_used: f64,
     pub threads: usize,
+    /// Open loop: how late (µs) the load generator took requests up after
+    /// their scheduled time (its own delay); empty in closed loop.
+    pub send_lag: Histogram<u64>,
 }
+
+/// Open loop: a p99 lag above this means the load generator fell behind
+/// its schedule, and the latencies include its own delay.
+const SEND_LAG_WARN_US: u64 = 1000;
 
 impl Summary {
     pub fn merge(
@@ -43,7 +50,9 @@ impl Summary {
     ) -> Summary {
         let mut histograms: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
         let mut errors = BTreeMap::new();
+        let mut send_lag = new_histogram();
         for r in results {
+            send_lag.add(&r.send_lag).expect("same bounds");
             for (kind, h) in OpKind::ALL.iter().zip(r.histograms) {
                 if !h.is_empty() {
                     histograms
@@ -64,7 +73,14 @@ impl Summary {
             timeline,
             cpu_cores_used,
             threads,
+            send_lag,
         }
+    }
+
+    /// Open loop: whether the load generator took requests up late enough
+    /// (p99 over 1 ms) that the latencies measure its own delay too.
+    pub fn behind_schedule(&self) -> bool {
+        !self.send_lag.is_empty() && self.send_lag.value_at_quantile(0.99) > SEND_LAG_WARN_US
     }
 
     pub fn total_ops(&self) -> u64 {
@@ -113,6 +129,20 @@ impl Summary {
                 .collect();
             let _ = writeln!(out, "errors: {}", list.join(", "));
         }
+        if !self.send_lag.is_empty() {
+            let _ = writeln!(
+                out,
+                "open loop: the load generator took requests up p50 {:.3} / p99 {:.3} / max {:.3} ms after they were due{}",
+                self.send_lag.value_at_quantile(0.5) as f64 / 1000.0,
+                self.send_lag.value_at_quantile(0.99) as f64 / 1000.0,
+                self.send_lag.max() as f64 / 1000.0,
+                if self.behind_schedule() {
+                    " -- WARNING: the load generator fell behind its schedule; latencies include its own delay"
+                } else {
+                    ""
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "load generator CPU: {:.2} cores of {} threads{}",
@@ -147,6 +177,12 @@ impl Summary {
             "errors": self.errors,
             "load_generator_cpu_cores": self.cpu_cores_used,
             "load_generator_saturated": self.saturated(),
+            "send_lag_us": (!self.send_lag.is_empty()).then(|| json!({
+                "p50": self.send_lag.value_at_quantile(0.5),
+                "p99": self.send_lag.value_at_quantile(0.99),
+                "max": self.send_lag.max(),
+            })),
+            "load_generator_behind_schedule": self.behind_schedule(),
             "timeline": self.timeline.iter().map(|(t, r)| json!({"second": t, "ops_per_sec": r})).collect::<Vec<_>>(),
         })
     }
@@ -285,4 +321,46 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         h.len()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn summary(lags_us: &[u64]) -> Summary {
+        let mut send_lag = new_histogram();
+        for &lag in lags_us {
+            send_lag.record(lag).unwrap();
+        }
+        let result = ThreadResult {
+            histograms: OpKind::ALL.iter().map(|_| new_histogram()).collect(),
+            errors: HashMap::new(),
+            send_lag,
+        };
+        Summary::merge(vec![result], 1.0, Vec::new(), 0.1, 1)
+    }
+
+    #[test]
+    fn an_open_loop_run_says_how_late_its_requests_went_out_and_warns_when_behind() {
+        let closed = summary(&[]);
+        assert!(!closed.behind_schedule());
+        assert!(!closed.text("").contains("open loop"));
+        assert!(closed.json(json!({}))["send_lag_us"].is_null());
+
+        let on_time = summary(&[20; 100]);
+        assert!(!on_time.behind_schedule());
+        let text = on_time.text("");
+        assert!(
+            text.contains("p50 0.020 / p99 0.020") && !text.contains("WARNING"),
+            "{text}"
+        );
+
+        let behind = summary(&[[20; 98].as_slice(), &[5000, 9000]].concat());
+        assert!(behind.behind_schedule());
+        assert!(behind.text("").contains("fell behind its schedule"));
+        let json = behind.json(json!({}));
+        assert_eq!(json["load_generator_behind_schedule"], true);
+        assert_eq!(json["send_lag_us"]["max"], behind.send_lag.max());
+    }
 }

@@ -154,6 +154,10 @@ impl Shared {
 pub struct ThreadResult {
     pub histograms: Vec<Histogram<u64>>,
     pub errors: HashMap<String, u64>,
+    /// Open loop: how late (µs) the thread took each measured request up
+    /// after its scheduled time (its own delay, not a wait for a free
+    /// connection slot). Empty in closed loop.
+    pub send_lag: Histogram<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -310,6 +314,7 @@ fn thread_main(
         .collect();
     let mut histograms: Vec<Histogram<u64>> = OpKind::ALL.iter().map(|_| new_histogram()).collect();
     let mut interval = new_histogram();
+    let mut send_lag = new_histogram();
     let mut errors: HashMap<String, u64> = HashMap::new();
     let record_from = start + plan.warmup;
     let end = match mode {
@@ -419,6 +424,13 @@ fn thread_main(
             match gap {
                 Some(gap) => {
                     while next_due <= now {
+                        // How late this thread took the request up: its
+                        // own delay, apart from any wait for a free slot
+                        // on a connection (the server's).
+                        if matches!(mode, Mode::Run) && next_due >= record_from {
+                            let lag = now.saturating_duration_since(next_due).as_micros();
+                            let _ = send_lag.record((lag as u64).max(1));
+                        }
                         backlog.push_back(next_due);
                         next_due += gap;
                     }
@@ -547,7 +559,11 @@ fn thread_main(
             last_flush = Instant::now();
         }
     }
-    Ok(ThreadResult { histograms, errors })
+    Ok(ThreadResult {
+        histograms,
+        errors,
+        send_lag,
+    })
 }
 
 /// A second key for a transaction with `k`, on another shard when the
