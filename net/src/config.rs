@@ -103,6 +103,11 @@ pub struct Flags {
     /// Time-travel retention window in ms [default: 60000].
     #[arg(long)]
     pub retention_ms: Option<u64>,
+    /// How long, in ms, after the last flush (and at least the retention
+    /// window) compaction reclaims the space of overwritten and deleted
+    /// versions [default: 10000].
+    #[arg(long)]
+    pub rest_after_ms: Option<u64>,
     /// How long a transaction or timestamped read waits for an older
     /// transaction's intent before failing with Conflict, in ms [default: 10000].
     #[arg(long)]
@@ -427,6 +432,7 @@ impl Config {
             l0_slowdown_trigger: pick!(l0_slowdown_tables).unwrap_or(defaults.l0_slowdown_trigger),
             l0_stop_trigger: pick!(l0_stop_tables).unwrap_or(defaults.l0_stop_trigger),
             retention_ms: pick!(retention_ms).unwrap_or(defaults.retention_ms),
+            rest_after_ms: pick!(rest_after_ms).unwrap_or(defaults.rest_after_ms),
             txn_wait_ms: pick!(txn_wait_ms).unwrap_or(defaults.txn_wait_ms),
             txn_ts_cache_keys: pick!(txn_ts_cache_keys).unwrap_or(defaults.txn_ts_cache_keys),
             key_bytes_max: limits.key_bytes_max,
@@ -570,7 +576,7 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(
             &path,
-            "shards = 3\ncpus = \"any\"\nwal-sync = \"none\"\nmetrics = \"off\"\ntxn-ts-cache-keys = 1024\n",
+            "shards = 3\ncpus = \"any\"\nwal-sync = \"none\"\nmetrics = \"off\"\ntxn-ts-cache-keys = 1024\nrest-after-ms = 2500\n",
         )
         .unwrap();
         let flags = Flags::parse_from([
@@ -589,6 +595,7 @@ mod tests {
         assert_eq!(c.listen.port(), 7878);
         assert_eq!(c.shard_base_port, 7879);
         assert_eq!(c.engine.txn_ts_cache_keys, 1024);
+        assert_eq!(c.engine.rest_after_ms, 2500);
         let flags = Flags::parse_from(["tessera-server", "--txn-ts-cache-keys", "4096"]);
         assert_eq!(
             Config::resolve(flags).unwrap().engine.txn_ts_cache_keys,
@@ -660,6 +667,7 @@ mod tests {
             ("--l0-slowdown-tables", d.l0_slowdown_trigger.to_string()),
             ("--l0-stop-tables", d.l0_stop_trigger.to_string()),
             ("--retention-ms", d.retention_ms.to_string()),
+            ("--rest-after-ms", d.rest_after_ms.to_string()),
             ("--txn-wait-ms", d.txn_wait_ms.to_string()),
             ("--txn-ts-cache-keys", d.txn_ts_cache_keys.to_string()),
         ];
