@@ -173,8 +173,8 @@ pub struct Config {
     /// (`--advertise-host`).
     pub advertise_host: Option<String>,
     pub shards: usize,
-    /// The shard count came from the data directory's slot map, not from
-    /// `--shards`, `--cpus` or the CPUs.
+    /// The shard count came from the data directory's slot map, and
+    /// differs from what `--shards`, `--cpus` or the CPUs would give.
     pub shards_from_data: bool,
     pub placement: Placement,
     pub metrics: Option<SocketAddr>,
@@ -479,7 +479,7 @@ impl Config {
             },
             listen,
             shards,
-            shards_from_data: saved.is_some(),
+            shards_from_data: saved.is_some_and(|n| n != available),
             placement,
             metrics,
             engine,
