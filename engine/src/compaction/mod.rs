@@ -216,15 +216,20 @@ fn space_needed<D: Disk>(inner: &Inner<D>, version: &Version<D::File>) -> Option
 /// level holds tables).
 fn space_overdue(level_bytes: &[u64]) -> Option<usize> {
     let last = (1..level_bytes.len()).rev().find(|&l| level_bytes[l] > 0)?;
-    (0..last)
-        .filter_map(|l| {
-            let share = level_bytes[last] / 10u64.pow((last - l) as u32);
-            let ratio = level_bytes[l] as f64 / share.max(1) as f64;
-            (ratio > 1.0).then_some((l, ratio))
-        })
-        .fold(None, |best: Option<(usize, f64)>, (l, ratio)| match best {
-            Some((_, top)) if top >= ratio => best,
-            _ => Some((l, ratio)),
+    let over = (0..last).filter_map(|l| {
+        let share = level_bytes[last] / 10u64.pow((last - l) as u32);
+        let ratio = level_bytes[l] as f64 / share.max(1) as f64;
+        (ratio > 1.0).then_some((l, ratio))
+    });
+    highest(over)
+}
+
+/// The level of the highest score; the first (shallowest) on a tie.
+fn highest(scores: impl Iterator<Item = (usize, f64)>) -> Option<usize> {
+    scores
+        .fold(None, |best: Option<(usize, f64)>, (l, score)| match best {
+            Some((_, top)) if top >= score => best,
+            _ => Some((l, score)),
         })
         .map(|(l, _)| l)
 }
@@ -320,14 +325,11 @@ fn most_overdue(opts: &Options, l0_tables: usize, level_bytes: &[u64]) -> Option
         let bytes = level_bytes[l];
         (l, due(bytes > target, bytes as f64 / target as f64))
     });
-    std::iter::once((0, l0))
-        .chain(deeper)
-        .filter(|&(_, score)| score > 0.0)
-        .fold(None, |best: Option<(usize, f64)>, (l, score)| match best {
-            Some((_, top)) if top >= score => best,
-            _ => Some((l, score)),
-        })
-        .map(|(l, _)| l)
+    highest(
+        std::iter::once((0, l0))
+            .chain(deeper)
+            .filter(|&(_, score)| score > 0.0),
+    )
 }
 
 /// Runs one compaction if one is needed; returns whether it did.
