@@ -398,10 +398,16 @@ impl<F: DiskFile> Table<F> {
 
     /// Loads block `i` through the cache, verifying its checksum.
     pub async fn block(&self, i: usize, cache: &BlockCache) -> Result<Block> {
-        let e = self.index.handle(i);
-        if let Some(b) = cache.get(self.meta.id, e.offset) {
-            return Ok(b);
+        match cache.get(self.meta.id, self.index.handle(i).offset) {
+            Some(b) => Ok(b),
+            None => self.read_block(i, cache).await,
         }
+    }
+
+    /// Reads block `i` from the file into the cache, after a lookup that
+    /// missed (counted there, once).
+    async fn read_block(&self, i: usize, cache: &BlockCache) -> Result<Block> {
+        let e = self.index.handle(i);
         // The block's own bytes, not the aligned span the disk reads: the
         // cache holds what it is charged for (a block of three 1 KB values
         // held a 4 KiB buffer and was charged ~3.1 KiB).
@@ -523,7 +529,7 @@ impl<F: DiskFile> Table<F> {
             // Boxed: the read's state (~0.5 KiB) would otherwise be part of
             // every point read's future, which the server boxes and copies
             // per request, though most are answered from memory.
-            None => Box::pin(self.block(i, cache)).await?.get(key, ts),
+            None => Box::pin(self.read_block(i, cache)).await?.get(key, ts),
         };
         found.map_err(|_| self.block_error(i))
     }
