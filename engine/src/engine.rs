@@ -338,7 +338,8 @@ impl<D: Disk> Engine<D> {
         for d in [&dir, &wal_dir, &sst_dir] {
             disk.create_dir_all(d).await?;
         }
-        let (manifest, levels) = Manifest::open(&disk, &dir, opts.manifest_roll_bytes).await?;
+        let (mut manifest, mut levels) =
+            Manifest::open(&disk, &dir, opts.manifest_roll_bytes).await?;
         let live: std::collections::HashSet<u64> =
             levels.levels.iter().flatten().map(|t| t.id).collect();
         for name in disk.list(&sst_dir).await? {
@@ -401,6 +402,30 @@ impl<D: Disk> Engine<D> {
             },
         )
         .await?;
+        if replay.batches == 0 && wal.segment_id() > levels.log_number {
+            // The segments below the new one hold no records, and no flush
+            // will say so: without this each open that wrote nothing (a
+            // restart, a read-only run) kept another segment, of the full
+            // segment size, and read it back at every later open.
+            let edit = Edit {
+                log_number: Some(wal.segment_id()),
+                ..Edit::default()
+            };
+            levels.apply(&edit);
+            manifest.append(&edit, &levels).await?;
+            if let Err(e) = wal::recycle_below(
+                &disk,
+                &wal_dir,
+                opts.wal_segment_bytes,
+                &wal.spares(),
+                levels.log_number,
+                opts.wal_spare_segments,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "could not recycle WAL segments");
+            }
+        }
         let clock = HybridClock::new(opts.clock_node);
         clock.observe(max_ts.max(replay.max_ts));
         // Nothing is known of reads and writes before the crash: no

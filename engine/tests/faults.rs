@@ -137,6 +137,41 @@ fn a_recycled_segments_leftovers_are_not_a_torn_tail() {
     });
 }
 
+/// A restart that writes nothing (or a read-only run) recycles the
+/// segment the last one opened; each such open used to keep one more
+/// segment for good, and read it back at every later open.
+#[test]
+fn opens_that_write_nothing_keep_no_more_wal_segments() {
+    run_local(|| async {
+        let (mut disk, engine) = with_writes(100).await;
+        engine.close().await.unwrap();
+        let spares = Options::for_tests().wal_spare_segments;
+        for round in 0..6 {
+            let engine = open(&disk).await;
+            assert_all_present(&engine, 0..100).await;
+            // Every other round ends in a crash instead of a close.
+            if round % 2 == 0 {
+                engine.close().await.unwrap();
+            } else {
+                disk = disk.crash();
+            }
+            assert_eq!(
+                wal_segments(&disk).len(),
+                1,
+                "round {round}: {:?}",
+                disk.paths()
+            );
+            assert!(
+                paths_with(&disk, ".log").len() <= 1 + spares,
+                "round {round}"
+            );
+        }
+        let engine = open(&disk).await;
+        assert_eq!(engine.replay_report().segments, 1);
+        assert_all_present(&engine, 0..100).await;
+    });
+}
+
 #[test]
 fn a_bit_flip_in_a_table_block_is_a_corruption_error_never_wrong_data() {
     run_local(|| async {
