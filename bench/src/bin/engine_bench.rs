@@ -1,13 +1,15 @@
 //! Engine benchmark with db_bench's vocabulary: `--benchmarks
-//! fillrandom,readrandom,seekrandom,overwrite,fillsync --num N --key_size K
+//! fillrandom,readrandom,seekrandom,overwrite,fillsync,compact --num N --key_size K
 //! --value_size V`. Prints one db_bench-style line per benchmark plus
 //! latency percentiles.
 //!
 //! `fillrandom`, `overwrite`: one writer, `--wal_sync` (default `none`,
 //! the closest to db_bench's default sync=0). `fillsync`: `--writers`
 //! concurrent writers in `always` mode (acknowledged only after fdatasync).
-//! `readrandom`: random point reads. `seekrandom`: seek to a random key and
-//! read the next `--seek_nexts` entries.
+//! `readrandom`: random point reads (`--threads` readers at once, `--reads`
+//! in all). `seekrandom`: seek to a random key and read the next
+//! `--seek_nexts` entries. `compact`: flush, then compact until no level
+//! needs it.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -28,7 +30,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Tessera engine benchmark (db_bench vocabulary)")]
 struct Args {
-    /// Comma-separated: fillrandom, readrandom, seekrandom, overwrite, fillsync.
+    /// Comma-separated: fillrandom, readrandom, seekrandom, overwrite,
+    /// fillsync, compact (flush, then compact until no level needs it:
+    /// what db_bench's `compact` settles).
     #[arg(long, default_value = "fillrandom,readrandom,seekrandom,overwrite")]
     benchmarks: String,
     /// Number of keys (and of operations per benchmark).
@@ -41,6 +45,16 @@ struct Args {
     /// Entries read after each seek in seekrandom.
     #[arg(long = "seek_nexts", default_value_t = 10)]
     seek_nexts: usize,
+    /// Operations of readrandom (seekrandom: a tenth of them) [default:
+    /// --num]. With `--db` of a filled database and `--benchmarks
+    /// readrandom`, reads a database larger than memory without refilling
+    /// it (db_bench's `--reads` with `--use_existing_db`).
+    #[arg(long)]
+    reads: Option<u64>,
+    /// Concurrent readers in readrandom, each its share of `--reads`: tasks
+    /// on the one core (db_bench's `--threads`, which runs OS threads).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Sync mode for fillrandom / overwrite.
     #[arg(long = "wal_sync", default_value = "none")]
     wal_sync: String,
@@ -156,30 +170,46 @@ async fn fill_sync(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
 }
 
 async fn read_random(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut h = hist();
-    let mut found = 0u64;
+    let threads = a.threads.max(1);
+    let per_reader = a.reads.unwrap_or(a.num) / threads as u64;
+    let h = Rc::new(RefCell::new(hist()));
+    let found = Rc::new(RefCell::new(0u64));
     let start = Instant::now();
-    for _ in 0..a.num {
-        let k = key(rng.gen_range(0..a.num), a.key_size);
-        let t = Instant::now();
-        found += u64::from(engine.get(&k).await?.is_some());
-        h.record(t.elapsed().as_micros() as u64)?;
+    let mut tasks = Vec::new();
+    for r in 0..threads {
+        let (engine, h, found, num, key_size) =
+            (engine.clone(), h.clone(), found.clone(), a.num, a.key_size);
+        tasks.push(glommio::spawn_local(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7 + r as u64);
+            for _ in 0..per_reader {
+                let k = key(rng.gen_range(0..num), key_size);
+                let t = Instant::now();
+                let hit = engine.get(&k).await?.is_some();
+                *found.borrow_mut() += u64::from(hit);
+                h.borrow_mut().record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await?;
     }
     let seconds = start.elapsed().as_secs_f64();
-    eprintln!("readrandom: {found} of {} found", a.num);
+    let ops = per_reader * threads as u64;
+    eprintln!("readrandom: {} of {ops} found", found.borrow());
+    let hist = h.borrow().clone();
     Ok(Report {
         name: "readrandom".into(),
-        ops: a.num,
+        ops,
         seconds,
-        hist: h,
+        hist,
     })
 }
 
 async fn seek_random(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut h = hist();
-    let ops = a.num / 10;
+    let ops = a.reads.unwrap_or(a.num) / 10;
     let start = Instant::now();
     for _ in 0..ops {
         let k = key(rng.gen_range(0..a.num), a.key_size);
@@ -214,6 +244,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             "seekrandom",
             "overwrite",
             "fillsync",
+            "compact",
         ]
         .contains(&b)
         {
@@ -248,6 +279,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
         for b in args.benchmarks.split(',') {
+            if b == "compact" {
+                let start = Instant::now();
+                engine.flush().await?;
+                engine.compact().await?;
+                println!(
+                    "compact      : {:.3} seconds",
+                    start.elapsed().as_secs_f64()
+                );
+                continue;
+            }
             let report = match b {
                 "fillrandom" => fill(&engine, &args, "fillrandom", 1).await?,
                 "overwrite" => fill(&engine, &args, "overwrite", 2).await?,
