@@ -725,6 +725,12 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
         self.streaming.get()
     }
 
+    /// Wakers registered on the completion read in flight, if one is.
+    #[cfg(test)]
+    pub(crate) fn rx_waiters(&self) -> Option<usize> {
+        self.rx_source.as_ref().map(Source::waiter_count)
+    }
+
     fn note_streaming(&self, result: &io::Result<usize>) {
         self.streaming
             .set(matches!(result, Ok(read) if *read >= STREAMING_BYTES));
@@ -747,7 +753,12 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
     fn poll_fill(&mut self, cx: &Context<'_>) -> Poll<io::Result<usize>> {
         if let Some(source) = self.rx_source.as_ref() {
             let Some(result) = source.result() else {
-                source.add_waiter_many(cx.waker().clone());
+                // One reader (`&mut self`): a poll replaces the waker of
+                // the last. Added to instead, every wake of a task for
+                // anything else while its read was pending pushed another
+                // clone (a heap allocation past the first), all of them
+                // woken when the read completed.
+                source.add_waiter_single(cx.waker());
                 return Poll::Pending;
             };
 

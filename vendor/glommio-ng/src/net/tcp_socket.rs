@@ -1338,6 +1338,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_completion_read_polled_again_keeps_one_waker() {
+        // A connection's task is woken for other work (a response that
+        // became ready) while its read waits; each poll of the read must
+        // not leave another waker behind.
+        test_executor!(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut writer = TcpStream::connect(addr).await.unwrap();
+            let mut stream = listener.accept().await.unwrap().buffered();
+            let mut buf = [0u8; 16];
+            {
+                let mut read = std::pin::pin!(stream.read(&mut buf));
+                for _ in 0..5 {
+                    assert!(futures_lite::future::poll_once(read.as_mut())
+                        .await
+                        .is_none());
+                }
+            }
+            assert_eq!(stream.stream.rx_waiters(), Some(1));
+            writer.write_all(b"then").await.unwrap();
+            let read = stream.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..read], b"then");
+        });
+    }
+
+    #[test]
     fn dropping_a_stream_with_a_read_in_flight_is_safe() {
         // The buffer belongs to the kernel until the completion arrives, so
         // dropping the stream must not take it back. Repeated, because a

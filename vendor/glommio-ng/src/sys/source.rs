@@ -292,6 +292,11 @@ impl Source {
         debug_assert_eq!(inner.wakers.waiters.len(), 1)
     }
 
+    #[cfg(test)]
+    pub(crate) fn waiter_count(&self) -> usize {
+        self.inner.borrow().wakers.waiters.len()
+    }
+
     // adds a waiter to the list. Useful for streams that have many futures waiting
     // on a single I/O source
     pub(crate) fn add_waiter_many(&self, waker: Waker) {
