@@ -303,3 +303,39 @@ fn binary_values_go_in_from_a_file_or_stdin_and_out_raw() {
     let (ok, _, err) = tessera(a, &["put", "k"]);
     assert!(!ok && err.contains("required"), "{err}");
 }
+
+/// A reader that stops early (`tessera get big | head -c 10`) ends the
+/// output quietly, with the command's own exit status: `println!`
+/// panicked on the closed pipe, and the raw path printed an error.
+#[test]
+fn a_reader_that_stops_early_is_no_error() {
+    let server = InProcessServer::start();
+    let a = server.addr;
+    // Larger than a pipe holds, so the write meets the closed pipe.
+    let blob = vec![b'x'; 300_000];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    assert!(tessera(a, &["put", "big", "--value-file", file.to_str().unwrap()]).0);
+    for args in [
+        &["get", "big"][..],
+        &["get", "big", "--raw"],
+        &["scan", "b"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--addr")
+            .arg(a.to_string())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 10];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

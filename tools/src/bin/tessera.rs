@@ -28,7 +28,9 @@ fn main() {
     };
     if let Some(result) = offline {
         match result {
-            Ok(text) => println!("{text}"),
+            Ok(text) => {
+                print_line(&text);
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 std::process::exit(1);
@@ -85,11 +87,7 @@ fn main() {
         Some(Command::Get { key, at, raw: true }) if !cli.json => {
             match get_raw(&mut client, key, *at) {
                 Ok(Some(value)) => {
-                    let mut out = std::io::stdout().lock();
-                    if let Err(e) = out.write_all(&value).and_then(|()| out.flush()) {
-                        eprintln!("error: writing the value: {e}");
-                        std::process::exit(1);
-                    }
+                    write_out(&value);
                 }
                 Ok(None) => std::process::exit(EXIT_NO),
                 Err(e) => {
@@ -100,7 +98,7 @@ fn main() {
         }
         Some(command) => match execute(&mut client, command, cli.json) {
             Ok(answer) => {
-                println!("{}", answer.text);
+                print_line(&answer.text);
                 if answer.no {
                     std::process::exit(EXIT_NO);
                 }
@@ -114,6 +112,27 @@ fn main() {
         },
         None => shell(&cli, &mut client),
     }
+}
+
+/// Writes `bytes` to standard output; false once its reader has gone
+/// (`tessera scan | head`), which ends the output but is no error: the
+/// command keeps its exit status. (`println!` panicked there.) Any other
+/// failure, such as a full disk under a redirect, exits 1 with one line.
+fn write_out(bytes: &[u8]) -> bool {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
+        Err(e) => {
+            eprintln!("error: writing the output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// [`write_out`] of `text` and a newline.
+fn print_line(text: &str) -> bool {
+    write_out(format!("{text}\n").as_bytes())
 }
 
 /// The host of `HOST:PORT` (`[::1]:7878` gives `::1`).
@@ -170,13 +189,17 @@ fn shell(cli: &Cli, client: &mut Client) {
         match line {
             "quit" | "exit" => break,
             "help" | "?" => {
-                println!("{SHELL_HELP}");
+                if !print_line(SHELL_HELP) {
+                    break;
+                }
                 continue;
             }
             _ => {}
         }
         let Some(words) = shlex::split(line) else {
-            println!("error: unbalanced quotes");
+            if !print_line("error: unbalanced quotes") {
+                break;
+            }
             continue;
         };
         let line_args = std::iter::once("tessera".to_string()).chain(words);
@@ -206,17 +229,20 @@ fn shell(cli: &Cli, client: &mut Client) {
                     None => Cli::from_arg_matches(&matches),
                 }
             });
-        match parsed {
+        let text = match parsed {
             Ok(Cli {
                 command: Some(command),
                 json,
                 ..
             }) => match execute(client, &command, json || cli.json) {
-                Ok(answer) => println!("{}", answer.text),
-                Err(e) => println!("error: {e}"),
+                Ok(answer) => answer.text,
+                Err(e) => format!("error: {e}"),
             },
-            Ok(_) => println!("{SHELL_HELP}"),
-            Err(e) => println!("{}", usage_error(&e)),
+            Ok(_) => SHELL_HELP.to_string(),
+            Err(e) => usage_error(&e),
+        };
+        if !print_line(&text) {
+            break;
         }
     }
     if let Some(h) = &history {
