@@ -199,6 +199,24 @@ fn many_shards_start_on_few_cpus() {
     assert!(server.stop(), "clean shutdown exits 0");
 }
 
+/// A server whose log reader has gone (`tessera-server 2>&1 | grep -m1
+/// ready` in a script) serves on and stops cleanly: the log subscriber
+/// reported a failed write with `eprintln!`, which panicked on the same
+/// closed pipe, and the server aborts on a panic (exit 134 on SIGTERM).
+#[test]
+fn a_server_whose_log_reader_has_gone_serves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Server::command(dir.path(), 1, &[]);
+    command.env("RUST_LOG", "info");
+    let mut server = Server::spawn(command).unwrap();
+    drop(server.child.stderr.take());
+    let mut client = Client::connect(server.listen.as_str()).unwrap();
+    client.put("k", "v").unwrap();
+    assert_eq!(client.get("k").unwrap(), Some(Bytes::from("v")));
+    drop(client);
+    assert!(server.stop(), "clean shutdown exits 0");
+}
+
 #[test]
 fn one_shard_serves_every_operation() {
     let dir = tempfile::tempdir().unwrap();

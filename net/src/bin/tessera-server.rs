@@ -17,13 +17,18 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr a pipe whose reader
+        // has gone) is dropped. By default the subscriber reported that
+        // with `eprintln!`, which panicked on the same pipe: the server
+        // aborts on any panic.
+        .log_internal_errors(false)
         .init();
     tessera_net::runtime::abort_on_panic();
     if let Err(e) = tessera_net::runtime::raise_open_files_limit() {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
     if let Err(e) = run() {
-        eprintln!("error: {e:#}");
+        say(std::io::stderr(), format_args!("error: {e:#}"));
         std::process::exit(1);
     }
 }
@@ -45,14 +50,28 @@ fn run() -> anyhow::Result<()> {
             .metrics
             .map(|m| format!("http://{m}/metrics"))
             .unwrap_or_else(|| "off".into());
-        println!(
-            "tessera-server ready: listen {} shards {} ({}) data {} wal-sync {sync} metrics {metrics}",
-            ready.listen,
-            ready.shard_addresses.len(),
-            ready.shard_addresses.join(" "),
-            data.display(),
+        say(
+            std::io::stdout(),
+            format_args!(
+                "tessera-server ready: listen {} shards {} ({}) data {} wal-sync {sync} metrics {metrics}",
+                ready.listen,
+                ready.shard_addresses.len(),
+                ready.shard_addresses.join(" "),
+                data.display(),
+            ),
         );
     })?;
-    eprintln!("tessera-server stopped cleanly");
+    say(
+        std::io::stderr(),
+        format_args!("tessera-server stopped cleanly"),
+    );
     Ok(())
+}
+
+/// Writes a line to `out`, which may be a pipe whose reader has gone (a
+/// script that waited for the ready line with `grep -m1`): that is not the
+/// server's failure. `println!` panicked there, and the server aborts on
+/// any panic, so a clean stop exited 134.
+fn say(mut out: impl std::io::Write, line: std::fmt::Arguments) {
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
