@@ -342,3 +342,27 @@ fn the_resp_driver_talks_tls_to_a_real_redis_server() {
     assert_eq!(errors, 0);
     assert!(done >= 5000, "{done} requests answered");
 }
+
+/// A reader of the report that has gone (`tessera-bench ... | head`) is no
+/// error: `print!` panicked there and the run exited 101.
+#[test]
+fn a_report_reader_that_has_gone_is_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, addr) = start_redis(dir.path(), |port| {
+        vec!["--port".into(), port.to_string().into()]
+    });
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
+        .args(["--target", &format!("redis://{addr}")])
+        .args(["--workload", "get", "--keys", "100", "--duration", "1"])
+        .args(["--connections", "2", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed long before the report, written after the second's run.
+    drop(bench.stdout.take());
+    let out = bench.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

@@ -5,6 +5,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::json;
+use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -267,7 +268,9 @@ fn run(a: Args) -> anyhow::Result<()> {
             p
         };
         if !a.quiet {
-            eprintln!(
+            // Dropped if stderr's reader has gone: the run goes on.
+            let _ = writeln!(
+                std::io::stderr(),
                 "[{second:>4.0}s] {rate:>10.0} ops/s  p99 {:>8.3} ms  errors {}",
                 p99 as f64 / 1000.0,
                 shared.errors.load(Ordering::Relaxed)
@@ -303,9 +306,9 @@ fn run(a: Args) -> anyhow::Result<()> {
         let context = json!({"target": a.target, "workload": workload.name, "distribution": format!("{distribution:?}"),
             "connections": a.connections, "pipeline": a.pipeline, "threads": a.threads, "rate": a.rate,
             "keys": a.keys, "key_size": a.key_size, "value_size": a.value_size, "durable": a.durable});
-        println!("{}", summary.json(context));
+        report(&format!("{}\n", summary.json(context)))?;
     } else {
-        print!("{}", summary.text(&header));
+        report(&summary.text(&header))?;
     }
     if let Some(prefix) = &a.hgrm {
         for path in summary.write_hgrm(prefix)? {
@@ -323,4 +326,17 @@ fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("note: the latest distribution without inserts reads the highest-numbered keys");
     }
     Ok(())
+}
+
+/// Writes the final report to standard output. A reader that has gone
+/// (`tessera-bench ... | head`) took what it wanted: not an error
+/// (`print!` panicked there).
+fn report(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the report")
+        }
+        _ => Ok(()),
+    }
 }
