@@ -12,21 +12,10 @@ runs=${2:-3}
 cpu=${3:-1}
 reads=${4:-200000}
 cd "$(dirname "$0")/.."
-if ! command -v db_bench >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq rocksdb-tools >/dev/null
-fi
-cargo build --release -q -p tessera-bench
-work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
-trap 'rm -rf "$work"' EXIT
+. bench/db-bench.sh
 common="--num=$num --key_size=16 --value_size=100 --cache_size=268435456"
 rocks="$common --compression_type=none --use_direct_reads=true --use_direct_io_for_flush_and_compaction=true --db=$work/rocks"
 tess="$common --db=$work/tess"
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-settle() {
-  sync
-  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
-}
-ops() { awk '{for (i=1;i<=NF;i++) if ($(i+1) ~ /^ops\/sec;?$/) print $i}'; }
 tessera() { taskset -c "$cpu" target/release/tessera-engine-bench "$@" $tess 2>/dev/null; }
 rocksdb() { taskset -c "$cpu" db_bench "$@" $rocks 2>/dev/null; }
 

@@ -7,23 +7,8 @@ num=${1:-1000000}
 runs=${2:-3}
 cpu=${3:-1}
 cd "$(dirname "$0")/.."
-if ! command -v db_bench >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq rocksdb-tools >/dev/null
-fi
-cargo build --release -q -p tessera-bench
-work=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
-trap 'rm -rf "$work"' EXIT
+. bench/db-bench.sh
 common="--num=$num --key_size=16 --value_size=100"
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# Each engine starts from the same memory state: the previous run's files
-# and page cache are dropped (as root; skipped otherwise). Without this,
-# whichever engine ran second met the page cache the first one filled and
-# paid for reclaiming it on every first touch of fresh memory (on this VM
-# ~20% of a fill is the kernel zeroing first-touched pages).
-settle() {
-  sync
-  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
-}
 for i in $(seq "$runs"); do
   rm -rf "$work"/rocks "$work"/tess
   settle
@@ -39,8 +24,8 @@ for i in $(seq "$runs"); do
 done
 printf '%-12s %14s %14s %8s\n' benchmark "rocksdb ops/s" "tessera ops/s" ratio
 for b in fillrandom readrandom seekrandom overwrite; do
-  r=$(cat "$work"/rocks.* | awk -v b="$b" '$1==b {for (i=1;i<=NF;i++) if ($(i+1) ~ /^ops\/sec;?$/) print $i}' | median)
-  t=$(cat "$work"/tess.* | awk -v b="$b" '$1==b {for (i=1;i<=NF;i++) if ($(i+1) ~ /^ops\/sec;?$/) print $i}' | median)
+  r=$(cat "$work"/rocks.* | awk -v b="$b" '$1==b' | ops | median)
+  t=$(cat "$work"/tess.* | awk -v b="$b" '$1==b' | ops | median)
   printf '%-12s %14s %14s %8.2f\n' "$b" "$r" "$t" "$(awk -v t="$t" -v r="$r" 'BEGIN { print t / r }')"
 done
 echo "($runs runs each, medians; num=$num, 16-byte keys, 100-byte values, no compression, cpu $cpu)"

@@ -135,32 +135,56 @@ async fn fill(engine: &Engine, a: &Args, name: &str, seed: u64) -> anyhow::Resul
     })
 }
 
-async fn fill_sync(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
-    let total = a.sync_num.unwrap_or(a.num);
-    let per_writer = total / a.writers as u64;
-    let value = Bytes::from(vec![b's'; a.value_size]);
+/// Runs `tasks` tasks at once, each `per_task` times: `op` on a random
+/// key of `0..--num` (task `t` seeded with `seed + t`), every call timed
+/// into one histogram. Returns it and the seconds the whole run took.
+async fn concurrently<F, Fut>(
+    a: &Args,
+    tasks: usize,
+    per_task: u64,
+    seed: u64,
+    op: F,
+) -> anyhow::Result<(Histogram<u64>, f64)>
+where
+    F: Fn(Bytes) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + 'static,
+{
     let h = Rc::new(RefCell::new(hist()));
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..a.writers {
-        let (engine, value, h, num, key_size) =
-            (engine.clone(), value.clone(), h.clone(), a.num, a.key_size);
-        tasks.push(glommio::spawn_local(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + w as u64);
-            for _ in 0..per_writer {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (h, op, num, key_size) = (h.clone(), op.clone(), a.num, a.key_size);
+        handles.push(glommio::spawn_local(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed + t as u64);
+            for _ in 0..per_task {
                 let k = key(rng.gen_range(0..num), key_size);
-                let t = Instant::now();
-                engine.put(k, value.clone()).await?;
-                let _ = h.borrow_mut().record(t.elapsed().as_micros() as u64);
+                let at = Instant::now();
+                op(k).await?;
+                h.borrow_mut().record(at.elapsed().as_micros() as u64)?;
             }
             anyhow::Ok(())
         }));
     }
-    for t in tasks {
-        t.await?;
+    for handle in handles {
+        handle.await?;
     }
     let seconds = start.elapsed().as_secs_f64();
     let hist = h.borrow().clone();
+    Ok((hist, seconds))
+}
+
+async fn fill_sync(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
+    let per_writer = a.sync_num.unwrap_or(a.num) / a.writers as u64;
+    let value = Bytes::from(vec![b's'; a.value_size]);
+    let engine = engine.clone();
+    let (hist, seconds) = concurrently(a, a.writers, per_writer, 1000, move |k| {
+        let (engine, value) = (engine.clone(), value.clone());
+        async move {
+            engine.put(k, value).await?;
+            Ok(())
+        }
+    })
+    .await?;
     Ok(Report {
         name: format!("fillsync/{}", a.writers),
         ops: per_writer * a.writers as u64,
@@ -172,32 +196,19 @@ async fn fill_sync(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
 async fn read_random(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
     let threads = a.threads.max(1);
     let per_reader = a.reads.unwrap_or(a.num) / threads as u64;
-    let h = Rc::new(RefCell::new(hist()));
     let found = Rc::new(RefCell::new(0u64));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for r in 0..threads {
-        let (engine, h, found, num, key_size) =
-            (engine.clone(), h.clone(), found.clone(), a.num, a.key_size);
-        tasks.push(glommio::spawn_local(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(7 + r as u64);
-            for _ in 0..per_reader {
-                let k = key(rng.gen_range(0..num), key_size);
-                let t = Instant::now();
-                let hit = engine.get(&k).await?.is_some();
-                *found.borrow_mut() += u64::from(hit);
-                h.borrow_mut().record(t.elapsed().as_micros() as u64)?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let seconds = start.elapsed().as_secs_f64();
+    let (engine, counted) = (engine.clone(), found.clone());
+    let (hist, seconds) = concurrently(a, threads, per_reader, 7, move |k| {
+        let (engine, found) = (engine.clone(), counted.clone());
+        async move {
+            let hit = engine.get(&k).await?.is_some();
+            *found.borrow_mut() += u64::from(hit);
+            Ok(())
+        }
+    })
+    .await?;
     let ops = per_reader * threads as u64;
     eprintln!("readrandom: {} of {ops} found", found.borrow());
-    let hist = h.borrow().clone();
     Ok(Report {
         name: "readrandom".into(),
         ops,
