@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
+use tessera_bench::report::to_stdout;
 use tessera_engine::{run_local, Engine, Options, SyncMode};
 
 /// The allocator `tessera-server` runs with, so the engine and the load
@@ -97,10 +98,10 @@ struct Report {
 }
 
 impl Report {
-    fn print(&self) {
+    fn print(&self) -> anyhow::Result<()> {
         let h = &self.hist;
-        println!(
-            "{:<12} : {:>9.3} micros/op {:>9.0} ops/sec; p50 {} us p99 {} us p99.9 {} us max {} us",
+        to_stdout(&format!(
+            "{:<12} : {:>9.3} micros/op {:>9.0} ops/sec; p50 {} us p99 {} us p99.9 {} us max {} us\n",
             self.name,
             self.seconds * 1e6 / self.ops as f64,
             self.ops as f64 / self.seconds,
@@ -108,7 +109,7 @@ impl Report {
             h.value_at_quantile(0.99),
             h.value_at_quantile(0.999),
             h.max()
-        );
+        ))
     }
 }
 
@@ -264,13 +265,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let tmp = tempfile::tempdir_in(".").context("creating a temporary database directory")?;
     let dir = args.db.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    println!(
-        "tessera-engine-bench: keys {} bytes, values {} bytes, {} entries, wal_sync {wal_sync}, db {}",
+    to_stdout(&format!(
+        "tessera-engine-bench: keys {} bytes, values {} bytes, {} entries, wal_sync {wal_sync}, db {}\n",
         args.key_size,
         args.value_size,
         args.num,
         dir.display()
-    );
+    ))?;
     run_local(move || async move {
         let opts = Options {
             wal_sync,
@@ -294,10 +295,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let start = Instant::now();
                 engine.flush().await?;
                 engine.compact().await?;
-                println!(
-                    "compact      : {:.3} seconds",
+                to_stdout(&format!(
+                    "compact      : {:.3} seconds\n",
                     start.elapsed().as_secs_f64()
-                );
+                ))?;
                 continue;
             }
             let report = match b {
@@ -308,7 +309,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "fillsync" => fill_sync(&sync_engine, &args).await?,
                 _ => unreachable!("validated above"),
             };
-            report.print();
+            report.print()?;
             let s = engine.stats();
             eprintln!("  after {b}: level tables {:?}, memtable {} imm {} groups {} flushes {} flush errors {} stalls {} bg {:?}", s.level_tables, s.memtable_bytes, s.immutable_memtables, s.wal_groups, s.flushes, s.flush_errors, s.write_stalls, s.background_error);
         }

@@ -10,7 +10,7 @@ use std::net::ToSocketAddrs;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tessera_bench::driver::Protocol;
-use tessera_bench::report::Summary;
+use tessera_bench::report::{to_stdout, Summary};
 use tessera_bench::runner::{self, Plan, Shared};
 use tessera_bench::workload::{Distribution, OpKind, ValueSize, Workload};
 
@@ -306,9 +306,9 @@ fn run(a: Args) -> anyhow::Result<()> {
         let context = json!({"target": a.target, "workload": workload.name, "distribution": format!("{distribution:?}"),
             "connections": a.connections, "pipeline": a.pipeline, "threads": a.threads, "rate": a.rate,
             "keys": a.keys, "key_size": a.key_size, "value_size": a.value_size, "durable": a.durable});
-        report(&format!("{}\n", summary.json(context)))?;
+        to_stdout(&format!("{}\n", summary.json(context)))?;
     } else {
-        report(&summary.text(&header))?;
+        to_stdout(&summary.text(&header))?;
     }
     if let Some(prefix) = &a.hgrm {
         for path in summary.write_hgrm(prefix)? {
@@ -326,17 +326,4 @@ fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("note: the latest distribution without inserts reads the highest-numbered keys");
     }
     Ok(())
-}
-
-/// Writes the final report to standard output. A reader that has gone
-/// (`tessera-bench ... | head`) took what it wanted: not an error
-/// (`print!` panicked there).
-fn report(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("writing the report")
-        }
-        _ => Ok(()),
-    }
 }
