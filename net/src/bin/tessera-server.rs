@@ -70,8 +70,8 @@ fn run() -> anyhow::Result<()> {
 
 /// Writes a line to `out`, which may be a pipe whose reader has gone (a
 /// script that waited for the ready line with `grep -m1`): that is not the
-/// server's failure. `println!` panicked there, and the server aborts on
-/// any panic, so a clean stop exited 134.
+/// server's failure. `println!` and `eprintln!` panic there, and the server
+/// aborts on any panic.
 fn say(mut out: impl std::io::Write, line: std::fmt::Arguments) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
