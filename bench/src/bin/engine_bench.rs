@@ -197,19 +197,19 @@ async fn fill_sync(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
 async fn read_random(engine: &Engine, a: &Args) -> anyhow::Result<Report> {
     let threads = a.threads.max(1);
     let per_reader = a.reads.unwrap_or(a.num) / threads as u64;
-    let found = Rc::new(RefCell::new(0u64));
+    let found = Rc::new(std::cell::Cell::new(0u64));
     let (engine, counted) = (engine.clone(), found.clone());
     let (hist, seconds) = concurrently(a, threads, per_reader, 7, move |k| {
         let (engine, found) = (engine.clone(), counted.clone());
         async move {
             let hit = engine.get(&k).await?.is_some();
-            *found.borrow_mut() += u64::from(hit);
+            found.set(found.get() + u64::from(hit));
             Ok(())
         }
     })
     .await?;
     let ops = per_reader * threads as u64;
-    eprintln!("readrandom: {} of {ops} found", found.borrow());
+    eprintln!("readrandom: {} of {ops} found", found.get());
     Ok(Report {
         name: "readrandom".into(),
         ops,
