@@ -6,7 +6,7 @@
 //!
 //! Sketch: at ~150 µs per durable write a shard does ~6k groups/s, so
 //! 300k durable writes/s needs ≥ 50 writers per group; the group is bounded
-//! by `wal_group_bytes_max` (1 MiB ≈ 7k 100-byte writes).
+//! by `wal_group_bytes_max` (2 MiB ≈ 14k 100-byte writes).
 
 use crate::engine::{Inner, STALL_CHECK};
 use crate::error::{Error, Result};
