@@ -85,8 +85,9 @@ pub enum ShardOp {
         phase: Phase,
     },
     TxnAbort(u64),
-    /// Does the coordinator's log hold a commit decision for this ts?
-    TxnStatus(u64),
+    /// Does the coordinator's log hold a commit decision for each of these
+    /// timestamps? (Asked at startup, one message per coordinator.)
+    TxnStatus(Vec<u64>),
     /// The sender has resolved its in-doubt transactions.
     RecoveryDone,
 }
@@ -105,7 +106,8 @@ pub enum ShardReply {
         vote: Vote,
         clock: u64,
     },
-    Status(bool),
+    /// Whether each timestamp of a [`ShardOp::TxnStatus`] committed.
+    Status(Vec<bool>),
     Done,
     Error(ErrorCode, String),
 }
@@ -425,7 +427,9 @@ impl Shard {
                 self.engine.abort_prepared(ts);
                 ShardReply::Done
             }
-            ShardOp::TxnStatus(ts) => ShardReply::Status(self.engine.committed(ts)),
+            ShardOp::TxnStatus(ts) => {
+                ShardReply::Status(ts.iter().map(|&ts| self.engine.committed(ts)).collect())
+            }
             ShardOp::RecoveryDone => {
                 self.peer_recovered();
                 ShardReply::Done

@@ -34,6 +34,7 @@ use crate::shard::{error_reply, MeshMsg, Shard, ShardOp, ShardReply};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Instant;
 use tessera_engine::txn::coordinator_of;
 use tessera_engine::{Condition as EngineCondition, Phase, TxnPart, Vote};
 use tessera_protocol::message::{BatchOp, Condition, ReadValue, TxnOutcome};
@@ -384,35 +385,73 @@ impl Shard {
 
     /// Resolves this shard's in-doubt transactions from their coordinators'
     /// logs, then tells every shard it is done. Runs at startup, before any
-    /// client is served, while every shard serves the mesh.
+    /// client is served, while every shard serves the mesh. Each
+    /// coordinator is asked once, for all its transactions: a crash under
+    /// contended transactions leaves tens of thousands of prepares whose
+    /// abort was never logged (presumed abort), and one round trip and one
+    /// log line each held the start for seconds.
     pub async fn resolve_in_doubt(self: &Rc<Self>) -> anyhow::Result<()> {
         let n = self.slots.shards();
+        let started = Instant::now();
         let in_doubt = self.engine.in_doubt();
+        let mut by_coordinator: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
         for &ts in &in_doubt {
-            let coordinator = coordinator_of(ts) as usize;
-            let committed = if coordinator >= n {
-                false
-            } else {
-                match self.execute(coordinator, ShardOp::TxnStatus(ts)).await {
-                    ShardReply::Status(committed) => committed,
-                    other => anyhow::bail!(
-                        "shard {coordinator} could not say whether transaction {ts} committed: {other:?}"
-                    ),
-                }
-            };
-            if committed {
-                self.engine
-                    .commit_prepared(ts)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("committing in-doubt transaction {ts}: {e}"))?;
-            } else {
+            by_coordinator
+                .entry(coordinator_of(ts) as usize)
+                .or_default()
+                .push(ts);
+        }
+        // A coordinator beyond the shard count (a damaged timestamp) has
+        // no log to hold a decision: presumed abort.
+        let asked: Vec<(usize, Vec<u64>)> =
+            by_coordinator.into_iter().filter(|(c, _)| *c < n).collect();
+        let ops = asked
+            .iter()
+            .map(|(c, ts)| (*c, ShardOp::TxnStatus(ts.clone())))
+            .collect();
+        let mut committed = Vec::new();
+        for ((coordinator, ts), (_, reply)) in asked.iter().zip(self.fan_out(ops).await) {
+            match reply {
+                ShardReply::Status(answers) if answers.len() == ts.len() => committed.extend(
+                    ts.iter().zip(answers).filter(|(_, c)| *c).map(|(ts, _)| *ts),
+                ),
+                other => anyhow::bail!(
+                    "shard {coordinator} could not say whether {} transactions committed: {other:?}",
+                    ts.len()
+                ),
+            }
+        }
+        committed.sort_unstable();
+        // Logged in groups of a bounded size, each durable before the next.
+        for chunk in committed.chunks(1024) {
+            let commits = chunk
+                .iter()
+                .filter_map(|&ts| self.engine.apply_prepared(ts))
+                .collect();
+            self.engine
+                .log_commits(commits)
+                .await
+                .map_err(|e| anyhow::anyhow!("committing in-doubt transactions: {e}"))?;
+        }
+        for &ts in &in_doubt {
+            let commit = committed.binary_search(&ts).is_ok();
+            if !commit {
                 self.engine.abort_prepared(ts);
             }
-            tracing::info!(
+            tracing::debug!(
                 shard = self.id,
                 ts,
-                committed,
+                committed = commit,
                 "resolved in-doubt transaction"
+            );
+        }
+        if !in_doubt.is_empty() {
+            tracing::info!(
+                shard = self.id,
+                committed = committed.len(),
+                aborted = in_doubt.len() - committed.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "resolved in-doubt transactions"
             );
         }
         let all: Vec<usize> = (0..n).collect();

@@ -340,8 +340,18 @@ fn transfers_survive_sigkill_without_half_applied_transactions() {
     let shared = Arc::new(Shared::default());
     let mut rng = rand::thread_rng();
     let mut checked = 0;
+    let mut in_doubt = 0;
     for cycle in 0..=cycles {
-        let server = Server::start(dir.path(), 2, &[]);
+        let server = match cycle {
+            // The last start logs at info, to check what it says of the
+            // transactions the crash left in doubt.
+            c if c == cycles => {
+                let mut command = Server::command(dir.path(), 2, &[]);
+                command.env("RUST_LOG", "info");
+                Server::spawn(command).unwrap()
+            }
+            _ => Server::start(dir.path(), 2, &[]),
+        };
         let mut client = Client::connect(server.listen.as_str()).unwrap();
         if cycle == 0 {
             open_accounts(&server.listen, &shared);
@@ -366,7 +376,9 @@ fn transfers_survive_sigkill_without_half_applied_transactions() {
         let violations = shared.violations.lock().unwrap().clone();
         assert!(violations.is_empty(), "cycle {cycle}: {violations:#?}");
         if cycle == cycles {
-            assert!(server.stop());
+            let (stopped, log) = server.stop_with_stderr();
+            assert!(stopped, "{log}");
+            in_doubt = resolved_in_one_line_per_shard(&log);
             break;
         }
         let run = Duration::from_millis(rng.gen_range(300..1500));
@@ -376,5 +388,55 @@ fn transfers_survive_sigkill_without_half_applied_transactions() {
         });
     }
     assert!(checked > 0, "no transfer was acknowledged");
-    eprintln!("{cycles} crash cycles, {checked} acknowledged transfer writes present");
+    eprintln!(
+        "{cycles} crash cycles, {checked} acknowledged transfer writes present, \
+         {in_doubt} transactions in doubt at the last start"
+    );
+}
+
+/// Checks a server's log at start: each shard that opened with
+/// transactions in doubt (`in_doubt=N` on its "engine opened" line) says
+/// in one line how it resolved them, `committed` and `aborted` adding up
+/// to N, and no line per transaction (a crash under contended
+/// transactions leaves tens of thousands). Returns the transactions in doubt.
+fn resolved_in_one_line_per_shard(log: &str) -> u64 {
+    let field = |line: &str, name: &str| -> u64 {
+        let at = line
+            .find(&format!(" {name}="))
+            .unwrap_or_else(|| panic!("{name} in {line}"));
+        let rest = &line[at + name.len() + 2..];
+        rest[..rest.find(' ').unwrap_or(rest.len())]
+            .parse()
+            .unwrap()
+    };
+    let mut total = 0;
+    for opened in log.lines().filter(|l| l.contains("engine opened")) {
+        let n = field(opened, "in_doubt");
+        let dir = opened
+            .split(" dir=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        let shard = dir.rsplit("shard-").next().unwrap();
+        let resolved: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("resolved in-doubt") && l.contains(&format!(" shard={shard} ")))
+            .collect();
+        match n {
+            0 => assert!(resolved.is_empty(), "{resolved:?}"),
+            n => {
+                assert_eq!(resolved.len(), 1, "shard {shard}: {resolved:#?}");
+                let line = resolved[0];
+                assert_eq!(
+                    field(line, "committed") + field(line, "aborted"),
+                    n,
+                    "{line}"
+                );
+            }
+        }
+        total += n;
+    }
+    total
 }
