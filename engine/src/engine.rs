@@ -36,6 +36,10 @@ use std::time::Duration;
 /// Rows a scan reserves room for before reading (more grow as needed).
 const SCAN_PREALLOCATE_ROWS: usize = 256;
 
+/// Most timestamps reads hold past the retention window at once (see
+/// `Inner::hold_for_reads`); each is one map entry.
+const READ_HOLDS_MAX: usize = 1024;
+
 /// What [`Engine::start_write`] did with a batch.
 pub enum WriteStart {
     /// Done: the write's timestamp, or why it was refused.
@@ -212,6 +216,10 @@ pub(crate) struct Inner<D: Disk> {
     pub flushes_forced: Cell<usize>,
     pub stats: Counters,
     pub watermark_pin: Cell<Option<u64>>,
+    /// Timestamps that reads asked for once they were older than half the
+    /// retention window, each until one window after its latest read
+    /// (wall-clock ms): see [`Inner::hold_for_reads`].
+    pub read_holds: RefCell<BTreeMap<u64, u64>>,
     pub compaction_lock: glommio::sync::Semaphore,
     pub compaction_pointer: RefCell<Vec<Option<Bytes>>>,
     /// Tables compacted away whose files await removal (see
@@ -271,6 +279,9 @@ pub struct EngineStats {
     pub compaction_errors: u64,
     pub compaction_bytes_written: u64,
     pub retention_watermark_ts: u64,
+    /// Timestamps reads hold past the retention window (see
+    /// [`Engine::read_at`]).
+    pub read_holds: usize,
     pub last_ts: u64,
     pub background_error: Option<String>,
     /// Why writes fail now, or will once the memtables fill
@@ -475,6 +486,7 @@ impl<D: Disk> Engine<D> {
             flushes_forced: Cell::new(0),
             stats: Counters::default(),
             watermark_pin: Cell::new(None),
+            read_holds: RefCell::default(),
             compaction_lock: glommio::sync::Semaphore::new(1),
             compaction_pointer: RefCell::new(vec![None; LEVELS]),
             retired: RefCell::default(),
@@ -660,7 +672,9 @@ impl<D: Disk> Engine<D> {
 
     /// The value of `key` as of `ts`: exactly the state at `ts`, which no
     /// later write can change (writes at or below `ts` to `key` are refused
-    /// from now on, and undecided ones are waited for).
+    /// from now on, and undecided ones are waited for). `ts` stays readable
+    /// for at least half the retention window after this read (a scan at
+    /// `ts` holds it the same way): see `Inner::hold_for_reads`.
     pub async fn read_at(&self, key: &[u8], ts: u64) -> Result<Option<Bytes>> {
         Ok(self
             .read_at_with_expiry(key, ts)
@@ -859,6 +873,7 @@ impl<D: Disk> Engine<D> {
             compaction_errors: s.compaction_errors.get(),
             compaction_bytes_written: s.compaction_bytes_written.get(),
             retention_watermark_ts: inner.watermark(),
+            read_holds: inner.read_holds.borrow().len(),
             last_ts: inner.clock.last(),
             background_error: inner.bg_error.borrow().clone(),
             writes_failing: self.write_health().err(),
@@ -1227,11 +1242,48 @@ impl<D: Disk> Inner<D> {
     }
 
     pub(crate) fn watermark(&self) -> u64 {
-        let window = ts_from_ms(wall_ms().saturating_sub(self.opts.retention_ms));
-        match self.watermark_pin.get() {
-            Some(pin) => window.min(pin),
-            None => window,
+        let now = wall_ms();
+        let window = ts_from_ms(now.saturating_sub(self.opts.retention_ms));
+        [self.watermark_pin.get(), self.oldest_read_hold(now)]
+            .into_iter()
+            .flatten()
+            .fold(window, u64::min)
+    }
+
+    /// The oldest timestamp a read still holds (expired holds go).
+    fn oldest_read_hold(&self, now_ms: u64) -> Option<u64> {
+        let mut holds = self.read_holds.borrow_mut();
+        while let Some((&ts, &until)) = holds.first_key_value() {
+            if until > now_ms {
+                return Some(ts);
+            }
+            holds.pop_first();
         }
+        None
+    }
+
+    /// Keeps `ts`, which a read just asked for, readable for at least half
+    /// the retention window after this read: a backup or a paged scan at
+    /// one snapshot then lasts as long as it reads at least that often,
+    /// however long it runs (before, any that outlived the window failed
+    /// with `TimestampTooOld`). A timestamp younger than half the window
+    /// needs nothing held (the window keeps it that long); an older one is
+    /// held until one window after this read, which holds back compaction's
+    /// dropping of versions by as much. At most [`READ_HOLDS_MAX`]
+    /// timestamps are held; past them a read gets the window alone.
+    fn hold_for_reads(&self, ts: u64) {
+        let now = wall_ms();
+        if ms_of_ts(ts).saturating_add(self.opts.retention_ms / 2) > now {
+            return;
+        }
+        let mut holds = self.read_holds.borrow_mut();
+        if holds.len() >= READ_HOLDS_MAX && !holds.contains_key(&ts) {
+            holds.retain(|_, until| *until > now);
+            if holds.len() >= READ_HOLDS_MAX {
+                return;
+            }
+        }
+        holds.insert(ts, now.saturating_add(self.opts.retention_ms));
     }
 
     /// Makes a read at `ts` repeatable: refuses `ts` outside the retention
@@ -1240,6 +1292,7 @@ impl<D: Disk> Inner<D> {
     /// no write at or below it is queued or undecided.
     pub(crate) async fn settle_read(&self, key: Option<&[u8]>, ts: u64) -> Result<()> {
         self.check_retained(ts)?;
+        self.hold_for_reads(ts);
         let now = self.clock.now();
         if ts > now.saturating_add(ts_from_ms(1000)) {
             return Err(Error::TimestampInFuture { requested: ts, now });

@@ -274,6 +274,7 @@ impl ShardMetrics {
             "retention_watermark_ts".into(),
             engine.retention_watermark_ts as f64,
         );
+        push("read_holds".into(), engine.read_holds as f64);
         for (level, n) in engine.level_tables.iter().enumerate() {
             push(format!("level_tables{{level=\"{level}\"}}"), *n as f64);
         }

@@ -7,10 +7,11 @@
 //! that commit while it runs are either wholly in it (at or below `T`) or
 //! wholly out. `T` is taken after every write acknowledged before the
 //! backup began: it is the largest of one read-only transaction's
-//! timestamp per shard, each from that shard's own clock. The pages must
-//! all be read inside the server's retention window (`--retention-ms`,
-//! 60 s by default); a longer backup fails with `TimestampTooOld` and
-//! leaves no file.
+//! timestamp per shard, each from that shard's own clock. Each page read
+//! at `T` holds it on every shard for another retention window
+//! (`--retention-ms`, 60 s by default), so a backup may run longer than
+//! the window; one that pauses for half a window between pages fails with
+//! `TimestampTooOld`, and a backup that fails leaves no file.
 //!
 //! File: a header (magic, `T`, crc32c), one record per row (key length,
 //! value length, expiry, key, value, crc32c of all five), and a trailer (a

@@ -220,8 +220,9 @@ pub enum Command {
     /// Per-shard figures (the same as /metrics).
     Stats,
     /// Write every live key and value to FILE as of one moment: a
-    /// consistent snapshot across shards, taken online. It must finish
-    /// inside the server's retention window (--retention-ms).
+    /// consistent snapshot across shards, taken online. Each page holds
+    /// the snapshot for another retention window (--retention-ms), so it
+    /// may run longer than the window.
     Backup {
         file: PathBuf,
         /// Rows per scan page.

@@ -277,25 +277,58 @@ fn a_damaged_or_cut_short_backup_restores_nothing() {
     assert_eq!(all_rows(&mut restored).len(), 500);
 }
 
-#[test]
-fn a_backup_that_outlives_the_retention_window_fails_and_leaves_no_file() {
-    let server = InProcessServer::start_with(|flags| flags.retention_ms = Some(1));
-    let mut client = Client::connect(server.addr).unwrap();
-    for i in 0..200 {
-        client.put(format!("key{i:03}"), "v").unwrap();
+/// Fills a server with `rows` small keys.
+fn fill(client: &mut Client, rows: usize) {
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(500) {
+        let ops = chunk
+            .iter()
+            .map(|i| tessera_client::BatchOp::put(format!("key{i:06}"), "v"))
+            .collect();
+        client.batch(ops).unwrap();
     }
+}
+
+/// Its snapshot would have left the window long before the end: each page
+/// read at it holds it for another window.
+#[test]
+fn a_backup_longer_than_the_retention_window_completes() {
+    const RETENTION_MS: u64 = 400;
+    let server = InProcessServer::start_with(|flags| flags.retention_ms = Some(RETENTION_MS));
+    let mut client = Client::connect(server.addr).unwrap();
+    fill(&mut client, 10_000);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("slow.tbk");
-    // One row a page: 200 round trips take longer than 1 ms.
-    let (ok, _, err) = tessera(
-        server.addr,
-        &["backup", "--page-rows", "1", file.to_str().unwrap()],
+    // One row a page: 10,000 round trips, ~1 s in a debug build.
+    let summary = backup::backup(&mut client, &file, 1).unwrap();
+    assert_eq!(summary.rows, 10_000);
+    assert!(
+        summary.seconds * 1000.0 > RETENTION_MS as f64,
+        "the backup took {} s, too short to outlive the window",
+        summary.seconds
     );
-    assert!(!ok && err.contains("TimestampTooOld"), "{err}");
+    assert_eq!(backup::verify(&file).unwrap().rows, 10_000);
+}
+
+#[test]
+fn a_backup_that_fails_leaves_no_file() {
+    let server = InProcessServer::start();
+    let mut client = Client::connect(server.addr).unwrap();
+    fill(&mut client, 20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cut.tbk");
+    let backing_up = {
+        let file = file.clone();
+        std::thread::spawn(move || backup::backup(&mut client, &file, 1))
+    };
+    // The server stops under it, a few thousand pages in.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(server);
+    let err = backing_up.join().unwrap().unwrap_err();
+    assert!(!err.to_string().is_empty());
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
-        "files left"
+        "files left after {err}"
     );
 }
 

@@ -1089,7 +1089,8 @@ class Client(Routing):
     def snapshot_ts(self) -> int:
         """A timestamp after every write any shard acknowledged before this
         call. Scanning every page at it (``scan_all(..., ts=...)``) reads
-        one moment across shards, inside the retention window."""
+        one moment across shards, however long the pages take: each read at
+        it holds it for at least half the retention window more."""
         return max(self._call(shard, txn, True).ts for shard, txn in self._snapshot_txns())
 
     def stats(self) -> list[Metric]:

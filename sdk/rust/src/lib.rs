@@ -897,7 +897,8 @@ impl Client {
     /// call: the largest of one read-only transaction's timestamp per shard,
     /// each from that shard's clock. Scanning every page at it
     /// ([`Client::scan_at`]) reads one moment across shards, however long
-    /// the pages take inside the retention window.
+    /// the pages take: each read at it holds it for at least half the
+    /// retention window more.
     pub fn snapshot_ts(&mut self) -> Result<u64> {
         let mut ts = 0;
         for shard in 0..self.shards.len() {
