@@ -8,6 +8,13 @@
 //! Against Tessera a logical connection holds one socket per shard and
 //! routes each key to its owner's port (shard-aware); against Redis it is
 //! one socket.
+//!
+//! A connection the server drops during the measured phase (a restart, a
+//! connection limit, a reset) does not end the run: its requests in flight
+//! count as `connection lost` errors, it reconnects with a backoff (each
+//! failed attempt a `reconnect failed` error) and goes on; after
+//! [`RECONNECT_GIVE_UP`] without the server the run fails. A preload needs
+//! every key written and fails at once.
 
 use crate::driver::{Command, Protocol, Reply};
 use crate::workload::{key, Distribution, KeyChooser, OpKind, ValueSize, Workload};
@@ -35,6 +42,14 @@ const BACKLOG_MAX: usize = 1_000_000;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// The longest a thread waits in `poll` before it looks at the clock.
 const POLL_MAX: Duration = Duration::from_millis(5);
+/// The first wait before reconnecting a lost connection; each failed
+/// attempt doubles it, up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// How long a connection may stay lost before the run fails.
+const RECONNECT_GIVE_UP: Duration = Duration::from_secs(10);
+/// The longest a (re)connect waits for the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Wakes an open-loop thread when its next request is due.
 ///
@@ -197,6 +212,16 @@ struct Socket {
 struct Conn {
     sockets: Vec<usize>,
     inflight: usize,
+    /// Lost: when it was lost, the next reconnect attempt, the wait after
+    /// a failed one, and why.
+    lost: Option<Lost>,
+}
+
+struct Lost {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    why: String,
 }
 
 /// Opens one socket; with TLS or a token, says hello first (over TLS,
@@ -206,15 +231,18 @@ fn connect(
     plan: &Plan,
 ) -> anyhow::Result<(TcpStream, Option<rustls::ClientConnection>)> {
     let (s, tls) = match (&plan.token, &plan.tls) {
-        (None, None) => (std::net::TcpStream::connect(addr)?, None),
+        (None, None) => (
+            std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?,
+            None,
+        ),
         // Redis says no hello: the loop drives the handshake.
         (_, Some(tls)) if plan.protocol == Protocol::Redis => (
-            std::net::TcpStream::connect(addr)?,
+            std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?,
             Some(tls.session(&addr)?),
         ),
         (token, tls) => {
-            let timeout = Duration::from_secs(10);
-            let mut hello = tessera_client::Connection::open_with(addr, timeout, tls.as_ref())?;
+            let mut hello =
+                tessera_client::Connection::open_with(addr, CONNECT_TIMEOUT, tls.as_ref())?;
             hello.hello("tessera-bench", token.as_ref())?;
             hello.into_parts()?
         }
@@ -285,26 +313,16 @@ fn thread_main(
         let mut conn = Conn {
             sockets: Vec::new(),
             inflight: 0,
+            lost: None,
         };
         for addr in &plan.addresses {
-            let (mut stream, tls) =
-                connect(*addr, plan).map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
-            poll.registry()
-                .register(&mut stream, Token(sockets.len()), Interest::READABLE)?;
             conn.sockets.push(sockets.len());
-            sockets.push(Socket {
-                stream,
-                tls,
-                wbuf: Vec::with_capacity(64 << 10),
-                rbuf: BytesMut::with_capacity(64 << 10),
-                sent: 0,
-                awaiting: Slab::new(),
-                in_order: VecDeque::new(),
-                writable_interest: false,
-            });
+            sockets.push(open_socket(*addr, plan, &poll, sockets.len())?);
         }
         conns.push(conn);
     }
+    // Socket `i` belongs to connection `i / per_conn`.
+    let per_conn = plan.addresses.len();
     // Not a cryptographic generator: StdRng's ChaCha refills were ~4% of
     // the load generator's CPU under 16-deep PINGs.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed ^ (t as u64) << 32);
@@ -409,6 +427,20 @@ fn thread_main(
     loop {
         let now = Instant::now();
         if !stopping {
+            for c in 0..conns.len() {
+                if conns[c].lost.as_ref().is_some_and(|l| l.retry_at <= now) {
+                    reconnect(
+                        plan,
+                        &poll,
+                        &mut conns[c],
+                        &mut sockets,
+                        &mut errors,
+                        shared,
+                    )?;
+                }
+            }
+        }
+        if !stopping {
             // A preload inserts every key, whatever `--requests` says of
             // the measured phase.
             let out_of_requests = matches!(mode, Mode::Run)
@@ -441,7 +473,7 @@ fn thread_main(
                         );
                     }
                     for c in 0..conns.len() {
-                        while conns[c].inflight < plan.pipeline {
+                        while conns[c].inflight < plan.pipeline && conns[c].lost.is_none() {
                             let Some(intended) = backlog.pop_front() else {
                                 break;
                             };
@@ -460,7 +492,10 @@ fn thread_main(
                     // generator's CPU under 16-deep GETs.
                     let mut issued_at = None;
                     for c in 0..conns.len() {
-                        while conns[c].inflight < plan.pipeline && !stopping {
+                        while conns[c].inflight < plan.pipeline
+                            && !stopping
+                            && conns[c].lost.is_none()
+                        {
                             let at = *issued_at.get_or_insert_with(Instant::now);
                             if !issue!(c, at) {
                                 stopping = true;
@@ -471,8 +506,21 @@ fn thread_main(
                 }
             }
         }
-        for (i, s) in sockets.iter_mut().enumerate() {
-            flush(&poll, i, s)?;
+        for i in 0..sockets.len() {
+            if conns[i / per_conn].lost.is_none() {
+                if let Err(e) = flush(&poll, i, &mut sockets[i]) {
+                    let c = i / per_conn;
+                    lose(
+                        &mut conns[c],
+                        &mut sockets,
+                        &poll,
+                        mode,
+                        &mut errors,
+                        shared,
+                        e,
+                    )?;
+                }
+            }
         }
         let inflight: usize = conns.iter().map(|c| c.inflight).sum();
         if stopping && (inflight == 0 || stop_at.is_some_and(|s| s.elapsed() > DRAIN_GRACE)) {
@@ -499,14 +547,22 @@ fn thread_main(
                 continue;
             }
             let i = event.token().0;
-            if event.is_writable() {
-                flush(&poll, i, &mut sockets[i])?;
-            }
-            if !event.is_readable() {
+            let c = i / per_conn;
+            if conns[c].lost.is_some() {
                 continue;
             }
-            receive(&poll, i, &mut sockets[i], &mut read_chunk)?;
+            let mut io = Ok(());
+            if event.is_writable() {
+                io = flush(&poll, i, &mut sockets[i]);
+            }
+            if io.is_ok() && event.is_readable() {
+                io = receive(&poll, i, &mut sockets[i], &mut read_chunk);
+            }
+            if io.is_ok() && !event.is_readable() {
+                continue;
+            }
             // The replies of one read arrived together: one clock reading.
+            // Those read before a failure count too.
             let done = Instant::now();
             while let Some((id, reply)) = plan
                 .protocol
@@ -549,6 +605,17 @@ fn thread_main(
                     let _ = interval.record(us.max(1));
                     shared.completed.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            if let Err(e) = io {
+                lose(
+                    &mut conns[c],
+                    &mut sockets,
+                    &poll,
+                    mode,
+                    &mut errors,
+                    shared,
+                    e,
+                )?;
             }
         }
         if last_flush.elapsed() >= Duration::from_millis(200) {
@@ -594,6 +661,106 @@ fn route(plan: &Plan, conn: &Conn, k: &[u8]) -> usize {
     } else {
         conn.sockets[plan.slot_owner[tessera_protocol::slot_of(k) as usize] as usize]
     }
+}
+
+/// Connects to `addr` (see [`connect`]) as the socket of token `token`.
+fn open_socket(addr: SocketAddr, plan: &Plan, poll: &Poll, token: usize) -> anyhow::Result<Socket> {
+    let (mut stream, tls) =
+        connect(addr, plan).map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+    poll.registry()
+        .register(&mut stream, Token(token), Interest::READABLE)?;
+    Ok(Socket {
+        stream,
+        tls,
+        wbuf: Vec::with_capacity(64 << 10),
+        rbuf: BytesMut::with_capacity(64 << 10),
+        sent: 0,
+        awaiting: Slab::new(),
+        in_order: VecDeque::new(),
+        writable_interest: false,
+    })
+}
+
+/// A connection failed (`why`): in a preload, the run fails; in the
+/// measured phase its requests in flight count as `connection lost`, its
+/// sockets close and it waits to reconnect.
+fn lose(
+    conn: &mut Conn,
+    sockets: &mut [Socket],
+    poll: &Poll,
+    mode: Mode,
+    errors: &mut HashMap<String, u64>,
+    shared: &Shared,
+    why: anyhow::Error,
+) -> anyhow::Result<()> {
+    if matches!(mode, Mode::Preload { .. }) {
+        return Err(why);
+    }
+    let mut dropped = 0;
+    for &i in &conn.sockets {
+        let s = &mut sockets[i];
+        dropped += s.awaiting.len() + s.in_order.len();
+        s.awaiting.clear();
+        s.in_order.clear();
+        let _ = poll.registry().deregister(&mut s.stream);
+        let _ = s.stream.shutdown(std::net::Shutdown::Both);
+    }
+    conn.inflight = 0;
+    if dropped > 0 {
+        *errors.entry("connection lost".into()).or_default() += dropped as u64;
+        shared.errors.fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+    let now = Instant::now();
+    conn.lost = Some(Lost {
+        since: now,
+        retry_at: now + RECONNECT_FIRST,
+        backoff: RECONNECT_FIRST,
+        why: why.to_string(),
+    });
+    Ok(())
+}
+
+/// Opens a lost connection's sockets again; a failed attempt counts as a
+/// `reconnect failed` error and waits longer, until [`RECONNECT_GIVE_UP`].
+fn reconnect(
+    plan: &Plan,
+    poll: &Poll,
+    conn: &mut Conn,
+    sockets: &mut [Socket],
+    errors: &mut HashMap<String, u64>,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let opened: anyhow::Result<Vec<Socket>> = conn
+        .sockets
+        .iter()
+        .zip(&plan.addresses)
+        .map(|(&i, &addr)| open_socket(addr, plan, poll, i))
+        .collect();
+    let Some(lost) = &mut conn.lost else {
+        return Ok(());
+    };
+    match opened {
+        Ok(opened) => {
+            for (&i, socket) in conn.sockets.iter().zip(opened) {
+                sockets[i] = socket;
+            }
+            conn.lost = None;
+        }
+        Err(e) => {
+            *errors.entry("reconnect failed".into()).or_default() += 1;
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            if lost.since.elapsed() >= RECONNECT_GIVE_UP {
+                anyhow::bail!(
+                    "a connection stayed lost for {} s ({}); reconnecting: {e}",
+                    RECONNECT_GIVE_UP.as_secs(),
+                    lost.why
+                );
+            }
+            lost.backoff = (lost.backoff * 2).min(RECONNECT_MAX);
+            lost.retry_at = Instant::now() + lost.backoff;
+        }
+    }
+    Ok(())
 }
 
 fn send(socket: &mut Socket, protocol: Protocol, command: &Command, pending: Pending) {

@@ -92,6 +92,44 @@ fn reordering_server(stray: bool) -> SocketAddr {
     addr
 }
 
+/// A Tessera server that answers `per_connection` requests on each
+/// connection it accepts and then closes it, the rest of what it read
+/// unanswered.
+fn closing_server(per_connection: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = BytesMut::new();
+                let mut chunk = [0u8; 64 << 10];
+                let mut answered = 0;
+                loop {
+                    let n = match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut out = Vec::new();
+                    while let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
+                        if answered == per_connection {
+                            break;
+                        }
+                        let id = decode_request(&frame, &Limits::default()).unwrap().0;
+                        put_frame(&mut out, &Response::Written { ts: 1 }.encode(id));
+                        answered += 1;
+                    }
+                    if stream.write_all(&out).is_err() || answered == per_connection {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 fn plan(addr: SocketAddr, rate: Option<f64>) -> Plan {
     Plan {
         protocol: Protocol::Redis,
@@ -365,4 +403,48 @@ fn a_report_reader_that_has_gone_is_no_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
+}
+
+/// A server that drops connections does not end the run: requests in
+/// flight on a dropped connection count as `connection lost`, the
+/// connection reconnects, and every request issued either completes or
+/// is counted.
+#[test]
+fn a_dropped_connection_counts_its_requests_as_lost_and_reconnects() {
+    let plan = Plan {
+        protocol: Protocol::Tessera,
+        connections: 2,
+        pipeline: 4,
+        duration: None,
+        requests: Some(3000),
+        ..plan(closing_server(250), None)
+    };
+    let results = runner::run(&plan, &Shared::new(plan.keys)).unwrap();
+    let completed = results[0].histograms[OpKind::Update.index()].len();
+    let lost = results[0]
+        .errors
+        .get("connection lost")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        completed >= 2500,
+        "{completed} completed, errors {:?}",
+        results[0].errors
+    );
+    assert!(lost > 0, "errors {:?}", results[0].errors);
+    assert_eq!(
+        completed + lost,
+        3000,
+        "errors {:?}: requests neither answered nor counted",
+        results[0].errors
+    );
+    // A preload needs every key: a dropped connection fails it.
+    let preload = Plan {
+        keys: 5000,
+        ..plan.clone()
+    };
+    let Err(e) = runner::preload(&preload) else {
+        panic!("a preload lost requests and went on");
+    };
+    assert!(e.to_string().contains("closed"), "{e}");
 }

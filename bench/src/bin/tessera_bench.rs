@@ -20,7 +20,13 @@ use tessera_bench::workload::{Distribution, OpKind, ValueSize, Workload};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "tessera-bench", about = "Load generator for Tessera and Redis")]
+#[command(
+    name = "tessera-bench",
+    about = "Load generator for Tessera and Redis",
+    after_help = "A connection the server drops during the run reconnects: its requests in \
+                  flight count as `connection lost` errors, failed attempts as `reconnect \
+                  failed`; the run fails after 10 s without the server, and a preload at once."
+)]
 struct Args {
     /// tessera://HOST:PORT or redis://HOST:PORT
     #[arg(long, default_value = "tessera://127.0.0.1:7878")]
