@@ -188,7 +188,9 @@ impl ShardMetrics {
             );
             push(
                 format!("request_duration_seconds_sum{{op=\"{}\"}}", op.name()),
-                h.mean() * h.len() as f64 / 1e6,
+                // The summary's whole microseconds: unrounded, a sum of
+                // 132 µs printed as 0.00013199999999999998.
+                (h.mean() * h.len() as f64).round() / 1e6,
             );
             push(
                 format!("request_duration_seconds_count{{op=\"{}\"}}", op.name()),
@@ -363,6 +365,19 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("op=\"put\""));
+    }
+
+    /// A histogram's sum is whole microseconds, in seconds: the mean times
+    /// the count printed 29 µs as 0.000028999999999999997.
+    #[test]
+    fn a_duration_sum_prints_its_microseconds_exactly() {
+        let m = ShardMetrics::default();
+        for us in [4, 4, 4, 4, 4, 4, 5] {
+            m.record(OpKind::Put, us, false);
+        }
+        let text = render_prometheus(&m.snapshot(0, &EngineStats::default()));
+        let line = "tessera_request_duration_seconds_sum{shard=\"0\",op=\"put\"} 0.000029\n";
+        assert!(text.contains(line), "{text}");
     }
 
     /// The exposition format wants each family's lines in one group after
