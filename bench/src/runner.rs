@@ -424,6 +424,21 @@ fn thread_main(
         }};
     }
 
+    // Connection `c` failed with `e` (see [`lose`]).
+    macro_rules! lose {
+        ($c:expr, $e:expr) => {
+            lose(
+                &mut conns[$c],
+                &mut sockets,
+                &poll,
+                mode,
+                &mut errors,
+                shared,
+                $e,
+            )?
+        };
+    }
+
     loop {
         let now = Instant::now();
         if !stopping {
@@ -509,16 +524,7 @@ fn thread_main(
         for i in 0..sockets.len() {
             if conns[i / per_conn].lost.is_none() {
                 if let Err(e) = flush(&poll, i, &mut sockets[i]) {
-                    let c = i / per_conn;
-                    lose(
-                        &mut conns[c],
-                        &mut sockets,
-                        &poll,
-                        mode,
-                        &mut errors,
-                        shared,
-                        e,
-                    )?;
+                    lose!(i / per_conn, e);
                 }
             }
         }
@@ -607,15 +613,7 @@ fn thread_main(
                 }
             }
             if let Err(e) = io {
-                lose(
-                    &mut conns[c],
-                    &mut sockets,
-                    &poll,
-                    mode,
-                    &mut errors,
-                    shared,
-                    e,
-                )?;
+                lose!(c, e);
             }
         }
         if last_flush.elapsed() >= Duration::from_millis(200) {

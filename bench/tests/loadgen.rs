@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera_bench::driver::Protocol;
@@ -49,6 +49,28 @@ fn stalling_server(stall_after: Duration, stall: Duration) -> SocketAddr {
     addr
 }
 
+/// Serves Tessera frames on `stream`: each read's request ids go to
+/// `answer`, which returns the bytes to send back and whether to close.
+fn serve_frames(mut stream: TcpStream, mut answer: impl FnMut(Vec<u64>) -> (Vec<u8>, bool)) {
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut ids = Vec::new();
+        while let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
+            ids.push(decode_request(&frame, &Limits::default()).unwrap().0);
+        }
+        let (out, close) = answer(ids);
+        if stream.write_all(&out).is_err() || close {
+            return;
+        }
+    }
+}
+
 /// A Tessera server that answers each read's requests in reverse order;
 /// with `stray`, it answers the 100th request a second time once 200 have
 /// been answered, when its slot on the client is taken by a later one.
@@ -56,21 +78,10 @@ fn reordering_server(stray: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut buf = BytesMut::new();
-        let mut chunk = [0u8; 64 << 10];
+        let (stream, _) = listener.accept().unwrap();
         let mut answered = 0;
         let mut repeat = None;
-        loop {
-            let n = match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            let mut ids = Vec::new();
-            while let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
-                ids.push(decode_request(&frame, &Limits::default()).unwrap().0);
-            }
+        serve_frames(stream, |ids| {
             let mut out = Vec::new();
             if answered >= 200 {
                 if let Some(id) = repeat.take() {
@@ -84,10 +95,8 @@ fn reordering_server(stray: bool) -> SocketAddr {
                     repeat = Some(id);
                 }
             }
-            if stream.write_all(&out).is_err() {
-                return;
-            }
-        }
+            (out, false)
+        });
     });
     addr
 }
@@ -100,30 +109,17 @@ fn closing_server(per_connection: usize) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
+            let Ok(stream) = stream else { return };
             std::thread::spawn(move || {
-                let mut buf = BytesMut::new();
-                let mut chunk = [0u8; 64 << 10];
                 let mut answered = 0;
-                loop {
-                    let n = match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
+                serve_frames(stream, |ids| {
                     let mut out = Vec::new();
-                    while let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
-                        if answered == per_connection {
-                            break;
-                        }
-                        let id = decode_request(&frame, &Limits::default()).unwrap().0;
+                    for id in ids.into_iter().take(per_connection - answered) {
                         put_frame(&mut out, &Response::Written { ts: 1 }.encode(id));
                         answered += 1;
                     }
-                    if stream.write_all(&out).is_err() || answered == per_connection {
-                        return;
-                    }
-                }
+                    (out, answered == per_connection)
+                });
             });
         }
     });

@@ -26,16 +26,23 @@ async fn overwrite_and_compact(engine: &Engine<MemDisk>, key: &str, value: &str)
     engine.compact().await.unwrap();
 }
 
+/// An engine with a short retention window holding `k` = "old", and a
+/// snapshot timestamp taken after that write.
+async fn open_with_old_key() -> (Engine<MemDisk>, u64) {
+    let opts = Options {
+        retention_ms: RETENTION_MS,
+        ..Options::for_tests()
+    };
+    let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
+    engine.put(b("k"), b("old")).await.unwrap();
+    let snapshot = engine.clock().now();
+    (engine, snapshot)
+}
+
 #[test]
 fn reads_at_a_snapshot_hold_it_past_the_window_while_they_keep_coming() {
     run_local(|| async {
-        let opts = Options {
-            retention_ms: RETENTION_MS,
-            ..Options::for_tests()
-        };
-        let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
-        engine.put(b("k"), b("old")).await.unwrap();
-        let snapshot = engine.clock().now();
+        let (engine, snapshot) = open_with_old_key().await;
         // Three windows of reads a fifth of a window apart, while the key
         // is overwritten and compacted under them.
         for round in 0..15 {
@@ -70,13 +77,7 @@ fn reads_at_a_snapshot_hold_it_past_the_window_while_they_keep_coming() {
 #[test]
 fn a_snapshot_read_only_when_young_is_not_held() {
     run_local(|| async {
-        let opts = Options {
-            retention_ms: RETENTION_MS,
-            ..Options::for_tests()
-        };
-        let engine = Engine::open_on(MemDisk::new(), "/db", opts).await.unwrap();
-        engine.put(b("k"), b("old")).await.unwrap();
-        let snapshot = engine.clock().now();
+        let (engine, snapshot) = open_with_old_key().await;
         // Read inside the first half of the window: the window alone keeps
         // it at least half a window more, so nothing is held...
         assert_eq!(
