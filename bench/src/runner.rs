@@ -36,8 +36,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Open-loop requests waiting for a free pipeline slot before the run is
-/// declared overloaded.
+/// declared overloaded and ends, those requests counted as [`UNSENT`].
 const BACKLOG_MAX: usize = 1_000_000;
+/// The error kind of open-loop requests never sent because the server fell
+/// [`BACKLOG_MAX`] requests behind the schedule.
+pub const UNSENT: &str = "unsent: the server fell 1M requests behind --rate, the run ended early";
 /// How long in-flight requests may take to drain after the run ends.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// The longest a thread waits in `poll` before it looks at the clock.
@@ -482,10 +485,16 @@ fn thread_main(
                         next_due += gap;
                     }
                     if backlog.len() > BACKLOG_MAX {
-                        anyhow::bail!(
-                            "open loop fell {} requests behind: the target rate is not sustainable",
-                            backlog.len()
-                        );
+                        // The rate is not sustainable: end the run and
+                        // report what it measured, the requests never
+                        // sent counted as errors (ending with an error
+                        // instead lost every measurement).
+                        let unsent = backlog.len() as u64;
+                        *errors.entry(UNSENT.into()).or_default() += unsent;
+                        shared.errors.fetch_add(unsent, Ordering::Relaxed);
+                        backlog.clear();
+                        stopping = true;
+                        stop_at = Some(now);
                     }
                     for c in 0..conns.len() {
                         while conns[c].inflight < plan.pipeline && conns[c].lost.is_none() {

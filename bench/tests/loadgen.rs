@@ -444,3 +444,35 @@ fn a_dropped_connection_counts_its_requests_as_lost_and_reconnects() {
     };
     assert!(e.to_string().contains("closed"), "{e}");
 }
+
+/// Open loop far above what the server does: once the load generator is
+/// a million requests behind, the run ends early and reports what it
+/// measured, the requests never sent counted as errors (it used to fail
+/// with no report).
+#[test]
+fn an_unsustainable_rate_ends_the_run_early_with_a_report() {
+    let plan = Plan {
+        duration: Some(Duration::from_secs(30)),
+        ..plan(
+            stalling_server(Duration::ZERO, Duration::from_millis(800)),
+            Some(5_000_000.0),
+        )
+    };
+    let started = Instant::now();
+    let results = runner::run(&plan, &Shared::new(plan.keys)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "ran {:?} of 30 s",
+        started.elapsed()
+    );
+    let unsent = results[0].errors.get(runner::UNSENT).copied().unwrap_or(0);
+    assert!(unsent > 1_000_000, "errors {:?}", results[0].errors);
+    // The requests that did go out waited out the stall.
+    let h = &results[0].histograms[OpKind::Update.index()];
+    assert!(
+        h.len() >= 1 && h.max() >= 500_000,
+        "{} requests, max {} µs",
+        h.len(),
+        h.max()
+    );
+}
