@@ -104,9 +104,18 @@ pub struct BackupRow {
     pub expires_at_ms: Option<u64>,
 }
 
+/// Rows and key-and-value bytes done so far, told to a progress callback
+/// after each page (backup) or batch (restore).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
 /// Writes every live key as of a fresh snapshot timestamp to `path`,
 /// through `path.tmp` (renamed once complete and synced).
-pub fn backup(client: &mut Client, path: &Path, page_rows: u32) -> Result<Summary> {
+pub fn backup(
+    client: &mut Client,
+    path: &Path,
+    page_rows: u32,
+    progress: Progress,
+) -> Result<Summary> {
     let started = Instant::now();
     let ts = client.snapshot_ts()?;
     let mut tmp = path.as_os_str().to_owned();
@@ -138,6 +147,7 @@ pub fn backup(client: &mut Client, path: &Path, page_rows: u32) -> Result<Summar
                 rows += 1;
                 bytes += (key.len() + value.len()) as u64;
             }
+            progress(rows, bytes);
             match page.next_start {
                 Some(next) => start = next,
                 None => break,
@@ -352,7 +362,12 @@ pub fn verify(path: &Path) -> Result<Summary> {
 /// Unless `merge`, the server must hold no live key. A key with an expiry
 /// gets the TTL it has left by this machine's clock; one already expired
 /// is not written (counted in `Summary::expired`).
-pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary> {
+pub fn restore(
+    client: &mut Client,
+    path: &Path,
+    merge: bool,
+    progress: Progress,
+) -> Result<Summary> {
     let started = Instant::now();
     verify(path)?;
     if !merge {
@@ -404,6 +419,7 @@ pub fn restore(client: &mut Client, path: &Path, merge: bool) -> Result<Summary>
         if ops.len() >= batch_ops_max || *bytes >= batch_bytes_max {
             *bytes = 0;
             send_batch(client, std::mem::take(ops), sent)?;
+            progress(reader.rows - expired, reader.bytes);
         }
     }
     for (shard, ops) in batches.into_iter().enumerate() {

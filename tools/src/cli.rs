@@ -522,13 +522,17 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
             }
         }
         Command::Backup { file, page_rows } => {
-            let summary = backup::backup(client, file, *page_rows)?;
+            let mut line = ProgressLine::new("backup");
+            let summary = backup::backup(client, file, *page_rows, &mut |r, b| line.tick(r, b))?;
+            drop(line);
             report("backup", file, &summary, as_json)
         }
         Command::Verify { file } => report("verify", file, &backup::verify(file)?, as_json),
         Command::Cert { dir, hosts, days } => cert(dir, hosts, *days, as_json)?,
         Command::Restore { file, merge } => {
-            let summary = backup::restore(client, file, *merge)?;
+            let mut line = ProgressLine::new("restore");
+            let summary = backup::restore(client, file, *merge, &mut |r, b| line.tick(r, b))?;
+            drop(line);
             report("restore", file, &summary, as_json)
         }
         Command::Ping => {
@@ -541,6 +545,52 @@ pub fn execute(client: &mut Client, command: &Command, as_json: bool) -> Result<
         }
     };
     Ok(Answer { text, no })
+}
+
+/// A backup's or restore's progress, once a second on a terminal's stderr,
+/// each line over the last and cleared when dropped, before the summary
+/// (a backup of 100M rows runs for minutes). Nothing when stderr is not a
+/// terminal.
+struct ProgressLine {
+    what: &'static str,
+    started: std::time::Instant,
+    shown: std::time::Instant,
+    terminal: bool,
+    printed: bool,
+}
+
+impl ProgressLine {
+    fn new(what: &'static str) -> ProgressLine {
+        let now = std::time::Instant::now();
+        ProgressLine {
+            what,
+            started: now,
+            shown: now,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            printed: false,
+        }
+    }
+
+    fn tick(&mut self, rows: u64, bytes: u64) {
+        if self.terminal && self.shown.elapsed() >= std::time::Duration::from_secs(1) {
+            self.shown = std::time::Instant::now();
+            self.printed = true;
+            eprint!(
+                "\r\x1b[2K{}: {rows} rows, {:.1} MiB so far ({:.0} s)",
+                self.what,
+                bytes as f64 / (1 << 20) as f64,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        if self.printed {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 /// The line (or JSON object) a backup, verify or restore prints.

@@ -203,7 +203,7 @@ fn a_backup_taken_while_transfers_commit_is_one_moment() {
         let file = dir.path().join(format!("bank{round}.tbk"));
         let before = committed.load(Ordering::Relaxed);
         // Two rows a page: 30 round trips while transfers commit.
-        backup::backup(&mut client, &file, 2).unwrap();
+        backup::backup(&mut client, &file, 2, &mut |_, _| {}).unwrap();
         during += committed.load(Ordering::Relaxed) - before;
         let (rows, total) = balances_in(&file);
         assert_eq!(rows, ACCOUNTS as u64);
@@ -234,7 +234,7 @@ fn a_damaged_or_cut_short_backup_restores_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.tbk");
-    backup::backup(&mut client, &good, backup::PAGE_ROWS).unwrap();
+    backup::backup(&mut client, &good, backup::PAGE_ROWS, &mut |_, _| {}).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let target = InProcessServer::start();
     let mut restored = Client::connect(target.addr).unwrap();
@@ -299,8 +299,18 @@ fn a_backup_longer_than_the_retention_window_completes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("slow.tbk");
     // One row a page: 10,000 round trips, ~1 s in a debug build.
-    let summary = backup::backup(&mut client, &file, 1).unwrap();
+    // Told after each page how far it is.
+    let mut done = (0, 0);
+    let summary = backup::backup(&mut client, &file, 1, &mut |rows, bytes| {
+        assert!(
+            rows >= done.0 && bytes >= done.1,
+            "{done:?} then {rows} rows, {bytes} bytes"
+        );
+        done = (rows, bytes);
+    })
+    .unwrap();
     assert_eq!(summary.rows, 10_000);
+    assert_eq!(done, (summary.rows, summary.bytes));
     assert!(
         summary.seconds * 1000.0 > RETENTION_MS as f64,
         "the backup took {} s, too short to outlive the window",
@@ -318,7 +328,7 @@ fn a_backup_that_fails_leaves_no_file() {
     let file = dir.path().join("cut.tbk");
     let backing_up = {
         let file = file.clone();
-        std::thread::spawn(move || backup::backup(&mut client, &file, 1))
+        std::thread::spawn(move || backup::backup(&mut client, &file, 1, &mut |_, _| {}))
     };
     // The server stops under it, a few thousand pages in.
     std::thread::sleep(std::time::Duration::from_millis(200));
