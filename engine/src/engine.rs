@@ -873,7 +873,17 @@ impl<D: Disk> Engine<D> {
             compaction_errors: s.compaction_errors.get(),
             compaction_bytes_written: s.compaction_bytes_written.get(),
             retention_watermark_ts: inner.watermark(),
-            read_holds: inner.read_holds.borrow().len(),
+            read_holds: {
+                // Expired holds behind a live one stay in the map until
+                // they come first: count only the live.
+                let now = wall_ms();
+                inner
+                    .read_holds
+                    .borrow()
+                    .values()
+                    .filter(|&&until| until > now)
+                    .count()
+            },
             last_ts: inner.clock.last(),
             background_error: inner.bg_error.borrow().clone(),
             writes_failing: self.write_health().err(),
